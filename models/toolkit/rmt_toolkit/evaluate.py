@@ -1,0 +1,88 @@
+"""Evaluation on the held-out Brown files only: recall accuracy by length and perplexity.
+
+Recall: a sample counts as correct when greedy decoding after the question reproduces the whole
+answer (" kitchen.") token for token. "reset" re-initialises the memory at every segment, so the
+question segment sees only the initial memory: the answer can then come from nowhere but chance.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .data import RecallBuilder, RecallTask, TokenStream, load_split
+from .model import RMT
+from .train import question_batch, run_context
+
+
+@torch.no_grad()
+def greedy_answer(model: RMT, memory: torch.Tensor, samples: list[dict], pad_id: int) -> list[bool]:
+    dev = memory.device
+    qids, qmask, _ = question_batch(samples, pad_id, with_answer=False)
+    ids, mask = torch.from_numpy(qids).to(dev), torch.from_numpy(qmask).to(dev)
+    want = [s["answer"].tolist() for s in samples]
+    got = [[] for _ in samples]
+    for _ in range(max(len(w) for w in want)):
+        _, logits, _ = model.segment(ids, mask, memory)
+        nxt = logits.argmax(-1)
+        # append each row's token right after its last real token
+        lengths = mask.sum(1)
+        ids = torch.cat([ids, torch.full_like(ids[:, :1], pad_id)], 1)
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], 1)
+        rows = torch.arange(len(samples), device=dev)
+        ids[rows, lengths] = nxt
+        mask[rows, lengths] = 1
+        for i, t in enumerate(nxt.tolist()):
+            got[i].append(t)
+    return [g[:len(w)] == w for g, w in zip(got, want)]
+
+
+@torch.no_grad()
+def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int) -> dict:
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    stream = TokenStream(tok, load_split(data_dir, "heldout"))
+    builder = RecallBuilder(tok, RecallTask(), stream, cfg.segment_length)
+    table = {"carried": {}, "reset": {}}
+    for n in lengths:
+        rng = np.random.default_rng(seed + n)
+        samples = [builder.sample(rng, n) for _ in range(samples_per_length)]
+        for mode in ("carried", "reset"):
+            ok = []
+            for i in range(0, len(samples), batch):
+                chunk = samples[i:i + batch]
+                ctx = torch.from_numpy(np.stack([s["context"] for s in chunk])).to(dev)
+                memory, _ = run_context(model, ctx, cfg.segment_length, reset=(mode == "reset"))
+                ok += greedy_answer(model, memory, chunk, cfg.pad_id)
+            table[mode][str(n)] = round(float(np.mean(ok)), 4)
+        print({"segments": n, "carried": table["carried"][str(n)], "reset": table["reset"][str(n)]}, flush=True)
+    table["samples_per_length"] = samples_per_length
+    table["chance"] = round(1.0 / len(RecallTask().places), 4)
+    return table
+
+
+@torch.no_grad()
+def perplexity(model: RMT, tok, data_dir: str) -> dict:
+    """Token-level perplexity over every held-out document, split into segments; t >= 1 of each segment."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    S = cfg.segment_length
+    out = {}
+    docs = load_split(data_dir, "heldout")
+    for mode in ("carried", "reset"):
+        total, count = 0.0, 0
+        for d in docs:
+            ids = tok.encode(" " + d["text"]).ids
+            memory = model.initial_memory(1).to(dev)
+            for i in range(0, len(ids), S):
+                seg = torch.tensor([ids[i:i + S]], device=dev)
+                mask = torch.ones_like(seg)
+                next_mem, _, lp = model.segment(seg, mask, memory if mode == "carried" else model.initial_memory(1).to(dev))
+                total += -lp[0, 1:].double().sum().item()
+                count += seg.shape[1] - 1
+                memory = next_mem
+        out[mode] = round(math.exp(total / count), 3)
+        out["tokens_scored"] = count
+    out["documents"] = len(docs)
+    return out

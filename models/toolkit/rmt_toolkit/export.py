@@ -1,0 +1,128 @@
+"""ONNX export of the segment and decode graphs (fp32 for CPU, fp16 for GPU).
+
+Both graphs of one precision keep their weights in one shared external-data file
+(weights.<precision>.bin): the decode graph reuses the segment graph's tensors byte for byte, so a
+package holds each weight once per precision. State and logits stay float32 in every precision, so a
+session's memory moves freely between CPU (fp32) and GPU (fp16) workers.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from .config import RMTConfig
+from .model import RMT, DecodeGraph, SegmentGraph
+
+OPSET = 17
+SEGMENT_IO = {
+    "inputs": ["input_ids", "attention_mask", "state.memory"],
+    "outputs": ["next_state.memory", "logits", "token_logprobs"],
+}
+DECODE_IO = {
+    "inputs": ["input_ids", "attention_mask", "memory", "past_key_values"],
+    "outputs": ["logits", "present_key_values"],
+}
+
+
+def load_checkpoint(path: str, device="cpu") -> tuple[RMT, dict]:
+    ck = torch.load(path, map_location=device)
+    model = RMT(RMTConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval().to(device), ck
+
+
+def _export(module, args, path, io, dynamic_axes, exporter: str):
+    kw = dict(input_names=io["inputs"], output_names=io["outputs"], opset_version=OPSET, do_constant_folding=True)
+    if exporter in ("auto", "torchscript"):
+        try:
+            try:
+                torch.onnx.export(module, args, path, dynamic_axes=dynamic_axes, dynamo=False, **kw)
+            except TypeError:  # torch < 2.5 has no `dynamo` argument
+                torch.onnx.export(module, args, path, dynamic_axes=dynamic_axes, **kw)
+            return "torchscript"
+        except Exception as e:  # noqa: BLE001
+            if exporter == "torchscript":
+                raise
+            print(f"torchscript exporter failed ({type(e).__name__}: {e}); trying dynamo", flush=True)
+    from torch.export import Dim
+
+    shapes = []
+    for name in io["inputs"]:
+        axes = dynamic_axes.get(name, {})
+        shapes.append({ax: Dim(f"{label}", min=0) if label.endswith("length") else Dim(label)
+                       for ax, label in axes.items()} or None)
+    torch.onnx.export(module, args, path, dynamic_shapes=tuple(shapes), dynamo=True, external_data=False, **kw)
+    return "dynamo"
+
+
+def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto") -> dict:
+    """Writes segment[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names."""
+    cfg = model.cfg
+    if precision == "fp16":
+        if not torch.cuda.is_available():
+            raise SystemExit("fp16 export needs a CUDA device (half-precision kernels)")
+        dev, dtype, suffix = torch.device("cuda"), torch.float16, ".fp16"
+    elif precision == "fp32":
+        dev, dtype, suffix = torch.device("cpu"), torch.float32, ""
+    else:
+        raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
+    m = copy.deepcopy(model).to(dev, dtype).eval()
+    B, T, M, D = 2, cfg.segment_length, cfg.memory_tokens, cfg.d_model
+    ids = torch.randint(2, cfg.vocab_size, (B, T), device=dev)
+    mask = torch.ones(B, T, dtype=torch.long, device=dev)
+    mask[1, T // 2:] = 0
+    mem = m.initial_memory(B).to(dev)
+    seg_path = os.path.join(out_dir, f"segment{suffix}.onnx")
+    dec_path = os.path.join(out_dir, f"decode{suffix}.onnx")
+    with torch.no_grad():
+        used = _export(SegmentGraph(m), (ids, mask, mem), seg_path, SEGMENT_IO, {
+            "input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+            "state.memory": {0: "batch"}, "next_state.memory": {0: "batch"}, "logits": {0: "batch"},
+            "token_logprobs": {0: "batch", 1: "tokens"}}, exporter)
+        P, N = 5, 3
+        past = torch.zeros(cfg.n_layers, 2, B, cfg.n_heads, P, cfg.head_dim, device=dev, dtype=dtype)
+        dmask = torch.ones(B, P + M + N, dtype=torch.long, device=dev)
+        _export(DecodeGraph(m), (ids[:, :N], dmask, mem, past), dec_path, DECODE_IO, {
+            "input_ids": {0: "batch", 1: "new_length"}, "attention_mask": {0: "batch", 1: "total_length"},
+            "memory": {0: "batch", 1: "memory_length"}, "past_key_values": {2: "batch", 4: "past_length"},
+            "logits": {0: "batch"}, "present_key_values": {2: "batch", 4: "total_length"}}, used)
+    weights = f"weights{suffix}.bin"
+    share_weights([seg_path, dec_path], os.path.join(out_dir, weights))
+    return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path), "weights": weights,
+            "exporter": used}
+
+
+def share_weights(graph_paths: list[str], weights_path: str, min_bytes: int = 1024) -> None:
+    """Moves every large initializer into one external-data file, each distinct tensor stored once."""
+    import onnx
+    from onnx import numpy_helper
+
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(weights_path, "wb") as wf:
+        for gp in graph_paths:
+            model = onnx.load(gp, load_external_data=True)
+            for init in model.graph.initializer:
+                arr = numpy_helper.to_array(init)
+                raw = np.ascontiguousarray(arr).tobytes()
+                if len(raw) < min_bytes:
+                    continue
+                key = hashlib.sha256(raw + str(arr.dtype).encode() + str(arr.shape).encode()).hexdigest()
+                if key not in offsets:
+                    pad = (-wf.tell()) % 64  # aligned, so the runtime may map tensors in place
+                    wf.write(b"\0" * pad)
+                    offsets[key] = (wf.tell(), len(raw))
+                    wf.write(raw)
+                off, length = offsets[key]
+                init.ClearField("raw_data")
+                for f in ("float_data", "int32_data", "int64_data", "double_data"):
+                    init.ClearField(f)
+                init.data_location = onnx.TensorProto.EXTERNAL
+                del init.external_data[:]
+                for k, v in (("location", os.path.basename(weights_path)), ("offset", str(off)), ("length", str(length))):
+                    e = init.external_data.add()
+                    e.key, e.value = k, v
+            onnx.save(model, gp)

@@ -1,0 +1,212 @@
+"""Decoder-only Recurrent Memory Transformer around a GPT-2-style decoder.
+
+Memory semantics follow booydar/recurrent-memory-transformer (modeling_rmt/language_modeling.py):
+a segment is laid out as [read memory; tokens; write memory], the same memory vectors at both ends,
+causal attention over the whole layout, and the next memory is the last-layer hidden state (after
+the final norm) at the write positions.
+
+Parameter names mirror Hugging Face's GPT-2 (wte, wpe, h.N.attn.c_attn, ...; Conv1D weights stored
+[in, out]) so that an authors' GPT-2 MemoryCell checkpoint converts by renaming keys (convert.py).
+
+Padding: real tokens are left-aligned. The write memory is placed after the padded block in the
+tensor but gets the positions right after the real tokens, and padding is masked out as a key, so a
+padded row computes exactly what the same tokens compute alone.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RMTConfig
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # GPT-2's tanh approximation, so converted GPT-2 checkpoints compute what they were trained with.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: weight stored [in, out]."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x, self.weight) + self.bias
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: RMTConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.c_attn = Conv1D(cfg.d_model, 3 * cfg.d_model)
+        self.c_proj = Conv1D(cfg.d_model, cfg.d_model)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x, allowed, past_k=None, past_v=None):
+        q, k, v = self.c_attn(x).split(self.n_heads * self.head_dim, dim=2)
+        q, k, v = self.split(q), self.split(k), self.split(v)
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        # Softmax in fp32 (fp16 graphs too); masked keys get exactly zero weight.
+        scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        y = torch.matmul(probs, v).transpose(1, 2)
+        b, t = y.shape[0], y.shape[1]
+        return self.c_proj(y.reshape(b, t, self.n_heads * self.head_dim)), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: RMTConfig):
+        super().__init__()
+        self.c_fc = Conv1D(cfg.d_model, cfg.d_ff)
+        self.c_proj = Conv1D(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        return self.c_proj(gelu_new(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RMTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, allowed, past_k=None, past_v=None):
+        a, k, v = self.attn(self.ln_1(x), allowed, past_k, past_v)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, k, v
+
+
+class RMT(nn.Module):
+    def __init__(self, cfg: RMTConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.d_model)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        # The learned initial memory: the session state before any segment (state "memory").
+        self.memory = nn.Parameter(torch.randn(cfg.memory_tokens, cfg.d_model) * 0.02)
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.01)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    # ---- state -------------------------------------------------------------------------------
+    def initial_memory(self, batch: int) -> torch.Tensor:
+        return self.memory.float().unsqueeze(0).expand(batch, -1, -1).contiguous()
+
+    # ---- one recurrence step -------------------------------------------------------------------
+    def encode_segment(self, input_ids, attention_mask, memory):
+        """Hidden states (after ln_f) at the token positions [B,T,D] and the write positions [B,M,D]."""
+        M = self.cfg.memory_tokens
+        B, T = input_ids.shape
+        dev = input_ids.device
+        mem = memory.to(self.wte.weight.dtype)
+        lengths = attention_mask.sum(dim=1)
+        ar_m = torch.arange(M, device=dev)
+        tok_pos = M + torch.arange(T, device=dev)
+        write_pos = M + lengths.unsqueeze(1) + ar_m.unsqueeze(0)
+        x = torch.cat([mem + self.wpe(ar_m).unsqueeze(0),
+                       self.wte(input_ids) + self.wpe(tok_pos).unsqueeze(0),
+                       mem + self.wpe(write_pos)], dim=1)
+        ones = torch.ones(B, M, dtype=torch.bool, device=dev)
+        key_valid = torch.cat([ones, attention_mask > 0, ones], dim=1)
+        idx = torch.arange(x.shape[1], device=dev)
+        causal = idx.unsqueeze(0) <= idx.unsqueeze(1)
+        allowed = causal.unsqueeze(0).unsqueeze(0) & key_valid.unsqueeze(1).unsqueeze(1)
+        for block in self.h:
+            x, _, _ = block(x, allowed)
+        x = self.ln_f(x)
+        return x[:, M:M + T], x[:, M + T:]
+
+    def lm_logits(self, h):
+        return torch.matmul(h, self.wte.weight.t())
+
+    def segment(self, input_ids, attention_mask, memory):
+        """The contract's segment step: (next_memory, logits at last real token, token_logprobs)."""
+        h_tok, h_write = self.encode_segment(input_ids, attention_mask, memory)
+        logits = self.lm_logits(h_tok).float()
+        last = (attention_mask.sum(dim=1) - 1).clamp(min=0)
+        idx = last.view(-1, 1, 1).expand(-1, 1, logits.shape[2])
+        last_logits = logits.gather(1, idx).squeeze(1)
+        token_logprobs = self.token_logprobs(logits, input_ids, attention_mask)
+        return h_write.float(), last_logits, token_logprobs
+
+    @staticmethod
+    def token_logprobs(logits, input_ids, attention_mask):
+        """log p(input_ids[:, t] | earlier tokens, memory) for t >= 1; 0 at t = 0 and at padding."""
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        tgt = logp.gather(2, input_ids[:, 1:].unsqueeze(2)).squeeze(2)
+        tgt = torch.cat([torch.zeros_like(tgt[:, :1]), tgt], dim=1)
+        return tgt * (attention_mask > 0).to(tgt.dtype)
+
+    # ---- incremental decoding ------------------------------------------------------------------
+    def decode(self, input_ids, attention_mask, memory, past):
+        """One decode call with a KV cache.
+
+        input_ids [B,N]; memory [B,K,D] read memory to prepend (K = memory_tokens at prefill, 0 after);
+        past [L,2,B,H,P,Dh]; attention_mask [B,P+K+N] over past, memory and new tokens (1 = valid).
+        Returns logits [B,V] at the last real new token and present [L,2,B,H,P+K+N,Dh].
+        """
+        dev = input_ids.device
+        P = past.shape[4]
+        K = memory.shape[1]
+        pos = (torch.cumsum(attention_mask, dim=1) - 1).clamp(min=0)[:, P:]
+        x = torch.cat([memory.to(self.wte.weight.dtype), self.wte(input_ids)], dim=1) + self.wpe(pos)
+        n_new = x.shape[1]
+        key_idx = torch.arange(attention_mask.shape[1], device=dev)
+        q_idx = P + torch.arange(n_new, device=dev)
+        causal = key_idx.unsqueeze(0) <= q_idx.unsqueeze(1)
+        allowed = causal.unsqueeze(0).unsqueeze(0) & (attention_mask > 0).unsqueeze(1).unsqueeze(1)
+        presents = []
+        for i, block in enumerate(self.h):
+            x, k, v = block(x, allowed, past[i, 0], past[i, 1])
+            presents.append(torch.stack([k, v], dim=0))
+        h = self.ln_f(x)[:, K:]
+        n_real = attention_mask[:, P + K:].sum(dim=1)
+        last = (n_real - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[2])
+        logits = self.lm_logits(h.gather(1, last).squeeze(1)).float()
+        return logits, torch.stack(presents, dim=0)
+
+    def empty_past(self, batch: int, device=None, dtype=None) -> torch.Tensor:
+        c = self.cfg
+        return torch.zeros(c.n_layers, 2, batch, c.n_heads, 0, c.head_dim,
+                           device=device, dtype=dtype or self.wte.weight.dtype)
+
+
+class SegmentGraph(nn.Module):
+    """Export wrapper: the segment.onnx contract."""
+
+    def __init__(self, rmt: RMT):
+        super().__init__()
+        self.rmt = rmt
+
+    def forward(self, input_ids, attention_mask, memory):
+        return self.rmt.segment(input_ids, attention_mask, memory)
+
+
+class DecodeGraph(nn.Module):
+    """Export wrapper: decode.onnx (prefill and incremental steps in one graph)."""
+
+    def __init__(self, rmt: RMT):
+        super().__init__()
+        self.rmt = rmt
+
+    def forward(self, input_ids, attention_mask, memory, past_key_values):
+        return self.rmt.decode(input_ids, attention_mask, memory, past_key_values)
