@@ -100,6 +100,30 @@ def cmd_evaluate(a):
         json.dump(meta, open(path, "w"), indent=2)
 
 
+def cmd_select(a):
+    """Picks the checkpoint with the best recall on fresh samples from the *training* split (no test leak)."""
+    import torch
+
+    from .evaluate import recall_table
+    from .export import load_checkpoint
+    from .tokenizer import load_tokenizer
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(a.tokenizer)
+    lengths = [int(x) for x in a.lengths.split(",")]
+    scores = {}
+    for ck in a.ckpts:
+        model, _ = load_checkpoint(ck, dev)
+        t = recall_table(model, tok, a.data, lengths, a.samples, 250, 99, split="train", modes=("carried",))
+        scores[ck] = sum(t["carried"].values()) / len(lengths)
+        print(json.dumps({"ckpt": ck, "recall": t["carried"]}), flush=True)
+    best = max(scores, key=scores.get)
+    print(json.dumps({"best": best, "mean_recall": scores[best]}))
+    if a.link:
+        import shutil
+        shutil.copy(best, a.link)
+
+
 def cmd_random(a):
     import torch
 
@@ -158,6 +182,9 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--answer-weight", type=float, default=2.0)
+    s.add_argument("--lm-weight", type=float, default=0.5)
+    s.add_argument("--in-context-batch", type=int, default=32, help="extra facts+question-in-one-segment samples per step")
+    s.add_argument("--dropout", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=1234)
     s.set_defaults(fn=cmd_train)
 
@@ -190,6 +217,15 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=250)
     s.add_argument("--seed", type=int, default=777)
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("select", help="best of several checkpoints by recall on the training split")
+    s.add_argument("ckpts", nargs="+")
+    s.add_argument("--data", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--lengths", default="16,64")
+    s.add_argument("--samples", type=int, default=250)
+    s.add_argument("--link", help="copy the best checkpoint here")
+    s.set_defaults(fn=cmd_select)
 
     s = sub.add_parser("random-gpt2-small", help="export a randomly initialised GPT-2-small-shaped RMT (benchmarks)")
     s.add_argument("--out", required=True)

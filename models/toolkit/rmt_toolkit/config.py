@@ -22,6 +22,8 @@ class RMTConfig:
     # Learned absolute positions cover [read memory; segment; write memory].
     n_positions: int = 160
     layer_norm_eps: float = 1e-5
+    # Training only: exported graphs run in eval mode, without dropout.
+    dropout: float = 0.0
     eos_id: int = 0
     pad_id: int = 1
 

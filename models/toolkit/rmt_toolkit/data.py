@@ -123,9 +123,10 @@ class RecallBuilder:
                       for n in task.names for v in task.verbs for p in task.places}
         self.questions = {n: enc(task.question_template.format(name=n)) for n in task.names}
         self.answers = {p: enc(task.answer_template.format(place=p)) for p in task.places}
+        self.max_qa = max(map(len, self.questions.values())) + max(map(len, self.answers.values()))
 
-    def sample(self, rng: np.random.Generator, n_segments: int) -> dict:
-        """n_segments full segments of noise with 1-3 facts inside, then question and answer."""
+    def sample(self, rng: np.random.Generator, n_segments: int, total: int | None = None) -> dict:
+        """n_segments full segments of noise with 1-3 facts inside (or `total` tokens), then question and answer."""
         t = self.task
         k = int(rng.integers(t.min_facts, t.max_facts + 1))
         people = rng.choice(len(t.names), size=k, replace=False)
@@ -134,10 +135,10 @@ class RecallBuilder:
             fact = (t.names[pi], t.verbs[rng.integers(len(t.verbs))], t.places[rng.integers(len(t.places))])
             facts.append(fact)
         fact_ids = [self.facts[f] for f in facts]
-        total = n_segments * self.S
+        total = n_segments * self.S if total is None else total
         noise_len = total - sum(len(f) for f in fact_ids)
         if noise_len < 0:
-            raise ValueError(f"{k} facts ({total - noise_len} tokens) do not fit in {n_segments} segment(s) of {self.S}")
+            raise ValueError(f"{k} facts ({total - noise_len} tokens) do not fit in {total} tokens")
         start = int(rng.integers(0, len(self.stream.ids) - noise_len))
         noise = self.stream.ids[start:start + noise_len]
         # Insertion points: random offsets snapped to the next sentence start inside the crop.

@@ -39,16 +39,17 @@ def greedy_answer(model: RMT, memory: torch.Tensor, samples: list[dict], pad_id:
 
 
 @torch.no_grad()
-def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int) -> dict:
+def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int,
+                 split: str = "heldout", modes=("carried", "reset")) -> dict:
     cfg = model.cfg
     dev = next(model.parameters()).device
-    stream = TokenStream(tok, load_split(data_dir, "heldout"))
+    stream = TokenStream(tok, load_split(data_dir, split))
     builder = RecallBuilder(tok, RecallTask(), stream, cfg.segment_length)
     table = {"carried": {}, "reset": {}}
     for n in lengths:
         rng = np.random.default_rng(seed + n)
         samples = [builder.sample(rng, n) for _ in range(samples_per_length)]
-        for mode in ("carried", "reset"):
+        for mode in modes:
             ok = []
             for i in range(0, len(samples), batch):
                 chunk = samples[i:i + batch]
@@ -56,7 +57,7 @@ def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: in
                 memory, _ = run_context(model, ctx, cfg.segment_length, reset=(mode == "reset"))
                 ok += greedy_answer(model, memory, chunk, cfg.pad_id)
             table[mode][str(n)] = round(float(np.mean(ok)), 4)
-        print({"segments": n, "carried": table["carried"][str(n)], "reset": table["reset"][str(n)]}, flush=True)
+        print({"segments": n, **{m: table[m][str(n)] for m in modes}}, flush=True)
     table["samples_per_length"] = samples_per_length
     table["chance"] = round(1.0 / len(RecallTask().places), 4)
     return table

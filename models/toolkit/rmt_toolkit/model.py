@@ -83,11 +83,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, allowed, past_k=None, past_v=None):
         a, k, v = self.attn(self.ln_1(x), allowed, past_k, past_v)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.ln_2(x)))
         return x, k, v
 
 

@@ -21,17 +21,40 @@ from .model import RMT
 from .tokenizer import load_tokenizer
 
 
-def question_batch(samples: list[dict], pad_id: int, with_answer: bool):
-    """Right-padded [question (+ answer)] rows, their mask, and the index of the last question token."""
-    rows = [np.concatenate([s["question"], s["answer"]]) if with_answer else s["question"] for s in samples]
+def question_batch(samples: list[dict], pad_id: int, with_answer: bool, in_context: bool = False):
+    """Right-padded [question (+ answer)] rows, their mask, and the index of the last question token.
+
+    in_context: the sample's context is put in the same row, before the question (no memory needed)."""
+    rows, q_last = [], []
+    for s in samples:
+        head = np.concatenate([s["context"], s["question"]]) if in_context else s["question"]
+        rows.append(np.concatenate([head, s["answer"]]) if with_answer else head)
+        q_last.append(len(head) - 1)
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = r
         mask[i, :len(r)] = 1
-    q_last = np.asarray([len(s["question"]) - 1 for s in samples], dtype=np.int64)
-    return ids, mask, q_last
+    return ids, mask, np.asarray(q_last, dtype=np.int64)
+
+
+def answer_loss(model: RMT, samples, memory, pad_id: int, in_context: bool = False):
+    """Cross-entropy on the answer tokens after the question; also first-token accuracy."""
+    dev = memory.device
+    qids, qmask, q_last = question_batch(samples, pad_id, with_answer=True, in_context=in_context)
+    qids, qmask = torch.from_numpy(qids).to(dev), torch.from_numpy(qmask).to(dev)
+    h_tok, _ = model.encode_segment(qids, qmask, memory)
+    logits = model.lm_logits(h_tok[:, :-1]).float()
+    tgt = torch.full_like(qids[:, 1:], -100)
+    for i, s in enumerate(samples):
+        tgt[i, q_last[i]:q_last[i] + len(s["answer"])] = torch.from_numpy(s["answer"]).to(dev)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+    with torch.no_grad():
+        first = logits[torch.arange(len(samples), device=dev), torch.from_numpy(q_last).to(dev)].argmax(-1)
+        want = torch.tensor([s["answer"][0] for s in samples], device=dev)
+        acc = (first == want).float().mean().item()
+    return loss, acc
 
 
 def run_context(model: RMT, ctx: torch.Tensor, S: int, reset: bool = False, lm_loss: bool = False):
@@ -59,13 +82,15 @@ def train(args) -> dict:
     rng = np.random.default_rng(args.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = RMTConfig.load(args.config) if args.config else RMTConfig()
+    if args.dropout is not None:
+        cfg.dropout = args.dropout
     tok = load_tokenizer(args.tokenizer)
     if tok.get_vocab_size() != cfg.vocab_size:
         raise SystemExit(f"config vocab_size {cfg.vocab_size} != tokenizer vocabulary {tok.get_vocab_size()}")
     task = RecallTask()
     stream = TokenStream(tok, load_split(args.data, "train"))
     builder = RecallBuilder(tok, task, stream, cfg.segment_length)
-    model = RMT(cfg).to(dev)
+    model = RMT(cfg).to(dev).train()
     if args.resume:
         ck = torch.load(args.resume, map_location=dev)
         model.load_state_dict(ck["state_dict"])
@@ -86,8 +111,6 @@ def train(args) -> dict:
         n = n_max if rng.random() < 0.5 else int(rng.integers(1, n_max + 1))
         samples = [builder.sample(rng, n) for _ in range(args.batch)]
         ctx = torch.from_numpy(np.stack([s["context"] for s in samples])).to(dev)
-        qids, qmask, q_last = question_batch(samples, cfg.pad_id, with_answer=True)
-        qids, qmask = torch.from_numpy(qids).to(dev), torch.from_numpy(qmask).to(dev)
         # lr: warm-up, constant through the curriculum, cosine decay over the last 20% of the budget.
         frac = elapsed / budget
         lr = args.lr * min(1.0, (step + 1) / 100)
@@ -97,28 +120,24 @@ def train(args) -> dict:
             g["lr"] = lr
         with torch.autocast(**amp) if amp else torch.enable_grad():
             memory, lm = run_context(model, ctx, S, lm_loss=True)
-            h_tok, _ = model.encode_segment(qids, qmask, memory)
-            logits = model.lm_logits(h_tok[:, :-1]).float()
-        alen = np.asarray([len(s["answer"]) for s in samples])
-        tgt = torch.full_like(qids[:, 1:], -100)
-        for i, s in enumerate(samples):
-            tgt[i, q_last[i]:q_last[i] + alen[i]] = torch.from_numpy(s["answer"]).to(dev)
-        ans = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
-        loss = lm + args.answer_weight * ans
+            ans, acc = answer_loss(model, samples, memory, cfg.pad_id)
+            loss = args.lm_weight * lm + args.answer_weight * ans
+            if args.in_context_batch:
+                # Facts and question in one segment: teaches the retrieval the memory path then reuses.
+                ic = [builder.sample(rng, 0, total=S - builder.max_qa) for _ in range(args.in_context_batch)]
+                ic_loss, ic_acc = answer_loss(model, ic, model.initial_memory(len(ic)).to(dev), cfg.pad_id, in_context=True)
+                loss = loss + args.answer_weight * ic_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            first = logits[torch.arange(len(samples), device=dev), torch.from_numpy(q_last).to(dev)].argmax(-1)
-            want = torch.tensor([s["answer"][0] for s in samples], device=dev)
-            acc = (first == want).float().mean().item()
         if n == n_max:
             recent = (recent + [acc])[-args.window:]
         step += 1
         stage_steps += 1
         if step % 25 == 0:
-            row = {"step": step, "stage": n_max, "n": n, "lm": round(lm.item(), 4), "answer": round(ans.item(), 4),
+            row = {"step": step, "stage": n_max, "n": n, "lm": round(lm.item(), 4), "answer": round(ans.item(), 4), "acc": round(acc, 3),
+                   "ic_acc": round(ic_acc, 3) if args.in_context_batch else None,
                    "acc_recent": round(float(np.mean(recent)), 3) if recent else None, "lr": lr,
                    "sec": round(time.time() - t0, 1)}
             log.append(row)
@@ -131,7 +150,8 @@ def train(args) -> dict:
     training = {"data": {"train_files": len(load_split(args.data, "train")), "train_tokens": int(len(stream.ids)),
                          "note": "Brown corpus training files (number not divisible by 5); recall samples built on the fly"},
                 "steps": step, "batch": args.batch, "stages": stages, "reached_stage": stages[stage],
-                "wall_time_s": round(wall, 1), "lr": args.lr, "answer_weight": args.answer_weight,
+                "wall_time_s": round(wall, 1), "lr": args.lr, "answer_weight": args.answer_weight, "lm_weight": args.lm_weight,
+                "in_context_batch": args.in_context_batch, "dropout": cfg.dropout,
                 "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                 "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed}
     if args.resume:

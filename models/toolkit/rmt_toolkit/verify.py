@@ -28,7 +28,7 @@ class TorchRunner:
         self.m = model
 
     def init_state(self, batch):
-        return self.m.initial_memory(batch).numpy()
+        return self.m.initial_memory(batch).detach().numpy()
 
     @torch.no_grad()
     def segment(self, ids, mask, state):
