@@ -124,7 +124,9 @@ def train(args) -> dict:
             loss = args.lm_weight * lm + args.answer_weight * ans
             if args.in_context_batch:
                 # Facts and question in one segment: teaches the retrieval the memory path then reuses.
-                ic = [builder.sample(rng, 0, total=S - builder.max_qa) for _ in range(args.in_context_batch)]
+                # Variable noise around the facts, down to almost none: dense facts make the binding easy to find.
+                ic = [builder.sample(rng, 0, total=int(rng.integers(32, S - builder.max_qa + 1)))
+                      for _ in range(args.in_context_batch)]
                 ic_loss, ic_acc = answer_loss(model, ic, model.initial_memory(len(ic)).to(dev), cfg.pad_id, in_context=True)
                 loss = loss + args.answer_weight * ic_loss
         opt.zero_grad(set_to_none=True)
