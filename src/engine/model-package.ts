@@ -1,0 +1,272 @@
+// Loads and validates a model package (format rmt-serve/model@1) so that
+// contract problems surface at load time with the offending file named.
+import { existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { createSession, type Session } from './onnx-runtime.ts';
+import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
+
+export const MODEL_FORMAT = 'rmt-serve/model@1';
+
+export interface StateSpec {
+  name: string;
+  shape: [number, number];
+  dtype: 'float32';
+  init: string;
+}
+
+export interface KvLayout {
+  layers: number;
+  heads: number;
+  headDim: number;
+}
+
+export interface ModelPackage {
+  dir: string;
+  name: string;
+  segmentLength: number;
+  memoryTokens: number;
+  dModel: number;
+  vocabSize: number;
+  specialTokens: { eos: number; pad: number };
+  state: StateSpec[];
+  /** Initial value of each state entry, keyed by state name. */
+  initState: Record<string, Float32Array>;
+  kv: KvLayout;
+  sessions: { segment: Session; decode: Session };
+  tokenizer: TextTokenizer;
+  release(): Promise<void>;
+}
+
+interface IoSpec {
+  name: string;
+  dtype: string;
+  rank: number;
+}
+
+// The graph contract the runner relies on (names, dtypes, ranks).
+const SEGMENT_IO = {
+  inputs: [
+    { name: 'input_ids', dtype: 'int64', rank: 2 },
+    { name: 'attention_mask', dtype: 'int64', rank: 2 },
+    { name: 'state.memory', dtype: 'float32', rank: 3 },
+  ],
+  outputs: [
+    { name: 'next_state.memory', dtype: 'float32', rank: 3 },
+    { name: 'logits', dtype: 'float32', rank: 2 },
+    { name: 'token_logprobs', dtype: 'float32', rank: 2 },
+  ],
+} satisfies Record<string, IoSpec[]>;
+
+const DECODE_IO = {
+  inputs: [
+    { name: 'input_ids', dtype: 'int64', rank: 2 },
+    { name: 'attention_mask', dtype: 'int64', rank: 2 },
+    { name: 'memory', dtype: 'float32', rank: 3 },
+    { name: 'past_key_values', dtype: 'float32', rank: 6 },
+  ],
+  outputs: [
+    { name: 'logits', dtype: 'float32', rank: 2 },
+    { name: 'present_key_values', dtype: 'float32', rank: 6 },
+  ],
+} satisfies Record<string, IoSpec[]>;
+
+class PackageError extends Error {}
+
+function fail(file: string, message: string): never {
+  throw new PackageError(`${file}: ${message}`);
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function positiveInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
+  const v = obj[key];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
+    fail(file, `'${where}' must be a positive integer, found ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function nonNegativeInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
+  const v = obj[key];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
+    fail(file, `'${where}' must be a non-negative integer, found ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function str(obj: Record<string, unknown>, key: string, file: string, where = key): string {
+  const v = obj[key];
+  if (typeof v !== 'string' || v === '') fail(file, `'${where}' must be a non-empty string`);
+  return v;
+}
+
+function requireFile(dir: string, name: string, what: string): string {
+  const full = path.join(dir, name);
+  if (!existsSync(full)) fail(name, `${what} file not found at ${full}`);
+  return full;
+}
+
+function checkIo(file: string, session: Session, spec: { inputs: IoSpec[]; outputs: IoSpec[] }): void {
+  for (const [kind, declared, expected] of [
+    ['input', session.inputs, spec.inputs],
+    ['output', session.outputs, spec.outputs],
+  ] as const) {
+    const names = declared.map((d) => d.name);
+    const wanted = expected.map((e) => e.name);
+    const missing = wanted.filter((n) => !names.includes(n));
+    const extra = names.filter((n) => !wanted.includes(n));
+    if (missing.length || extra.length) {
+      fail(
+        file,
+        `${kind}s expected [${wanted.join(', ')}], found [${names.join(', ')}]` +
+          (missing.length ? `; missing ${missing.join(', ')}` : '') +
+          (extra.length ? `; unexpected ${extra.join(', ')}` : ''),
+      );
+    }
+    for (const e of expected) {
+      const d = declared.find((x) => x.name === e.name)!;
+      if (d.type !== e.dtype) fail(file, `${kind} '${e.name}' expected dtype ${e.dtype}, found ${d.type}`);
+      if (d.shape.length !== e.rank) {
+        fail(file, `${kind} '${e.name}' expected rank ${e.rank}, found shape [${d.shape.join(', ')}]`);
+      }
+    }
+  }
+}
+
+/** A fixed graph dim must agree with model.json; symbolic dims are free. */
+function checkDim(file: string, session: Session, input: string, axis: number, expected: number): void {
+  const d = session.inputs.find((i) => i.name === input)?.shape[axis];
+  if (typeof d === 'number' && d !== expected) {
+    fail(file, `input '${input}' axis ${axis} expected ${expected} (from model.json), found ${d}`);
+  }
+}
+
+export async function loadModelPackage(dir: string, options: { intraOpThreads?: number } = {}): Promise<ModelPackage> {
+  const MJ = 'model.json';
+  const manifestPath = requireFile(dir, MJ, 'manifest');
+  let manifest: unknown;
+  try {
+    manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+  } catch (err) {
+    fail(MJ, `invalid JSON: ${(err as Error).message}`);
+  }
+  if (!isRecord(manifest)) fail(MJ, 'must be a JSON object');
+  if (manifest.format !== MODEL_FORMAT) {
+    fail(MJ, `'format' expected "${MODEL_FORMAT}", found ${JSON.stringify(manifest.format)}`);
+  }
+  if (manifest.architecture !== 'rmt') {
+    fail(MJ, `'architecture' expected "rmt", found ${JSON.stringify(manifest.architecture)}`);
+  }
+  const name = str(manifest, 'name', MJ);
+  const segmentLength = positiveInt(manifest, 'segment_length', MJ);
+  const memoryTokens = positiveInt(manifest, 'memory_tokens', MJ);
+  const vocabSize = positiveInt(manifest, 'vocab_size', MJ);
+
+  const special = manifest.special_tokens;
+  if (!isRecord(special)) fail(MJ, "'special_tokens' must be an object");
+  const specialTokens = {
+    eos: nonNegativeInt(special, 'eos', MJ, 'special_tokens.eos'),
+    pad: nonNegativeInt(special, 'pad', MJ, 'special_tokens.pad'),
+  };
+
+  const tokenizerName = str(manifest, 'tokenizer', MJ);
+  const tokenizerPath = requireFile(dir, tokenizerName, 'tokenizer');
+
+  // State entries: each init file holds raw little-endian float32 of product(shape) elements.
+  if (!Array.isArray(manifest.state) || manifest.state.length === 0) fail(MJ, "'state' must be a non-empty array");
+  const state: StateSpec[] = [];
+  const initState: Record<string, Float32Array> = {};
+  for (const [i, raw] of manifest.state.entries()) {
+    const where = `state[${i}]`;
+    if (!isRecord(raw)) fail(MJ, `'${where}' must be an object`);
+    const stateName = str(raw, 'name', MJ, `${where}.name`);
+    if (raw.dtype !== 'float32') fail(MJ, `'${where}.dtype' expected "float32", found ${JSON.stringify(raw.dtype)}`);
+    if (!Array.isArray(raw.shape) || raw.shape.length !== 2) fail(MJ, `'${where}.shape' must be [tokens, d_model]`);
+    const shape = raw.shape.map((v: unknown, k) => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
+        fail(MJ, `'${where}.shape[${k}]' must be a positive integer, found ${JSON.stringify(v)}`);
+      }
+      return v;
+    });
+    const init = str(raw, 'init', MJ, `${where}.init`);
+    const initPath = requireFile(dir, init, `${where} init`);
+    const expectedBytes = shape[0]! * shape[1]! * 4;
+    const size = (await stat(initPath)).size;
+    if (size !== expectedBytes) {
+      fail(init, `state init size expected ${expectedBytes} bytes (float32 [${shape.join(', ')}]), found ${size}`);
+    }
+    const bytes = await readFile(initPath);
+    // Copy into an aligned buffer and decode explicitly as little-endian.
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const values = new Float32Array(expectedBytes / 4);
+    for (let k = 0; k < values.length; k++) values[k] = view.getFloat32(k * 4, true);
+    state.push({ name: stateName, shape: [shape[0]!, shape[1]!], dtype: 'float32', init });
+    initState[stateName] = values;
+  }
+  const memory = state.find((s) => s.name === 'memory');
+  if (!memory) fail(MJ, "'state' must contain an entry named \"memory\"");
+  if (memory.shape[0] !== memoryTokens) {
+    fail(MJ, `'state.memory.shape[0]' expected memory_tokens=${memoryTokens}, found ${memory.shape[0]}`);
+  }
+  const dModel = memory.shape[1];
+
+  const kvRaw = isRecord(manifest.decode) ? manifest.decode.past_key_values : undefined;
+  if (!isRecord(kvRaw)) fail(MJ, "'decode.past_key_values' must be an object");
+  const kv: KvLayout = {
+    layers: positiveInt(kvRaw, 'layers', MJ, 'decode.past_key_values.layers'),
+    heads: positiveInt(kvRaw, 'heads', MJ, 'decode.past_key_values.heads'),
+    headDim: positiveInt(kvRaw, 'head_dim', MJ, 'decode.past_key_values.head_dim'),
+  };
+
+  const graphs = isRecord(manifest.graphs) ? manifest.graphs.fp32 : undefined;
+  if (!isRecord(graphs)) fail(MJ, "'graphs.fp32' must be an object");
+  const segmentName = str(graphs, 'segment', MJ, 'graphs.fp32.segment');
+  const decodeName = str(graphs, 'decode', MJ, 'graphs.fp32.decode');
+  const segmentPath = requireFile(dir, segmentName, 'segment graph');
+  const decodePath = requireFile(dir, decodeName, 'decode graph');
+  if (typeof graphs.weights === 'string') requireFile(dir, graphs.weights, 'external weights');
+
+  const tokenizer = await loadTokenizer(tokenizerPath);
+
+  const sessionOptions = { executionProvider: 'cpu' as const, ...options };
+  const segment = await createSession(segmentPath, sessionOptions);
+  const decode = await createSession(decodePath, sessionOptions).catch(async (err: unknown) => {
+    await segment.release();
+    throw err;
+  });
+  try {
+    checkIo(segmentName, segment, SEGMENT_IO);
+    checkDim(segmentName, segment, 'state.memory', 1, memoryTokens);
+    checkDim(segmentName, segment, 'state.memory', 2, dModel);
+    checkIo(decodeName, decode, DECODE_IO);
+    checkDim(decodeName, decode, 'memory', 2, dModel);
+    checkDim(decodeName, decode, 'past_key_values', 0, kv.layers);
+    checkDim(decodeName, decode, 'past_key_values', 1, 2);
+    checkDim(decodeName, decode, 'past_key_values', 3, kv.heads);
+    checkDim(decodeName, decode, 'past_key_values', 5, kv.headDim);
+  } catch (err) {
+    await Promise.all([segment.release(), decode.release()]);
+    throw err;
+  }
+
+  return {
+    dir,
+    name,
+    segmentLength,
+    memoryTokens,
+    dModel,
+    vocabSize,
+    specialTokens,
+    state,
+    initState,
+    kv,
+    sessions: { segment, decode },
+    tokenizer,
+    release: async () => {
+      await Promise.all([segment.release(), decode.release()]);
+    },
+  };
+}

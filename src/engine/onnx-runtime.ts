@@ -1,0 +1,142 @@
+// The only module that touches onnxruntime-node: everything else works with
+// plain typed arrays so the engine can be tested and swapped independently.
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+
+export type DType = 'float32' | 'int64' | 'float16';
+
+export type Tensor =
+  | { dtype: 'float32'; data: Float32Array; dims: number[] }
+  | { dtype: 'int64'; data: BigInt64Array; dims: number[] }
+  | { dtype: 'float16'; data: Uint16Array; dims: number[] };
+
+/** A dimension is a fixed size or a symbolic name (free at run time). */
+export type Dim = number | string;
+
+export interface ValueInfo {
+  name: string;
+  type: string;
+  shape: Dim[];
+}
+
+export interface SessionOptions {
+  executionProvider: 'cpu';
+  intraOpThreads?: number;
+}
+
+export interface Session {
+  readonly file: string;
+  readonly inputs: readonly ValueInfo[];
+  readonly outputs: readonly ValueInfo[];
+  run(feeds: Record<string, Tensor>, fetches?: string[]): Promise<Record<string, Tensor>>;
+  release(): Promise<void>;
+}
+
+export function float32(data: Float32Array, dims: number[]): Tensor {
+  return { dtype: 'float32', data, dims };
+}
+
+export function int64(values: ArrayLike<number> | BigInt64Array, dims: number[]): Tensor {
+  const data = values instanceof BigInt64Array ? values : BigInt64Array.from(Array.from(values), (v) => BigInt(v));
+  return { dtype: 'int64', data, dims };
+}
+
+export function elementCount(dims: readonly number[]): number {
+  return dims.reduce((a, b) => a * b, 1);
+}
+
+function describeShape(shape: readonly Dim[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function toValueInfo(meta: ort.InferenceSession.ValueMetadata): ValueInfo {
+  if (!meta.isTensor) return { name: meta.name, type: 'non-tensor', shape: [] };
+  return { name: meta.name, type: meta.type, shape: [...meta.shape] };
+}
+
+function fromOrt(value: ort.OnnxValue, file: string, name: string): Tensor {
+  const t = value as ort.Tensor;
+  const dims = [...t.dims];
+  switch (t.type) {
+    case 'float32':
+      return { dtype: 'float32', data: t.data as Float32Array, dims };
+    case 'int64':
+      return { dtype: 'int64', data: t.data as BigInt64Array, dims };
+    case 'float16':
+      return { dtype: 'float16', data: t.data as Uint16Array, dims };
+    default:
+      throw new Error(`${file}: output '${name}' has unsupported dtype ${t.type}`);
+  }
+}
+
+/** Checks feeds against the graph's declared inputs; ORT's own errors do not name the file. */
+export function checkFeeds(file: string, inputs: readonly ValueInfo[], feeds: Record<string, Tensor>): void {
+  const expected = inputs.map((i) => i.name).sort();
+  const given = Object.keys(feeds).sort();
+  const missing = expected.filter((n) => !given.includes(n));
+  const extra = given.filter((n) => !expected.includes(n));
+  if (missing.length || extra.length) {
+    throw new Error(
+      `${file}: feed names do not match graph inputs (missing: ${missing.join(', ') || 'none'}; ` +
+        `unexpected: ${extra.join(', ') || 'none'})`,
+    );
+  }
+  for (const info of inputs) {
+    const t = feeds[info.name]!;
+    if (t.dtype !== info.type) {
+      throw new Error(`${file}: input '${info.name}' expects dtype ${info.type}, found ${t.dtype}`);
+    }
+    const shapeError = () =>
+      new Error(
+        `${file}: input '${info.name}' expects shape ${describeShape(info.shape)}, ` +
+          `found ${describeShape(t.dims)}`,
+      );
+    if (t.dims.length !== info.shape.length) throw shapeError();
+    info.shape.forEach((d, i) => {
+      if (typeof d === 'number' && d >= 0 && d !== t.dims[i]) throw shapeError();
+    });
+    if (elementCount(t.dims) !== t.data.length) {
+      throw new Error(
+        `${file}: input '${info.name}' has dims ${describeShape(t.dims)} ` +
+          `(${elementCount(t.dims)} elements) but ${t.data.length} data elements`,
+      );
+    }
+  }
+}
+
+export async function createSession(file: string, options: SessionOptions): Promise<Session> {
+  // Loading by path (not buffer) lets ORT resolve external weight files next to the graph.
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
+    executionProviders: [options.executionProvider],
+    graphOptimizationLevel: 'all',
+  };
+  if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
+  let session: ort.InferenceSession;
+  try {
+    session = await ort.InferenceSession.create(file, sessionOptions);
+  } catch (err) {
+    throw new Error(`${file}: failed to load ONNX graph: ${(err as Error).message}`);
+  }
+  const label = path.basename(file);
+  const inputs = session.inputMetadata.map(toValueInfo);
+  const outputs = session.outputMetadata.map(toValueInfo);
+
+  return {
+    file,
+    inputs,
+    outputs,
+    async run(feeds, fetches) {
+      checkFeeds(label, inputs, feeds);
+      const ortFeeds: Record<string, ort.Tensor> = {};
+      for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.dtype, t.data, t.dims);
+      const names = fetches ?? outputs.map((o) => o.name);
+      const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
+      if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
+      const result = await session.run(ortFeeds, names);
+      const out: Record<string, Tensor> = {};
+      for (const name of names) out[name] = fromOrt(result[name]!, label, name);
+      return out;
+    },
+    release: () => session.release(),
+  };
+}

@@ -1,0 +1,173 @@
+// Segment recurrence and KV-cached decoding over a loaded model package.
+// Mirrors the reference algorithm in rmt_toolkit so outputs match golden.json.
+import type { ModelPackage } from './model-package.ts';
+import { float32, int64, type Tensor } from './onnx-runtime.ts';
+
+export interface SegmentRow {
+  ids: readonly number[];
+  state: Float32Array;
+}
+
+export interface SegmentResult {
+  nextState: Float32Array;
+  /** Logits at the row's last real token. */
+  logits: Float32Array;
+  /** Log-probability of each real token (position 0 has no context: 0). */
+  tokenLogprobs: Float32Array;
+}
+
+/** Key/value cache for one sequence: [layers, 2, 1, heads, length, head_dim]. */
+export interface KvCache {
+  data: Float32Array;
+  length: number;
+}
+
+export interface DecodeResult {
+  logits: Float32Array;
+  kv: KvCache;
+}
+
+function memoryState(pkg: ModelPackage, state: Float32Array): Float32Array {
+  const expected = pkg.memoryTokens * pkg.dModel;
+  if (state.length !== expected) {
+    throw new Error(`memory state has ${state.length} values, expected ${expected} ([${pkg.memoryTokens}, ${pkg.dModel}])`);
+  }
+  return state;
+}
+
+function asFloat32(t: Tensor | undefined, name: string): Float32Array {
+  if (!t || t.dtype !== 'float32') throw new Error(`expected float32 output '${name}'`);
+  return t.data;
+}
+
+/** Runs one batched segment call; rows are right-padded with the pad id and masked. */
+export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[]): Promise<SegmentResult[]> {
+  if (rows.length === 0) return [];
+  const width = Math.max(...rows.map((r) => r.ids.length));
+  for (const [i, r] of rows.entries()) {
+    if (r.ids.length === 0 || r.ids.length > pkg.segmentLength) {
+      throw new Error(`segment row ${i} has ${r.ids.length} tokens, expected 1..${pkg.segmentLength}`);
+    }
+    memoryState(pkg, r.state);
+  }
+  const batch = rows.length;
+  const stateSize = pkg.memoryTokens * pkg.dModel;
+  const ids = new BigInt64Array(batch * width).fill(BigInt(pkg.specialTokens.pad));
+  const mask = new BigInt64Array(batch * width);
+  const states = new Float32Array(batch * stateSize);
+  rows.forEach((r, b) => {
+    r.ids.forEach((id, t) => {
+      ids[b * width + t] = BigInt(id);
+      mask[b * width + t] = 1n;
+    });
+    states.set(r.state, b * stateSize);
+  });
+
+  const out = await pkg.sessions.segment.run({
+    input_ids: int64(ids, [batch, width]),
+    attention_mask: int64(mask, [batch, width]),
+    'state.memory': float32(states, [batch, pkg.memoryTokens, pkg.dModel]),
+  });
+  const next = asFloat32(out['next_state.memory'], 'next_state.memory');
+  const logits = asFloat32(out.logits, 'logits');
+  const logprobs = asFloat32(out.token_logprobs, 'token_logprobs');
+  const vocab = logits.length / batch;
+  // slice() copies, so results do not pin the whole batch buffer.
+  return rows.map((r, b) => ({
+    nextState: next.slice(b * stateSize, (b + 1) * stateSize),
+    logits: logits.slice(b * vocab, (b + 1) * vocab),
+    tokenLogprobs: logprobs.slice(b * width, b * width + r.ids.length),
+  }));
+}
+
+function emptyKv(pkg: ModelPackage): Tensor {
+  return float32(new Float32Array(0), [pkg.kv.layers, 2, 1, pkg.kv.heads, 0, pkg.kv.headDim]);
+}
+
+function kvFromOutput(pkg: ModelPackage, t: Tensor | undefined): KvCache {
+  const data = asFloat32(t, 'present_key_values');
+  return { data, length: data.length / (pkg.kv.layers * 2 * pkg.kv.heads * pkg.kv.headDim) };
+}
+
+function ones(n: number): BigInt64Array {
+  return new BigInt64Array(n).fill(1n);
+}
+
+/** Starts a decode cache: the memory tokens plus `ids`, attending to the given state. */
+export async function prefill(pkg: ModelPackage, ids: readonly number[], state: Float32Array): Promise<DecodeResult> {
+  if (ids.length === 0) throw new Error('prefill needs at least one token');
+  const out = await pkg.sessions.decode.run({
+    input_ids: int64(ids, [1, ids.length]),
+    attention_mask: int64(ones(pkg.memoryTokens + ids.length), [1, pkg.memoryTokens + ids.length]),
+    memory: float32(memoryState(pkg, state), [1, pkg.memoryTokens, pkg.dModel]),
+    past_key_values: emptyKv(pkg),
+  });
+  return { logits: asFloat32(out.logits, 'logits'), kv: kvFromOutput(pkg, out.present_key_values) };
+}
+
+/** Appends one token to an existing cache; memory is already inside the cache. */
+export async function decodeStep(pkg: ModelPackage, token: number, kv: KvCache): Promise<DecodeResult> {
+  const { layers, heads, headDim } = pkg.kv;
+  const out = await pkg.sessions.decode.run({
+    input_ids: int64([token], [1, 1]),
+    attention_mask: int64(ones(kv.length + 1), [1, kv.length + 1]),
+    memory: float32(new Float32Array(0), [1, 0, pkg.dModel]),
+    past_key_values: float32(kv.data, [layers, 2, 1, heads, kv.length, headDim]),
+  });
+  return { logits: asFloat32(out.logits, 'logits'), kv: kvFromOutput(pkg, out.present_key_values) };
+}
+
+/** Index of the largest value; ties go to the lowest index, like torch.argmax. */
+export function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
+  return best;
+}
+
+export interface GreedyResult {
+  ids: number[];
+  segmentsCommitted: number;
+  state: Float32Array;
+}
+
+/**
+ * Greedy decoding: full prompt segments go through the segment graph; the
+ * tail lives in the KV cache, and when it reaches segment_length it is
+ * committed to memory with the segment graph and the cache starts over.
+ */
+export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly number[], maxNew: number): Promise<GreedyResult> {
+  if (promptIds.length === 0) throw new Error('greedyGenerate needs a non-empty prompt');
+  const L = pkg.segmentLength;
+  let state = pkg.initState.memory!;
+  let logits: Float32Array | undefined;
+  const fullEnd = Math.floor(promptIds.length / L) * L;
+  for (let start = 0; start < fullEnd; start += L) {
+    const [r] = await runSegment(pkg, [{ ids: promptIds.slice(start, start + L), state }]);
+    state = r!.nextState;
+    logits = r!.logits;
+  }
+  let tail = promptIds.slice(fullEnd);
+  let kv: KvCache | undefined;
+  if (tail.length > 0) ({ logits, kv } = await prefill(pkg, tail, state));
+
+  const output: number[] = [];
+  let segmentsCommitted = 0;
+  while (output.length < maxNew) {
+    const tok = argmax(logits!);
+    output.push(tok);
+    tail = [...tail, tok];
+    if (tail.length === L) {
+      const [r] = await runSegment(pkg, [{ ids: tail, state }]);
+      state = r!.nextState;
+      logits = r!.logits;
+      tail = [];
+      kv = undefined;
+      segmentsCommitted++;
+    } else if (kv === undefined) {
+      ({ logits, kv } = await prefill(pkg, tail, state));
+    } else {
+      ({ logits, kv } = await decodeStep(pkg, tok, kv));
+    }
+  }
+  return { ids: output, segmentsCommitted, state };
+}
