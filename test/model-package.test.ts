@@ -1,0 +1,123 @@
+// Load-time validation: broken packages must fail with the offending file named.
+import assert from 'node:assert/strict';
+import { copyFile, mkdtemp, readFile, rm, truncate, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { loadModelPackage } from '../src/engine/model-package.ts';
+import { createSession, float32, int64 } from '../src/engine/onnx-runtime.ts';
+import { PACKAGE_DIR } from './helpers.ts';
+
+// Only what an fp32 CPU load reads.
+const FILES = ['model.json', 'segment.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
+
+const tempDirs: string[] = [];
+
+async function copyPackage(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'rmt-pkg-'));
+  tempDirs.push(dir);
+  await Promise.all(FILES.map((f) => copyFile(path.join(PACKAGE_DIR, f), path.join(dir, f))));
+  return dir;
+}
+
+async function editManifest(dir: string, edit: (m: Record<string, any>) => void): Promise<void> {
+  const file = path.join(dir, 'model.json');
+  const manifest = JSON.parse(await readFile(file, 'utf8')) as Record<string, any>;
+  edit(manifest);
+  await writeFile(file, JSON.stringify(manifest));
+}
+
+after(async () => {
+  await Promise.all(tempDirs.map((d) => rm(d, { recursive: true, force: true })));
+});
+
+describe('loadModelPackage', () => {
+  test('loads the shipped package', async () => {
+    const pkg = await loadModelPackage(PACKAGE_DIR);
+    try {
+      assert.equal(pkg.segmentLength, 128);
+      assert.equal(pkg.memoryTokens, 16);
+      assert.equal(pkg.dModel, 256);
+      assert.equal(pkg.initState.memory!.length, 16 * 256);
+      assert.deepEqual(pkg.kv, { layers: 4, heads: 4, headDim: 64 });
+    } finally {
+      await pkg.release();
+    }
+  });
+
+  test('rejects a wrong format string, naming model.json', async () => {
+    const dir = await copyPackage();
+    await editManifest(dir, (m) => {
+      m.format = 'rmt-serve/model@0';
+    });
+    await assert.rejects(loadModelPackage(dir), /^Error: model\.json: 'format' expected "rmt-serve\/model@1", found "rmt-serve\/model@0"/);
+  });
+
+  test('rejects a truncated state init file, naming it and both sizes', async () => {
+    const dir = await copyPackage();
+    await truncate(path.join(dir, 'state.memory.f32'), 16 * 256 * 4 - 4);
+    await assert.rejects(loadModelPackage(dir), /state\.memory\.f32: .*expected 16384 bytes.*found 16380/);
+  });
+
+  test('rejects a missing graph file, naming it', async () => {
+    const dir = await copyPackage();
+    await unlink(path.join(dir, 'decode.onnx'));
+    await assert.rejects(loadModelPackage(dir), /decode\.onnx: decode graph file not found/);
+  });
+
+  test('rejects a graph that breaks the I/O contract, naming file and tensor', async () => {
+    const dir = await copyPackage();
+    // The decode graph offered as the segment graph lacks state.memory and has extra inputs.
+    await editManifest(dir, (m) => {
+      m.graphs.fp32.segment = 'decode.onnx';
+    });
+    await assert.rejects(loadModelPackage(dir), /decode\.onnx: inputs expected \[input_ids, attention_mask, state\.memory\].*missing state\.memory/);
+  });
+
+  test('rejects non-positive integers in model.json', async () => {
+    const dir = await copyPackage();
+    await editManifest(dir, (m) => {
+      m.segment_length = 0;
+    });
+    await assert.rejects(loadModelPackage(dir), /model\.json: 'segment_length' must be a positive integer, found 0/);
+  });
+});
+
+describe('onnx-runtime feed checks', () => {
+  const file = path.join(PACKAGE_DIR, 'segment.onnx');
+  const ids = int64(new Array(4).fill(5), [1, 4]);
+  const mask = int64(new Array(4).fill(1), [1, 4]);
+
+  test('wrong dtype names the tensor and both dtypes', async () => {
+    const session = await createSession(file, { executionProvider: 'cpu' });
+    try {
+      await assert.rejects(
+        session.run({ input_ids: float32(new Float32Array(4), [1, 4]), attention_mask: mask, 'state.memory': float32(new Float32Array(16 * 256), [1, 16, 256]) }),
+        /segment\.onnx: input 'input_ids' expects dtype int64, found float32/,
+      );
+    } finally {
+      await session.release();
+    }
+  });
+
+  test('wrong fixed dim names the tensor and both shapes', async () => {
+    const session = await createSession(file, { executionProvider: 'cpu' });
+    try {
+      await assert.rejects(
+        session.run({ input_ids: ids, attention_mask: mask, 'state.memory': float32(new Float32Array(8 * 256), [1, 8, 256]) }),
+        /segment\.onnx: input 'state\.memory' expects shape \[batch, 16, 256\], found \[1, 8, 256\]/,
+      );
+    } finally {
+      await session.release();
+    }
+  });
+
+  test('missing feed is reported by name', async () => {
+    const session = await createSession(file, { executionProvider: 'cpu' });
+    try {
+      await assert.rejects(session.run({ input_ids: ids, attention_mask: mask }), /segment\.onnx: .*missing: state\.memory/);
+    } finally {
+      await session.release();
+    }
+  });
+});
