@@ -100,6 +100,15 @@ def cmd_evaluate(a):
         json.dump(meta, open(path, "w"), indent=2)
 
 
+def cmd_card(a):
+    from .card import render
+
+    notes = open(a.notes).read() if a.notes else ""
+    with open(os.path.join(a.package, "README.md"), "w") as fh:
+        fh.write(render(a.package, notes))
+    print(f"wrote {a.package}/README.md")
+
+
 def cmd_select(a):
     """Picks the checkpoint with the best recall on fresh samples from the *training* split (no test leak)."""
     import torch
@@ -217,6 +226,11 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=250)
     s.add_argument("--seed", type=int, default=777)
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("card", help="write the package's README.md (model card) from its model.json")
+    s.add_argument("--package", required=True)
+    s.add_argument("--notes", help="markdown file with notes to put under the title")
+    s.set_defaults(fn=cmd_card)
 
     s = sub.add_parser("select", help="best of several checkpoints by recall on the training split")
     s.add_argument("ckpts", nargs="+")
