@@ -81,20 +81,16 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function positiveInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
-  const v = obj[key];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
-    fail(file, `'${where}' must be a positive integer, found ${JSON.stringify(v)}`);
+/** An integer >= min (1: positive, 0: non-negative), or a failure naming the key. */
+function intAtLeast(v: unknown, min: number, file: string, where: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
+    fail(file, `'${where}' must be ${min > 0 ? 'a positive' : 'a non-negative'} integer, found ${JSON.stringify(v)}`);
   }
   return v;
 }
 
-function nonNegativeInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
-  const v = obj[key];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
-    fail(file, `'${where}' must be a non-negative integer, found ${JSON.stringify(v)}`);
-  }
-  return v;
+function positiveInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
+  return intAtLeast(obj[key], 1, file, where);
 }
 
 function str(obj: Record<string, unknown>, key: string, file: string, where = key): string {
@@ -168,8 +164,8 @@ export async function loadModelPackage(dir: string, options: { intraOpThreads?: 
   const special = manifest.special_tokens;
   if (!isRecord(special)) fail(MJ, "'special_tokens' must be an object");
   const specialTokens = {
-    eos: nonNegativeInt(special, 'eos', MJ, 'special_tokens.eos'),
-    pad: nonNegativeInt(special, 'pad', MJ, 'special_tokens.pad'),
+    eos: intAtLeast(special.eos, 0, MJ, 'special_tokens.eos'),
+    pad: intAtLeast(special.pad, 0, MJ, 'special_tokens.pad'),
   };
 
   const tokenizerName = str(manifest, 'tokenizer', MJ);
@@ -185,12 +181,7 @@ export async function loadModelPackage(dir: string, options: { intraOpThreads?: 
     const stateName = str(raw, 'name', MJ, `${where}.name`);
     if (raw.dtype !== 'float32') fail(MJ, `'${where}.dtype' expected "float32", found ${JSON.stringify(raw.dtype)}`);
     if (!Array.isArray(raw.shape) || raw.shape.length !== 2) fail(MJ, `'${where}.shape' must be [tokens, d_model]`);
-    const shape = raw.shape.map((v: unknown, k) => {
-      if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
-        fail(MJ, `'${where}.shape[${k}]' must be a positive integer, found ${JSON.stringify(v)}`);
-      }
-      return v;
-    });
+    const shape = raw.shape.map((v: unknown, k) => intAtLeast(v, 1, MJ, `${where}.shape[${k}]`));
     const init = str(raw, 'init', MJ, `${where}.init`);
     const initPath = requireFile(dir, init, `${where} init`);
     const expectedBytes = shape[0]! * shape[1]! * 4;

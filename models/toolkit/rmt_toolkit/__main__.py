@@ -90,8 +90,7 @@ def cmd_evaluate(a):
           "perplexity": perplexity(model, tok, a.data),
           "heldout": "Brown files whose number is divisible by 5, never seen in training (tokenizer included)",
           "command": "python -m rmt_toolkit evaluate " + " ".join(sys.argv[2:]),
-          "wall_time_s": None}
-    ev["wall_time_s"] = round(time.time() - t0, 1)
+          "wall_time_s": round(time.time() - t0, 1)}
     print(json.dumps(ev, indent=1))
     if a.package:
         path = os.path.join(a.package, "model.json")

@@ -5,8 +5,6 @@ import json
 import os
 import shutil
 
-import numpy as np
-
 from .export import load_checkpoint
 
 FORMAT = "rmt-serve/model@1"
@@ -46,17 +44,11 @@ def write_package(ckpt: str, out_dir: str, name: str, description: str, tokenize
     if extra:
         meta.update(extra)
     path = os.path.join(out_dir, "model.json")
-    if os.path.exists(path):  # keep measured tables from an earlier `evaluate`
+    if os.path.exists(path) and "eval" not in meta:  # keep measured tables from an earlier `evaluate`
         old = json.load(open(path))
-        for k in ("eval",):
-            if k in old and k not in meta:
-                meta[k] = old[k]
+        if "eval" in old:
+            meta["eval"] = old["eval"]
     with open(path, "w") as fh:
         json.dump(meta, fh, indent=2)
     return meta
 
-
-def state_init(package_dir: str) -> np.ndarray:
-    meta = json.load(open(os.path.join(package_dir, "model.json")))
-    st = meta["state"][0]
-    return np.fromfile(os.path.join(package_dir, st["init"]), dtype="<f4").reshape(st["shape"])

@@ -91,9 +91,9 @@ def train(args) -> dict:
     stream = TokenStream(tok, load_split(args.data, "train"))
     builder = RecallBuilder(tok, task, stream, cfg.segment_length)
     model = RMT(cfg).to(dev).train()
-    if args.resume:
-        ck = torch.load(args.resume, map_location=dev)
-        model.load_state_dict(ck["state_dict"])
+    resumed = torch.load(args.resume, map_location=dev) if args.resume else None
+    if resumed:
+        model.load_state_dict(resumed["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     stages = [int(s) for s in args.stages.split(",")]
     S = cfg.segment_length
@@ -156,9 +156,8 @@ def train(args) -> dict:
                 "in_context_batch": args.in_context_batch, "dropout": cfg.dropout,
                 "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                 "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed}
-    if args.resume:
-        prev = torch.load(args.resume, map_location="cpu").get("training", {})
-        training["resumed_from"] = prev
+    if resumed:
+        training["resumed_from"] = resumed.get("training", {})
     ck = {"config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
           "task": task.to_dict(), "training": training}
     torch.save(ck, os.path.join(args.out, "model.pt"))
