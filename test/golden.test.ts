@@ -4,16 +4,13 @@ import { after, before, describe, test } from 'node:test';
 import { loadModelPackage, type ModelPackage } from '../src/engine/model-package.ts';
 import { float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { greedyGenerate, runSegment } from '../src/engine/rmt-runner.ts';
-import { PACKAGE_DIR, decodeF32, loadGolden, maxAbsDiff, topK, type TopLogits } from './helpers.ts';
+import { SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff, topK, type TopLogits } from './helpers.ts';
 
-const golden = loadGolden();
-const tol = golden.tolerance;
-
-function assertTop(actualLogits: Float32Array, expected: TopLogits, label: string): void {
+function assertTop(actualLogits: Float32Array, expected: TopLogits, limit: number, label: string): void {
   const top = topK(actualLogits, expected.ids.length);
   assert.deepEqual(top.ids, expected.ids, `${label}: top-${expected.ids.length} ids`);
   const d = maxAbsDiff(top.values, expected.values);
-  assert.ok(d <= tol.logits, `${label}: top logits differ by ${d} > ${tol.logits}`);
+  assert.ok(d <= limit, `${label}: top logits differ by ${d} > ${limit}`);
 }
 
 function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, limit: number, label: string): void {
@@ -21,10 +18,14 @@ function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, lim
   assert.ok(d <= limit, `${label}: max abs diff ${d} > ${limit}`);
 }
 
-describe('golden: rmt-brown-small (fp32, cpu)', () => {
+for (const shipped of SHIPPED_PACKAGES) describe(`golden: ${shipped.name} (fp32, cpu)`, () => {
+  const golden = loadGolden(shipped.dir);
+  const tol = golden.tolerance;
+  const assertTopLogits = (actual: Float32Array, expected: TopLogits, label: string) =>
+    assertTop(actual, expected, tol.logits, label);
   let pkg: ModelPackage;
   before(async () => {
-    pkg = await loadModelPackage(PACKAGE_DIR);
+    pkg = await loadModelPackage(shipped.dir);
   });
   after(async () => {
     await pkg.release();
@@ -37,22 +38,19 @@ describe('golden: rmt-brown-small (fp32, cpu)', () => {
       const [r] = await runSegment(pkg, [{ ids: seg.input_ids, state: prev }]);
       assertClose(r!.nextState, decodeF32(seg.state_after), tol.state, `segment ${i} state`);
       assertClose(r!.tokenLogprobs, seg.token_logprobs, tol.token_logprobs, `segment ${i} token_logprobs`);
-      assertTop(r!.logits, seg.top_logits, `segment ${i}`);
+      assertTopLogits(r!.logits, seg.top_logits, `segment ${i}`);
     }
   });
 
   test('sequence: memory carried across consecutive segments', async () => {
-    // Carrying our own state lets per-step float error (~3e-6) compound through the recurrence.
-    // golden.json was produced on another CPU; on an AMD EPYC host the carried state peaks at
-    // ~1.1e-4 (segment 5) against tolerance.state = 1e-4 while logits stay within 2e-5, so the
-    // carried state gets an explicit drift allowance; per-step accuracy is held to tolerance above.
-    const carriedStateTol = 5 * tol.state;
+    // Our own state is carried, so per-step float error (~5e-6 here) compounds through the recurrence;
+    // the trained memories are contractive enough that 10 segments stay inside tolerance.state.
     let state = pkg.initState.memory!;
     for (const [i, seg] of golden.sequence.segments.entries()) {
       const [r] = await runSegment(pkg, [{ ids: seg.input_ids, state }]);
-      assertClose(r!.nextState, decodeF32(seg.state_after), carriedStateTol, `segment ${i} carried state`);
+      assertClose(r!.nextState, decodeF32(seg.state_after), tol.state, `segment ${i} carried state`);
       assertClose(r!.tokenLogprobs, seg.token_logprobs, tol.token_logprobs, `segment ${i} token_logprobs`);
-      assertTop(r!.logits, seg.top_logits, `segment ${i}`);
+      assertTopLogits(r!.logits, seg.top_logits, `segment ${i}`);
       state = r!.nextState;
     }
   });
@@ -72,7 +70,7 @@ describe('golden: rmt-brown-small (fp32, cpu)', () => {
       const n = rows[b]!.ids.length;
       assertClose(r.nextState, decodeF32(pb.next_state[b]!), tol.state, `row ${b} next_state`);
       assertClose(r.tokenLogprobs, pb.token_logprobs[b]!.slice(0, n), tol.token_logprobs, `row ${b} token_logprobs`);
-      assertTop(r.logits, pb.top_logits[b]!, `row ${b}`);
+      assertTopLogits(r.logits, pb.top_logits[b]!, `row ${b}`);
 
       const [alone] = await runSegment(pkg, [rows[b]!]);
       assertClose(r.nextState, alone!.nextState, tol.state, `row ${b} batched vs unpadded state`);

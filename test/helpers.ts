@@ -3,7 +3,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const PACKAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../models/rmt-brown-small');
+const MODELS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../models');
+/** The recall model: the package most tests run. */
+export const PACKAGE_DIR = path.join(MODELS_DIR, 'rmt-brown-small');
+/** Every shipped package: golden replay runs on each. */
+export const SHIPPED_PACKAGES = ['rmt-brown-small', 'rmt-brown-lm'].map((name) => ({ name, dir: path.join(MODELS_DIR, name) }));
 
 export interface TopLogits {
   ids: number[];
@@ -30,8 +34,8 @@ export interface Golden {
   };
 }
 
-export function loadGolden(): Golden {
-  return JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'golden.json'), 'utf8')) as Golden;
+export function loadGolden(dir: string = PACKAGE_DIR): Golden {
+  return JSON.parse(readFileSync(path.join(dir, 'golden.json'), 'utf8')) as Golden;
 }
 
 /** Decodes golden's base64 little-endian float32 encoding. */

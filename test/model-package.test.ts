@@ -39,7 +39,8 @@ describe('loadModelPackage', () => {
       assert.equal(pkg.memoryTokens, 16);
       assert.equal(pkg.dModel, 256);
       assert.equal(pkg.initState.memory!.length, 16 * 256);
-      assert.deepEqual(pkg.kv, { layers: 4, heads: 4, headDim: 64 });
+      const { config } = JSON.parse(await readFile(path.join(PACKAGE_DIR, 'model.json'), 'utf8'));
+      assert.deepEqual(pkg.kv, { layers: config.n_layers, heads: config.n_heads, headDim: config.d_model / config.n_heads });
     } finally {
       await pkg.release();
     }

@@ -29,6 +29,12 @@ def cmd_train(a):
     print(json.dumps(train(a), indent=1))
 
 
+def cmd_train_lm(a):
+    from .train import train_lm
+
+    print(json.dumps(train_lm(a), indent=1))
+
+
 def cmd_export(a):
     from .export import export_graphs, load_checkpoint
     from .package import write_package
@@ -183,18 +189,42 @@ def main(argv=None):
     s.add_argument("--resume", help="checkpoint to continue from")
     s.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget")
     s.add_argument("--max-steps", type=int, default=0)
-    s.add_argument("--stages", default="1,2,4,8,16", help="curriculum: max segments per stage")
+    s.add_argument("--stages", default="0,1,2,4,8,16,32",
+                   help="curriculum: max segments of noise per stage; 0 = facts and questions in one segment")
+    s.add_argument("--restart-curriculum", action="store_true", help="with --resume: start again at the first stage")
     s.add_argument("--advance-acc", type=float, default=0.97)
     s.add_argument("--window", type=int, default=40)
     s.add_argument("--min-stage-steps", type=int, default=100)
-    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--batch", type=int, default=128)
     s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--answer-weight", type=float, default=2.0)
+    s.add_argument("--decay", type=float, default=0.0, help="cosine-decay the lr over this last fraction of the budget")
+    s.add_argument("--answer-weight", type=float, default=1.0)
     s.add_argument("--lm-weight", type=float, default=0.5)
-    s.add_argument("--in-context-batch", type=int, default=32, help="extra facts+question-in-one-segment samples per step")
-    s.add_argument("--dropout", type=float, default=0.1)
+    s.add_argument("--lm-batch", type=int, default=32, help="stage 0: rows of two-segment plain text per step")
+    s.add_argument("--in-context-batch", type=int, default=32, help="stages >= 1: extra in-context rows per step")
+    s.add_argument("--ic-max-facts", type=int, default=3, help="facts per in-context row (1..this)")
+    s.add_argument("--train-max-facts", type=int, default=3, help="facts per memory-stage sample (1..this)")
+    s.add_argument("--dropout", type=float, default=0.0)
+    s.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoints")
     s.add_argument("--seed", type=int, default=1234)
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("train-lm", help="language model only: memory carried over windows of segments, early stopping")
+    s.add_argument("--data", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--config", help="RMTConfig JSON (default: the shipped small model)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget (cosine lr schedule over it)")
+    s.add_argument("--max-steps", type=int, default=0)
+    s.add_argument("--segments", type=int, default=16, help="segments per training window (BPTT length)")
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--weight-decay", type=float, default=0.1)
+    s.add_argument("--dropout", type=float, default=0.1)
+    s.add_argument("--eval-every", type=int, default=50)
+    s.add_argument("--patience", type=int, default=4, help="evaluations without a better validation perplexity")
+    s.add_argument("--seed", type=int, default=1234)
+    s.set_defaults(fn=cmd_train_lm)
 
     s = sub.add_parser("export", help="checkpoint -> model package (ONNX graphs, model.json, state init, tokenizer)")
     s.add_argument("--ckpt", required=True)

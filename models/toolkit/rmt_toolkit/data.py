@@ -124,11 +124,18 @@ class RecallBuilder:
         self.questions = {n: enc(task.question_template.format(name=n)) for n in task.names}
         self.answers = {p: enc(task.answer_template.format(place=p)) for p in task.places}
         self.max_qa = max(map(len, self.questions.values())) + max(map(len, self.answers.values()))
+        self.max_fact = max(map(len, self.facts.values()))
 
-    def sample(self, rng: np.random.Generator, n_segments: int, total: int | None = None) -> dict:
-        """n_segments full segments of noise with 1-3 facts inside (or `total` tokens), then question and answer."""
+    def sample(self, rng: np.random.Generator, n_segments: int, total: int | None = None,
+               k: int | None = None) -> dict:
+        """n_segments full segments of noise with k facts inside (or `total` tokens), then question and answer.
+
+        k defaults to a random count in [min_facts, max_facts]. "qa" holds a (question, answer) pair for
+        every fact, in random order: training asks them all; evaluation asks only "question"."""
         t = self.task
-        k = int(rng.integers(t.min_facts, t.max_facts + 1))
+        k = int(rng.integers(t.min_facts, t.max_facts + 1)) if k is None else k
+        if not 1 <= k <= len(t.names):
+            raise ValueError(f"{k} facts: each needs its own name, and there are {len(t.names)}")
         people = rng.choice(len(t.names), size=k, replace=False)
         facts = []
         for pi in people:
@@ -157,6 +164,8 @@ class RecallBuilder:
         context = np.concatenate(pieces)
         assert len(context) == total
         target = facts[int(rng.integers(k))]
+        qa = [(np.asarray(self.questions[facts[i][0]], dtype=np.int64), np.asarray(self.answers[facts[i][2]], dtype=np.int64))
+              for i in rng.permutation(k)]
         return {"context": context, "question": np.asarray(self.questions[target[0]], dtype=np.int64),
                 "answer": np.asarray(self.answers[target[2]], dtype=np.int64), "name": target[0],
-                "place": target[2], "facts": facts}
+                "place": target[2], "facts": facts, "qa": qa}
