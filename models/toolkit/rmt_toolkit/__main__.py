@@ -166,6 +166,13 @@ def cmd_convert(a):
     convert(a.checkpoint, a.hf_config, a.memory_tokens, a.segment_length, a.out)
 
 
+def cmd_convert_check(a):
+    from .convert_check import check
+
+    print(json.dumps(check()))
+    print("convert-check OK")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m rmt_toolkit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -284,6 +291,9 @@ def main(argv=None):
     s.add_argument("--segment-length", type=int, required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("convert-check", help="convert a random HF GPT-2 in the authors' layout; compare with HF's own run")
+    s.set_defaults(fn=cmd_convert_check)
 
     a = p.parse_args(argv)
     from .config import ConfigError
