@@ -40,15 +40,28 @@ function asFloat32(t: Tensor | undefined, name: string): Float32Array {
   return t.data;
 }
 
+export interface SegmentOptions {
+  /**
+   * Padded width of the batch (default: the longest row). A fixed width (segment_length) makes a
+   * row's result independent of the other rows' lengths, bit for bit: the write memory sits after
+   * the padding, and onnxruntime's vectorised reductions depend on where keys sit.
+   */
+  width?: number;
+}
+
 /** Runs one batched segment call; rows are right-padded with the pad id and masked. */
-export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[]): Promise<SegmentResult[]> {
+export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions = {}): Promise<SegmentResult[]> {
   if (rows.length === 0) return [];
-  const width = Math.max(...rows.map((r) => r.ids.length));
+  const longest = Math.max(...rows.map((r) => r.ids.length));
   for (const [i, r] of rows.entries()) {
     if (r.ids.length === 0 || r.ids.length > pkg.segmentLength) {
       throw new Error(`segment row ${i} has ${r.ids.length} tokens, expected 1..${pkg.segmentLength}`);
     }
     memoryState(pkg, r.state);
+  }
+  const width = options.width ?? longest;
+  if (!Number.isInteger(width) || width < longest || width > pkg.segmentLength) {
+    throw new Error(`segment width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
   }
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
@@ -170,4 +183,166 @@ export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly numb
     }
   }
   return { ids: output, segmentsCommitted, state };
+}
+
+// ---------------------------------------------------------------------------
+// Batched KV-cached decoding (used by the engine thread's scheduler).
+
+/**
+ * A decode cache for one sequence that grows in place:
+ * `data` is [layers, 2, 1, heads, capacity, head_dim]; positions < `length` are valid.
+ */
+export interface GrowableKvCache {
+  data: Float32Array;
+  length: number;
+  capacity: number;
+}
+
+export interface BatchPrefillResult {
+  logits: Float32Array;
+  kv: GrowableKvCache;
+}
+
+export interface DecodeRow {
+  token: number;
+  kv: GrowableKvCache;
+}
+
+/** Largest cache the decode graph can extend: [read memory; a full segment of tokens]. */
+export function kvCapacity(pkg: ModelPackage): number {
+  return pkg.memoryTokens + pkg.segmentLength;
+}
+
+function kvBlocks(pkg: ModelPackage): number {
+  return pkg.kv.layers * 2 * pkg.kv.heads;
+}
+
+/**
+ * Prefills several rows in one decode.onnx call: ids right-padded, attention_mask
+ * [B, M + width] with 1 for the memory and each row's real tokens, memory [B, M, D], empty past.
+ * Each row gets its own cache of `capacity` positions holding its M + n valid entries.
+ */
+export async function prefillBatch(
+  pkg: ModelPackage,
+  rows: readonly SegmentRow[],
+  capacity: number = kvCapacity(pkg),
+): Promise<BatchPrefillResult[]> {
+  if (rows.length === 0) return [];
+  const M = pkg.memoryTokens;
+  for (const [i, r] of rows.entries()) {
+    if (r.ids.length === 0 || r.ids.length > pkg.segmentLength || M + r.ids.length > capacity) {
+      throw new Error(`prefill row ${i} has ${r.ids.length} tokens, expected 1..${Math.min(pkg.segmentLength, capacity - M)}`);
+    }
+    memoryState(pkg, r.state);
+  }
+  const batch = rows.length;
+  const width = Math.max(...rows.map((r) => r.ids.length));
+  const stateSize = M * pkg.dModel;
+  const ids = new BigInt64Array(batch * width).fill(BigInt(pkg.specialTokens.pad));
+  const mask = new BigInt64Array(batch * (M + width));
+  const memory = new Float32Array(batch * stateSize);
+  rows.forEach((r, b) => {
+    r.ids.forEach((id, t) => {
+      ids[b * width + t] = BigInt(id);
+    });
+    mask.fill(1n, b * (M + width), b * (M + width) + M + r.ids.length);
+    memory.set(r.state, b * stateSize);
+  });
+  const { layers, heads, headDim } = pkg.kv;
+  const out = await pkg.sessions.decode.run({
+    input_ids: int64(ids, [batch, width]),
+    attention_mask: int64(mask, [batch, M + width]),
+    memory: float32(memory, [batch, M, pkg.dModel]),
+    past_key_values: float32(new Float32Array(0), [layers, 2, batch, heads, 0, headDim]),
+  });
+  const logits = asFloat32(out.logits, 'logits');
+  const present = asFloat32(out.present_key_values, 'present_key_values');
+  const total = M + width;
+  if (present.length !== layers * 2 * batch * heads * total * headDim) {
+    throw new Error(`present_key_values has ${present.length} values, expected [${layers}, 2, ${batch}, ${heads}, ${total}, ${headDim}]`);
+  }
+  const vocab = logits.length / batch;
+  const blocks = kvBlocks(pkg);
+  return rows.map((r, b) => {
+    const length = M + r.ids.length;
+    const data = new Float32Array(blocks * capacity * headDim);
+    for (let j = 0; j < blocks; j++) {
+      const lk = Math.floor(j / heads);
+      const h = j % heads;
+      const src = ((lk * batch + b) * heads + h) * total * headDim;
+      data.set(present.subarray(src, src + length * headDim), j * capacity * headDim);
+    }
+    return { logits: logits.slice(b * vocab, (b + 1) * vocab), kv: { data, length, capacity } };
+  });
+}
+
+/**
+ * One decode step for several rows whose caches have different lengths, in one decode.onnx call.
+ * past is [L, 2, B, H, Pmax, Dh] with each row's cache padded at the end with zeros and
+ * attention_mask 0 there (positions are cumsum(mask) - 1, so padding does not shift them);
+ * from present [L, 2, B, H, Pmax + 1, Dh] the new entry is appended to each row's cache in place.
+ */
+export interface DecodeBatchOptions {
+  /**
+   * Past length Pmax of the batch (default: the longest cache). A fixed Pmax (capacity - 1) makes a
+   * row's logits independent of the other rows' cache lengths, bit for bit: padding moves the new
+   * token's key, and onnxruntime's vectorised softmax sums depend on where keys sit (up to ~2e-5 on
+   * the shipped models' logits otherwise).
+   */
+  pastLength?: number;
+}
+
+export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[], options: DecodeBatchOptions = {}): Promise<Float32Array[]> {
+  if (rows.length === 0) return [];
+  const { layers, heads, headDim } = pkg.kv;
+  const blocks = kvBlocks(pkg);
+  for (const [i, r] of rows.entries()) {
+    if (r.kv.data.length !== blocks * r.kv.capacity * headDim) {
+      throw new Error(`decode row ${i}: cache has ${r.kv.data.length} values, expected ${blocks * r.kv.capacity * headDim}`);
+    }
+    if (r.kv.length < 1 || r.kv.length >= r.kv.capacity) {
+      throw new Error(`decode row ${i}: cache holds ${r.kv.length} of ${r.kv.capacity} positions, no room for another token`);
+    }
+    if (rows.findIndex((o) => o.kv === r.kv) !== i) throw new Error(`decode row ${i}: the same cache appears twice in one batch`);
+  }
+  const batch = rows.length;
+  const longest = Math.max(...rows.map((r) => r.kv.length));
+  const P = options.pastLength ?? longest;
+  if (!Number.isInteger(P) || P < longest) throw new Error(`decode past length ${P} must be an integer >= ${longest} (the longest cache)`);
+  const past = new Float32Array(layers * 2 * batch * heads * P * headDim);
+  const mask = new BigInt64Array(batch * (P + 1));
+  rows.forEach((r, b) => {
+    const { data, length, capacity } = r.kv;
+    for (let j = 0; j < blocks; j++) {
+      const lk = Math.floor(j / heads);
+      const h = j % heads;
+      const src = j * capacity * headDim;
+      past.set(data.subarray(src, src + length * headDim), ((lk * batch + b) * heads + h) * P * headDim);
+    }
+    mask.fill(1n, b * (P + 1), b * (P + 1) + length);
+    mask[b * (P + 1) + P] = 1n;
+  });
+  const out = await pkg.sessions.decode.run({
+    input_ids: int64(rows.map((r) => r.token), [batch, 1]),
+    attention_mask: int64(mask, [batch, P + 1]),
+    memory: float32(new Float32Array(0), [batch, 0, pkg.dModel]),
+    past_key_values: float32(past, [layers, 2, batch, heads, P, headDim]),
+  });
+  const logits = asFloat32(out.logits, 'logits');
+  const present = asFloat32(out.present_key_values, 'present_key_values');
+  if (present.length !== layers * 2 * batch * heads * (P + 1) * headDim) {
+    throw new Error(`present_key_values has ${present.length} values, expected [${layers}, 2, ${batch}, ${heads}, ${P + 1}, ${headDim}]`);
+  }
+  const vocab = logits.length / batch;
+  rows.forEach((r, b) => {
+    const { data, length, capacity } = r.kv;
+    for (let j = 0; j < blocks; j++) {
+      const lk = Math.floor(j / heads);
+      const h = j % heads;
+      const src = (((lk * batch + b) * heads + h) * (P + 1) + P) * headDim;
+      data.set(present.subarray(src, src + headDim), (j * capacity + length) * headDim);
+    }
+    r.kv.length = length + 1;
+  });
+  return rows.map((_, b) => logits.slice(b * vocab, (b + 1) * vocab));
 }

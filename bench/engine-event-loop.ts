@@ -1,0 +1,162 @@
+// Saturates the engine with N concurrent sessions that ingest full segments, and measures what the
+// main thread sees: throughput, per-segment latency, batch sizes and event-loop delay.
+//
+//   node --import tsx bench/engine-event-loop.ts
+//
+// Environment: SESSIONS (default "1,8,32"), SECONDS per level (10), THREADS (intraOpThreads, 1),
+// MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), BASELINE_SECONDS (5; 0 skips the
+// comparison run that calls onnxruntime on the main thread, as a server would without the engine).
+import os from 'node:os';
+import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { startEngine, type BatchStat, type Engine } from '../src/engine/engine.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const MODELS_DIR = path.join(ROOT, 'models');
+const MODEL = process.env.MODEL ?? 'rmt-brown-small';
+const LEVELS = (process.env.SESSIONS ?? '1,8,32').split(',').map(Number);
+const SECONDS = Number(process.env.SECONDS ?? 10);
+const THREADS = Number(process.env.THREADS ?? 1);
+const MAX_BATCH = Number(process.env.MAX_BATCH ?? 8);
+const MAX_BATCH_TOKENS = Number(process.env.MAX_BATCH_TOKENS ?? 1024);
+const BASELINE_SECONDS = Number(process.env.BASELINE_SECONDS ?? 5);
+/** Event-loop sampling interval; reported delays are what the timer fired late by, beyond it. */
+const RESOLUTION_MS = 10;
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** Deterministic pseudo-random token ids (no tokenizer needed). */
+function tokens(seed: number, n: number, vocab: number): number[] {
+  let x = (seed * 2654435761) >>> 0 || 1;
+  return Array.from({ length: n }, () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return 2 + ((x >>> 0) % (vocab - 2));
+  });
+}
+
+interface LevelResult {
+  label: string;
+  sessions: number;
+  seconds: number;
+  segments: number;
+  tokens: number;
+  latencies: number[];
+  batches: BatchStat[];
+  loop: { p50: number; p99: number; max: number };
+}
+
+type SegmentFn = (ids: number[], state: Float32Array) => Promise<Float32Array>;
+
+async function saturate(label: string, sessions: number, seconds: number, segL: number, vocab: number, init: Float32Array, segment: SegmentFn, batches: BatchStat[]): Promise<LevelResult> {
+  const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+  const latencies: number[] = [];
+  let segs = 0;
+  const t0 = performance.now();
+  const deadline = t0 + seconds * 1000;
+  h.enable();
+  await Promise.all(
+    Array.from({ length: sessions }, async (_, s) => {
+      let state = init;
+      let k = 0;
+      while (performance.now() < deadline) {
+        const ids = tokens(s * 100003 + k++, segL, vocab);
+        const start = performance.now();
+        state = await segment(ids, state);
+        latencies.push(performance.now() - start);
+        segs++;
+      }
+    }),
+  );
+  h.disable();
+  const elapsed = (performance.now() - t0) / 1000;
+  const beyond = (ns: number) => Math.max(0, ns / 1e6 - RESOLUTION_MS);
+  return {
+    label,
+    sessions,
+    seconds: elapsed,
+    segments: segs,
+    tokens: segs * segL,
+    latencies: latencies.sort((a, b) => a - b),
+    batches,
+    loop: { p50: beyond(h.percentile(50)), p99: beyond(h.percentile(99)), max: beyond(h.max) },
+  };
+}
+
+function report(r: LevelResult): void {
+  const rows = new Map<number, number>();
+  for (const b of r.batches) rows.set(b.rows, (rows.get(b.rows) ?? 0) + 1);
+  const dist = [...rows.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([n, c]) => `${n}×${c}`)
+    .join(' ');
+  const meanRows = r.batches.length ? r.batches.reduce((s, b) => s + b.rows, 0) / r.batches.length : NaN;
+  const runMs = r.batches.map((b) => b.ms).sort((a, b) => a - b);
+  console.log(
+    `${r.label.padEnd(22)} sessions ${String(r.sessions).padStart(2)} | ` +
+      `${(r.tokens / r.seconds).toFixed(0).padStart(5)} tok/s (${r.segments} segments in ${r.seconds.toFixed(1)} s) | ` +
+      `segment latency p50 ${percentile(r.latencies, 50).toFixed(0)} ms p99 ${percentile(r.latencies, 99).toFixed(0)} ms | ` +
+      `event loop delay p50 ${r.loop.p50.toFixed(2)} ms p99 ${r.loop.p99.toFixed(2)} ms max ${r.loop.max.toFixed(2)} ms`,
+  );
+  if (r.batches.length) {
+    console.log(
+      `${''.padEnd(22)} batches: ${r.batches.length} runs, rows per run ${dist} (mean ${meanRows.toFixed(2)}), ` +
+        `run time p50 ${percentile(runMs, 50).toFixed(0)} ms p99 ${percentile(runMs, 99).toFixed(0)} ms`,
+    );
+  }
+}
+
+async function main(): Promise<void> {
+  console.log(
+    `engine event-loop bench: model ${MODEL}, ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, ` +
+      `maxBatch ${MAX_BATCH}, maxBatchTokens ${MAX_BATCH_TOKENS}, ${SECONDS} s per level, full ${'segments'}; ` +
+      `node ${process.version}`,
+  );
+  console.log(`(event-loop delay: how late a ${RESOLUTION_MS} ms timer fired on the main thread, perf_hooks.monitorEventLoopDelay)`);
+  const t0 = performance.now();
+  const engine: Engine = await startEngine({
+    modelsDir: MODELS_DIR,
+    models: [MODEL],
+    executionProvider: 'cpu',
+    intraOpThreads: THREADS,
+    maxBatch: MAX_BATCH,
+    maxBatchTokens: MAX_BATCH_TOKENS,
+  });
+  const info = engine.model(MODEL);
+  console.log(`engine ready in ${(performance.now() - t0).toFixed(0)} ms`);
+  // Warm-up: first runs of each batch shape allocate.
+  await Promise.all(Array.from({ length: MAX_BATCH }, (_, s) => engine.segment(MODEL, tokens(s, info.segmentLength, info.vocabSize), info.initState)));
+
+  try {
+    for (const n of LEVELS) {
+      const batches: BatchStat[] = [];
+      const stop = engine.onBatch((s) => batches.push(s));
+      const r = await saturate('engine thread', n, SECONDS, info.segmentLength, info.vocabSize, info.initState, async (ids, state) => (await engine.segment(MODEL, ids, state)).nextState, batches);
+      stop();
+      report(r);
+    }
+  } finally {
+    await engine.close();
+  }
+
+  if (BASELINE_SECONDS > 0) {
+    // For contrast: the same work with onnxruntime called on the main thread (no engine thread).
+    const { loadModelPackage } = await import('../src/engine/model-package.ts');
+    const { runSegment } = await import('../src/engine/rmt-runner.ts');
+    const pkg = await loadModelPackage(path.join(MODELS_DIR, MODEL), { intraOpThreads: THREADS });
+    try {
+      const n = Math.min(8, Math.max(...LEVELS));
+      const r = await saturate('main thread (no engine)', n, BASELINE_SECONDS, info.segmentLength, info.vocabSize, info.initState, async (ids, state) => (await runSegment(pkg, [{ ids, state }]))[0]!.nextState, []);
+      report(r);
+    } finally {
+      await pkg.release();
+    }
+  }
+}
+
+await main();

@@ -1,0 +1,35 @@
+// Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
+// Types only: nothing here runs, so either side can import it.
+import type { BatchStat, ModelInfo } from './engine.ts';
+
+export interface WorkerConfig {
+  modelsDir: string;
+  models: string[];
+  intraOpThreads?: number;
+  maxBatch: number;
+  maxBatchTokens: number;
+  batchInvariant: boolean;
+}
+
+export type EngineRequest =
+  | { op: 'segment'; id: number; model: string; ids: Int32Array; state: Float32Array }
+  | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array }
+  | { op: 'decode'; id: number; model: string; kv: number; token: number };
+
+/** One item of the ordered stream the main thread sends; releases keep their place among requests. */
+export type Op = { kind: 'request'; request: EngineRequest } | { kind: 'release'; kv: number };
+
+export type ToWorker = { type: 'ops'; ops: Op[] } | { type: 'close' };
+
+export type Reply =
+  | { id: number; ok: true; op: 'segment'; nextState: Float32Array; logits: Float32Array; tokenLogprobs: Float32Array }
+  | { id: number; ok: true; op: 'prefill'; logits: Float32Array; kv: number }
+  | { id: number; ok: true; op: 'decode'; logits: Float32Array }
+  | { id: number; ok: false; message: string };
+
+export type FromWorker =
+  | { type: 'ready'; models: ModelInfo[] }
+  | { type: 'loadError'; message: string }
+  /** The replies of one onnxruntime run (or of requests rejected before any run), in one message. */
+  | { type: 'replies'; replies: Reply[]; stats: BatchStat[] }
+  | { type: 'closed' };

@@ -1,0 +1,349 @@
+// The engine thread: owns onnxruntime (through loadModelPackage) and runs the scheduling loop.
+// Requests queue up while a run executes; after each iteration the loop takes everything waiting,
+// groups it by (model, graph) and runs each group as one batched call, up to maxBatch rows and
+// maxBatchTokens tokens, oldest first (what does not fit waits for the next iteration, at the front).
+// KV caches live here, keyed by handle, and grow in place; the main thread only ever sees handles.
+// With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
+// to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parentPort, workerData } from 'node:worker_threads';
+import type { BatchStat, ModelInfo } from './engine.ts';
+import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import { loadModelPackage, type ModelPackage } from './model-package.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, type GrowableKvCache } from './rmt-runner.ts';
+
+if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
+const port = parentPort;
+const config = workerData as WorkerConfig;
+
+interface Loaded {
+  pkg: ModelPackage;
+  info: ModelInfo;
+}
+
+interface KvEntry {
+  model: string;
+  cache: GrowableKvCache;
+  /** Decode requests for this cache that are queued or running. */
+  queued: number;
+  /** Released by the main thread while decodes were still queued: dropped when they are done. */
+  released: boolean;
+}
+
+type Graph = BatchStat['graph'];
+
+const models = new Map<string, Loaded>();
+const kvs = new Map<number, KvEntry>();
+let nextKv = 1;
+/** Requests waiting for a run, oldest first. */
+let queue: EngineRequest[] = [];
+let running = false;
+let closing = false;
+
+function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
+  port.postMessage(msg, transfer);
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function graphOf(r: EngineRequest): Graph {
+  return r.op;
+}
+
+function tokensOf(r: EngineRequest): number {
+  return r.op === 'decode' ? 1 : r.ids.length;
+}
+
+/** Checks a request against its model (the main thread checks too; this guards the batch). */
+function validate(r: EngineRequest): string | undefined {
+  const where = `${r.op}(${r.model})`;
+  const m = models.get(r.model);
+  if (!m) return `unknown model '${r.model}'; known models: ${[...models.keys()].join(', ')}`;
+  const { segmentLength, vocabSize } = m.info;
+  if (r.op === 'decode') {
+    const e = kvs.get(r.kv);
+    if (!e) return `${where}: KV handle ${r.kv} is unknown or was released`;
+    if (e.model !== r.model) return `${where}: KV handle ${r.kv} belongs to model '${e.model}'`;
+    if (!Number.isInteger(r.token) || r.token < 0 || r.token >= vocabSize) {
+      return `${where}: token ${r.token} is not a token id in 0..${vocabSize - 1}`;
+    }
+    return undefined;
+  }
+  if (r.ids.length === 0 || r.ids.length > segmentLength) {
+    return `${where}: ${r.ids.length} ids, expected 1..${segmentLength} (segment_length)`;
+  }
+  for (let i = 0; i < r.ids.length; i++) {
+    const id = r.ids[i]!;
+    if (id < 0 || id >= vocabSize) return `${where}: ids[${i}] = ${id} is not a token id in 0..${vocabSize - 1}`;
+  }
+  const expected = m.info.stateBytes / 4;
+  if (r.state.length !== expected) {
+    return `${where}: state has ${r.state.length} float32 values, expected ${expected} ([${m.info.stateShape.join(', ')}])`;
+  }
+  return undefined;
+}
+
+function dropKvRef(kv: number): void {
+  const e = kvs.get(kv);
+  if (!e) return;
+  e.queued--;
+  if (e.released && e.queued <= 0) kvs.delete(kv);
+}
+
+function onOps(ops: Op[]): void {
+  const rejected: Reply[] = [];
+  for (const op of ops) {
+    if (op.kind === 'release') {
+      const e = kvs.get(op.kv);
+      if (!e) continue;
+      if (e.queued > 0) e.released = true;
+      else kvs.delete(op.kv);
+      continue;
+    }
+    const r = op.request;
+    const problem = closing ? 'engine closed' : validate(r);
+    if (problem !== undefined) {
+      rejected.push({ id: r.id, ok: false, message: problem });
+      continue;
+    }
+    if (r.op === 'decode') kvs.get(r.kv)!.queued++;
+    queue.push(r);
+  }
+  if (rejected.length) post({ type: 'replies', replies: rejected, stats: [] });
+  void pump();
+}
+
+interface Group {
+  model: string;
+  graph: Graph;
+  requests: EngineRequest[];
+  tokens: number;
+}
+
+/**
+ * Takes everything waiting and forms this iteration's groups: one per (model, graph), ordered by
+ * their oldest request, each filled oldest first up to maxBatch rows and maxBatchTokens tokens
+ * (its first request always fits, however long). The rest stays queued, ahead of later arrivals.
+ */
+function planIteration(): Group[] {
+  const groups = new Map<string, Group>();
+  const rest: EngineRequest[] = [];
+  const inBatch = new Set<number>();
+  for (const r of queue) {
+    const key = `${r.model}\u0000${r.op}`;
+    let g = groups.get(key);
+    if (!g) {
+      g = { model: r.model, graph: graphOf(r), requests: [], tokens: 0 };
+      groups.set(key, g);
+    }
+    const t = tokensOf(r);
+    const fits =
+      g.requests.length < config.maxBatch &&
+      (g.requests.length === 0 || g.tokens + t <= config.maxBatchTokens) &&
+      // Two steps on one cache must run one after the other.
+      !(r.op === 'decode' && inBatch.has(r.kv));
+    if (!fits) {
+      rest.push(r);
+      continue;
+    }
+    if (r.op === 'decode') inBatch.add(r.kv);
+    g.requests.push(r);
+    g.tokens += t;
+  }
+  queue = rest;
+  return [...groups.values()].filter((g) => g.requests.length > 0);
+}
+
+/** Results of one run: replies with the buffers to transfer. */
+interface RunOutcome {
+  replies: Reply[];
+  transfer: ArrayBuffer[];
+}
+
+async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
+  const { pkg } = loaded;
+  const replies: Reply[] = [];
+  const transfer: ArrayBuffer[] = [];
+  if (graph === 'segment') {
+    const rows = reqs.map((r) => {
+      if (r.op === 'decode') throw new Error('internal: decode request in a segment batch');
+      return { ids: Array.from(r.ids), state: r.state };
+    });
+    const out = await runSegment(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
+    out.forEach((o, i) => {
+      replies.push({ id: reqs[i]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
+      transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
+    });
+  } else if (graph === 'prefill') {
+    const rows = reqs.map((r) => {
+      if (r.op === 'decode') throw new Error('internal: decode request in a prefill batch');
+      return { ids: Array.from(r.ids), state: r.state };
+    });
+    const out = await prefillBatch(pkg, rows, kvCapacity(pkg));
+    out.forEach((o, i) => {
+      const r = reqs[i]!;
+      const kv = nextKv++;
+      kvs.set(kv, { model: r.model, cache: o.kv, queued: 0, released: false });
+      replies.push({ id: r.id, ok: true, op: 'prefill', logits: o.logits, kv });
+      transfer.push(o.logits.buffer as ArrayBuffer);
+    });
+  } else {
+    const rows = reqs.map((r) => {
+      if (r.op !== 'decode') throw new Error('internal: non-decode request in a decode batch');
+      const e = kvs.get(r.kv);
+      if (!e) throw new Error(`decode(${r.model}): KV handle ${r.kv} is unknown or was released`);
+      return { token: r.token, kv: e.cache };
+    });
+    const out = await decodeBatch(pkg, rows, config.batchInvariant ? { pastLength: kvCapacity(pkg) - 1 } : {});
+    out.forEach((logits, i) => {
+      replies.push({ id: reqs[i]!.id, ok: true, op: 'decode', logits });
+      transfer.push(logits.buffer as ArrayBuffer);
+    });
+  }
+  return { replies, transfer };
+}
+
+function precheck(loaded: Loaded, r: EngineRequest): string | undefined {
+  if (r.op !== 'decode') return undefined;
+  const e = kvs.get(r.kv);
+  if (!e) return `decode(${r.model}): KV handle ${r.kv} is unknown or was released`;
+  if (e.cache.length >= e.cache.capacity) {
+    return (
+      `decode(${r.model}): KV cache ${r.kv} is full (${e.cache.length - loaded.pkg.memoryTokens} tokens after the memory, ` +
+      `segment_length ${loaded.pkg.segmentLength}); commit the tail with segment() and prefill again`
+    );
+  }
+  return undefined;
+}
+
+/** Runs one group; if the batched run fails, each request runs alone so only the bad one fails. */
+async function runGroup(group: Group): Promise<void> {
+  const loaded = models.get(group.model)!;
+  const stats: BatchStat[] = [];
+  // Requests that cannot run any more (a cache filled up by the steps queued before) fail alone.
+  const early: Reply[] = [];
+  const runnable = group.requests.filter((r) => {
+    const problem = precheck(loaded, r);
+    if (problem !== undefined) early.push({ id: r.id, ok: false, message: problem });
+    return problem === undefined;
+  });
+  const g: Group = { ...group, requests: runnable };
+  const timed = async (reqs: EngineRequest[]): Promise<RunOutcome> => {
+    const t0 = performance.now();
+    const out = await runBatch(loaded, g.graph, reqs);
+    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, tokens: reqs.reduce((s, r) => s + tokensOf(r), 0), ms: performance.now() - t0 });
+    return out;
+  };
+  let outcome: RunOutcome;
+  try {
+    outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [] };
+  } catch (err) {
+    if (g.requests.length === 1) {
+      outcome = { replies: [{ id: g.requests[0]!.id, ok: false, message: errorMessage(err) }], transfer: [] };
+    } else {
+      outcome = { replies: [], transfer: [] };
+      for (const r of g.requests) {
+        try {
+          const one = await timed([r]);
+          outcome.replies.push(...one.replies);
+          outcome.transfer.push(...one.transfer);
+        } catch (e) {
+          outcome.replies.push({ id: r.id, ok: false, message: errorMessage(e) });
+        }
+      }
+    }
+  }
+  for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
+  post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
+}
+
+/** Lets the event loop deliver messages that arrived meanwhile (the poll phase runs before setImmediate). */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+async function pump(): Promise<void> {
+  if (running) return;
+  running = true;
+  try {
+    // Requests sent together arrive together: let the rest of a burst land before planning.
+    await yieldToEventLoop();
+    while (queue.length > 0 && !closing) {
+      for (const g of planIteration()) {
+        if (closing) break;
+        try {
+          await runGroup(g);
+        } catch (err) {
+          // runGroup answers every request itself; this only guards against a failed postMessage.
+          post({ type: 'replies', replies: g.requests.map((r) => ({ id: r.id, ok: false, message: errorMessage(err) })), stats: [] });
+        }
+      }
+      await yieldToEventLoop();
+    }
+  } finally {
+    running = false;
+    if (closing) await finishClose();
+  }
+}
+
+let closed = false;
+async function finishClose(): Promise<void> {
+  if (closed) return;
+  closed = true;
+  queue = [];
+  kvs.clear();
+  await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
+  post({ type: 'closed' });
+}
+
+async function loadInfo(name: string, dir: string, pkg: ModelPackage): Promise<ModelInfo> {
+  const manifest = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8')) as Record<string, unknown>;
+  const memory = pkg.state.find((s) => s.name === 'memory')!;
+  const stateShape = [...memory.shape];
+  const info: ModelInfo = {
+    name,
+    dir,
+    segmentLength: pkg.segmentLength,
+    memoryTokens: pkg.memoryTokens,
+    dModel: pkg.dModel,
+    vocabSize: pkg.vocabSize,
+    specialTokens: { ...pkg.specialTokens },
+    stateShape,
+    stateDtype: 'float32',
+    stateBytes: stateShape.reduce((a, b) => a * b, 1) * 4,
+    initState: pkg.initState.memory!.slice(),
+    tokenizerFile: path.join(dir, String(manifest.tokenizer)),
+  };
+  if (manifest.task !== undefined) info.task = manifest.task;
+  return info;
+}
+
+async function start(): Promise<void> {
+  for (const name of config.models) {
+    const dir = path.resolve(config.modelsDir, name);
+    try {
+      const opts = config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {};
+      const pkg = await loadModelPackage(dir, opts);
+      models.set(name, { pkg, info: await loadInfo(name, dir, pkg) });
+    } catch (err) {
+      await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
+      models.clear();
+      post({ type: 'loadError', message: `failed to load model '${name}' from ${dir}: ${errorMessage(err)}` });
+      return;
+    }
+  }
+  port.on('message', (msg: ToWorker) => {
+    if (msg.type === 'ops') onOps(msg.ops);
+    else if (msg.type === 'close') {
+      closing = true;
+      if (!running) void finishClose();
+    }
+  });
+  post({ type: 'ready', models: [...models.values()].map((m) => m.info) });
+}
+
+void start();
