@@ -1,0 +1,92 @@
+// Every setting of the service, defined once: environment variable, CLI flag, default, parser and
+// description. The Config type is derived from the table, so a setting cannot exist in one place only.
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+type Parser<T> = (raw: string, name: string) => T;
+
+interface Setting<T> {
+  env: string;
+  default: T;
+  parse: Parser<T>;
+  doc: string;
+}
+
+const int =
+  (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> =>
+  (raw, name) => {
+    const v = Number(raw);
+    if (!/^-?\d+$/.test(raw.trim()) || v < min || v > max) throw new ConfigError(`${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(raw)}`);
+    return v;
+  };
+const str: Parser<string> = (raw) => raw;
+const list: Parser<string[]> = (raw) => raw.split(',').map((s) => s.trim()).filter(Boolean);
+const oneOf =
+  <T extends string>(...allowed: T[]): Parser<T> =>
+  (raw, name) => {
+    if (!(allowed as string[]).includes(raw)) throw new ConfigError(`${name}: expected one of ${allowed.join(', ')}, got ${JSON.stringify(raw)}`);
+    return raw as T;
+  };
+
+function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting<T> {
+  return { env, default: def, parse, doc };
+}
+
+export const SETTINGS = {
+  redisUrl: setting('REDIS_URL', '', str, 'Redis URL; empty: redis://127.0.0.1:6379'),
+  keyPrefix: setting('RMT_PREFIX', 'rmt', str, 'prefix of every Redis key (sessions, queue, workers)'),
+  modelsDir: setting('RMT_MODELS_DIR', path.join(ROOT, 'models'), str, 'folder holding model packages'),
+  models: setting('RMT_MODELS', ['rmt-brown-lm', 'rmt-brown-small'], list, 'packages to load (comma-separated); the first is the default model'),
+  executionProvider: setting('RMT_EXECUTION_PROVIDER', 'cpu' as 'cpu' | 'cuda', oneOf('cpu', 'cuda'), 'onnxruntime execution provider'),
+  deviceId: setting('RMT_DEVICE_ID', 0, int(0, 64), 'CUDA device id'),
+  precision: setting('RMT_PRECISION', 'fp32' as 'fp32' | 'fp16', oneOf('fp32', 'fp16'), 'graph precision (fp16 needs a package that ships it)'),
+  intraOpThreads: setting('RMT_INTRA_OP_THREADS', 0, int(0, 256), 'onnxruntime intra-op threads; 0 = onnxruntime default'),
+  maxBatch: setting('RMT_MAX_BATCH', 32, int(1, 4096), 'most rows in one onnxruntime run'),
+  maxBatchTokens: setting('RMT_MAX_BATCH_TOKENS', 8192, int(1, 1 << 24), 'most tokens in one segment/prefill run'),
+  workerConcurrency: setting('RMT_WORKER_CONCURRENCY', 64, int(1, 10000), 'requests one worker process advances at once (their segments are batched)'),
+  sessionTtlSeconds: setting('RMT_SESSION_TTL_S', 86400, int(1), 'a session idle this long is deleted'),
+  lockDurationMs: setting('RMT_LOCK_MS', 30000, int(1000), 'BullMQ job lock; a crashed worker\'s job is retried after it lapses'),
+  stalledIntervalMs: setting('RMT_STALLED_CHECK_MS', 30000, int(500), 'how often workers look for stalled jobs'),
+  jobAttempts: setting('RMT_JOB_ATTEMPTS', 5, int(1, 100), 'attempts per request before it fails'),
+  shutdownGraceMs: setting('RMT_SHUTDOWN_GRACE_MS', 25000, int(0), 'on SIGTERM, time to finish in-flight requests before handing them back'),
+  metricsPort: setting('RMT_WORKER_METRICS_PORT', -1, int(-1, 65535), 'worker: serve Prometheus /metrics on this port (0 = any free port, -1 = off)'),
+  maxPendingTextChars: setting('RMT_MAX_PENDING_TEXT', 4096, int(16), 'longest run of text without whitespace held back for exact tokenization'),
+} satisfies Record<string, Setting<unknown>>;
+
+type Settings = typeof SETTINGS;
+export type Config = { [K in keyof Settings]: Settings[K]['default'] };
+
+export class ConfigError extends Error {}
+
+function flagName(key: string): string {
+  return '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+/** Reads settings from flags (--redis-url x or --redis-url=x), then the environment, then defaults. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly string[] = []): Config {
+  const flags = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('--')) continue;
+    const eq = a.indexOf('=');
+    if (eq > 0) flags.set(a.slice(0, eq), a.slice(eq + 1));
+    else if (i + 1 < argv.length) flags.set(a, argv[++i]!);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) {
+    const flag = flagName(key);
+    const raw = flags.get(flag) ?? env[s.env];
+    out[key] = raw === undefined || raw === '' ? s.default : s.parse(raw, flags.has(flag) ? flag : s.env);
+  }
+  return out as Config;
+}
+
+/** Markdown table of every setting, for the README. */
+export function configTable(): string {
+  const rows = Object.entries(SETTINGS).map(
+    ([key, s]) => `| \`${s.env}\` | \`${flagName(key)}\` | \`${JSON.stringify(s.default).replace(ROOT, '.')}\` | ${s.doc} |`,
+  );
+  return ['| variable | flag | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
+}

@@ -1,0 +1,69 @@
+// Accepting requests: each gets the session's next sequence number (atomically, in Redis) and one
+// BullMQ job whose id is derived from it, so a request can never be enqueued twice.
+import { Queue, QueueEvents } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { redisKeys } from '../state/keys.ts';
+import type { SessionStore } from '../state/session-store.ts';
+import type { RequestJobData, RequestResult, SessionRequest } from './request.ts';
+
+export const QUEUE_NAME = 'requests';
+
+export function jobIdFor(sessionId: string, seq: number): string {
+  return `${sessionId}-${seq}`;
+}
+
+export interface RequestQueueOptions {
+  redis: Redis;
+  store: SessionStore;
+  prefix: string;
+  attempts: number;
+}
+
+export class RequestQueue {
+  readonly queue: Queue<RequestJobData, RequestResult>;
+  private events?: QueueEvents;
+  private eventsConn?: Redis;
+
+  constructor(private readonly o: RequestQueueOptions) {
+    this.queue = new Queue(QUEUE_NAME, { connection: o.redis, prefix: redisKeys(o.prefix).queuePrefix() });
+  }
+
+  /** Durably accepts a request: when this resolves, the request is in Redis and will be applied in order. */
+  async submit(sessionId: string, request: SessionRequest): Promise<{ seq: number; jobId: string }> {
+    const seq = await this.o.store.acceptRequest(sessionId);
+    const jobId = jobIdFor(sessionId, seq);
+    await this.queue.add(request.kind, { sessionId, seq, request }, {
+      jobId,
+      attempts: this.o.attempts,
+      backoff: { type: 'exponential', delay: 200 },
+      removeOnComplete: { age: 3600, count: 10000 },
+      removeOnFail: { age: 86400 },
+    });
+    return { seq, jobId };
+  }
+
+  /** Waits for a request's result (QueueEvents, no polling). */
+  async result(jobId: string, timeoutMs?: number): Promise<RequestResult> {
+    if (!this.events) {
+      this.eventsConn = this.o.redis.duplicate({ maxRetriesPerRequest: null });
+      this.eventsConn.on('error', () => undefined);
+      this.events = new QueueEvents(QUEUE_NAME, { connection: this.eventsConn, prefix: redisKeys(this.o.prefix).queuePrefix() });
+      await this.events.waitUntilReady();
+    }
+    const job = await this.queue.getJob(jobId);
+    if (!job) throw new Error(`request ${jobId} not found`);
+    return job.waitUntilFinished(this.events, timeoutMs);
+  }
+
+  /** Jobs waiting or delayed (queue depth, for metrics and readiness). */
+  async depth(): Promise<number> {
+    const c = await this.queue.getJobCounts('waiting', 'delayed', 'prioritized');
+    return (c.waiting ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0);
+  }
+
+  async close(): Promise<void> {
+    await this.events?.close();
+    await this.queue.close();
+    this.eventsConn?.disconnect();
+  }
+}

@@ -1,0 +1,72 @@
+// Requests as they travel through the queue: validated before they are enqueued, plain JSON in Redis.
+import type { SamplingParams } from '../engine/sampling.ts';
+
+export interface IngestRequest {
+  kind: 'ingest';
+  /** Text (tokenized by the worker, exactly across chunk boundaries) or token ids. */
+  text?: string;
+  ids?: number[];
+  /** Also tokenize text held back at the end (a trailing partial word); set for the last chunk. */
+  flush?: boolean;
+  /** Return the mean negative log-likelihood and perplexity of each committed segment. */
+  score?: boolean;
+}
+
+export interface GenerateRequest {
+  kind: 'generate';
+  /** Appended to the session first (the prompt); the session's held-back text is flushed. */
+  text?: string;
+  ids?: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  stop: string[];
+}
+
+export type SessionRequest = IngestRequest | GenerateRequest;
+
+export interface RequestJobData {
+  sessionId: string;
+  seq: number;
+  request: SessionRequest;
+  /** Ids generated before the last commit, kept so a retried generation returns the whole text. */
+  generated?: number[];
+}
+
+export interface SegmentScore {
+  segment: number;
+  tokens: number;
+  nll: number;
+  perplexity: number;
+}
+
+export type FinishReason = 'length' | 'stop' | 'eos';
+
+export interface RequestResult {
+  sessionId: string;
+  seq: number;
+  /** True when a retry found the request already applied: counters are current, text may be absent. */
+  alreadyApplied?: boolean;
+  tokensIngested: number;
+  segmentsCommitted: number;
+  tokensGenerated: number;
+  pendingTokens: number;
+  promptTokens: number;
+  scores?: SegmentScore[];
+  completion?: { ids: number[]; text: string; finishReason: FinishReason };
+  error?: { code: string; message: string };
+}
+
+/** Progress published while a request runs (Redis pub/sub, per session). */
+export type ProgressEvent =
+  | { type: 'segment'; seq: number; segmentsCommitted: number; tokensIngested: number; requestTokens: number; requestConsumed: number }
+  | { type: 'token'; seq: number; index: number; id: number; text: string }
+  | { type: 'done'; seq: number; result: RequestResult };
+
+export class RequestError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}

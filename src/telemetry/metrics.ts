@@ -1,0 +1,58 @@
+// Prometheus metrics (prom-client). One registry per process; the worker serves it on its own port,
+// the API (later) on /metrics.
+import http from 'node:http';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BatchStat } from '../engine/engine.ts';
+
+export class WorkerMetrics {
+  readonly registry = new Registry();
+  readonly batchRows = new Histogram({
+    name: 'rmt_engine_batch_rows', help: 'rows (sessions) in one onnxruntime run', labelNames: ['graph', 'model'],
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [this.registry],
+  });
+  readonly batchTokens = new Histogram({
+    name: 'rmt_engine_batch_tokens', help: 'real tokens in one onnxruntime run', labelNames: ['graph', 'model'],
+    buckets: [1, 16, 128, 512, 1024, 4096, 16384, 65536], registers: [this.registry],
+  });
+  readonly stepSeconds = new Histogram({
+    name: 'rmt_engine_step_seconds', help: 'time of one onnxruntime run', labelNames: ['graph', 'model'],
+    buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [this.registry],
+  });
+  readonly requests = new Counter({
+    name: 'rmt_worker_requests_total', help: 'requests finished by this worker', labelNames: ['kind', 'outcome'], registers: [this.registry],
+  });
+  readonly segments = new Counter({ name: 'rmt_segments_committed_total', help: 'segments written to memory', registers: [this.registry] });
+  readonly tokensIngested = new Counter({ name: 'rmt_tokens_ingested_total', help: 'tokens ingested', registers: [this.registry] });
+  readonly tokensGenerated = new Counter({ name: 'rmt_tokens_generated_total', help: 'tokens generated', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  observeBatch(s: BatchStat): void {
+    const labels = { graph: s.graph, model: s.model };
+    this.batchRows.observe(labels, s.rows);
+    this.batchTokens.observe(labels, s.tokens);
+    this.stepSeconds.observe(labels, s.ms / 1000);
+  }
+
+  /** Serves GET /metrics on `port` (0 = an ephemeral port); resolves with the bound port. */
+  async serve(port: number, host = '0.0.0.0'): Promise<{ port: number; close(): Promise<void> }> {
+    const server = http.createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry.metrics().then(
+        (body) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(body),
+        (err) => res.writeHead(500).end(String(err)),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(port, host, resolve));
+    const addr = server.address();
+    return {
+      port: typeof addr === 'object' && addr ? addr.port : port,
+      close: () => new Promise<void>((r) => server.close(() => r())),
+    };
+  }
+}

@@ -1,0 +1,208 @@
+// Applies one request to one session: tokens go into the tail; a full tail is committed through the
+// segment graph when the next token arrives (so a tail always has 1..segment_length tokens and its
+// next-token logits can be recomputed); every commit is a versioned compare-and-set in Redis that
+// also records how far into this request it got, so a retry resumes at the last commit: no segment is
+// applied twice and none is skipped. Generation continues the same recurrence: when the tail is full,
+// it is committed and decoding goes on in the next segment.
+import type { Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
+import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
+import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
+import { splitForTokenization } from '../engine/text-stream.ts';
+import type { SessionRecord, SessionStore } from '../state/session-store.ts';
+import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, FinishReason } from '../queue/request.ts';
+import { RequestError } from '../queue/request.ts';
+
+export interface ApplyContext {
+  engine: Engine;
+  store: SessionStore;
+  tokenizer(model: string): TextTokenizer;
+  maxPendingTextChars: number;
+}
+
+export interface ApplyHooks {
+  progress(ev: ProgressEvent): void;
+  /** Persists ids generated so far (with each commit) so a retry can return the whole completion. */
+  saveGenerated(ids: number[]): Promise<void>;
+}
+
+function specOf(m: ModelInfo) {
+  return { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
+}
+
+/** Tokens of this request, derived only from what the session held when the request started. */
+function requestTokens(ctx: ApplyContext, rec: SessionRecord, data: RequestJobData): { ids: number[]; pendingAfter: string } {
+  const req = data.request;
+  const tok = ctx.tokenizer(rec.model);
+  const flush = req.kind === 'generate' || req.ids !== undefined || (req.kind === 'ingest' && req.flush === true);
+  if (req.ids !== undefined) return { ids: [...tok.encode(rec.pendingText), ...req.ids], pendingAfter: '' };
+  const text = rec.pendingText + (req.text ?? '');
+  if (flush) return { ids: tok.encode(text), pendingAfter: '' };
+  const [ready, pending] = splitForTokenization(text, ctx.maxPendingTextChars);
+  return { ids: ready ? tok.encode(ready) : [], pendingAfter: pending };
+}
+
+class SessionCursor {
+  // Mirrors the stored session; every commit goes through here so version and counters stay in step.
+  constructor(
+    private readonly ctx: ApplyContext,
+    public rec: SessionRecord,
+    private readonly model: ModelInfo,
+    private readonly seq: number,
+  ) {}
+  ingestedSinceCommit = 0;
+  generatedSinceCommit = 0;
+
+  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<Float32Array> {
+    const out = await this.ctx.engine.segment(this.model.name, this.rec.tail, this.rec.state);
+    if (scores) {
+      let nll = 0;
+      for (let t = 1; t < out.tokenLogprobs.length; t++) nll -= out.tokenLogprobs[t]!;
+      const n = Math.max(1, out.tokenLogprobs.length - 1);
+      scores.push({ segment: this.rec.segmentsCommitted + 1, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
+    }
+    await this.commit({ state: out.nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
+    return out.logits;
+  }
+
+  async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {
+    const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
+      state: u.state,
+      tail: u.tail,
+      pendingText: u.pendingText,
+      addTokensIngested: this.ingestedSinceCommit,
+      addSegments: u.addSegments,
+      addTokensGenerated: this.generatedSinceCommit,
+      curSeq: this.seq,
+      curOffset: u.curOffset,
+      ...(u.appliedSeq !== undefined ? { appliedSeq: u.appliedSeq } : {}),
+    });
+    this.rec = {
+      ...this.rec,
+      version,
+      state: u.state,
+      tail: u.tail,
+      pendingText: u.pendingText,
+      tokensIngested: this.rec.tokensIngested + this.ingestedSinceCommit,
+      tokensGenerated: this.rec.tokensGenerated + this.generatedSinceCommit,
+      segmentsCommitted: this.rec.segmentsCommitted + u.addSegments,
+      curSeq: this.seq,
+      curOffset: u.curOffset,
+      appliedSeq: u.appliedSeq ?? this.rec.appliedSeq,
+    };
+    this.ingestedSinceCommit = 0;
+    this.generatedSinceCommit = 0;
+  }
+}
+
+export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks): Promise<RequestResult> {
+  const first = await ctx.store.get(data.sessionId);
+  if (!first) throw new RequestError('session_not_found', `session ${data.sessionId} does not exist (deleted or expired)`);
+  const model = ctx.engine.model(first.model);
+  const rec = await ctx.store.load(data.sessionId, specOf(model));
+  const base = (r: SessionRecord, promptTokens: number): RequestResult => ({
+    sessionId: r.id,
+    seq: data.seq,
+    tokensIngested: r.tokensIngested,
+    segmentsCommitted: r.segmentsCommitted,
+    tokensGenerated: r.tokensGenerated,
+    pendingTokens: r.tail.length,
+    promptTokens,
+  });
+  if (rec.appliedSeq >= data.seq) return { ...base(rec, 0), alreadyApplied: true };
+
+  const S = model.segmentLength;
+  const { ids, pendingAfter } = requestTokens(ctx, rec, data);
+  const resumeAt = rec.curSeq === data.seq ? rec.curOffset : 0;
+  const cur = new SessionCursor(ctx, rec, model, data.seq);
+  const scores: SegmentScore[] | undefined = data.request.kind === 'ingest' && data.request.score ? [] : undefined;
+
+  // 1. The request's tokens (text or prompt), from where an earlier attempt stopped.
+  let tail = [...rec.tail];
+  let lastLogits: Float32Array | undefined;
+  for (let i = Math.min(resumeAt, ids.length); i < ids.length; i++) {
+    if (tail.length === S) {
+      cur.rec.tail = tail;
+      lastLogits = await cur.commitSegment(i, [], scores);
+      tail = [];
+      hooks.progress({
+        type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
+        requestTokens: ids.length, requestConsumed: i,
+      });
+    }
+    tail.push(ids[i]!);
+    cur.ingestedSinceCommit++;
+  }
+  void lastLogits;
+
+  if (data.request.kind === 'ingest') {
+    await cur.commit({ state: cur.rec.state, tail, pendingText: pendingAfter, addSegments: 0, curOffset: ids.length, appliedSeq: data.seq });
+    const result: RequestResult = { ...base(cur.rec, ids.length), ...(scores ? { scores } : {}) };
+    hooks.progress({ type: 'done', seq: data.seq, result });
+    return result;
+  }
+
+  // 2. Generation. Tokens generated before the last commit (an earlier attempt) are already in the state.
+  const req = data.request;
+  if (tail.length === 0) throw new RequestError('empty_prompt', 'generation needs a prompt or earlier text in the session');
+  const generated = resumeAt > ids.length ? [...(data.generated ?? [])].slice(0, resumeAt - ids.length) : [];
+  if (generated.length !== Math.max(0, resumeAt - ids.length)) {
+    throw new RequestError('lost_progress', `request ${data.seq}: ${resumeAt - ids.length} tokens were committed but only ${generated.length} recorded`);
+  }
+  const counts = new Map<number, number>();
+  for (const t of generated) counts.set(t, (counts.get(t) ?? 0) + 1);
+  const tok = ctx.tokenizer(model.name);
+  const detok = new IncrementalDetokenizer(tok);
+  const stops = new StopSequenceMatcher(req.stop);
+  let text = '';
+  for (const t of generated) text += stops.push(detok.push(t)).text;
+
+  let kv: KvHandle | undefined;
+  let finish: FinishReason = 'length';
+  try {
+    let { logits, kv: k } = await ctx.engine.prefill(model.name, tail, cur.rec.state);
+    kv = k;
+    while (generated.length < req.maxTokens) {
+      const next = sampleNext(logits, req.sampling, counts, generated.length);
+      if (next === model.specialTokens.eos) {
+        finish = 'eos';
+        break;
+      }
+      generated.push(next);
+      counts.set(next, (counts.get(next) ?? 0) + 1);
+      cur.generatedSinceCommit++;
+      const piece = stops.push(detok.push(next));
+      text += piece.text;
+      hooks.progress({ type: 'token', seq: data.seq, index: generated.length - 1, id: next, text: piece.text });
+      if (piece.stopped) {
+        finish = 'stop';
+        tail.push(next);
+        break;
+      }
+      if (generated.length === req.maxTokens) {
+        tail.push(next);
+        break;
+      }
+      if (tail.length === S) {
+        // The segment is full: write it to memory and go on decoding in the next one.
+        ctx.engine.releaseKv(kv);
+        kv = undefined;
+        cur.rec.tail = tail;
+        // `next` opens the new tail, stored with this commit, so it counts as consumed.
+        await hooks.saveGenerated(generated);
+        await cur.commitSegment(ids.length + generated.length, [next]);
+        tail = [next];
+        ({ logits, kv } = await ctx.engine.prefill(model.name, tail, cur.rec.state));
+      } else {
+        tail.push(next);
+        ({ logits } = await ctx.engine.decode(model.name, kv!, next));
+      }
+    }
+  } finally {
+    if (kv !== undefined) ctx.engine.releaseKv(kv);
+  }
+  if (finish !== 'stop') text += stops.flush();
+  await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq });
+  const result: RequestResult = { ...base(cur.rec, ids.length), completion: { ids: generated, text, finishReason: finish } };
+  hooks.progress({ type: 'done', seq: data.seq, result });
+  return result;
+}

@@ -1,0 +1,90 @@
+// Assembles a worker process: Redis connection, session store, engine thread, tokenizers, BullMQ worker.
+import { Redis } from 'ioredis';
+import type { Config } from '../config/config.ts';
+import { startEngine, type Engine } from '../engine/engine.ts';
+import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
+import { SessionStore } from '../state/session-store.ts';
+import { RequestQueue } from '../queue/request-queue.ts';
+import { SessionWorker } from './session-worker.ts';
+import { WorkerMetrics } from '../telemetry/metrics.ts';
+
+export function redisUrl(config: Config): string {
+  return config.redisUrl || 'redis://127.0.0.1:6379';
+}
+
+export function connectRedis(config: Config): Redis {
+  // maxRetriesPerRequest null: BullMQ's blocking connections require it, and a brief Redis restart
+  // should delay requests, not fail them.
+  const redis = new Redis(redisUrl(config), { maxRetriesPerRequest: null, lazyConnect: false });
+  // ioredis reconnects by itself; without a listener every failed attempt is an "unhandled error".
+  redis.on('error', () => undefined);
+  return redis;
+}
+
+export interface WorkerRuntime {
+  redis: Redis;
+  store: SessionStore;
+  engine: Engine;
+  tokenizers: Map<string, TextTokenizer>;
+  worker: SessionWorker;
+  metrics: WorkerMetrics;
+  /** Port of the worker's /metrics endpoint, if served. */
+  metricsPort?: number;
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startWorkerRuntime(config: Config, log?: (o: Record<string, unknown>, m: string) => void): Promise<WorkerRuntime> {
+  const redis = connectRedis(config);
+  const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
+  const engine = await startEngine({
+    modelsDir: config.modelsDir,
+    models: config.models,
+    executionProvider: config.executionProvider,
+    deviceId: config.deviceId,
+    precision: config.precision,
+    ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
+    maxBatch: config.maxBatch,
+    maxBatchTokens: config.maxBatchTokens,
+  });
+  const tokenizers = new Map<string, TextTokenizer>();
+  for (const m of engine.models()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
+  const metrics = new WorkerMetrics();
+  engine.onBatch((b) => metrics.observeBatch(b));
+  const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort) : undefined;
+  const worker = new SessionWorker({
+    redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, concurrency: config.workerConcurrency,
+    lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs,
+    maxPendingTextChars: config.maxPendingTextChars, ...(log ? { log } : {}),
+  });
+  await worker.start();
+  return {
+    redis, store, engine, tokenizers, worker, metrics,
+    ...(metricsServer ? { metricsPort: metricsServer.port } : {}),
+    async close(graceMs = config.shutdownGraceMs) {
+      await worker.close(graceMs);
+      await metricsServer?.close();
+      await engine.close();
+      redis.disconnect();
+    },
+  };
+}
+
+export interface ClientRuntime {
+  redis: Redis;
+  store: SessionStore;
+  queue: RequestQueue;
+  close(): Promise<void>;
+}
+
+export function startClientRuntime(config: Config): ClientRuntime {
+  const redis = connectRedis(config);
+  const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
+  const queue = new RequestQueue({ redis, store, prefix: config.keyPrefix, attempts: config.jobAttempts });
+  return {
+    redis, store, queue,
+    async close() {
+      await queue.close();
+      redis.disconnect();
+    },
+  };
+}

@@ -1,0 +1,177 @@
+// BullMQ worker that advances sessions. Requests of one session apply strictly in the order they were
+// accepted (their seq): open-source BullMQ has no per-key groups, so a job whose predecessor has not
+// been applied yet goes back to the delayed set and is retried shortly; many sessions' jobs run
+// concurrently in one process and their segments meet in the engine's batches.
+import { DelayedError, Queue, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Engine } from '../engine/engine.ts';
+import type { TextTokenizer } from '../engine/tokenizer.ts';
+import { redisKeys } from '../state/keys.ts';
+import { SessionError, type SessionStore } from '../state/session-store.ts';
+import { RequestError, type RequestJobData, type RequestResult } from '../queue/request.ts';
+import { QUEUE_NAME, jobIdFor } from '../queue/request-queue.ts';
+import { applyRequest } from './apply-request.ts';
+import type { WorkerMetrics } from '../telemetry/metrics.ts';
+
+export interface SessionWorkerOptions {
+  redis: Redis;
+  store: SessionStore;
+  engine: Engine;
+  tokenizers: Map<string, TextTokenizer>;
+  prefix: string;
+  concurrency: number;
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+  maxPendingTextChars: number;
+  /** Polling delay for a job waiting on its session's previous request. */
+  turnDelayMs?: number;
+  log?: (obj: Record<string, unknown>, msg: string) => void;
+  metrics?: WorkerMetrics;
+}
+
+// Client mistakes are final: retrying cannot fix them.
+function quiet(r: import('ioredis').Redis): import('ioredis').Redis {
+  r.on('error', () => undefined); // reconnects by itself; BullMQ reports lasting trouble
+  return r;
+}
+
+const ORPHAN_GRACE_MS = 30_000;
+const FINAL_CODES = new Set(['session_not_found', 'empty_prompt', 'model_mismatch', 'state_mismatch', 'not_found', 'invalid_request']);
+
+export class SessionWorker {
+  readonly worker: Worker<RequestJobData, RequestResult>;
+  private readonly queue: Queue<RequestJobData, RequestResult>;
+  private readonly keys;
+  private heartbeat?: NodeJS.Timeout;
+  private conn?: import('ioredis').Redis;
+  readonly id = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+
+  constructor(private readonly o: SessionWorkerOptions) {
+    this.keys = redisKeys(o.prefix);
+    this.worker = new Worker<RequestJobData, RequestResult>(QUEUE_NAME, (job, token) => this.process(job, token), {
+      connection: (this.conn = quiet(o.redis.duplicate({ maxRetriesPerRequest: null }))),
+      prefix: this.keys.queuePrefix(),
+      concurrency: o.concurrency,
+      lockDuration: o.lockDurationMs,
+      stalledInterval: o.stalledIntervalMs,
+      maxStalledCount: 10,
+      autorun: false,
+    });
+    this.queue = new Queue<RequestJobData, RequestResult>(QUEUE_NAME, { connection: o.redis, prefix: this.keys.queuePrefix() });
+    this.worker.on('error', (err) => o.log?.({ err: String(err) }, 'worker error'));
+  }
+
+  async start(): Promise<void> {
+    await this.worker.waitUntilReady();
+    void this.worker.run();
+    const beat = () => void this.o.redis.zadd(this.keys.workers(), Date.now(), this.id).catch(() => undefined);
+    beat();
+    this.heartbeat = setInterval(beat, 2000);
+    this.heartbeat.unref();
+  }
+
+  private async process(job: Job<RequestJobData, RequestResult>, token?: string): Promise<RequestResult> {
+    const { sessionId, seq } = job.data;
+    try {
+      await this.waitForTurn(job, token);
+      const result = await applyRequest(
+        {
+          engine: this.o.engine,
+          store: this.o.store,
+          tokenizer: (m) => {
+            const t = this.o.tokenizers.get(m);
+            if (!t) throw new RequestError('model_not_loaded', `model ${m} is not loaded by this worker`);
+            return t;
+          },
+          maxPendingTextChars: this.o.maxPendingTextChars,
+        },
+        job.data,
+        {
+          progress: (ev) => {
+            if (ev.type === 'segment') this.o.metrics?.segments.inc();
+            void this.o.store.publishProgress(sessionId, ev).catch(() => undefined);
+          },
+          saveGenerated: async (ids) => {
+            await job.updateData({ ...job.data, generated: ids });
+          },
+        },
+      );
+      this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
+      if (!result.alreadyApplied) {
+        this.o.metrics?.tokensIngested.inc(result.promptTokens);
+        this.o.metrics?.tokensGenerated.inc(result.completion?.ids.length ?? 0);
+      }
+      return result;
+    } catch (err) {
+      if (err instanceof DelayedError) throw err;
+      const code = err instanceof RequestError || err instanceof SessionError ? err.code : undefined;
+      const final = (code !== undefined && FINAL_CODES.has(code)) || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      if (final) await this.skipFailed(sessionId, seq, err).catch(() => undefined); // a broken session cannot move on
+      if (code !== undefined && FINAL_CODES.has(code)) {
+        // Complete the job with the error: the caller gets it, and the session moves on.
+        const result: RequestResult = {
+          sessionId, seq, tokensIngested: 0, segmentsCommitted: 0, tokensGenerated: 0, pendingTokens: 0, promptTokens: 0,
+          error: { code, message: (err as Error).message },
+        };
+        void this.o.store.publishProgress(sessionId, { type: 'done', seq, result }).catch(() => undefined);
+        this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: code });
+        return result;
+      }
+      throw err;
+    }
+  }
+
+  private async waitForTurn(job: Job<RequestJobData, RequestResult>, token?: string): Promise<void> {
+    const { sessionId, seq } = job.data;
+    const rec = await this.o.store.get(sessionId);
+    if (rec && rec.appliedSeq < seq - 1) {
+      // Not this request's turn. If the predecessor's job does not exist (its producer died between
+      // taking a seq and enqueuing), nothing will ever apply it: skip its seq instead of waiting forever.
+      // A grace period covers a producer that took seq - 1 and is still about to enqueue it.
+      const orphaned = rec.appliedSeq === seq - 2 && Date.now() - job.timestamp > ORPHAN_GRACE_MS &&
+        (await this.queue.getJob(jobIdFor(sessionId, seq - 1))) === undefined;
+      if (orphaned) {
+        await this.o.store.commit(sessionId, rec.version, {
+          state: rec.state, tail: rec.tail, pendingText: rec.pendingText, addTokensIngested: 0, addSegments: 0,
+          addTokensGenerated: 0, curSeq: seq - 1, curOffset: 0, appliedSeq: seq - 1,
+        });
+      }
+      await job.moveToDelayed(Date.now() + (this.o.turnDelayMs ?? 20), token);
+      throw new DelayedError();
+    }
+  }
+
+  /** A request that will not be applied still consumes its seq, so the session's later requests can run. */
+  private async skipFailed(sessionId: string, seq: number, err: unknown): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const rec = await this.o.store.get(sessionId);
+      if (!rec || rec.appliedSeq >= seq) return;
+      try {
+        await this.o.store.commit(sessionId, rec.version, {
+          state: rec.state, tail: rec.tail, pendingText: rec.pendingText, addTokensIngested: 0, addSegments: 0,
+          addTokensGenerated: 0, curSeq: seq, curOffset: 0, appliedSeq: seq,
+        });
+        this.o.log?.({ sessionId, seq, err: String(err) }, 'request failed; session moves on');
+        return;
+      } catch (e) {
+        if (!(e instanceof SessionError && e.code === 'conflict')) throw e;
+      }
+    }
+  }
+
+  /** Finishes in-flight requests, or after graceMs hands them back (their locks lapse; another worker resumes them at the last commit). */
+  async close(graceMs: number): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.o.redis.zrem(this.keys.workers(), this.id).catch(() => undefined);
+    const closing = this.worker.close();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      closing.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) await this.worker.close(true);
+    await this.queue.close();
+    this.conn?.disconnect();
+  }
+}

@@ -1,0 +1,377 @@
+// The data plane end to end: real redis-server, real BullMQ, real onnxruntime on CPU, shipped models.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, test } from 'node:test';
+import { Redis } from 'ioredis';
+import { loadConfig, type Config } from '../src/config/config.ts';
+import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
+import type { ProgressEvent, SessionRequest } from '../src/queue/request.ts';
+import { redisKeys } from '../src/state/keys.ts';
+import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
+import { heldOutText } from './support/brown.ts';
+import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const MODEL = 'rmt-brown-small';
+
+let redis: RedisServerHandle;
+let prefixCount = 0;
+const children: ChildProcess[] = [];
+
+function env(prefix: string): NodeJS.ProcessEnv {
+  return {
+    REDIS_URL: redis.url, RMT_PREFIX: prefix, RMT_MODELS: MODEL, RMT_INTRA_OP_THREADS: '1',
+    RMT_LOCK_MS: '2000', RMT_STALLED_CHECK_MS: '1000', RMT_SHUTDOWN_GRACE_MS: '10000',
+  };
+}
+
+function configFor(prefix: string): Config {
+  return loadConfig(env(prefix));
+}
+
+function newPrefix(): string {
+  return `t${process.pid}x${++prefixCount}`;
+}
+
+function spawnWorker(prefix: string): ChildProcess {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), 'worker'], {
+    env: { ...process.env, ...env(prefix) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  children.push(child);
+  return child;
+}
+
+async function waitReady(child: ChildProcess): Promise<void> {
+  // Keep reading stderr after 'ready' (an async iterator would destroy the pipe, and the worker's
+  // later log lines would then kill it with EPIPE).
+  let buf = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      buf += String(chunk);
+      if (buf.includes('worker ready')) resolve();
+    };
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`worker exited (${code}) before ready: ${buf}`)));
+  });
+}
+
+function bytesOf(a: Float32Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Text of about `segments` segments of held-out Brown prose. */
+const NOISE = heldOutText();
+function noise(chars: number, from = 0): string {
+  return NOISE.slice(from, from + chars);
+}
+
+function randomChunks(text: string, seed: number, max: number): string[] {
+  let s = seed;
+  const rand = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const out: string[] = [];
+  for (let i = 0; i < text.length; ) {
+    const n = 1 + Math.floor(rand() * max);
+    out.push(text.slice(i, i + n));
+    i += n;
+  }
+  return out;
+}
+
+async function subscribe(prefix: string, sessionId: string, fn: (ev: ProgressEvent) => void): Promise<Redis> {
+  const sub = new Redis(redis.url);
+  sub.on('message', (_c, m) => fn(JSON.parse(m) as ProgressEvent));
+  await sub.subscribe(redisKeys(prefix).progressChannel(sessionId));
+  return sub;
+}
+
+async function ingestAll(client: ClientRuntime, sessionId: string, chunks: string[]): Promise<void> {
+  const reqs: SessionRequest[] = chunks.map((text, i) => ({ kind: 'ingest', text, flush: i === chunks.length - 1 }));
+  const jobs = [];
+  for (const r of reqs) jobs.push(await client.queue.submit(sessionId, r));
+  for (const j of jobs) {
+    const r = await client.queue.result(j.jobId, 120_000);
+    assert.equal(r.error, undefined, JSON.stringify(r.error));
+  }
+}
+
+before(async () => {
+  redis = await startRedis();
+});
+
+after(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  await redis.stop();
+});
+
+describe('workers over Redis and BullMQ', () => {
+  let prefix: string;
+  let worker: WorkerRuntime;
+  let client: ClientRuntime;
+  const doc = noise(20 * 128 * 5); // ~5 chars per token: about 20 segments
+
+  before(async () => {
+    prefix = newPrefix();
+    worker = await startWorkerRuntime(loadConfig({ ...env(prefix), RMT_WORKER_METRICS_PORT: '0' }));
+    client = startClientRuntime(configFor(prefix));
+  });
+  after(async () => {
+    await client.close();
+    await worker.close(0);
+  });
+
+  async function newSession(model = MODEL) {
+    const m = worker.engine.model(model);
+    return client.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+  }
+
+  test('one piece, random chunks (applied in order) and one-token-at-a-time ids: bit-identical state', async () => {
+    const whole = await newSession();
+    await ingestAll(client, whole.id, [doc]);
+    const chunked = await newSession();
+    await ingestAll(client, chunked.id, randomChunks(doc, 11, 900));
+    const a = (await client.store.get(whole.id))!;
+    const b = (await client.store.get(chunked.id))!;
+    assert.ok(a.segmentsCommitted >= 15, `only ${a.segmentsCommitted} segments`);
+    assert.equal(b.tokensIngested, a.tokensIngested);
+    assert.equal(b.segmentsCommitted, a.segmentsCommitted);
+    assert.deepEqual(b.tail, a.tail);
+    assert.ok(bytesOf(b.state).equals(bytesOf(a.state)), 'chunked state differs from one-piece state');
+    assert.equal(a.appliedSeq, 1);
+    assert.ok(b.appliedSeq > 10, `appliedSeq ${b.appliedSeq}`);
+  });
+
+  test('scoring returns per-segment perplexity of the ingested text', async () => {
+    const s = await newSession('rmt-brown-small');
+    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(6000), flush: true, score: true });
+    const r = await client.queue.result(jobId, 60_000);
+    assert.ok(r.scores && r.scores.length === r.segmentsCommitted && r.scores.length >= 5, JSON.stringify(r.scores?.length));
+    for (const sc of r.scores!) assert.ok(sc.perplexity > 1 && Number.isFinite(sc.perplexity) && Math.abs(Math.exp(sc.nll) - sc.perplexity) < 1e-6 * sc.perplexity, JSON.stringify(sc));
+  });
+
+  test('recall end to end: facts, 55 segments of held-out noise in random chunks, then the question', async () => {
+    // The recall model was trained with the question opening a segment (models/rmt-brown-small card),
+    // so the noise is cut to whole segments: token ids, fed in random chunk sizes.
+    const m = worker.engine.model(MODEL);
+    const tok = worker.tokenizers.get(MODEL)!;
+    const S = m.segmentLength;
+    const facts = [' Mary went to the kitchen.', ' Daniel journeyed to the garden.'];
+    const body = noise(70 * 128 * 6, 200_000);
+    // Facts early: the 50+ segments after them reach the question only through the memory.
+    const text = body.slice(0, 900) + facts[0] + body.slice(900, 2000) + facts[1] + body.slice(2000);
+    const ids = tok.encode(text).slice(0, 55 * S);
+    assert.equal(ids.length, 55 * S);
+    const s = await newSession();
+    const jobs = [];
+    let seed = 3;
+    for (let i = 0; i < ids.length; ) {
+      const n = 1 + ((seed = (seed * 1103515245 + 12345) >>> 0) % 700);
+      jobs.push(await client.queue.submit(s.id, { kind: 'ingest', ids: ids.slice(i, i + n) }));
+      i += n;
+    }
+    for (const j of jobs) assert.equal((await client.queue.result(j.jobId, 120_000)).error, undefined);
+    const rec = (await client.store.get(s.id))!;
+    assert.equal(rec.segmentsCommitted, 54); // the 55th waits in the tail until the next token arrives
+    assert.equal(rec.tail.length, S);
+    for (const [name, place] of [['Mary', 'kitchen'], ['Daniel', 'garden']] as const) {
+      const fork = await client.store.fork(s.id);
+      const { jobId } = await client.queue.submit(fork.id, {
+        kind: 'generate', text: `\nQuestion: Where is ${name}?\nAnswer: ${name} is in the`, maxTokens: 2,
+        sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [],
+      });
+      const r = await client.queue.result(jobId, 60_000);
+      assert.equal(r.completion!.text, ` ${place}.`, `${name}: ${JSON.stringify(r.completion)}`);
+      assert.equal(r.segmentsCommitted, 55);
+    }
+    // Ablation: with the memory reset at every segment, the question segment reads the initial memory.
+    let wrong = 0;
+    for (const [name, place] of [['Mary', 'kitchen'], ['Daniel', 'garden']] as const) {
+      const q = tok.encode(`\nQuestion: Where is ${name}?\nAnswer: ${name} is in the`);
+      const out = await worker.engine.segment(MODEL, q, m.initState);
+      let best = 0;
+      out.logits.forEach((v, i) => {
+        if (v > out.logits[best]!) best = i;
+      });
+      if (tok.decode([best]) !== ` ${place}`) wrong++;
+    }
+    assert.equal(wrong, 2, 'with the memory reset every segment the facts should be unreachable');
+  });
+
+  test('generation crosses segment boundaries; same seed, same output; finish reasons', async () => {
+    const mk = async () => {
+      const s = await newSession('rmt-brown-small');
+      return s.id;
+    };
+    const params = { ...DEFAULT_SAMPLING, temperature: 0.9, topP: 0.95, seed: 42 };
+    const run = async (id: string, maxTokens: number, stop: string[] = []) => {
+      const { jobId } = await client.queue.submit(id, { kind: 'generate', text: noise(700, 5000), maxTokens, sampling: params, stop });
+      return client.queue.result(jobId, 60_000);
+    };
+    const a = await run(await mk(), 300);
+    const b = await run(await mk(), 300);
+    assert.equal(a.completion!.finishReason, 'length');
+    assert.equal(a.completion!.ids.length, 300);
+    assert.deepEqual(b.completion!.ids, a.completion!.ids);
+    assert.ok(a.segmentsCommitted >= 3, `generation committed only ${a.segmentsCommitted} segments`);
+    assert.equal(a.tokensGenerated, 300);
+    // A stop sequence taken from the text generated above ends generation before it.
+    const stop = a.completion!.text.slice(40, 46);
+    const c = await run(await mk(), 300, [stop]);
+    assert.equal(c.completion!.finishReason, 'stop');
+    assert.ok(!c.completion!.text.includes(stop), 'stop text leaked');
+    assert.ok(a.completion!.text.startsWith(c.completion!.text), 'stopped text is not a prefix');
+  });
+
+  test('batch sizes and counters are exported as Prometheus metrics', async () => {
+    const s = await newSession();
+    await ingestAll(client, s.id, [noise(8000, 30_000)]);
+    const body = await (await fetch(`http://127.0.0.1:${worker.metricsPort}/metrics`)).text();
+    const count = Number(/rmt_engine_batch_rows_count\{graph="segment",model="rmt-brown-small"\} (\d+)/.exec(body)?.[1] ?? 0);
+    assert.ok(count > 0, 'no segment batches recorded');
+    assert.match(body, /rmt_engine_batch_rows_bucket\{le="8",graph="segment"/);
+    assert.match(body, /rmt_segments_committed_total \d+/);
+    assert.ok(Number(/rmt_tokens_ingested_total (\d+)/.exec(body)?.[1]) > 1000, 'tokens ingested not counted');
+  });
+
+  test('a state of the wrong shape is refused, never used', async () => {
+    const s = await newSession();
+    const r = new Redis(redis.url);
+    await r.hset(redisKeys(prefix).session(s.id), 'state', Buffer.alloc(100));
+    r.disconnect();
+    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: 'hello there', flush: true });
+    const res = await client.queue.result(jobId, 30_000);
+    assert.equal(res.error?.code, 'state_mismatch', JSON.stringify(res));
+  });
+});
+
+describe('command line', () => {
+  async function run(args: string[], prefix: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), ...args], { env: { ...process.env, ...env(prefix), RMT_MODELS: 'rmt-brown-lm,rmt-brown-small' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += String(d)));
+    child.stderr.on('data', (d) => (stderr += String(d)));
+    const [code] = await once(child, 'exit');
+    return { code, stdout, stderr };
+  }
+
+  test('ingest a file with a progress bar, then generate from that session without the HTTP API', async () => {
+    const prefix = newPrefix();
+    const dir = await mkdtemp(path.join(tmpdir(), 'rmt-cli-'));
+    const file = path.join(dir, 'long.txt');
+    await writeFile(file, noise(30_000, 600_000));
+    const ing = await run(['ingest', '--model', 'rmt-brown-lm', '--file', file, '--chunk-chars', '4000'], prefix);
+    assert.equal(ing.code, 0, ing.stderr);
+    assert.match(ing.stderr, /ingest \[#+\] 100% 8\/8 chunks/);
+    const out = JSON.parse(ing.stdout) as { session: string; segmentsCommitted: number; model: string; stateBytes: number };
+    assert.equal(out.model, 'rmt-brown-lm');
+    assert.ok(out.segmentsCommitted >= 40, `${out.segmentsCommitted} segments`);
+    const gen = await run(['generate', '--session', out.session, '--prompt', ' The', '--max-tokens', '30', '--model', 'rmt-brown-lm'], prefix);
+    assert.equal(gen.code, 0, gen.stderr);
+    const summary = JSON.parse(gen.stderr.trim().split('\n').at(-1)!) as { finishReason: string; completionTokens: number };
+    assert.deepEqual([summary.finishReason, summary.completionTokens], ['length', 30]);
+    assert.ok(gen.stdout.trim().length > 20, `little text: ${JSON.stringify(gen.stdout)}`);
+    const bad = await run(['generate', '--file', path.join(dir, 'missing.txt')], prefix);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /ENOENT|no such file/);
+  });
+});
+
+describe('worker processes', () => {
+  test('SIGKILL mid-ingest, a new worker resumes: bit-identical to an uninterrupted run; two workers in turn too', async () => {
+    const prefix = newPrefix();
+    const client = startClientRuntime(configFor(prefix));
+    const ref = await startWorkerRuntime(configFor(prefix + 'ref'));
+    const refClient = startClientRuntime(configFor(prefix + 'ref'));
+    try {
+      const m = ref.engine.model(MODEL);
+      const spec = { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
+      const text = noise(90 * 128 * 5, 400_000);
+      // Uninterrupted reference.
+      const refS = await refClient.store.create(spec, m.initState);
+      await ingestAll(refClient, refS.id, [text]);
+      const want = (await refClient.store.get(refS.id))!;
+
+      // Worker A is killed after a few segments; worker B picks the job up when its lock lapses.
+      const s = await client.store.create(spec, m.initState);
+      const a = spawnWorker(prefix);
+      await waitReady(a);
+      let killedAt = -1;
+      const sub = await subscribe(prefix, s.id, (ev) => {
+        if (ev.type === 'segment' && ev.segmentsCommitted >= 8 && killedAt < 0) {
+          killedAt = ev.segmentsCommitted;
+          a.kill('SIGKILL');
+        }
+      });
+      const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text, flush: true });
+      await once(a, 'exit');
+      assert.ok(killedAt > 0, 'never killed');
+      const mid = (await client.store.get(s.id))!;
+      assert.ok(mid.segmentsCommitted < want.segmentsCommitted, 'worker A finished before it was killed');
+      const b = spawnWorker(prefix);
+      await waitReady(b);
+      const r = await client.queue.result(jobId, 120_000);
+      assert.equal(r.error, undefined);
+      const got = (await client.store.get(s.id))!;
+      assert.equal(got.tokensIngested, want.tokensIngested);
+      assert.equal(got.segmentsCommitted, want.segmentsCommitted);
+      assert.ok(bytesOf(got.state).equals(bytesOf(want.state)), 'resumed state differs');
+
+      // Two processes in turn: B takes the first half; SIGTERM lets it finish; C takes the rest.
+      const s2 = await client.store.create(spec, m.initState);
+      const half = Math.floor(text.length / 2);
+      const j1 = await client.queue.submit(s2.id, { kind: 'ingest', text: text.slice(0, half) });
+      await client.queue.result(j1.jobId, 60_000);
+      b.kill('SIGTERM');
+      const [code] = await once(b, 'exit');
+      assert.equal(code, 0, 'worker did not exit cleanly on SIGTERM');
+      const c = spawnWorker(prefix);
+      await waitReady(c);
+      const j2 = await client.queue.submit(s2.id, { kind: 'ingest', text: text.slice(half), flush: true });
+      await client.queue.result(j2.jobId, 60_000);
+      const got2 = (await client.store.get(s2.id))!;
+      assert.ok(bytesOf(got2.state).equals(bytesOf(want.state)), 'two-worker state differs');
+      c.kill('SIGTERM');
+      await once(c, 'exit');
+      await sub.quit();
+    } finally {
+      await client.close();
+      await refClient.close();
+      await ref.close(0);
+    }
+  });
+
+  test('SIGTERM during a long request: the worker finishes it, then exits', async () => {
+    const prefix = newPrefix();
+    const client = startClientRuntime(configFor(prefix));
+    try {
+      const w = spawnWorker(prefix);
+      await waitReady(w);
+      const probe = await startWorkerRuntime({ ...configFor(prefix + 'probe') });
+      const m = probe.engine.model(MODEL);
+      await probe.close(0);
+      const s = await client.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      let sent = false;
+      const sub = await subscribe(prefix, s.id, (ev) => {
+        if (ev.type === 'segment' && !sent) {
+          sent = true;
+          w.kill('SIGTERM');
+        }
+      });
+      const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(40 * 128 * 5), flush: true });
+      const [code] = await once(w, 'exit');
+      assert.equal(code, 0);
+      const r = await client.queue.result(jobId, 5_000);
+      assert.equal(r.error, undefined);
+      assert.ok(r.segmentsCommitted >= 35, `${r.segmentsCommitted} segments`);
+      await sub.quit();
+    } finally {
+      await client.close();
+    }
+  });
+});
