@@ -227,6 +227,23 @@ describe('workers over Redis and BullMQ', () => {
     assert.ok(a.completion!.text.startsWith(c.completion!.text), 'stopped text is not a prefix');
   });
 
+  test('a session\'s stored bytes do not grow with the tokens ingested (1k vs 100k)', async () => {
+    const tok = worker.tokenizers.get(MODEL)!;
+    const ids = tok.encode(noise(600_000, 0));
+    // Same tail length (1000 % 128 == 99_944 % 128), so any difference would be growth.
+    const small = await newSession();
+    const big = await newSession();
+    const a = await client.queue.submit(small.id, { kind: 'ingest', ids: ids.slice(0, 1000) });
+    const chunks = [];
+    for (let i = 0; i < 99_944; i += 20_000) chunks.push(await client.queue.submit(big.id, { kind: 'ingest', ids: ids.slice(i, Math.min(i + 20_000, 99_944)) }));
+    await client.queue.result(a.jobId, 60_000);
+    for (const c of chunks) await client.queue.result(c.jobId, 300_000);
+    const bs = (await client.store.get(big.id))!;
+    assert.equal(bs.tokensIngested, 99_944);
+    const [sb, bb] = [await client.store.storedBytes(small.id), await client.store.storedBytes(big.id)];
+    assert.ok(Math.abs(sb - bb) <= 16, `1k tokens: ${sb} bytes, 100k tokens: ${bb} bytes`);
+  });
+
   test('batch sizes and counters are exported as Prometheus metrics', async () => {
     const s = await newSession();
     await ingestAll(client, s.id, [noise(8000, 30_000)]);

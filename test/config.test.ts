@@ -1,0 +1,27 @@
+// One typed config: environment, flags over environment, clear errors naming the setting.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ConfigError, SETTINGS, configTable, loadConfig } from '../src/config/config.ts';
+
+test('defaults, environment, and flags over environment', () => {
+  const d = loadConfig({});
+  assert.equal(d.maxBatch, 32);
+  assert.deepEqual(d.models, ['rmt-brown-lm', 'rmt-brown-small']);
+  const e = loadConfig({ RMT_MAX_BATCH: '8', RMT_MODELS: 'a, b' });
+  assert.equal(e.maxBatch, 8);
+  assert.deepEqual(e.models, ['a', 'b']);
+  const f = loadConfig({ RMT_MAX_BATCH: '8' }, ['--max-batch', '16', '--redis-url=redis://h:1']);
+  assert.equal(f.maxBatch, 16);
+  assert.equal(f.redisUrl, 'redis://h:1');
+});
+
+test('bad values are refused with the variable or flag named', () => {
+  assert.throws(() => loadConfig({ RMT_MAX_BATCH: '0' }), (e: unknown) => e instanceof ConfigError && /RMT_MAX_BATCH: expected an integer in \[1, 4096\], got "0"/.test(e.message));
+  assert.throws(() => loadConfig({}, ['--execution-provider', 'tpu']), /--execution-provider: expected one of cpu, cuda, got "tpu"/);
+  assert.throws(() => loadConfig({ RMT_LOCK_MS: '12abc' }), /RMT_LOCK_MS/);
+});
+
+test('the settings table documents every setting', () => {
+  const table = configTable();
+  for (const s of Object.values(SETTINGS)) assert.ok(table.includes(`\`${s.env}\``), `${s.env} missing from the table`);
+});
