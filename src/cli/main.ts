@@ -9,10 +9,15 @@ import { redisKeys } from '../state/keys.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from '../queue/request.ts';
 import { startClientRuntime, startWorkerRuntime, redisUrl, type WorkerRuntime } from '../worker/runtime.ts';
 import { ProgressBar } from './progress-bar.ts';
+import { resolveRedis } from './embedded-redis.ts';
+import { startApiServer } from '../api/server.ts';
 
 const USAGE = `usage: rmt-serve <command> [options]
 
 commands:
+  serve                        API and worker in one process (npm start): Redis at REDIS_URL, else localhost:6379,
+                               else a private redis-server child (data under ./var)
+  api                          HTTP/WebSocket API only (deploy several, plus workers, sharing one Redis)
   worker                       advance sessions: BullMQ worker + onnxruntime engine thread
   ingest   --file F [--model M] [--session ID] [--chunk-chars N] [--score]
                                stream a text file into a session (created if --session is absent); prints the session
@@ -37,6 +42,27 @@ async function ensureRedis(config: Config): Promise<void> {
   } finally {
     r.disconnect();
   }
+}
+
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+}
+
+async function runServe(config: Config, withWorker: boolean): Promise<void> {
+  const redis = withWorker ? await resolveRedis(config, log) : { url: redisUrl(config), stop: async () => undefined };
+  if (!withWorker) await ensureRedis(config);
+  const cfg = { ...config, redisUrl: redis.url };
+  const worker = withWorker ? await startWorkerRuntime(cfg, log) : undefined;
+  const api = await startApiServer(cfg);
+  log({ url: api.url, redis: redis.url, worker: withWorker, models: cfg.models }, 'rmt-serve ready');
+  const signal = await untilSignal();
+  log({ signal }, 'shutting down');
+  await api.close();
+  await worker?.close();
+  await redis.stop();
 }
 
 async function runWorker(config: Config): Promise<void> {
@@ -189,6 +215,12 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const config = loadConfig(process.env, rest);
     switch (command) {
+      case 'serve':
+        await runServe(config, true);
+        return 0;
+      case 'api':
+        await runServe(config, false);
+        return 0;
       case 'worker':
         await ensureRedis(config);
         await runWorker(config);

@@ -35,6 +35,13 @@ function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting
 }
 
 export const SETTINGS = {
+  port: setting('PORT', 8080, int(0, 65535), 'HTTP port (api, serve)'),
+  host: setting('HOST', '0.0.0.0', str, 'HTTP listen address'),
+  logLevel: setting('LOG_LEVEL', 'info', oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'), 'pino log level'),
+  apiKeys: setting('RMT_API_KEYS', [] as string[], list, 'accepted bearer API keys (comma-separated); none = no authentication'),
+  apiKeyHashes: setting('RMT_API_KEY_HASHES', [] as string[], list, 'sha256 hex hashes of accepted API keys (instead of plain keys)'),
+  bodyLimitBytes: setting('RMT_BODY_LIMIT', 8 * 1024 * 1024, int(1024), 'largest HTTP request body (bytes)'),
+  dataDir: setting('RMT_DATA_DIR', path.join(ROOT, 'var'), str, 'serve: data folder of the private redis-server started when no Redis is reachable'),
   redisUrl: setting('REDIS_URL', '', str, 'Redis URL; empty: redis://127.0.0.1:6379'),
   keyPrefix: setting('RMT_PREFIX', 'rmt', str, 'prefix of every Redis key (sessions, queue, workers)'),
   modelsDir: setting('RMT_MODELS_DIR', path.join(ROOT, 'models'), str, 'folder holding model packages'),

@@ -1,0 +1,39 @@
+// Builds the fastify app (server.ts listens): schemas from TypeBox, one error table, optional API
+// keys, pino logs with request ids (prompts and keys are not logged).
+import Fastify, { type FastifyInstance } from 'fastify';
+import websocket from '@fastify/websocket';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { ApiDeps } from './deps.ts';
+import { registerAuth } from './auth.ts';
+import { registerErrorHandler } from './error-handler.ts';
+import completionsRoutes from './routes/completions.ts';
+import healthRoutes from './routes/health.ts';
+import modelsRoutes from './routes/models.ts';
+import sessionsRoutes from './routes/sessions.ts';
+import sessionStreamRoutes from './routes/session-stream.ts';
+
+export interface AppOptions {
+  logger?: boolean | object;
+  /** Plain API keys and sha256 hashes of keys; both empty: no authentication. */
+  apiKeys?: readonly string[];
+  apiKeyHashes?: readonly string[];
+  bodyLimitBytes?: number;
+}
+
+export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: opts.bodyLimitBytes ?? 8 * 1024 * 1024,
+    genReqId: () => crypto.randomUUID(),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  registerErrorHandler(app);
+  registerAuth(app, opts.apiKeys ?? [], opts.apiKeyHashes ?? []);
+  await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
+  await app.register(async (i) => healthRoutes(i, deps));
+  await app.register(async (i) => modelsRoutes(i, deps));
+  await app.register(async (i) => sessionsRoutes(i, deps));
+  await app.register(async (i) => completionsRoutes(i, deps));
+  await app.register(async (i) => sessionStreamRoutes(i, deps));
+  return app;
+}

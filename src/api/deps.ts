@@ -1,0 +1,18 @@
+// What the routes are given: built once by app.ts (or a test), so routes never construct clients.
+import type { Redis } from 'ioredis';
+import type { Config } from '../config/config.ts';
+import type { ModelCatalog } from '../engine/model-catalog.ts';
+import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { ProgressHub } from '../queue/progress-hub.ts';
+import type { RequestQueue } from '../queue/request-queue.ts';
+import type { SessionStore } from '../state/session-store.ts';
+
+export interface ApiDeps {
+  config: Config;
+  redis: Redis;
+  store: SessionStore;
+  queue: RequestQueue;
+  progress: ProgressHub;
+  catalog: ModelCatalog;
+  tokenizers: Map<string, TextTokenizer>;
+}

@@ -1,0 +1,54 @@
+// One table maps every error kind to its HTTP status and OpenAI error type; routes throw ApiError,
+// the app's error handler renders {"error": {message, type, param, code}}. A client mistake is never a 5xx.
+export const ERROR_KINDS = {
+  invalid_request: { status: 400, type: 'invalid_request_error' },
+  unauthorized: { status: 401, type: 'authentication_error' },
+  not_found: { status: 404, type: 'not_found_error' },
+  conflict: { status: 409, type: 'conflict_error' },
+  payload_too_large: { status: 413, type: 'invalid_request_error' },
+  unprocessable: { status: 422, type: 'invalid_request_error' },
+  rate_limited: { status: 429, type: 'rate_limit_error' },
+  unavailable: { status: 503, type: 'service_unavailable_error' },
+  internal: { status: 500, type: 'server_error' },
+} as const;
+
+export type ErrorKind = keyof typeof ERROR_KINDS;
+
+export class ApiError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+
+  get status(): number {
+    return ERROR_KINDS[this.kind].status;
+  }
+
+  body(): { error: { message: string; type: string; param: string | null; code: string | null } } {
+    return { error: { message: this.message, type: ERROR_KINDS[this.kind].type, param: this.param, code: this.code ?? this.kind } };
+  }
+}
+
+/** Worker / store error codes (RequestResult.error.code, SessionError.code) as API errors. */
+export function fromCode(code: string, message: string): ApiError {
+  switch (code) {
+    case 'session_not_found':
+    case 'not_found':
+      return new ApiError('not_found', message, null, 'session_not_found');
+    case 'model_mismatch':
+    case 'state_mismatch':
+      return new ApiError('conflict', message, null, code);
+    case 'conflict':
+      return new ApiError('conflict', message, null, code);
+    case 'empty_prompt':
+      return new ApiError('invalid_request', message, 'prompt', code);
+    case 'model_not_loaded':
+      return new ApiError('unavailable', message, 'model', code);
+    default:
+      return new ApiError('internal', message, null, code);
+  }
+}

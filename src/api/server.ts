@@ -1,0 +1,28 @@
+// Listens: builds the app from config (app.ts) and serves it until closed.
+import type { FastifyInstance } from 'fastify';
+import type { Config } from '../config/config.ts';
+import { buildApp } from './app.ts';
+import { createApiDeps } from './deps-factory.ts';
+
+export async function startApiServer(config: Config): Promise<{ app: FastifyInstance; url: string; close(): Promise<void> }> {
+  const deps = await createApiDeps(config);
+  const app = await buildApp(deps, {
+    logger: {
+      level: config.logLevel,
+      // Prompts and keys stay out of the logs: only method, url and ids are logged by default.
+      redact: ['req.headers.authorization'],
+    },
+    apiKeys: config.apiKeys,
+    apiKeyHashes: config.apiKeyHashes,
+    bodyLimitBytes: config.bodyLimitBytes,
+  });
+  const url = await app.listen({ port: config.port, host: config.host });
+  return {
+    app,
+    url,
+    async close() {
+      await app.close();
+      await deps.close();
+    },
+  };
+}
