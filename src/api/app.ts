@@ -1,6 +1,7 @@
 // Builds the fastify app (server.ts listens): schemas from TypeBox, one error table, optional API
 // keys, pino logs with request ids (prompts and keys are not logged).
 import Fastify, { type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { ApiDeps } from './deps.ts';
@@ -28,6 +29,21 @@ export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<Fa
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
   registerErrorHandler(app);
+  // The route schemas are the one source of openapi.yaml (scripts/openapi.ts writes it; a test keeps it equal).
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'rmt-serve',
+        version: '0.1.0',
+        description:
+          'Recurrent Memory Transformer inference: OpenAI-compatible completions, sessions whose memory lives in Redis, ' +
+          'and document streaming over a websocket (protocol: GET /v1/sessions/{id}/stream and README.md). ' +
+          'Errors: {"error": {"message", "type", "param", "code"}}.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+    },
+  });
   registerAuth(app, opts.apiKeys ?? [], opts.apiKeyHashes ?? []);
   await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
   await app.register(async (i) => healthRoutes(i, deps));

@@ -1,0 +1,70 @@
+// Liveness (/healthz: the process answers), readiness (/readyz: Redis answers PING, models are
+// configured, a worker heartbeat is fresh) and Prometheus /metrics.
+import type { FastifyInstance } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { ApiDeps } from '../deps.ts';
+import { redisKeys } from '../../state/keys.ts';
+import { apiMetrics, apiRegistry, observeRequests } from '../metrics.ts';
+import { ErrorResponses, HealthSchema, ReadySchema, type ReadyBody } from '../schemas.ts';
+
+/** A worker heartbeat older than this does not count (workers beat every 2 s). */
+export const WORKER_FRESH_MS = 10_000;
+const CHECK_TIMEOUT_MS = 2_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
+  const checks = { redis: 'ok', models: 'ok', workers: 'ok' };
+  try {
+    const pong = await withTimeout(deps.redis.ping(), CHECK_TIMEOUT_MS, 'redis PING');
+    if (pong !== 'PONG') checks.redis = `unexpected PING reply ${JSON.stringify(pong)}`;
+  } catch (err) {
+    checks.redis = `failed: ${(err as Error).message}`;
+  }
+  const n = deps.catalog.list().length;
+  if (n === 0) checks.models = 'failed: no models configured';
+  if (checks.redis !== 'ok') {
+    checks.workers = 'unknown: redis is not answering';
+  } else {
+    try {
+      const fresh = await withTimeout(
+        deps.redis.zcount(redisKeys(deps.config.keyPrefix).workers(), Date.now() - WORKER_FRESH_MS, '+inf'), CHECK_TIMEOUT_MS, 'worker lookup',
+      );
+      if (fresh === 0) checks.workers = `failed: no worker heartbeat in the last ${WORKER_FRESH_MS / 1000} s`;
+      else checks.workers = `ok: ${fresh} live`;
+    } catch (err) {
+      checks.workers = `failed: ${(err as Error).message}`;
+    }
+  }
+  const ok = Object.values(checks).every((c) => c.startsWith('ok'));
+  return { status: ok ? 'ok' : 'unavailable', checks };
+}
+
+export default async function healthRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
+  const r = app.withTypeProvider<TypeBoxTypeProvider>();
+  observeRequests(r);
+
+  r.get('/healthz', { schema: { response: { 200: HealthSchema, ...ErrorResponses } } }, async () => ({ status: 'ok' }));
+
+  r.get('/readyz', { schema: { response: { 200: ReadySchema, 503: ReadySchema, '4xx': ErrorResponses['4xx'] } } }, async (_req, reply) => {
+    const body = await readiness(deps);
+    return reply.status(body.status === 'ok' ? 200 : 503).send(body);
+  });
+
+  r.get('/metrics', async (_req, reply) => {
+    try {
+      apiMetrics.queueDepth.set(await withTimeout(deps.queue.depth(), CHECK_TIMEOUT_MS, 'queue depth'));
+    } catch {
+      // leave the last value; the scrape itself still succeeds
+    }
+    for (const m of deps.catalog.list()) apiMetrics.stateBytes.set({ model: m.name }, m.stateBytes);
+    const text = await apiRegistry.metrics();
+    return reply.type(apiRegistry.contentType).send(text);
+  });
+}
