@@ -11,7 +11,7 @@ import completionsRoutes from './routes/completions.ts';
 import healthRoutes from './routes/health.ts';
 import modelsRoutes from './routes/models.ts';
 import sessionsRoutes from './routes/sessions.ts';
-import sessionStreamRoutes from './routes/session-stream.ts';
+import sessionStreamRoutes, { STREAM_DOC } from './routes/session-stream.ts';
 
 export interface AppOptions {
   logger?: boolean | object;
@@ -42,6 +42,24 @@ export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<Fa
           'Errors: {"error": {"message", "type", "param", "code"}}.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+    },
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    transformObject: (doc): any => {
+      const spec = (doc as { openapiObject: { paths?: Record<string, unknown> } }).openapiObject;
+      spec.paths = {
+        ...spec.paths,
+        '/v1/sessions/{id}/stream': {
+          get: {
+            ...STREAM_DOC,
+            parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' } }],
+            responses: {
+              '101': { description: 'Switching Protocols: the websocket is open; messages as described above' },
+              '404': { description: 'session not found (or another key\'s)', content: { 'application/json': { schema: { type: 'object', required: ['error'], properties: { error: { type: 'object' } } } } } },
+            },
+          },
+        },
+      };
+      return spec;
     },
   });
   registerAuth(app, opts.apiKeys ?? [], opts.apiKeyHashes ?? []);

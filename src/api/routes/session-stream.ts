@@ -1,0 +1,485 @@
+// WebSocket streaming into a session: GET /v1/sessions/:id/stream.
+//
+// Protocol (JSON text frames; binary frames are decoded as strict UTF-8 JSON):
+//   server -> {type:'hello', session_id, last_seq, segment_length, tokens_ingested, segments_committed}
+//   client -> {type:'append', seq, text, flush?}   seq = last_seq + 1, + 2, ... (client-chosen, per session)
+//   server -> {type:'ack', seq, duplicate?, tokens, segments, pending_tokens, unapplied_chars}
+//   server -> {type:'progress', segments_committed, tokens_ingested}       (as segments commit)
+//   client -> {type:'generate', max_tokens, text?, temperature?, top_p?, top_k?, stop?, seed?, presence_penalty?, frequency_penalty?, repetition_penalty?}
+//   server -> {type:'token', text, index} ... {type:'done', finish_reason, text, usage:{prompt_tokens, completion_tokens}}
+//   server -> {type:'error', code, message[, seq]}     recoverable unless the server closes the socket after it
+//
+// Exactly-once appends: the session hash holds `ws_last_seq`, the client's last durably accepted
+// append. An append with seq <= last_seq is acknowledged as a duplicate and not applied; seq >
+// last_seq + 1 is refused (seq_gap). Otherwise it is submitted to the request queue and, once the
+// submit resolved (the ingest request is durably in Redis and will be applied in order), ws_last_seq
+// is moved from seq-1 to seq by a compare-and-set script, and only then is the append acknowledged.
+//
+// Crash window (documented choice): the submit and the ws_last_seq update are two Redis operations
+// (request-queue.ts owns the submit and cannot take part in our script). If this process dies (or
+// loses Redis) after the submit resolved and before the compare-and-set ran, the append is applied
+// but ws_last_seq does not show it; the client, never having seen the ack, resends it and it is
+// applied twice. The opposite order (set, then submit) would instead lose the append on such a
+// crash, which is worse: a lost chunk silently corrupts the document; a doubled one is at least
+// visible in token counts. The window is one Redis round trip wide. Everything else is exact: a
+// dropped connection never doubles or loses an append, because
+//   - within one process, a new connection to a session first closes the previous one and waits for
+//     the append it may be submitting to settle before it reads last_seq for its hello;
+//   - across processes, the compare-and-set detects a concurrent writer (code 'conflict', socket
+//     closed) instead of silently moving last_seq.
+//
+// Backpressure: bytes of messages received but not yet applied by a worker (or rejected) are
+// counted per connection; over MAX_UNAPPLIED_BYTES the socket is paused (ws pause(): the TCP socket
+// stops being read, so the client's sends back up in TCP) until 'done' progress events for earlier
+// appends bring the count under half of it. While paused, the session's appliedSeq is also polled,
+// so a lost pub/sub message cannot keep a connection paused forever. With @fastify/websocket's 4 MB
+// maxPayload, a connection holds at most about MAX_UNAPPLIED_BYTES + 2 * 4 MB of client text.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { ApiDeps } from '../deps.ts';
+import { ErrorSchema, SessionParamsSchema } from '../schemas.ts';
+import { ApiError } from '../errors.ts';
+import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
+import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
+import { isValidSessionId } from '../../state/keys.ts';
+import { SessionError, type SessionRecord } from '../../state/session-store.ts';
+
+/** Per connection: bytes received and not yet applied before reading from the socket pauses. */
+export const MAX_UNAPPLIED_BYTES = 8 * 1024 * 1024;
+/** Hash field on the session (keys.ts session(id)) holding the last acknowledged client seq. */
+export const LAST_SEQ_FIELD = 'ws_last_seq';
+const MAX_GENERATE_TOKENS = 8192;
+const MAX_STOPS = 16;
+const POLL_MS = 500;
+const TAKEOVER_WAIT_MS = 30_000;
+
+/** The parts of a ws 8 WebSocket used here (ws ships no types in this repo). */
+interface WsLike {
+  readyState: number;
+  send(data: string, cb?: (err?: Error) => void): void;
+  close(code?: number, reason?: string): void;
+  pause(): void;
+  resume(): void;
+  on(ev: 'message', fn: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void): void;
+  on(ev: 'close', fn: (code: number, reason: Buffer) => void): void;
+  on(ev: 'error', fn: (err: Error) => void): void;
+}
+
+/** Counters for tests and metrics: connections currently paused, and pauses so far. */
+export const streamStats = { open: 0, paused: 0, pausesTotal: 0 };
+
+// compare-and-set ws_last_seq: ARGV[1] = seq; -1 when the session is gone, else the stored value
+// after the call (== seq on success).
+const CAS_LAST_SEQ = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local cur = tonumber(redis.call('HGET', KEYS[1], '${LAST_SEQ_FIELD}') or '0')
+local want = tonumber(ARGV[1])
+if cur ~= want - 1 then return cur end
+redis.call('HSET', KEYS[1], '${LAST_SEQ_FIELD}', want)
+return want
+`;
+
+const OPEN = 1;
+const LONE_SURROGATE = /\p{Cs}/u;
+
+class ProtocolError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Connection {
+  close(code: number, reason: string): void;
+  /** Resolves when the connection no longer submits anything. */
+  settled: Promise<void>;
+}
+
+/** Latest stream connection per session in this process (a new one supersedes the old one). */
+const current = new Map<string, Connection>();
+
+function num(o: Record<string, unknown>, k: string, def: number): number {
+  const v = o[k];
+  if (v === undefined || v === null) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ProtocolError('invalid_field', `${k} must be a number`);
+  return v;
+}
+
+function parseSampling(m: Record<string, unknown>): SamplingParams {
+  const s: SamplingParams = {
+    ...DEFAULT_SAMPLING,
+    temperature: num(m, 'temperature', DEFAULT_SAMPLING.temperature),
+    topP: num(m, 'top_p', DEFAULT_SAMPLING.topP),
+    topK: num(m, 'top_k', DEFAULT_SAMPLING.topK),
+    presencePenalty: num(m, 'presence_penalty', DEFAULT_SAMPLING.presencePenalty),
+    frequencyPenalty: num(m, 'frequency_penalty', DEFAULT_SAMPLING.frequencyPenalty),
+    repetitionPenalty: num(m, 'repetition_penalty', DEFAULT_SAMPLING.repetitionPenalty),
+    seed: num(m, 'seed', DEFAULT_SAMPLING.seed),
+  };
+  try {
+    return validateSampling(s);
+  } catch (err) {
+    const names: Record<string, string> = {
+      topP: 'top_p', topK: 'top_k', presencePenalty: 'presence_penalty', frequencyPenalty: 'frequency_penalty',
+      repetitionPenalty: 'repetition_penalty',
+    };
+    let msg = (err as Error).message;
+    for (const [a, b] of Object.entries(names)) msg = msg.replace(a, b);
+    throw new ProtocolError('invalid_field', msg);
+  }
+}
+
+function parseStop(v: unknown): string[] {
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.length > MAX_STOPS || !list.every((s) => typeof s === 'string' && !LONE_SURROGATE.test(s))) {
+    throw new ProtocolError('invalid_field', `stop must be a string or a list of at most ${MAX_STOPS} strings`);
+  }
+  return list as string[];
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function decodeFrame(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): string {
+  const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+  if (!isBinary) return buf.toString('utf8'); // ws already validated text frames as UTF-8
+  try {
+    return utf8.decode(buf);
+  } catch {
+    throw new ProtocolError('invalid_utf8', 'message is not valid UTF-8');
+  }
+}
+
+function frameBytes(data: Buffer | ArrayBuffer | Buffer[]): number {
+  return Array.isArray(data) ? data.reduce((a, b) => a + b.length, 0) : data.byteLength;
+}
+
+/** The websocket protocol, for openapi.yaml (@fastify/websocket hides websocket routes from the generated spec). */
+export const STREAM_DOC = {
+  summary: 'Stream a document into a session and generate over a websocket',
+  description: [
+    'WebSocket upgrade; JSON text messages.',
+    'Server on connect: {"type":"hello","session_id","model","last_seq","segment_length","tokens_ingested","segments_committed"} (last_seq: the last append durably accepted, to resume after a dropped connection).',
+    'Client {"type":"append","seq":n,"text":"..."} (seq = last_seq + 1, chunks of any size) -> server {"type":"ack","seq","tokens","segments","pending_tokens","unapplied_chars"}; a repeated seq -> ack with "duplicate": true, not applied again; a gap -> error seq_gap.',
+    'Server {"type":"progress","segments_committed","tokens_ingested"} as segments commit.',
+    'Client {"type":"generate","max_tokens","temperature","top_p","top_k","stop","seed","presence_penalty","frequency_penalty"} -> server {"type":"token","text","index"}..., then {"type":"done","finish_reason","text","usage"}.',
+    'Errors: {"type":"error","code","message"} (invalid_json, invalid_message, unknown_type, invalid_field, seq_gap, invalid_text, invalid_utf8, generation_in_progress; conflict and session_not_found close the socket).',
+    'Backpressure: over 8 MB of accepted-but-unapplied text per connection the server stops reading until workers catch up.',
+  ].join('\n\n'),
+};
+
+export default async function sessionStreamRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
+  const { store, queue, progress, redis, catalog } = deps;
+  const found = new WeakMap<FastifyRequest, SessionRecord>();
+
+  const readLastSeq = async (id: string): Promise<number> => Number((await redis.hget(store.keys.session(id), LAST_SEQ_FIELD)) ?? 0);
+
+  app.get<{ Params: { id: string } }>(
+    '/v1/sessions/:id/stream',
+    {
+      websocket: true,
+      schema: {
+        ...STREAM_DOC,
+        params: SessionParamsSchema,
+        response: { '4xx': ErrorSchema },
+      },
+      // Runs before the upgrade: a thrown ApiError becomes a plain HTTP JSON error response.
+      preHandler: async (req) => {
+        const id = req.params.id;
+        const notFound = new ApiError('not_found', `session ${id} not found`, null, 'session_not_found');
+        if (!isValidSessionId(id)) throw notFound;
+        let rec: SessionRecord | null;
+        try {
+          rec = await store.get(id);
+        } catch (err) {
+          if (err instanceof SessionError) throw new ApiError('conflict', err.message, null, err.code);
+          throw err;
+        }
+        if (!rec || rec.owner !== req.owner) throw notFound;
+        found.set(req, rec);
+      },
+    },
+    (rawSocket: unknown, req: FastifyRequest<{ Params: { id: string } }>) => {
+      const socket = rawSocket as WsLike;
+      const sessionId = req.params.id;
+      const sessionKey = store.keys.session(sessionId);
+      const initial = found.get(req)!;
+      const log = req.log;
+
+      let closed = false;
+      let lastSeq = 0;
+      let tokens = initial.tokensIngested;
+      let segments = initial.segmentsCommitted;
+      let pendingTokens = initial.tail.length;
+      // Queue seqs known to be applied (done events arrive in queue order per session).
+      let appliedQ = initial.appliedSeq;
+      // Our submitted-not-applied appends, in queue-seq order: bytes and chars to release.
+      const inflight: { q: number; bytes: number; chars: number }[] = [];
+      let unappliedBytes = 0;
+      let unappliedChars = 0;
+      let paused = false;
+      let poll: NodeJS.Timeout | undefined;
+      // Generation in progress: its queue seq once known; events seen before it is known are held.
+      let gen: { q: number | undefined; held: ProgressEvent[] } | undefined;
+      let unsubscribe: (() => Promise<void>) | undefined;
+
+      streamStats.open++;
+
+      const send = (msg: object): void => {
+        if (!closed && socket.readyState === OPEN) socket.send(JSON.stringify(msg));
+      };
+      const sendError = (code: string, message: string, extra: object = {}): void => send({ type: 'error', code, message, ...extra });
+
+      const setPaused = (p: boolean): void => {
+        if (p === paused) return;
+        paused = p;
+        if (p) {
+          streamStats.paused++;
+          streamStats.pausesTotal++;
+          socket.pause();
+          poll = setInterval(() => {
+            redis.hget(sessionKey, 'appliedSeq').then((v) => applied(Number(v ?? 0)), () => undefined);
+          }, POLL_MS);
+          poll.unref();
+        } else {
+          streamStats.paused--;
+          clearInterval(poll);
+          poll = undefined;
+          if (!closed) socket.resume();
+        }
+      };
+      const hold = (bytes: number): void => {
+        unappliedBytes += bytes;
+        if (unappliedBytes > MAX_UNAPPLIED_BYTES) setPaused(true);
+      };
+      const release = (bytes: number, chars = 0): void => {
+        unappliedBytes -= bytes;
+        unappliedChars -= chars;
+        if (paused && unappliedBytes <= MAX_UNAPPLIED_BYTES / 2) setPaused(false);
+      };
+      const applied = (q: number): void => {
+        if (q > appliedQ) appliedQ = q;
+        while (inflight.length > 0 && inflight[0]!.q <= appliedQ) {
+          const e = inflight.shift()!;
+          release(e.bytes, e.chars);
+        }
+      };
+
+      const sendGenerationEvent = (ev: ProgressEvent): void => {
+        if (ev.type === 'token') {
+          send({ type: 'token', text: ev.text, index: ev.index });
+        } else if (ev.type === 'done') {
+          gen = undefined;
+          const r = ev.result;
+          if (r.error) sendError(r.error.code, r.error.message);
+          else {
+            send({
+              type: 'done', finish_reason: r.completion?.finishReason ?? 'length', text: r.completion?.text ?? '',
+              usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completion?.ids.length ?? 0 },
+            });
+          }
+        }
+      };
+
+      const onProgress = (ev: ProgressEvent): void => {
+        if (closed) return;
+        if (ev.type === 'segment') {
+          tokens = Math.max(tokens, ev.tokensIngested);
+          segments = Math.max(segments, ev.segmentsCommitted);
+          send({ type: 'progress', segments_committed: ev.segmentsCommitted, tokens_ingested: ev.tokensIngested });
+        } else if (ev.type === 'done') {
+          const r: RequestResult = ev.result;
+          if (!r.error) {
+            tokens = Math.max(tokens, r.tokensIngested);
+            segments = Math.max(segments, r.segmentsCommitted);
+            pendingTokens = r.pendingTokens;
+          }
+          applied(ev.seq);
+        }
+        if (gen && ev.type !== 'segment') {
+          if (gen.q === undefined) gen.held.push(ev);
+          else if (ev.seq === gen.q) sendGenerationEvent(ev);
+        }
+      };
+
+      const handleAppend = async (m: Record<string, unknown>, bytes: number, tracked: { yes: boolean }): Promise<void> => {
+        const seq = m.seq;
+        const text = m.text;
+        if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
+          throw new ProtocolError('invalid_field', 'append.seq must be an integer >= 1');
+        }
+        if (typeof text !== 'string') throw new ProtocolError('invalid_field', 'append.text must be a string');
+        if (m.flush !== undefined && typeof m.flush !== 'boolean') throw new ProtocolError('invalid_field', 'append.flush must be a boolean');
+        if (LONE_SURROGATE.test(text)) throw new ProtocolError('invalid_text', 'append.text contains a lone UTF-16 surrogate (not valid Unicode)');
+        const counters = () => ({ tokens, segments, pending_tokens: pendingTokens, unapplied_chars: unappliedChars });
+        if (seq <= lastSeq) {
+          send({ type: 'ack', seq, duplicate: true, ...counters() });
+          return;
+        }
+        if (seq !== lastSeq + 1) {
+          throw new ProtocolError('seq_gap', `append.seq ${seq} skips ahead: the next expected seq is ${lastSeq + 1}`);
+        }
+        const req: IngestRequest = { kind: 'ingest', text, flush: m.flush === true };
+        const { seq: q } = await queue.submit(sessionId, req);
+        // Durable from here on; hand the bytes over to the applied-tracking before anything else.
+        inflight.push({ q, bytes, chars: text.length });
+        unappliedChars += text.length;
+        tracked.yes = true;
+        const stored = Number(await redis.eval(CAS_LAST_SEQ, 1, sessionKey, seq));
+        if (stored !== seq) {
+          applied(appliedQ);
+          if (stored === -1) throw new ProtocolError('session_not_found', `session ${sessionId} was deleted`);
+          throw new ProtocolError('conflict', `another connection is appending to session ${sessionId} (stored last_seq ${stored})`);
+        }
+        lastSeq = seq;
+        applied(appliedQ); // a done event may have raced ahead of the submit's reply
+        send({ type: 'ack', seq, ...counters() });
+      };
+
+      const handleGenerate = async (m: Record<string, unknown>): Promise<void> => {
+        if (gen) throw new ProtocolError('generation_in_progress', 'one generation at a time per connection');
+        const maxTokens = m.max_tokens;
+        if (typeof maxTokens !== 'number' || !Number.isSafeInteger(maxTokens) || maxTokens < 1 || maxTokens > MAX_GENERATE_TOKENS) {
+          throw new ProtocolError('invalid_field', `generate.max_tokens must be an integer in [1, ${MAX_GENERATE_TOKENS}]`);
+        }
+        if (m.text !== undefined && (typeof m.text !== 'string' || LONE_SURROGATE.test(m.text))) {
+          throw new ProtocolError('invalid_field', 'generate.text must be a valid Unicode string');
+        }
+        const req: GenerateRequest = {
+          kind: 'generate', maxTokens, sampling: parseSampling(m), stop: parseStop(m.stop),
+          ...(typeof m.text === 'string' ? { text: m.text } : {}),
+        };
+        const g: { q: number | undefined; held: ProgressEvent[] } = { q: undefined, held: [] };
+        gen = g;
+        try {
+          const { seq: q } = await queue.submit(sessionId, req);
+          g.q = q;
+        } catch (err) {
+          gen = undefined;
+          throw err;
+        }
+        for (const ev of g.held.splice(0)) if (ev.seq === g.q && gen === g) sendGenerationEvent(ev);
+      };
+
+      const handle = async (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean, bytes: number): Promise<void> => {
+        const tracked = { yes: false }; // an append's bytes are released when a worker applied it
+        try {
+          const text = decodeFrame(data, isBinary);
+          let m: unknown;
+          try {
+            m = JSON.parse(text);
+          } catch {
+            throw new ProtocolError('invalid_json', 'message is not valid JSON');
+          }
+          if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('invalid_message', 'message must be a JSON object');
+          const msg = m as Record<string, unknown>;
+          switch (msg.type) {
+            case 'append':
+              await handleAppend(msg, bytes, tracked);
+              break;
+            case 'generate':
+              await handleGenerate(msg);
+              break;
+            case 'ping':
+              send({ type: 'pong' });
+              break;
+            default:
+              throw new ProtocolError('unknown_type', `unknown message type ${JSON.stringify(msg.type)}`);
+          }
+        } catch (err) {
+          if (err instanceof ProtocolError) {
+            sendError(err.code, err.message);
+            if (err.code === 'conflict' || err.code === 'session_not_found') shut(1008, err.code);
+          } else if (err instanceof SessionError && err.code === 'not_found') {
+            sendError('session_not_found', err.message);
+            shut(1008, 'session_not_found');
+          } else {
+            log.error({ err }, 'session stream: request failed');
+            sendError('internal_error', 'internal error; resend from last_seq + 1 after reconnecting');
+            shut(1011, 'internal_error');
+          }
+        } finally {
+          if (!tracked.yes) release(bytes);
+        }
+      };
+
+      const shut = (code: number, reason: string): void => {
+        if (socket.readyState === OPEN) socket.close(code, reason);
+        cleanup();
+      };
+
+      const cleanup = (): void => {
+        if (closed) return;
+        closed = true;
+        streamStats.open--;
+        if (paused) {
+          streamStats.paused--;
+          clearInterval(poll);
+          paused = false;
+        }
+        void unsubscribe?.().catch(() => undefined);
+        void chain.finally(() => {
+          if (current.get(sessionId) === self) current.delete(sessionId);
+        });
+      };
+
+      // Connect: supersede an earlier connection to this session (in this process), subscribe to
+      // progress before reading counters (so no commit falls between), then say hello.
+      const init = async (): Promise<void> => {
+        const prev = current.get(sessionId);
+        current.set(sessionId, self);
+        if (prev) {
+          prev.close(4001, 'superseded by a newer connection');
+          await Promise.race([prev.settled, new Promise((r) => setTimeout(r, TAKEOVER_WAIT_MS).unref())]);
+        }
+        unsubscribe = await progress.subscribe(sessionId, onProgress);
+        if (closed) {
+          void unsubscribe().catch(() => undefined);
+          return;
+        }
+        const rec = await store.get(sessionId);
+        if (!rec) throw new ProtocolError('session_not_found', `session ${sessionId} was deleted`);
+        lastSeq = await readLastSeq(sessionId);
+        tokens = rec.tokensIngested;
+        segments = rec.segmentsCommitted;
+        pendingTokens = rec.tail.length;
+        appliedQ = Math.max(appliedQ, rec.appliedSeq);
+        send({
+          type: 'hello', session_id: sessionId, last_seq: lastSeq, segment_length: catalog.get(rec.model)?.segmentLength ?? null,
+          tokens_ingested: rec.tokensIngested, segments_committed: rec.segmentsCommitted, model: rec.model,
+        });
+      };
+
+      // Messages are handled strictly one after another, in arrival order (acks stay in order and
+      // appends reach the queue in seq order). The listener is attached synchronously so no frame
+      // that arrives during init is lost.
+      let chain: Promise<void> = Promise.resolve();
+      const self: Connection = {
+        close: (code, reason) => shut(code, reason),
+        get settled() {
+          return chain;
+        },
+      };
+      chain = init().catch((err) => {
+        if (err instanceof ProtocolError) sendError(err.code, err.message);
+        else {
+          log.error({ err }, 'session stream: connect failed');
+          sendError('internal_error', 'could not open the stream');
+        }
+        shut(1011, 'init_failed');
+      });
+
+      socket.on('message', (data, isBinary) => {
+        const bytes = frameBytes(data);
+        hold(bytes);
+        chain = chain.then(() => (closed ? release(bytes) : handle(data, isBinary, bytes)));
+      });
+      socket.on('close', () => cleanup());
+      socket.on('error', (err) => {
+        log.warn({ err: String(err) }, 'session stream: socket error');
+        cleanup();
+      });
+    },
+  );
+}
