@@ -74,6 +74,26 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
     await h?.close();
   });
 
+  test('logprobs: each generated token with its log-probability and top alternatives, streamed or not', async () => {
+    const r = await client.completions.create({ model: LM, prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 3 });
+    const lp = r.choices[0]!.logprobs!;
+    assert.equal(lp.tokens!.length, 12);
+    assert.equal(lp.tokens!.join(''), r.choices[0]!.text, 'tokens do not spell the text');
+    lp.token_logprobs!.forEach((v, i) => {
+      const top = Object.values(lp.top_logprobs![i]!);
+      assert.ok(top.length >= 1 && top.length <= 3, `top ${top.length}`);
+      assert.ok(v <= 0, `logprob ${v} > 0`);
+      // Greedy: the chosen token is the most likely one.
+      assert.ok(Math.abs(v - Math.max(...top)) < 1e-5, `token ${i}: ${v} vs best ${Math.max(...top)}`);
+    });
+    assert.deepEqual(lp.text_offset, lp.tokens!.map((_, i) => lp.tokens!.slice(0, i).join('').length));
+    const stream = await client.completions.create({ model: LM, prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 3, stream: true });
+    const streamed: number[] = [];
+    for await (const ch of stream) streamed.push(...(ch.choices[0]?.logprobs?.token_logprobs ?? []));
+    assert.equal(streamed.length, 12);
+    streamed.forEach((v, i) => assert.ok(Math.abs(v - lp.token_logprobs![i]!) < 1e-6, `streamed logprob ${i} differs`));
+  });
+
   test('openai client: greedy completion, finish_reason length, usage; the request\'s session is deleted', async () => {
     const before = (await sessionKeys()).length;
     const r = await client.completions.create({ model: LM, prompt: PROMPT, max_tokens: 20, temperature: 0 });
@@ -300,7 +320,7 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
     assertOpenAiError(await post({ ...ok, prompt: '' }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, session_id: 'nope' }), 404, 'session_id');
     assertOpenAiError(await post({ ...ok, session_id: 'bad id!' }), 404, 'session_id');
-    assert.match(assertOpenAiError(await post({ ...ok, logprobs: 3 }), 400, 'logprobs').message, /logprobs/);
+    assert.match(assertOpenAiError(await post({ ...ok, logprobs: 6 }), 400, 'logprobs').message, /logprobs/);
     assertOpenAiError(await post({ ...ok, suffix: 'end' }), 400, 'suffix');
     assertOpenAiError(await post({ ...ok, best_of: 3 }), 400, 'best_of');
     assertOpenAiError(await post({ ...ok, logit_bias: { '50': 10 } }), 400, 'logit_bias');

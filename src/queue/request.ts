@@ -20,6 +20,14 @@ export interface GenerateRequest {
   maxTokens: number;
   sampling: SamplingParams;
   stop: string[];
+  /** Also return each generated token's log-probability and this many top alternatives (0..5). */
+  logprobs?: number;
+}
+
+/** Log-probabilities under the model's distribution (before temperature, top-k/p and penalties). */
+export interface TokenLogprob {
+  logprob: number;
+  top: { id: number; logprob: number }[];
 }
 
 export type SessionRequest = IngestRequest | GenerateRequest;
@@ -30,6 +38,8 @@ export interface RequestJobData {
   request: SessionRequest;
   /** Ids generated before the last commit, kept so a retried generation returns the whole text. */
   generated?: number[];
+  /** Their log-probabilities, when the request asked for them. */
+  generatedLogprobs?: TokenLogprob[];
 }
 
 export interface SegmentScore {
@@ -52,14 +62,14 @@ export interface RequestResult {
   pendingTokens: number;
   promptTokens: number;
   scores?: SegmentScore[];
-  completion?: { ids: number[]; text: string; finishReason: FinishReason };
+  completion?: { ids: number[]; text: string; finishReason: FinishReason; logprobs?: TokenLogprob[] };
   error?: { code: string; message: string };
 }
 
 /** Progress published while a request runs (Redis pub/sub, per session). */
 export type ProgressEvent =
   | { type: 'segment'; seq: number; segmentsCommitted: number; tokensIngested: number; requestTokens: number; requestConsumed: number }
-  | { type: 'token'; seq: number; index: number; id: number; text: string }
+  | { type: 'token'; seq: number; index: number; id: number; text: string; logprob?: TokenLogprob }
   | { type: 'done'; seq: number; result: RequestResult };
 
 export class RequestError extends Error {

@@ -9,7 +9,7 @@ import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
 import { splitForTokenization } from '../engine/text-stream.ts';
 import type { SessionRecord, SessionStore } from '../state/session-store.ts';
-import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, FinishReason } from '../queue/request.ts';
+import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 
 export interface ApplyContext {
@@ -22,7 +22,26 @@ export interface ApplyContext {
 export interface ApplyHooks {
   progress(ev: ProgressEvent): void;
   /** Persists ids generated so far (with each commit) so a retry can return the whole completion. */
-  saveGenerated(ids: number[]): Promise<void>;
+  saveGenerated(ids: number[], logprobs?: TokenLogprob[]): Promise<void>;
+}
+
+/** log-softmax of the raw logits at `id`, and the `k` most likely ids (float64 sums). */
+export function tokenLogprob(logits: Float32Array, id: number, k: number): TokenLogprob {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  const lse = max + Math.log(sum);
+  const top: { id: number; logprob: number }[] = [];
+  for (let i = 0; i < logits.length && k > 0; i++) {
+    const v = logits[i]!;
+    if (top.length < k || v > top[top.length - 1]!.logprob) {
+      top.push({ id: i, logprob: v });
+      top.sort((a, b) => b.logprob - a.logprob || a.id - b.id);
+      if (top.length > k) top.pop();
+    }
+  }
+  return { logprob: logits[id]! - lse, top: top.map((t) => ({ id: t.id, logprob: t.logprob - lse })) };
 }
 
 function specOf(m: ModelInfo) {
@@ -148,6 +167,8 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   if (generated.length !== Math.max(0, resumeAt - ids.length)) {
     throw new RequestError('lost_progress', `request ${data.seq}: ${resumeAt - ids.length} tokens were committed but only ${generated.length} recorded`);
   }
+  const wantLogprobs = req.logprobs !== undefined && req.logprobs > 0;
+  const logprobs: TokenLogprob[] = wantLogprobs ? (data.generatedLogprobs ?? []).slice(0, generated.length) : [];
   const counts = new Map<number, number>();
   for (const t of generated) counts.set(t, (counts.get(t) ?? 0) + 1);
   const tok = ctx.tokenizer(model.name);
@@ -168,11 +189,13 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
         break;
       }
       generated.push(next);
+      const lp = wantLogprobs ? tokenLogprob(logits, next, req.logprobs!) : undefined;
+      if (lp) logprobs.push(lp);
       counts.set(next, (counts.get(next) ?? 0) + 1);
       cur.generatedSinceCommit++;
       const piece = stops.push(detok.push(next));
       text += piece.text;
-      hooks.progress({ type: 'token', seq: data.seq, index: generated.length - 1, id: next, text: piece.text });
+      hooks.progress({ type: 'token', seq: data.seq, index: generated.length - 1, id: next, text: piece.text, ...(lp ? { logprob: lp } : {}) });
       if (piece.stopped) {
         finish = 'stop';
         tail.push(next);
@@ -188,7 +211,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
         kv = undefined;
         cur.rec.tail = tail;
         // `next` opens the new tail, stored with this commit, so it counts as consumed.
-        await hooks.saveGenerated(generated);
+        await hooks.saveGenerated(generated, wantLogprobs ? logprobs : undefined);
         await cur.commitSegment(ids.length + generated.length, [next]);
         tail = [next];
         ({ logits, kv } = await ctx.engine.prefill(model.name, tail, cur.rec.state));
@@ -202,7 +225,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   }
   if (finish !== 'stop') text += stops.flush();
   await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq });
-  const result: RequestResult = { ...base(cur.rec, ids.length), completion: { ids: generated, text, finishReason: finish } };
+  const result: RequestResult = { ...base(cur.rec, ids.length), completion: { ids: generated, text, finishReason: finish, ...(wantLogprobs ? { logprobs } : {}) } };
   hooks.progress({ type: 'done', seq: data.seq, result });
   return result;
 }

@@ -91,8 +91,8 @@ export class SessionWorker {
             if (ev.type === 'segment') this.o.metrics?.segments.inc();
             void this.o.store.publishProgress(sessionId, ev).catch(() => undefined);
           },
-          saveGenerated: async (ids) => {
-            await job.updateData({ ...job.data, generated: ids });
+          saveGenerated: async (ids, logprobs) => {
+            await job.updateData({ ...job.data, generated: ids, ...(logprobs ? { generatedLogprobs: logprobs } : {}) });
           },
         },
       );

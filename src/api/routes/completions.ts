@@ -9,7 +9,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static, type TSchema } from 'typebox';
 import type { CatalogModel } from '../../engine/model-catalog.ts';
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
-import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
+import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
 import { apiMetrics, observeRequests } from '../metrics.ts';
@@ -111,6 +111,28 @@ function uint32Seed(seed: number | null | undefined, temperature: number): numbe
   return m < 0 ? m + 2 ** 32 : m;
 }
 
+interface OpenAiLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Record<string, number>[];
+  text_offset: number[];
+}
+
+/** OpenAI's legacy completions logprobs object, for the generated tokens (not the echoed prompt). */
+function openAiLogprobs(ids: readonly number[], lps: readonly TokenLogprob[], text: (id: number) => string, offset: number): OpenAiLogprobs {
+  const out: OpenAiLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  let at = offset;
+  ids.forEach((id, i) => {
+    const t = text(id);
+    out.tokens.push(t);
+    out.token_logprobs.push(lps[i]!.logprob);
+    out.top_logprobs.push(Object.fromEntries(lps[i]!.top.map((c) => [text(c.id), c.logprob])));
+    out.text_offset.push(at);
+    at += t.length;
+  });
+  return out;
+}
+
 function openAiFinish(f: FinishReason): 'stop' | 'length' {
   return f === 'length' ? 'length' : 'stop';
 }
@@ -120,7 +142,6 @@ function refuseUnsupported(b: CompletionBody): void {
   if ((b.n ?? 1) !== 1) throw new ApiError('invalid_request', `n = ${b.n} is not supported: rmt-serve returns exactly one choice per request (n must be 1)`, 'n', 'unsupported_parameter');
   if ((b.best_of ?? 1) !== 1) throw new ApiError('invalid_request', `best_of = ${b.best_of} is not supported (best_of must be 1)`, 'best_of', 'unsupported_parameter');
   if (b.suffix !== undefined && b.suffix !== null && b.suffix !== '') throw new ApiError('invalid_request', 'suffix is not supported: the models only continue text', 'suffix', 'unsupported_parameter');
-  if ((b.logprobs ?? 0) > 0) throw new ApiError('invalid_request', `logprobs = ${b.logprobs} is not supported: rmt-serve does not return token log probabilities (omit logprobs or send null or 0)`, 'logprobs', 'unsupported_parameter');
   if (b.logit_bias && Object.keys(b.logit_bias).length > 0) throw new ApiError('invalid_request', 'logit_bias is not supported (send null or {})', 'logit_bias', 'unsupported_parameter');
 }
 
@@ -192,7 +213,11 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     const prompt = normalizePrompt(body.prompt, model);
     const sampling = samplingOf(body);
     const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
-    const request: GenerateRequest = { kind: 'generate', ...prompt, maxTokens: body.max_tokens ?? 16, sampling, stop };
+    const request: GenerateRequest = {
+      kind: 'generate', ...prompt, maxTokens: body.max_tokens ?? 16, sampling, stop,
+      ...((body.logprobs ?? 0) > 0 ? { logprobs: body.logprobs! } : {}),
+    };
+    const tokenText = (tid: number) => tokenizer.decode([tid]);
     const promptText = 'text' in prompt ? prompt.text : tokenizer.decode(prompt.ids);
 
     // The session: the caller's (continued) or a fresh one for this request only.
@@ -234,7 +259,11 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
         countTokens(result);
         return {
           id, object: 'text_completion' as const, created, model: model.name,
-          choices: [{ text: (body.echo ? promptText : '') + c.text, index: 0, logprobs: null, finish_reason: openAiFinish(c.finishReason) }],
+          choices: [{
+            text: (body.echo ? promptText : '') + c.text, index: 0,
+            logprobs: c.logprobs ? openAiLogprobs(c.ids, c.logprobs, tokenText, body.echo ? promptText.length : 0) : null,
+            finish_reason: openAiFinish(c.finishReason),
+          }],
           usage: usageOf(result),
           ...extra,
         };
@@ -246,6 +275,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     return streamCompletion(deps, req, reply, {
       sessionId, request, id, created, model: model.name, extra, cleanup, startedAt,
       echo: body.echo ? promptText : '',
+      tokenText,
       includeUsage: body.stream_options?.include_usage === true,
     });
   });
@@ -259,6 +289,7 @@ interface StreamJob {
   model: string;
   extra: Record<string, unknown>;
   echo: string;
+  tokenText(id: number): string;
   includeUsage: boolean;
   /** performance.now() when the request arrived (time to first token). */
   startedAt: number;
@@ -300,9 +331,9 @@ async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply: Fasti
     if (closed || out.destroyed || out.writableEnded) return;
     out.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
   };
-  const chunk = (text: string, finish: 'stop' | 'length' | null) => ({
+  const chunk = (text: string, finish: 'stop' | 'length' | null, logprobs: OpenAiLogprobs | null = null) => ({
     id: j.id, object: 'text_completion', created: j.created, model: j.model,
-    choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
+    choices: [{ text, index: 0, logprobs, finish_reason: finish }],
     ...(j.includeUsage ? { usage: null } : {}),
     ...j.extra,
   });
@@ -325,6 +356,14 @@ async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply: Fasti
       if (lastTokenAt === undefined) apiMetrics.ttft.observe((now - j.startedAt) / 1000);
       else apiMetrics.interToken.observe((now - lastTokenAt) / 1000);
       lastTokenAt = now;
+      if (ev.logprob) {
+        // With logprobs every token gets its chunk (its text may be '' while a stop prefix or a split
+        // character is held back); text_offset counts the text streamed so far.
+        const lp = openAiLogprobs([ev.id], [ev.logprob], j.tokenText, j.echo.length + streamed.length);
+        streamed += ev.text;
+        send(chunk(ev.text, null, lp));
+        return;
+      }
       if (ev.text === '') return;
       streamed += ev.text;
       send(chunk(ev.text, null));
