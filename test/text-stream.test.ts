@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import path from 'node:path';
-import { splitForTokenization } from '../src/engine/text-stream.ts';
+import { encodeInPieces, splitForTokenization } from '../src/engine/text-stream.ts';
 import { loadTokenizer } from '../src/engine/tokenizer.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 
@@ -35,4 +35,10 @@ test('a run without whitespace longer than the limit is released', () => {
   assert.deepEqual(splitForTokenization('ab cd', 4), ['ab', ' cd']);
   assert.deepEqual(splitForTokenization('abc', 4), ['', 'abc']);
   assert.deepEqual(splitForTokenization('a  ', 4), ['a', '  ']);
+});
+
+test('encodeInPieces gives the ids of one encode of the whole text', async () => {
+  const tok = await loadTokenizer(path.join(PACKAGE_DIR, 'tokenizer.json'));
+  const text = 'Mary went back to the kitchen.  Prices rose 3.5% — naïve café 🙂. '.repeat(400) + 'x'.repeat(300);
+  for (const piece of [7, 64, 1000, 100_000]) assert.deepEqual(encodeInPieces((t) => tok.encode(t), text, piece), tok.encode(text), `piece ${piece}`);
 });

@@ -20,3 +20,20 @@ export function splitForTokenization(text: string, maxPending: number): [ready: 
   }
   return text.length > maxPending ? [text, ''] : ['', text];
 }
+
+/**
+ * Tokenizes long text in pieces cut at word boundaries: the same ids as one encode() of the whole
+ * (see above), with the tokenizer's working memory bounded by the piece size, not the text size.
+ */
+export function encodeInPieces(encode: (text: string) => number[], text: string, pieceChars = 16384): number[] {
+  const out: number[] = [];
+  let rest = text;
+  while (rest.length > pieceChars) {
+    const [ready, pending] = splitForTokenization(rest.slice(0, pieceChars), pieceChars);
+    if (!ready) break; // no boundary in the window: encode the remainder whole
+    for (const id of encode(ready)) out.push(id);
+    rest = pending + rest.slice(pieceChars);
+  }
+  for (const id of encode(rest)) out.push(id);
+  return out;
+}

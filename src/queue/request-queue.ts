@@ -26,6 +26,9 @@ export class RequestQueue {
 
   constructor(private readonly o: RequestQueueOptions) {
     this.queue = new Queue(QUEUE_NAME, { connection: o.redis, prefix: redisKeys(o.prefix).queuePrefix() });
+    // Every waitUntilFinished adds a 'closing' listener for as long as it waits: many concurrent
+    // waits are normal here, not a leak.
+    this.queue.setMaxListeners(0);
   }
 
   /** Durably accepts a request: when this resolves, the request is in Redis and will be applied in order. */

@@ -7,7 +7,7 @@
 import type { Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
 import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
-import { splitForTokenization } from '../engine/text-stream.ts';
+import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
 import type { SessionRecord, SessionStore } from '../state/session-store.ts';
 import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
@@ -53,11 +53,12 @@ function requestTokens(ctx: ApplyContext, rec: SessionRecord, data: RequestJobDa
   const req = data.request;
   const tok = ctx.tokenizer(rec.model);
   const flush = req.kind === 'generate' || req.ids !== undefined || (req.kind === 'ingest' && req.flush === true);
-  if (req.ids !== undefined) return { ids: [...tok.encode(rec.pendingText), ...req.ids], pendingAfter: '' };
+  const encode = (t: string) => encodeInPieces((x) => tok.encode(x), t);
+  if (req.ids !== undefined) return { ids: [...encode(rec.pendingText), ...req.ids], pendingAfter: '' };
   const text = rec.pendingText + (req.text ?? '');
-  if (flush) return { ids: tok.encode(text), pendingAfter: '' };
+  if (flush) return { ids: encode(text), pendingAfter: '' };
   const [ready, pending] = splitForTokenization(text, ctx.maxPendingTextChars);
-  return { ids: ready ? tok.encode(ready) : [], pendingAfter: pending };
+  return { ids: ready ? encode(ready) : [], pendingAfter: pending };
 }
 
 class SessionCursor {
