@@ -293,6 +293,9 @@ describe('API', () => {
     assert.match(m.body, /rmt_queue_depth \d+/);
     assert.match(m.body, /rmt_session_state_bytes\{model="rmt-brown-lm"\} \d+/);
     assert.match(m.body, /rmt_api_tokens_ingested_total [1-9]/);
+    const live = await h.deps.store.count();
+    assert.ok(live > 0, 'no sessions to count');
+    assert.match(m.body, new RegExp(`rmt_active_sessions ${live}\\b`));
   });
 });
 

@@ -24,6 +24,9 @@ const sessionsCreated = new Counter({
   name: 'rmt_api_sessions_created_total', help: 'sessions created (including forks and imports into new sessions)', labelNames: ['model'],
   registers: [apiRegistry],
 });
+const activeSessions = new Gauge({
+  name: 'rmt_active_sessions', help: 'sessions stored in Redis (sampled by SCAN at most every 15 s)', registers: [apiRegistry],
+});
 const sessionsDeleted = new Counter({ name: 'rmt_api_sessions_deleted_total', help: 'sessions deleted through the API', registers: [apiRegistry] });
 
 export const apiMetrics = {
@@ -41,6 +44,7 @@ export const apiMetrics = {
   sessionsDeleted,
   queueDepth,
   stateBytes,
+  activeSessions,
 };
 
 const START = Symbol('rmtApiStart');

@@ -28,6 +28,8 @@ export interface RedisKeys {
   readonly prefix: string;
   /** One hash per session: every field of it, so one Lua script can commit it atomically. */
   session(id: string): string;
+  /** SCAN pattern matching every session hash (for counting, never for KEYS). */
+  sessionPattern(): string;
   /** The prefix to hand to BullMQ (its own keys go under `${queuePrefix}:${queueName}:...`). */
   queuePrefix(): string;
   /** Pub/sub channel carrying a session's progress events (JSON). */
@@ -40,6 +42,9 @@ export function redisKeys(prefix: string): RedisKeys {
   assertPrefix(prefix);
   return {
     prefix,
+    sessionPattern() {
+      return `${prefix}:session:*`;
+    },
     session(id) {
       assertSessionId(id);
       return `${prefix}:session:${id}`;

@@ -356,6 +356,18 @@ export class SessionStore {
     return record;
   }
 
+  /** Live sessions (SCAN, O(keys in the database)): for a gauge that is sampled, not for requests. */
+  async count(): Promise<number> {
+    let n = 0;
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.keys.sessionPattern(), 'COUNT', 1000);
+      cursor = next;
+      n += keys.length;
+    } while (cursor !== '0');
+    return n;
+  }
+
   async delete(id: string): Promise<boolean> {
     return (await this.redis.del(this.keys.session(id))) > 0;
   }

@@ -57,11 +57,20 @@ export default async function healthRoutes(app: FastifyInstance, deps: ApiDeps):
     return reply.status(body.status === 'ok' ? 200 : 503).send(body);
   });
 
+  let sessionsCountedAt = 0;
   r.get('/metrics', async (_req, reply) => {
     try {
       apiMetrics.queueDepth.set(await withTimeout(deps.queue.depth(), CHECK_TIMEOUT_MS, 'queue depth'));
     } catch {
       // leave the last value; the scrape itself still succeeds
+    }
+    if (Date.now() - sessionsCountedAt > 15_000) {
+      sessionsCountedAt = Date.now();
+      try {
+        apiMetrics.activeSessions.set(await withTimeout(deps.store.count(), CHECK_TIMEOUT_MS, 'session count'));
+      } catch {
+        // keep the last sample
+      }
     }
     for (const m of deps.catalog.list()) apiMetrics.stateBytes.set({ model: m.name }, m.stateBytes);
     const text = await apiRegistry.metrics();
