@@ -15,7 +15,7 @@ import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 interface WsClient {
   readyState: number;
   bufferedAmount: number;
-  send(data: string | Buffer, cb?: (err?: Error) => void): void;
+  send(data: string | Buffer, opts?: { binary?: boolean } | ((err?: Error) => void), cb?: (err?: Error) => void): void;
   close(code?: number): void;
   terminate(): void;
   on(ev: string, fn: (...args: any[]) => void): void;
@@ -265,6 +265,8 @@ describe('session stream (websocket)', { timeout: 120_000 }, () => {
     await expectError(() => c.send({ type: 'append', seq: 2, text: 'x' }), 'seq_gap');
     await expectError(() => c.ws.send('{"type":"append","seq":1,"text":"a\\ud800b"}'), 'invalid_text');
     await expectError(() => c.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d])), 'invalid_utf8');
+    // Invalid UTF-8 in a *text* frame: an error message, not a closed socket.
+    await expectError(() => c.ws.send(Buffer.from([0x7b, 0x22, 0xc3, 0x28, 0x22, 0x7d]), { binary: false }), 'invalid_utf8');
     await expectError(() => c.send({ type: 'generate', max_tokens: 0 }), 'invalid_field');
     await expectError(() => c.send({ type: 'generate', max_tokens: 5, temperature: 9 }), 'invalid_field');
     await expectError(() => c.send({ type: 'generate', max_tokens: 5, stop: [1] }), 'invalid_field');

@@ -63,7 +63,7 @@ export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<Fa
     },
   });
   registerAuth(app, opts.apiKeys ?? [], opts.apiKeyHashes ?? []);
-  await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
+  await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024, skipUTF8Validation: true } });
   await app.register(async (i) => healthRoutes(i, deps));
   await app.register(async (i) => modelsRoutes(i, deps));
   await app.register(async (i) => sessionsRoutes(i, deps));

@@ -143,7 +143,9 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 function decodeFrame(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): string {
   const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-  if (!isBinary) return buf.toString('utf8'); // ws already validated text frames as UTF-8
+  // Text frames too: app.ts turns off ws's own UTF-8 check (it would close the socket with 1007), so
+  // invalid UTF-8 becomes a recoverable error message like any other bad input.
+  void isBinary;
   try {
     return utf8.decode(buf);
   } catch {
