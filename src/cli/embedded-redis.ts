@@ -34,15 +34,18 @@ export interface ResolvedRedis {
   stop(): Promise<void>;
 }
 
-export async function resolveRedis(config: Config, log: (o: Record<string, unknown>, m: string) => void): Promise<ResolvedRedis> {
+export async function resolveRedis(
+  config: Config,
+  log: (o: Record<string, unknown>, m: string) => void,
+  local = 'redis://127.0.0.1:6379',
+): Promise<ResolvedRedis> {
   if (config.redisUrl) {
     if (!(await answers(config.redisUrl))) throw new ConfigError(`REDIS_URL=${config.redisUrl} does not answer`);
     return { url: config.redisUrl, stop: async () => undefined };
   }
-  const local = 'redis://127.0.0.1:6379';
   if (await answers(local)) return { url: local, stop: async () => undefined };
   if (spawnSync('redis-server', ['--version']).error) {
-    throw new ConfigError('no Redis at localhost:6379 and no redis-server on PATH: install it (apt-get install redis-server) or set REDIS_URL');
+    throw new ConfigError(`no Redis at ${local.replace('redis://', '')} and no redis-server on PATH: install it (apt-get install redis-server) or set REDIS_URL`);
   }
   mkdirSync(config.dataDir, { recursive: true });
   const port = await freePort();
