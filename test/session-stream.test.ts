@@ -164,6 +164,27 @@ describe('session stream (websocket)', { timeout: 120_000 }, () => {
     assert.equal(JSON.parse(res.body).error.code, 'session_not_found');
   });
 
+  test('an API crash between submit and last_seq: the client resend is applied exactly once', async () => {
+    const text = 'The jury said the election was conducted well. '.repeat(20);
+    for (const stage of ['after-enqueue', 'before-enqueue'] as const) {
+      const id = await newSession();
+      // What a process that died mid-append left behind: the tagged seq taken (and maybe the job
+      // enqueued), ws_last_seq not moved, no ack sent.
+      if (stage === 'after-enqueue') await h.deps.queue.submit(id, { kind: 'ingest', text, flush: false }, { field: 'ws_pending', value: '1' });
+      else await h.deps.store.acceptRequest(id, { field: 'ws_pending', value: '1' });
+      const { c, hello } = await connect(id);
+      assert.equal(hello.last_seq, 0, stage);
+      c.send({ type: 'append', seq: 1, text });
+      const ack = await c.next((m) => m.type === 'ack' || m.type === 'error');
+      assert.deepEqual([ack.type, ack.seq, ack.duplicate], ['ack', 1, undefined], `${stage}: ${JSON.stringify(ack)}`);
+      await c.close();
+      const rec = await settled(id);
+      assert.equal(rec.acceptedSeq, 1, `${stage}: the resend took a new request seq`);
+      const once = h.deps.tokenizers.get(MODEL)!.encode(text.trimEnd()).length;
+      assert.ok(rec.tokensIngested < 2 * once - 5 && rec.tokensIngested > 0.8 * once, `${stage}: ${rec.tokensIngested} tokens ingested for one copy of ${once}`);
+    }
+  });
+
   test('hello, ordered acks, and random chunks equal one ingest of the whole text', async () => {
     const id = await newSession();
     const { c, hello } = await connect(id);

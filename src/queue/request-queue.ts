@@ -32,8 +32,13 @@ export class RequestQueue {
   }
 
   /** Durably accepts a request: when this resolves, the request is in Redis and will be applied in order. */
-  async submit(sessionId: string, request: SessionRequest): Promise<{ seq: number; jobId: string }> {
-    const seq = await this.o.store.acceptRequest(sessionId);
+  /**
+   * With `tag`, a retry of the same tagged request (after its caller died between taking the seq and
+   * enqueuing) gets the same seq and job id: the job is added if missing, ignored if present (BullMQ
+   * job ids are unique), and a worker never applies a seq twice.
+   */
+  async submit(sessionId: string, request: SessionRequest, tag?: { field: string; value: string }): Promise<{ seq: number; jobId: string }> {
+    const seq = await this.o.store.acceptRequest(sessionId, tag);
     const jobId = jobIdFor(sessionId, seq);
     await this.queue.add(request.kind, { sessionId, seq, request }, {
       jobId,

@@ -284,10 +284,12 @@ export class SessionStore {
     return rec;
   }
 
-  async acceptRequest(id: string): Promise<number> {
+  /** tag: the same {field, value} again returns the seq it got the first time (a retried request). */
+  async acceptRequest(id: string, tag?: { field: string; value: string }): Promise<number> {
     const key = this.keys.session(id);
     try {
-      return Number(await runScript(this.redis, SCRIPTS.acceptRequest, [key], [SESSION_LAYOUT, Date.now(), this.ttlMs]));
+      const args = [SESSION_LAYOUT, Date.now(), this.ttlMs, ...(tag ? [tag.field, tag.value] : [])];
+      return Number(await runScript(this.redis, SCRIPTS.acceptRequest, [key], args));
     } catch (err) {
       throw this.mapError(err, id);
     }

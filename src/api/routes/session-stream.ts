@@ -15,13 +15,12 @@
 // submit resolved (the ingest request is durably in Redis and will be applied in order), ws_last_seq
 // is moved from seq-1 to seq by a compare-and-set script, and only then is the append acknowledged.
 //
-// Crash window (documented choice): the submit and the ws_last_seq update are two Redis operations
-// (request-queue.ts owns the submit and cannot take part in our script). If this process dies (or
-// loses Redis) after the submit resolved and before the compare-and-set ran, the append is applied
-// but ws_last_seq does not show it; the client, never having seen the ack, resends it and it is
-// applied twice. The opposite order (set, then submit) would instead lose the append on such a
-// crash, which is worse: a lost chunk silently corrupts the document; a doubled one is at least
-// visible in token counts. The window is one Redis round trip wide. Everything else is exact: a
+// Crash window: the submit and the ws_last_seq update are two Redis operations. If this process dies
+// between them, the client (never acked) resends the append; the submit is tagged with the client's
+// seq (field ws_pending), so the resend gets the same request seq and job id as the first try: the job
+// is enqueued if the first try never got that far and ignored if it did, and a worker never applies a
+// request seq twice. So a crash neither doubles nor loses an append, provided the client resends
+// within 30 s (after that, workers skip a request seq whose job never appeared: session-worker.ts). Everything else is exact too: a
 // dropped connection never doubles or loses an append, because
 //   - within one process, a new connection to a session first closes the previous one and waits for
 //     the append it may be submitting to settle before it reads last_seq for its hello;
@@ -47,6 +46,8 @@ import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 export const MAX_UNAPPLIED_BYTES = 8 * 1024 * 1024;
 /** Hash field on the session (keys.ts session(id)) holding the last acknowledged client seq. */
 export const LAST_SEQ_FIELD = 'ws_last_seq';
+/** Hash field tagging the request seq that the client's latest append was given (see the header). */
+export const WS_PENDING_FIELD = 'ws_pending';
 const MAX_GENERATE_TOKENS = 8192;
 const MAX_STOPS = 16;
 const POLL_MS = 500;
@@ -323,7 +324,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           throw new ProtocolError('seq_gap', `append.seq ${seq} skips ahead: the next expected seq is ${lastSeq + 1}`);
         }
         const req: IngestRequest = { kind: 'ingest', text, flush: m.flush === true };
-        const { seq: q } = await queue.submit(sessionId, req);
+        const { seq: q } = await queue.submit(sessionId, req, { field: WS_PENDING_FIELD, value: String(seq) });
         // Durable from here on; hand the bytes over to the applied-tracking before anything else.
         inflight.push({ q, bytes, chars: text.length });
         unappliedChars += text.length;
