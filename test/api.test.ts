@@ -293,6 +293,9 @@ describe('API', () => {
     assert.match(m.body, /rmt_queue_depth \d+/);
     assert.match(m.body, /rmt_session_state_bytes\{model="rmt-brown-lm"\} \d+/);
     assert.match(m.body, /rmt_api_tokens_ingested_total [1-9]/);
+    // The in-process worker's engine metrics are on the same /metrics (as with `serve`).
+    assert.match(m.body, /rmt_engine_batch_rows_count\{graph="segment",model="rmt-brown-lm"\} [1-9]/);
+    assert.match(m.body, /rmt_engine_step_seconds_bucket\{/);
     const live = await h.deps.store.count();
     assert.ok(live > 0, 'no sessions to count');
     assert.match(m.body, new RegExp(`rmt_active_sessions ${live}\\b`));

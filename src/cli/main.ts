@@ -11,6 +11,7 @@ import { startClientRuntime, startWorkerRuntime, redisUrl, type WorkerRuntime } 
 import { ProgressBar } from './progress-bar.ts';
 import { resolveRedis } from './embedded-redis.ts';
 import { startApiServer } from '../api/server.ts';
+import { apiRegistry } from '../api/metrics.ts';
 
 const USAGE = `usage: rmt-serve <command> [options]
 
@@ -55,7 +56,8 @@ async function runServe(config: Config, withWorker: boolean): Promise<void> {
   const redis = withWorker ? await resolveRedis(config, log) : { url: redisUrl(config), stop: async () => undefined };
   if (!withWorker) await ensureRedis(config);
   const cfg = { ...config, redisUrl: redis.url };
-  const worker = withWorker ? await startWorkerRuntime(cfg, log) : undefined;
+  // One process, one /metrics: the worker's batch sizes and step times join the API's registry.
+  const worker = withWorker ? await startWorkerRuntime(cfg, log, { registry: apiRegistry }) : undefined;
   const api = await startApiServer(cfg);
   log({ url: api.url, redis: redis.url, worker: withWorker, models: cfg.models }, 'rmt-serve ready');
   const signal = await untilSignal();

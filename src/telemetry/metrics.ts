@@ -4,29 +4,44 @@ import http from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BatchStat } from '../engine/engine.ts';
 
-export class WorkerMetrics {
-  readonly registry = new Registry();
-  readonly batchRows = new Histogram({
-    name: 'rmt_engine_batch_rows', help: 'rows (sessions) in one onnxruntime run', labelNames: ['graph', 'model'],
-    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [this.registry],
-  });
-  readonly batchTokens = new Histogram({
-    name: 'rmt_engine_batch_tokens', help: 'real tokens in one onnxruntime run', labelNames: ['graph', 'model'],
-    buckets: [1, 16, 128, 512, 1024, 4096, 16384, 65536], registers: [this.registry],
-  });
-  readonly stepSeconds = new Histogram({
-    name: 'rmt_engine_step_seconds', help: 'time of one onnxruntime run', labelNames: ['graph', 'model'],
-    buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [this.registry],
-  });
-  readonly requests = new Counter({
-    name: 'rmt_worker_requests_total', help: 'requests finished by this worker', labelNames: ['kind', 'outcome'], registers: [this.registry],
-  });
-  readonly segments = new Counter({ name: 'rmt_segments_committed_total', help: 'segments written to memory', registers: [this.registry] });
-  readonly tokensIngested = new Counter({ name: 'rmt_tokens_ingested_total', help: 'tokens ingested', registers: [this.registry] });
-  readonly tokensGenerated = new Counter({ name: 'rmt_tokens_generated_total', help: 'tokens generated', registers: [this.registry] });
+/** A metric of that name already in the registry (a second worker runtime in one process), or a new one. */
+function reuse<T>(registry: Registry, name: string, make: () => T): T {
+  return (registry.getSingleMetric(name) as T | undefined) ?? make();
+}
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry });
+export class WorkerMetrics {
+  readonly registry: Registry;
+  readonly batchRows: Histogram<'graph' | 'model'>;
+  readonly batchTokens: Histogram<'graph' | 'model'>;
+  readonly stepSeconds: Histogram<'graph' | 'model'>;
+  readonly requests: Counter<'kind' | 'outcome'>;
+  readonly segments: Counter;
+  readonly tokensIngested: Counter;
+  readonly tokensGenerated: Counter;
+
+  /** registry: share the API's (serve runs both in one process, one /metrics); default: its own. */
+  constructor(registry?: Registry) {
+    const r = (this.registry = registry ?? new Registry());
+    if (!registry) collectDefaultMetrics({ register: r });
+    const labels = ['graph', 'model'] as const;
+    this.batchRows = reuse(r, 'rmt_engine_batch_rows', () => new Histogram({
+      name: 'rmt_engine_batch_rows', help: 'rows (sessions) in one onnxruntime run', labelNames: labels,
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [r],
+    }));
+    this.batchTokens = reuse(r, 'rmt_engine_batch_tokens', () => new Histogram({
+      name: 'rmt_engine_batch_tokens', help: 'real tokens in one onnxruntime run', labelNames: labels,
+      buckets: [1, 16, 128, 512, 1024, 4096, 16384, 65536], registers: [r],
+    }));
+    this.stepSeconds = reuse(r, 'rmt_engine_step_seconds', () => new Histogram({
+      name: 'rmt_engine_step_seconds', help: 'time of one onnxruntime run (segment step, prefill or decode)', labelNames: labels,
+      buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
+    }));
+    this.requests = reuse(r, 'rmt_worker_requests_total', () => new Counter({
+      name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process', labelNames: ['kind', 'outcome'] as const, registers: [r],
+    }));
+    this.segments = reuse(r, 'rmt_segments_committed_total', () => new Counter({ name: 'rmt_segments_committed_total', help: 'segments written to memory', registers: [r] }));
+    this.tokensIngested = reuse(r, 'rmt_tokens_ingested_total', () => new Counter({ name: 'rmt_tokens_ingested_total', help: 'tokens ingested', registers: [r] }));
+    this.tokensGenerated = reuse(r, 'rmt_tokens_generated_total', () => new Counter({ name: 'rmt_tokens_generated_total', help: 'tokens generated', registers: [r] }));
   }
 
   observeBatch(s: BatchStat): void {

@@ -7,6 +7,7 @@ import { SessionStore } from '../state/session-store.ts';
 import { RequestQueue } from '../queue/request-queue.ts';
 import { SessionWorker } from './session-worker.ts';
 import { WorkerMetrics } from '../telemetry/metrics.ts';
+import type { Registry } from 'prom-client';
 
 export function redisUrl(config: Config): string {
   return config.redisUrl || 'redis://127.0.0.1:6379';
@@ -33,7 +34,11 @@ export interface WorkerRuntime {
   close(graceMs?: number): Promise<void>;
 }
 
-export async function startWorkerRuntime(config: Config, log?: (o: Record<string, unknown>, m: string) => void): Promise<WorkerRuntime> {
+export async function startWorkerRuntime(
+  config: Config,
+  log?: (o: Record<string, unknown>, m: string) => void,
+  opts: { registry?: Registry } = {},
+): Promise<WorkerRuntime> {
   const redis = connectRedis(config);
   const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
   const engine = await startEngine({
@@ -48,7 +53,7 @@ export async function startWorkerRuntime(config: Config, log?: (o: Record<string
   });
   const tokenizers = new Map<string, TextTokenizer>();
   for (const m of engine.models()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
-  const metrics = new WorkerMetrics();
+  const metrics = new WorkerMetrics(opts.registry);
   engine.onBatch((b) => metrics.observeBatch(b));
   const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort) : undefined;
   const worker = new SessionWorker({

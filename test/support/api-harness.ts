@@ -5,6 +5,7 @@ import { createApiDeps } from '../../src/api/deps-factory.ts';
 import type { ApiDeps } from '../../src/api/deps.ts';
 import { loadConfig, type Config } from '../../src/config/config.ts';
 import { startWorkerRuntime, type WorkerRuntime } from '../../src/worker/runtime.ts';
+import { apiRegistry } from '../../src/api/metrics.ts';
 import { startRedis, type RedisServerHandle } from './redis-server.ts';
 
 export interface ApiHarness {
@@ -26,7 +27,7 @@ export async function startApiHarness(opts: AppOptions = {}, env: NodeJS.Process
     REDIS_URL: redis.url, RMT_PREFIX: `api${process.pid}x${++n}`, RMT_INTRA_OP_THREADS: '1',
     RMT_LOCK_MS: '5000', RMT_STALLED_CHECK_MS: '2000', ...env,
   });
-  const worker = await startWorkerRuntime(config);
+  const worker = await startWorkerRuntime(config, undefined, { registry: apiRegistry }); // as `serve` does
   const deps = await createApiDeps(config);
   const app = await buildApp(deps, opts);
   return {
