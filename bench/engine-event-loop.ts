@@ -11,6 +11,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { startEngine, type BatchStat, type Engine } from '../src/engine/engine.ts';
+import { percentile, tokens } from './bench-support.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MODELS_DIR = path.join(ROOT, 'models');
@@ -23,22 +24,6 @@ const MAX_BATCH_TOKENS = Number(process.env.MAX_BATCH_TOKENS ?? 1024);
 const BASELINE_SECONDS = Number(process.env.BASELINE_SECONDS ?? 5);
 /** Event-loop sampling interval; reported delays are what the timer fired late by, beyond it. */
 const RESOLUTION_MS = 10;
-
-function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-/** Deterministic pseudo-random token ids (no tokenizer needed). */
-function tokens(seed: number, n: number, vocab: number): number[] {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  return Array.from({ length: n }, () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return 2 + ((x >>> 0) % (vocab - 2));
-  });
-}
 
 interface LevelResult {
   label: string;

@@ -34,6 +34,7 @@ import type { BatchStat, Engine } from '../src/engine/engine.ts';
 import type { RequestResult } from '../src/queue/request.ts';
 import { startClientRuntime, startWorkerRuntime } from '../src/worker/runtime.ts';
 import { startRedis } from '../test/support/redis-server.ts';
+import { percentile, tokens } from './bench-support.ts';
 
 const MODEL = process.env.MODEL ?? 'rmt-brown-small';
 const LEVELS = (process.env.SESSIONS ?? '1,8,32').split(',').map(Number);
@@ -136,22 +137,6 @@ function cpuMeter(redisPid: number): () => Cpu {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-/** Deterministic pseudo-random token ids (same generator as bench/engine-event-loop.ts). */
-function tokens(seed: number, n: number, vocab: number): number[] {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  return Array.from({ length: n }, () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return 2 + ((x >>> 0) % (vocab - 2));
-  });
-}
 
 interface Row {
   mode: 'engine' | 'service';

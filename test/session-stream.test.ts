@@ -10,6 +10,7 @@ import { streamStats, MAX_UNAPPLIED_BYTES } from '../src/api/routes/session-stre
 import type { SessionRecord } from '../src/state/session-store.ts';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
+import { bytesOf, randomChunks } from './support/chunks.ts';
 
 // `ws` (a dependency of @fastify/websocket) has no type declarations here: describe what we use.
 interface WsClient {
@@ -108,21 +109,7 @@ async function settled(id: string, timeoutMs = 30000): Promise<SessionRecord> {
   }
 }
 
-function randomChunks(text: string, seed: number, max: number): string[] {
-  let s = seed;
-  const rand = () => (s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32;
-  const out: string[] = [];
-  for (let i = 0; i < text.length; ) {
-    const n = 1 + Math.floor(rand() * max);
-    out.push(text.slice(i, i + n));
-    i += n;
-  }
-  return out;
-}
 
-function bytesOf(a: Float32Array): Buffer {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
 
 let reference: SessionRecord;
 

@@ -15,6 +15,7 @@ import { redisKeys } from '../src/state/keys.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
+import { bytesOf, randomChunks } from './support/chunks.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MODEL = 'rmt-brown-small';
@@ -61,9 +62,6 @@ async function waitReady(child: ChildProcess): Promise<void> {
   });
 }
 
-function bytesOf(a: Float32Array): Buffer {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
 
 /** Text of about `segments` segments of held-out Brown prose. */
 const NOISE = heldOutText();
@@ -71,17 +69,6 @@ function noise(chars: number, from = 0): string {
   return NOISE.slice(from, from + chars);
 }
 
-function randomChunks(text: string, seed: number, max: number): string[] {
-  let s = seed;
-  const rand = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
-  const out: string[] = [];
-  for (let i = 0; i < text.length; ) {
-    const n = 1 + Math.floor(rand() * max);
-    out.push(text.slice(i, i + n));
-    i += n;
-  }
-  return out;
-}
 
 async function subscribe(prefix: string, sessionId: string, fn: (ev: ProgressEvent) => void): Promise<Redis> {
   const sub = new Redis(redis.url);

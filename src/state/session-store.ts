@@ -263,6 +263,12 @@ export class SessionStore {
     assertSpec(expect);
     const rec = await this.get(id);
     if (!rec) throw new SessionError('not_found', `session ${id} not found (never created, deleted or expired)`);
+    return this.verify(rec, expect);
+  }
+
+  /** load()'s checks on a record already read: a state of the wrong model, shape or dtype is refused. */
+  verify(rec: SessionRecord, expect: StateSpec): SessionRecord {
+    const id = rec.id;
     if (rec.model !== expect.model) {
       throw new SessionError('model_mismatch', `session ${id} belongs to model ${JSON.stringify(rec.model)}, expected model ${JSON.stringify(expect.model)}`);
     }

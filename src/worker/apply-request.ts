@@ -72,7 +72,7 @@ class SessionCursor {
   ingestedSinceCommit = 0;
   generatedSinceCommit = 0;
 
-  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<Float32Array> {
+  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {
     const out = await this.ctx.engine.segment(this.model.name, this.rec.tail, this.rec.state);
     if (scores) {
       let nll = 0;
@@ -81,7 +81,6 @@ class SessionCursor {
       scores.push({ segment: this.rec.segmentsCommitted + 1, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
     }
     await this.commit({ state: out.nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
-    return out.logits;
   }
 
   async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {
@@ -114,11 +113,12 @@ class SessionCursor {
   }
 }
 
-export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks): Promise<RequestResult> {
-  const first = await ctx.store.get(data.sessionId);
+/** `stored`: the session as the caller just read it (one read per request), else it is read here. */
+export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks, stored?: SessionRecord | null): Promise<RequestResult> {
+  const first = stored === undefined ? await ctx.store.get(data.sessionId) : stored;
   if (!first) throw new RequestError('session_not_found', `session ${data.sessionId} does not exist (deleted or expired)`);
   const model = ctx.engine.model(first.model);
-  const rec = await ctx.store.load(data.sessionId, specOf(model));
+  const rec = ctx.store.verify(first, specOf(model));
   const base = (r: SessionRecord, promptTokens: number): RequestResult => ({
     sessionId: r.id,
     seq: data.seq,
@@ -138,11 +138,10 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
 
   // 1. The request's tokens (text or prompt), from where an earlier attempt stopped.
   let tail = [...rec.tail];
-  let lastLogits: Float32Array | undefined;
   for (let i = Math.min(resumeAt, ids.length); i < ids.length; i++) {
     if (tail.length === S) {
       cur.rec.tail = tail;
-      lastLogits = await cur.commitSegment(i, [], scores);
+      await cur.commitSegment(i, [], scores);
       tail = [];
       hooks.progress({
         type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
@@ -152,7 +151,6 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     tail.push(ids[i]!);
     cur.ingestedSinceCommit++;
   }
-  void lastLogits;
 
   if (data.request.kind === 'ingest') {
     await cur.commit({ state: cur.rec.state, tail, pendingText: pendingAfter, addSegments: 0, curOffset: ids.length, appliedSeq: data.seq });

@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import type { Engine } from '../engine/engine.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
 import { redisKeys } from '../state/keys.ts';
-import { SessionError, type SessionStore } from '../state/session-store.ts';
+import { SessionError, type SessionRecord, type SessionStore } from '../state/session-store.ts';
 import { RequestError, type RequestJobData, type RequestResult } from '../queue/request.ts';
 import { QUEUE_NAME, jobIdFor } from '../queue/request-queue.ts';
 import { applyRequest } from './apply-request.ts';
@@ -73,7 +73,7 @@ export class SessionWorker {
   private async process(job: Job<RequestJobData, RequestResult>, token?: string): Promise<RequestResult> {
     const { sessionId, seq } = job.data;
     try {
-      await this.waitForTurn(job, token);
+      const rec = await this.waitForTurn(job, token);
       const result = await applyRequest(
         {
           engine: this.o.engine,
@@ -95,6 +95,7 @@ export class SessionWorker {
             await job.updateData({ ...job.data, generated: ids, ...(logprobs ? { generatedLogprobs: logprobs } : {}) });
           },
         },
+        rec,
       );
       this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
       if (!result.alreadyApplied) {
@@ -121,7 +122,8 @@ export class SessionWorker {
     }
   }
 
-  private async waitForTurn(job: Job<RequestJobData, RequestResult>, token?: string): Promise<void> {
+  /** Returns the session as read for the check, so the request does not read it again. */
+  private async waitForTurn(job: Job<RequestJobData, RequestResult>, token?: string): Promise<SessionRecord | null> {
     const { sessionId, seq } = job.data;
     const rec = await this.o.store.get(sessionId);
     if (rec && rec.appliedSeq < seq - 1) {
@@ -139,6 +141,7 @@ export class SessionWorker {
       await job.moveToDelayed(Date.now() + (this.o.turnDelayMs ?? 20), token);
       throw new DelayedError();
     }
+    return rec;
   }
 
   /** A request that will not be applied still consumes its seq, so the session's later requests can run. */

@@ -17,7 +17,7 @@ const START_DEADLINE_MS = 10_000;
 const STOP_DEADLINE_MS = 5_000;
 const POLL_MS = 20;
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
