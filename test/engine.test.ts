@@ -382,8 +382,12 @@ describe('engine lifecycle', () => {
       /failed to load model 'no-such-model' from .*no-such-model: model\.json: manifest file not found at /,
     );
     await assert.rejects(
-      startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cuda', maxBatch: 4, maxBatchTokens: 512 }),
-      /executionProvider 'cuda' is not supported/,
+      startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'tpu' as 'cpu', maxBatch: 4, maxBatchTokens: 512 }),
+      /executionProvider must be 'cpu' or 'cuda', found "tpu"/,
+    );
+    await assert.rejects(
+      startEngine({ modelsDir: MODELS_DIR, models: [LM], executionProvider: 'cpu', precision: 'fp16', maxBatch: 4, maxBatchTokens: 512 }),
+      /'graphs\.fp16' must be an object \(this package ships precisions: fp32\)/,
     );
     await assert.rejects(
       startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', maxBatch: 0, maxBatchTokens: 512 }),

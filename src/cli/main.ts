@@ -59,7 +59,7 @@ async function runServe(config: Config, withWorker: boolean): Promise<void> {
   // One process, one /metrics: the worker's batch sizes and step times join the API's registry.
   const worker = withWorker ? await startWorkerRuntime(cfg, log, { registry: apiRegistry }) : undefined;
   const api = await startApiServer(cfg);
-  log({ url: api.url, redis: redis.url, worker: withWorker, models: cfg.models }, 'rmt-serve ready');
+  log({ url: api.url, redis: redis.url, worker: withWorker, models: cfg.models, ...(worker ? { device: worker.engine.device() } : {}) }, 'rmt-serve ready');
   const signal = await untilSignal();
   log({ signal }, 'shutting down');
   await api.close();
@@ -69,7 +69,7 @@ async function runServe(config: Config, withWorker: boolean): Promise<void> {
 
 async function runWorker(config: Config): Promise<void> {
   const rt = await startWorkerRuntime(config, log);
-  log({ models: config.models, concurrency: config.workerConcurrency, provider: config.executionProvider }, 'worker ready');
+  log({ models: config.models, concurrency: config.workerConcurrency, device: rt.engine.device() }, 'worker ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log({ signal, graceMs: config.shutdownGraceMs }, 'shutting down: finishing in-flight requests');

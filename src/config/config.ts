@@ -22,6 +22,11 @@ const int =
     return v;
   };
 const str: Parser<string> = (raw) => raw;
+const bool: Parser<boolean> = (raw, name) => {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name}: expected 1/0, true/false, yes/no or on/off, got ${JSON.stringify(raw)}`);
+};
 const list: Parser<string[]> = (raw) => raw.split(',').map((s) => s.trim()).filter(Boolean);
 const oneOf =
   <T extends string>(...allowed: T[]): Parser<T> =>
@@ -48,7 +53,9 @@ export const SETTINGS = {
   models: setting('RMT_MODELS', ['rmt-brown-lm', 'rmt-brown-small'], list, 'packages to load (comma-separated); the first is the default model'),
   executionProvider: setting('RMT_EXECUTION_PROVIDER', 'cpu' as 'cpu' | 'cuda', oneOf('cpu', 'cuda'), 'onnxruntime execution provider'),
   deviceId: setting('RMT_DEVICE_ID', 0, int(0, 64), 'CUDA device id'),
-  precision: setting('RMT_PRECISION', 'fp32' as 'fp32' | 'fp16', oneOf('fp32', 'fp16'), 'graph precision (fp16 needs a package that ships it)'),
+  precision: setting('RMT_PRECISION', 'fp32' as 'fp32' | 'fp16', oneOf('fp32', 'fp16'), 'graph precision (fp16 needs a package that ships it; meant for cuda)'),
+  cpuFallback: setting('RMT_CPU_FALLBACK', false, bool, 'cuda: if CUDA cannot start, run the fp32 graphs on the CPU (logged) instead of exiting'),
+  ortProfileDir: setting('RMT_ORT_PROFILE_DIR', '', str, 'write onnxruntime profiles (JSON per graph, on shutdown) into this folder; empty = off'),
   intraOpThreads: setting('RMT_INTRA_OP_THREADS', 0, int(0, 256), 'onnxruntime intra-op threads; 0 = onnxruntime default'),
   maxBatch: setting('RMT_MAX_BATCH', 32, int(1, 4096), 'most rows in one onnxruntime run'),
   maxBatchTokens: setting('RMT_MAX_BATCH_TOKENS', 8192, int(1, 1 << 24), 'most tokens in one segment/prefill run'),

@@ -1,10 +1,16 @@
 // Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
 // Types only: nothing here runs, so either side can import it.
-import type { BatchStat, ModelInfo } from './engine.ts';
+import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
 
 export interface WorkerConfig {
   modelsDir: string;
   models: string[];
+  executionProvider: 'cpu' | 'cuda';
+  deviceId: number;
+  precision: 'fp32' | 'fp16';
+  /** cuda only: start on the CPU (fp32) when CUDA cannot, instead of failing. */
+  cpuFallback: boolean;
+  profileDir?: string;
   intraOpThreads?: number;
   maxBatch: number;
   maxBatchTokens: number;
@@ -13,6 +19,7 @@ export interface WorkerConfig {
 
 export type EngineRequest =
   | { op: 'segment'; id: number; model: string; ids: Int32Array; state: Float32Array }
+  | { op: 'advance'; id: number; model: string; ids: Int32Array; state: Float32Array }
   | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array }
   | { op: 'decode'; id: number; model: string; kv: number; token: number };
 
@@ -23,12 +30,13 @@ export type ToWorker = { type: 'ops'; ops: Op[] } | { type: 'close' };
 
 export type Reply =
   | { id: number; ok: true; op: 'segment'; nextState: Float32Array; logits: Float32Array; tokenLogprobs: Float32Array }
+  | { id: number; ok: true; op: 'advance'; nextState: Float32Array }
   | { id: number; ok: true; op: 'prefill'; logits: Float32Array; kv: number }
   | { id: number; ok: true; op: 'decode'; logits: Float32Array }
   | { id: number; ok: false; message: string };
 
 export type FromWorker =
-  | { type: 'ready'; models: ModelInfo[] }
+  | { type: 'ready'; models: ModelInfo[]; device: EngineDevice }
   | { type: 'loadError'; message: string }
   /** The replies of one onnxruntime run (or of requests rejected before any run), in one message. */
   | { type: 'replies'; replies: Reply[]; stats: BatchStat[] }

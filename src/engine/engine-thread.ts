@@ -9,10 +9,12 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { BatchStat, ModelInfo } from './engine.ts';
+import { cudaPreflight, explainCudaFailure } from './cuda-check.ts';
+import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
-import { loadModelPackage, type ModelPackage } from './model-package.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, type GrowableKvCache } from './rmt-runner.ts';
+import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
+import { ORT_VERSION } from './onnx-runtime.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type GrowableKvCache } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
@@ -168,7 +170,17 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
-  if (graph === 'segment') {
+  if (graph === 'advance') {
+    const rows = reqs.map((r) => {
+      if (r.op === 'decode') throw new Error('internal: decode request in an advance batch');
+      return { ids: Array.from(r.ids), state: r.state };
+    });
+    const out = await runSegmentState(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
+    out.forEach((nextState, i) => {
+      replies.push({ id: reqs[i]!.id, ok: true, op: 'advance', nextState });
+      transfer.push(nextState.buffer as ArrayBuffer);
+    });
+  } else if (graph === 'segment') {
     const rows = reqs.map((r) => {
       if (r.op === 'decode') throw new Error('internal: decode request in a segment batch');
       return { ids: Array.from(r.ids), state: r.state };
@@ -322,19 +334,75 @@ async function loadInfo(name: string, dir: string, pkg: ModelPackage): Promise<M
   return info;
 }
 
-async function start(): Promise<void> {
+async function loadAll(opts: LoadOptions): Promise<void> {
   for (const name of config.models) {
     const dir = path.resolve(config.modelsDir, name);
     try {
-      const opts = config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {};
       const pkg = await loadModelPackage(dir, opts);
       models.set(name, { pkg, info: await loadInfo(name, dir, pkg) });
     } catch (err) {
-      await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
-      models.clear();
-      post({ type: 'loadError', message: `failed to load model '${name}' from ${dir}: ${errorMessage(err)}` });
-      return;
+      await releaseAll();
+      throw new Error(`failed to load model '${name}' from ${dir}: ${errorMessage(err)}`, { cause: err });
     }
+  }
+}
+
+async function releaseAll(): Promise<void> {
+  await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
+  models.clear();
+}
+
+/** True when the same packages load on the CPU: then a CUDA load failure is CUDA's, not the model's. */
+async function loadsOnCpu(): Promise<boolean> {
+  for (const name of config.models) {
+    try {
+      const pkg = await loadModelPackage(path.resolve(config.modelsDir, name), { executionProvider: 'cpu', precision: 'fp32', intraOpThreads: 1 });
+      await pkg.release();
+    } catch {
+      return false;
+    }
+  }
+  return true;
+}
+
+/**
+ * Loads every model on the configured provider. A CUDA start that cannot work fails with the
+ * reason (provider files, ORT version, libraries the loader cannot find), or, with cpuFallback,
+ * loads the fp32 graphs on the CPU and says why in the ready message.
+ */
+async function loadModels(): Promise<EngineDevice> {
+  const common: LoadOptions = config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {};
+  if (config.profileDir !== undefined) common.profileDir = config.profileDir;
+  if (config.executionProvider === 'cpu') {
+    await loadAll({ ...common, executionProvider: 'cpu', precision: config.precision });
+    return { executionProvider: 'cpu', precision: config.precision };
+  }
+  let cudaProblem: string | undefined;
+  const pre = cudaPreflight(ORT_VERSION);
+  if (pre.length) {
+    cudaProblem = `CUDA execution provider cannot start: ${pre.join('; ')}${config.cpuFallback ? '' : '; set RMT_CPU_FALLBACK=1 to run on the CPU instead'}`;
+  } else {
+    try {
+      await loadAll({ ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision });
+      return { executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision };
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (!/failed to load ONNX graph on cuda/.test(msg) || !(await loadsOnCpu())) throw err;
+      cudaProblem = explainCudaFailure(msg, ORT_VERSION);
+    }
+  }
+  if (!config.cpuFallback) throw new Error(cudaProblem);
+  await loadAll({ ...common, executionProvider: 'cpu', precision: 'fp32' });
+  return { executionProvider: 'cpu', precision: 'fp32', fallbackReason: cudaProblem };
+}
+
+async function start(): Promise<void> {
+  let device: EngineDevice;
+  try {
+    device = await loadModels();
+  } catch (err) {
+    post({ type: 'loadError', message: errorMessage(err) });
+    return;
   }
   port.on('message', (msg: ToWorker) => {
     if (msg.type === 'ops') onOps(msg.ops);
@@ -343,7 +411,7 @@ async function start(): Promise<void> {
       if (!running) void finishClose();
     }
   });
-  post({ type: 'ready', models: [...models.values()].map((m) => m.info) });
+  post({ type: 'ready', models: [...models.values()].map((m) => m.info), device });
 }
 
 void start();

@@ -11,9 +11,15 @@ export interface EngineOptions {
   /** Package folder names under modelsDir. */
   models: string[];
   executionProvider: 'cpu' | 'cuda';
+  /** CUDA device ordinal (default 0). */
   deviceId?: number;
   intraOpThreads?: number;
+  /** Which of the package's graphs to load (default fp32); fp16 is meant for CUDA. */
   precision?: 'fp32' | 'fp16';
+  /** cuda only: when CUDA cannot start, load the fp32 graphs on the CPU instead of failing (default false). */
+  cpuFallback?: boolean;
+  /** Write onnxruntime profiles (one JSON per graph, flushed at close) into this folder. */
+  profileDir?: string;
   /** Max rows per onnxruntime run. */
   maxBatch: number;
   /** Max sum of row token counts per segment/prefill run (a single larger request still runs, alone). */
@@ -44,6 +50,14 @@ export interface ModelInfo {
   task?: unknown;
 }
 
+/** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
+export interface EngineDevice {
+  executionProvider: 'cpu' | 'cuda';
+  deviceId?: number;
+  precision: 'fp32' | 'fp16';
+  fallbackReason?: string;
+}
+
 export interface SegmentOutput {
   nextState: Float32Array;
   logits: Float32Array;
@@ -54,7 +68,7 @@ export interface SegmentOutput {
 export type KvHandle = number;
 
 export interface BatchStat {
-  graph: 'segment' | 'prefill' | 'decode';
+  graph: 'segment' | 'advance' | 'prefill' | 'decode';
   model: string;
   rows: number;
   tokens: number;
@@ -65,8 +79,15 @@ export interface Engine {
   models(): ModelInfo[];
   /** Throws an Error naming the unknown model and the known ones. */
   model(name: string): ModelInfo;
+  /** Where the models were loaded. */
+  device(): EngineDevice;
   /** Runs 1..segmentLength ids through segment.onnx; concurrent calls are batched. */
   segment(model: string, ids: readonly number[], state: Float32Array): Promise<SegmentOutput>;
+  /**
+   * Like segment() but returns only the next memory, and runs the package's segment_state graph
+   * when it has one (no vocabulary projection): the call for ingesting text without scores.
+   */
+  advance(model: string, ids: readonly number[], state: Float32Array): Promise<Float32Array>;
   /** Starts a KV cache holding [read memory; ids]. */
   prefill(model: string, ids: readonly number[], state: Float32Array): Promise<{ logits: Float32Array; kv: KvHandle }>;
   /** Appends one token to that cache (in place). */
@@ -101,18 +122,24 @@ function checkOptions(opts: EngineOptions): WorkerConfig {
   }
   const dup = opts.models.find((m, i) => opts.models.indexOf(m) !== i);
   if (dup !== undefined) throw new Error(`startEngine: model '${dup}' is listed twice`);
-  if (opts.executionProvider !== 'cpu') {
-    // onnx-runtime.ts creates CPU sessions only; a CUDA worker needs that module to grow a CUDA path.
-    throw new Error(`startEngine: executionProvider '${String(opts.executionProvider)}' is not supported yet (only 'cpu')`);
+  if (opts.executionProvider !== 'cpu' && opts.executionProvider !== 'cuda') {
+    throw new Error(`startEngine: executionProvider must be 'cpu' or 'cuda', found ${JSON.stringify(opts.executionProvider)}`);
   }
-  if (opts.precision !== undefined && opts.precision !== 'fp32') {
-    // loadModelPackage loads the fp32 graphs only.
-    throw new Error(`startEngine: precision '${String(opts.precision)}' is not supported yet (only 'fp32')`);
+  const precision = opts.precision ?? 'fp32';
+  if (precision !== 'fp32' && precision !== 'fp16') {
+    throw new Error(`startEngine: precision must be 'fp32' or 'fp16', found ${JSON.stringify(opts.precision)}`);
   }
+  const deviceId = opts.deviceId ?? 0;
+  if (!Number.isInteger(deviceId) || deviceId < 0) throw new Error(`startEngine: deviceId must be a non-negative integer, found ${JSON.stringify(opts.deviceId)}`);
   if (opts.intraOpThreads !== undefined) positiveInt(opts.intraOpThreads, 'intraOpThreads');
   return {
     modelsDir: path.resolve(opts.modelsDir),
     models: [...opts.models],
+    executionProvider: opts.executionProvider,
+    deviceId,
+    precision,
+    cpuFallback: opts.cpuFallback ?? false,
+    ...(opts.profileDir !== undefined ? { profileDir: path.resolve(opts.profileDir) } : {}),
     ...(opts.intraOpThreads !== undefined ? { intraOpThreads: opts.intraOpThreads } : {}),
     maxBatch: positiveInt(opts.maxBatch, 'maxBatch'),
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
@@ -149,11 +176,11 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   const { entry, eval: isEval } = workerEntry();
   const worker = new Worker(entry, { workerData: config, eval: isEval });
 
-  const infos = await new Promise<ModelInfo[]>((resolve, reject) => {
+  const { infos, device } = await new Promise<{ infos: ModelInfo[]; device: EngineDevice }>((resolve, reject) => {
     const onMessage = (msg: FromWorker) => {
       if (msg.type === 'ready') {
         cleanup();
-        resolve(msg.models);
+        resolve({ infos: msg.models, device: msg.device });
       } else if (msg.type === 'loadError') {
         cleanup();
         void worker.terminate();
@@ -319,6 +346,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   const engine: Engine = {
     models: () => [...byName.values()],
     model,
+    device: () => ({ ...device }),
 
     segment: (name, ids, state) =>
       call(async () => {
@@ -331,6 +359,19 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
           [idArr.buffer, st.buffer],
         );
         return { nextState: r.nextState, logits: r.logits, tokenLogprobs: r.tokenLogprobs };
+      }),
+
+    advance: (name, ids, state) =>
+      call(async () => {
+        const where = `advance(${name})`;
+        const m = model(name);
+        const idArr = checkIds(where, m, ids);
+        const st = checkState(where, m, state);
+        const r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(
+          { op: 'advance', id: nextId++, model: name, ids: idArr, state: st },
+          [idArr.buffer, st.buffer],
+        );
+        return r.nextState;
       }),
 
     prefill: (name, ids, state) =>

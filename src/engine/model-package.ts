@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createSession, type Session } from './onnx-runtime.ts';
+import { createSession, type Session, type SessionOptions } from './onnx-runtime.ts';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
 
 export const MODEL_FORMAT = 'rmt-serve/model@1';
@@ -33,9 +33,29 @@ export interface ModelPackage {
   /** Initial value of each state entry, keyed by state name. */
   initState: Record<string, Float32Array>;
   kv: KvLayout;
-  sessions: { segment: Session; decode: Session };
+  precision: Precision;
+  /** dtype of the decode graph's past/present key values (the fp16 graphs keep them in fp16). */
+  kvDtype: 'float32' | 'float16';
+  /**
+   * segmentState: optional graph (graphs.<precision>.segment_state) with next_state.memory as its
+   * only output. onnxruntime runs every node of a graph whatever outputs are fetched, and the full
+   * segment graph projects every position onto the vocabulary for token_logprobs; a run that needs
+   * only the next memory uses this one when the package has it.
+   */
+  sessions: { segment: Session; decode: Session; segmentState?: Session };
   tokenizer: TextTokenizer;
   release(): Promise<void>;
+}
+
+export type Precision = 'fp32' | 'fp16';
+
+export interface LoadOptions {
+  executionProvider?: SessionOptions['executionProvider'];
+  deviceId?: number;
+  intraOpThreads?: number;
+  precision?: Precision;
+  /** Folder for onnxruntime profiles (one file per graph). */
+  profileDir?: string;
 }
 
 interface IoSpec {
@@ -58,18 +78,26 @@ const SEGMENT_IO = {
   ],
 } satisfies Record<string, IoSpec[]>;
 
-const DECODE_IO = {
-  inputs: [
-    { name: 'input_ids', dtype: 'int64', rank: 2 },
-    { name: 'attention_mask', dtype: 'int64', rank: 2 },
-    { name: 'memory', dtype: 'float32', rank: 3 },
-    { name: 'past_key_values', dtype: 'float32', rank: 6 },
-  ],
-  outputs: [
-    { name: 'logits', dtype: 'float32', rank: 2 },
-    { name: 'present_key_values', dtype: 'float32', rank: 6 },
-  ],
+const SEGMENT_STATE_IO = {
+  inputs: SEGMENT_IO.inputs,
+  outputs: [{ name: 'next_state.memory', dtype: 'float32', rank: 3 }],
 } satisfies Record<string, IoSpec[]>;
+
+/** State and logits are float32 in every precision; the KV cache has the graph's own dtype. */
+function decodeIo(kvDtype: string): { inputs: IoSpec[]; outputs: IoSpec[] } {
+  return {
+    inputs: [
+      { name: 'input_ids', dtype: 'int64', rank: 2 },
+      { name: 'attention_mask', dtype: 'int64', rank: 2 },
+      { name: 'memory', dtype: 'float32', rank: 3 },
+      { name: 'past_key_values', dtype: kvDtype, rank: 6 },
+    ],
+    outputs: [
+      { name: 'logits', dtype: 'float32', rank: 2 },
+      { name: 'present_key_values', dtype: kvDtype, rank: 6 },
+    ],
+  };
+}
 
 class PackageError extends Error {}
 
@@ -140,7 +168,7 @@ function checkDim(file: string, session: Session, input: string, axis: number, e
   }
 }
 
-export async function loadModelPackage(dir: string, options: { intraOpThreads?: number } = {}): Promise<ModelPackage> {
+export async function loadModelPackage(dir: string, options: LoadOptions = {}): Promise<ModelPackage> {
   const MJ = 'model.json';
   const manifestPath = requireFile(dir, MJ, 'manifest');
   let manifest: unknown;
@@ -212,36 +240,59 @@ export async function loadModelPackage(dir: string, options: { intraOpThreads?: 
     headDim: positiveInt(kvRaw, 'head_dim', MJ, 'decode.past_key_values.head_dim'),
   };
 
-  const graphs = isRecord(manifest.graphs) ? manifest.graphs.fp32 : undefined;
-  if (!isRecord(graphs)) fail(MJ, "'graphs.fp32' must be an object");
-  const segmentName = str(graphs, 'segment', MJ, 'graphs.fp32.segment');
-  const decodeName = str(graphs, 'decode', MJ, 'graphs.fp32.decode');
+  const precision = options.precision ?? 'fp32';
+  const G = `graphs.${precision}`;
+  const graphs = isRecord(manifest.graphs) ? manifest.graphs[precision] : undefined;
+  if (!isRecord(graphs)) {
+    const have = isRecord(manifest.graphs) ? Object.keys(manifest.graphs).join(', ') : 'none';
+    fail(MJ, `'${G}' must be an object (this package ships precisions: ${have})`);
+  }
+  const segmentName = str(graphs, 'segment', MJ, `${G}.segment`);
+  const decodeName = str(graphs, 'decode', MJ, `${G}.decode`);
+  const stateName = graphs.segment_state === undefined ? undefined : str(graphs, 'segment_state', MJ, `${G}.segment_state`);
   const segmentPath = requireFile(dir, segmentName, 'segment graph');
   const decodePath = requireFile(dir, decodeName, 'decode graph');
+  const statePath = stateName === undefined ? undefined : requireFile(dir, stateName, 'segment_state graph');
   if (typeof graphs.weights === 'string') requireFile(dir, graphs.weights, 'external weights');
+  const kvDtype = precision === 'fp16' ? 'float16' : 'float32';
 
   const tokenizer = await loadTokenizer(tokenizerPath);
 
-  const sessionOptions = { executionProvider: 'cpu' as const, ...options };
-  const segment = await createSession(segmentPath, sessionOptions);
-  const decode = await createSession(decodePath, sessionOptions).catch(async (err: unknown) => {
-    await segment.release();
-    throw err;
-  });
+  const base: SessionOptions = { executionProvider: options.executionProvider ?? 'cpu' };
+  if (options.deviceId !== undefined) base.deviceId = options.deviceId;
+  if (options.intraOpThreads !== undefined) base.intraOpThreads = options.intraOpThreads;
+  const sessionOptions = (graph: string): SessionOptions =>
+    options.profileDir === undefined ? base : { ...base, profilePrefix: path.join(options.profileDir, `${name}-${graph}`) };
+  const opened: Session[] = [];
+  const open = async (file: string, graph: string) => {
+    const s = await createSession(file, sessionOptions(graph));
+    opened.push(s);
+    return s;
+  };
+  let segment: Session, decode: Session, segmentState: Session | undefined;
   try {
+    segment = await open(segmentPath, 'segment');
+    decode = await open(decodePath, 'decode');
+    if (statePath !== undefined) segmentState = await open(statePath, 'segment_state');
     checkIo(segmentName, segment, SEGMENT_IO);
     checkDim(segmentName, segment, 'state.memory', 1, memoryTokens);
     checkDim(segmentName, segment, 'state.memory', 2, dModel);
-    checkIo(decodeName, decode, DECODE_IO);
+    if (segmentState) {
+      checkIo(stateName!, segmentState, SEGMENT_STATE_IO);
+      checkDim(stateName!, segmentState, 'state.memory', 1, memoryTokens);
+      checkDim(stateName!, segmentState, 'state.memory', 2, dModel);
+    }
+    checkIo(decodeName, decode, decodeIo(kvDtype));
     checkDim(decodeName, decode, 'memory', 2, dModel);
     checkDim(decodeName, decode, 'past_key_values', 0, kv.layers);
     checkDim(decodeName, decode, 'past_key_values', 1, 2);
     checkDim(decodeName, decode, 'past_key_values', 3, kv.heads);
     checkDim(decodeName, decode, 'past_key_values', 5, kv.headDim);
   } catch (err) {
-    await Promise.all([segment.release(), decode.release()]);
+    await Promise.all(opened.map((s) => s.release()));
     throw err;
   }
+  const sessions: ModelPackage['sessions'] = segmentState ? { segment, decode, segmentState } : { segment, decode };
 
   return {
     dir,
@@ -254,10 +305,12 @@ export async function loadModelPackage(dir: string, options: { intraOpThreads?: 
     state,
     initState,
     kv,
-    sessions: { segment, decode },
+    precision,
+    kvDtype,
+    sessions,
     tokenizer,
     release: async () => {
-      await Promise.all([segment.release(), decode.release()]);
+      await Promise.all(opened.map((s) => s.release()));
     },
   };
 }

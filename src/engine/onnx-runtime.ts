@@ -1,5 +1,6 @@
 // The only module that touches onnxruntime-node: everything else works with
 // plain typed arrays so the engine can be tested and swapped independently.
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 
@@ -20,8 +21,12 @@ export interface ValueInfo {
 }
 
 export interface SessionOptions {
-  executionProvider: 'cpu';
+  executionProvider: 'cpu' | 'cuda';
+  /** CUDA device ordinal (cuda only). */
+  deviceId?: number;
   intraOpThreads?: number;
+  /** Writes an onnxruntime profile (JSON, one event per node run) starting with this path; see Session.endProfiling. */
+  profilePrefix?: string;
 }
 
 export interface Session {
@@ -29,11 +34,17 @@ export interface Session {
   readonly inputs: readonly ValueInfo[];
   readonly outputs: readonly ValueInfo[];
   run(feeds: Record<string, Tensor>, fetches?: string[]): Promise<Record<string, Tensor>>;
+  /** Ends profiling (if on) and returns the profile file's path, else undefined. */
+  endProfiling(): string | undefined;
   release(): Promise<void>;
 }
 
 export function float32(data: Float32Array, dims: number[]): Tensor {
   return { dtype: 'float32', data, dims };
+}
+
+export function float16(data: Uint16Array, dims: number[]): Tensor {
+  return { dtype: 'float16', data, dims };
 }
 
 export function int64(values: ArrayLike<number> | BigInt64Array, dims: number[]): Tensor {
@@ -106,21 +117,38 @@ export function checkFeeds(file: string, inputs: readonly ValueInfo[], feeds: Re
 
 export async function createSession(file: string, options: SessionOptions): Promise<Session> {
   // Loading by path (not buffer) lets ORT resolve external weight files next to the graph.
+  // 'all' turns on onnxruntime's fusions (layer norm, GELU, MatMul+bias, attention where the pattern
+  // matches) for the provider the graph is placed on. Only the named provider is listed: onnxruntime
+  // then fails to create the session if it cannot load it, instead of quietly running on the CPU.
+  const provider: ort.InferenceSession.ExecutionProviderConfig =
+    options.executionProvider === 'cuda' ? { name: 'cuda', deviceId: options.deviceId ?? 0 } : 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
-    executionProviders: [options.executionProvider],
+    executionProviders: [provider],
     graphOptimizationLevel: 'all',
   };
   if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
+  if (options.profilePrefix !== undefined) {
+    sessionOptions.enableProfiling = true;
+    sessionOptions.profileFilePrefix = options.profilePrefix;
+  }
   let session: ort.InferenceSession;
   try {
     session = await ort.InferenceSession.create(file, sessionOptions);
   } catch (err) {
-    throw new Error(`${file}: failed to load ONNX graph: ${(err as Error).message}`);
+    throw new Error(`${file}: failed to load ONNX graph on ${options.executionProvider}: ${(err as Error).message}`);
   }
+  let profiling = options.profilePrefix !== undefined;
   const label = path.basename(file);
   const inputs = session.inputMetadata.map(toValueInfo);
   const outputs = session.outputMetadata.map(toValueInfo);
 
+  const endProfiling = (): string | undefined => {
+    if (!profiling) return undefined;
+    profiling = false;
+    // onnxruntime-node's endProfiling() returns nothing: find the newest file with the prefix.
+    session.endProfiling();
+    return newestWithPrefix(options.profilePrefix!);
+  };
   return {
     file,
     inputs,
@@ -137,6 +165,26 @@ export async function createSession(file: string, options: SessionOptions): Prom
       for (const name of names) out[name] = fromOrt(result[name]!, label, name);
       return out;
     },
-    release: () => session.release(),
+    endProfiling,
+    async release() {
+      endProfiling();
+      await session.release();
+    },
   };
 }
+
+function newestWithPrefix(prefix: string): string | undefined {
+  const dir = path.dirname(prefix);
+  const base = path.basename(prefix);
+  let best: { file: string; t: number } | undefined;
+  for (const f of readdirSync(dir)) {
+    if (!f.startsWith(base) || !f.endsWith('.json')) continue;
+    const file = path.join(dir, f);
+    const t = statSync(file).mtimeMs;
+    if (!best || t > best.t) best = { file, t };
+  }
+  return best?.file;
+}
+
+/** Version of the onnxruntime-node package in use (the CUDA provider must be built for the same). */
+export const ORT_VERSION: string = ort.env.versions.node ?? ort.env.versions.common;

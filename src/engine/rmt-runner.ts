@@ -1,7 +1,10 @@
 // Segment recurrence and KV-cached decoding over a loaded model package.
 // Mirrors the reference algorithm in rmt_toolkit so outputs match golden.json.
 import type { ModelPackage } from './model-package.ts';
-import { float32, int64, type Tensor } from './onnx-runtime.ts';
+import { float16, float32, int64, type Tensor } from './onnx-runtime.ts';
+
+/** A KV cache's elements: float32, or raw IEEE half floats for fp16 graphs (never converted here). */
+export type KvArray = Float32Array | Uint16Array;
 
 export interface SegmentRow {
   ids: readonly number[];
@@ -18,7 +21,7 @@ export interface SegmentResult {
 
 /** Key/value cache for one sequence: [layers, 2, 1, heads, length, head_dim]. */
 export interface KvCache {
-  data: Float32Array;
+  data: KvArray;
   length: number;
 }
 
@@ -49,9 +52,8 @@ export interface SegmentOptions {
   width?: number;
 }
 
-/** Runs one batched segment call; rows are right-padded with the pad id and masked. */
-export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions = {}): Promise<SegmentResult[]> {
-  if (rows.length === 0) return [];
+/** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
+function segmentFeeds(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
   const longest = Math.max(...rows.map((r) => r.ids.length));
   for (const [i, r] of rows.entries()) {
     if (r.ids.length === 0 || r.ids.length > pkg.segmentLength) {
@@ -75,30 +77,73 @@ export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[],
     });
     states.set(r.state, b * stateSize);
   });
-
-  const out = await pkg.sessions.segment.run({
+  const feeds = {
     input_ids: int64(ids, [batch, width]),
     attention_mask: int64(mask, [batch, width]),
     'state.memory': float32(states, [batch, pkg.memoryTokens, pkg.dModel]),
-  });
-  const next = asFloat32(out['next_state.memory'], 'next_state.memory');
+  };
+  return { feeds, width };
+}
+
+function splitStates(pkg: ModelPackage, next: Float32Array, batch: number): Float32Array[] {
+  const stateSize = pkg.memoryTokens * pkg.dModel;
+  // slice() copies, so results do not pin the whole batch buffer.
+  return Array.from({ length: batch }, (_, b) => next.slice(b * stateSize, (b + 1) * stateSize));
+}
+
+/** Runs one batched segment call: next state, last-token logits and per-token log-probabilities. */
+export async function runSegment(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions = {}): Promise<SegmentResult[]> {
+  if (rows.length === 0) return [];
+  const { feeds, width } = segmentFeeds(pkg, rows, options);
+  const out = await pkg.sessions.segment.run(feeds);
+  const batch = rows.length;
+  const next = splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), batch);
   const logits = asFloat32(out.logits, 'logits');
   const logprobs = asFloat32(out.token_logprobs, 'token_logprobs');
   const vocab = logits.length / batch;
-  // slice() copies, so results do not pin the whole batch buffer.
   return rows.map((r, b) => ({
-    nextState: next.slice(b * stateSize, (b + 1) * stateSize),
+    nextState: next[b]!,
     logits: logits.slice(b * vocab, (b + 1) * vocab),
     tokenLogprobs: logprobs.slice(b * width, b * width + r.ids.length),
   }));
 }
 
+/**
+ * The next memory only: the package's segment_state graph when it has one (no vocabulary
+ * projection at all), else the segment graph with only next_state.memory copied back.
+ */
+export async function runSegmentState(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions = {}): Promise<Float32Array[]> {
+  if (rows.length === 0) return [];
+  const { feeds } = segmentFeeds(pkg, rows, options);
+  const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
+  const out = await session.run(feeds, ['next_state.memory']);
+  return splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), rows.length);
+}
+
+function newKv(pkg: ModelPackage, n: number): KvArray {
+  return pkg.kvDtype === 'float16' ? new Uint16Array(n) : new Float32Array(n);
+}
+
+function kvTensor(pkg: ModelPackage, data: KvArray, dims: number[]): Tensor {
+  if (pkg.kvDtype === 'float16') {
+    if (!(data instanceof Uint16Array)) throw new Error('KV cache holds float32 values but the decode graph takes float16');
+    return float16(data, dims);
+  }
+  if (!(data instanceof Float32Array)) throw new Error('KV cache holds float16 values but the decode graph takes float32');
+  return float32(data, dims);
+}
+
+function asKv(pkg: ModelPackage, t: Tensor | undefined): KvArray {
+  if (!t || t.dtype !== pkg.kvDtype) throw new Error(`expected ${pkg.kvDtype} output 'present_key_values', found ${t?.dtype ?? 'none'}`);
+  return t.data as KvArray;
+}
+
 function emptyKv(pkg: ModelPackage): Tensor {
-  return float32(new Float32Array(0), [pkg.kv.layers, 2, 1, pkg.kv.heads, 0, pkg.kv.headDim]);
+  return kvTensor(pkg, newKv(pkg, 0), [pkg.kv.layers, 2, 1, pkg.kv.heads, 0, pkg.kv.headDim]);
 }
 
 function kvFromOutput(pkg: ModelPackage, t: Tensor | undefined): KvCache {
-  const data = asFloat32(t, 'present_key_values');
+  const data = asKv(pkg, t);
   return { data, length: data.length / (pkg.kv.layers * 2 * pkg.kv.heads * pkg.kv.headDim) };
 }
 
@@ -125,7 +170,7 @@ export async function decodeStep(pkg: ModelPackage, token: number, kv: KvCache):
     input_ids: int64([token], [1, 1]),
     attention_mask: int64(ones(kv.length + 1), [1, kv.length + 1]),
     memory: float32(new Float32Array(0), [1, 0, pkg.dModel]),
-    past_key_values: float32(kv.data, [layers, 2, 1, heads, kv.length, headDim]),
+    past_key_values: kvTensor(pkg, kv.data, [layers, 2, 1, heads, kv.length, headDim]),
   });
   return { logits: asFloat32(out.logits, 'logits'), kv: kvFromOutput(pkg, out.present_key_values) };
 }
@@ -193,7 +238,7 @@ export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly numb
  * `data` is [layers, 2, 1, heads, capacity, head_dim]; positions < `length` are valid.
  */
 export interface GrowableKvCache {
-  data: Float32Array;
+  data: KvArray;
   length: number;
   capacity: number;
 }
@@ -253,10 +298,10 @@ export async function prefillBatch(
     input_ids: int64(ids, [batch, width]),
     attention_mask: int64(mask, [batch, M + width]),
     memory: float32(memory, [batch, M, pkg.dModel]),
-    past_key_values: float32(new Float32Array(0), [layers, 2, batch, heads, 0, headDim]),
+    past_key_values: kvTensor(pkg, newKv(pkg, 0), [layers, 2, batch, heads, 0, headDim]),
   });
   const logits = asFloat32(out.logits, 'logits');
-  const present = asFloat32(out.present_key_values, 'present_key_values');
+  const present = asKv(pkg, out.present_key_values);
   const total = M + width;
   if (present.length !== layers * 2 * batch * heads * total * headDim) {
     throw new Error(`present_key_values has ${present.length} values, expected [${layers}, 2, ${batch}, ${heads}, ${total}, ${headDim}]`);
@@ -265,7 +310,7 @@ export async function prefillBatch(
   const blocks = kvBlocks(pkg);
   return rows.map((r, b) => {
     const length = M + r.ids.length;
-    const data = new Float32Array(blocks * capacity * headDim);
+    const data = newKv(pkg, blocks * capacity * headDim);
     for (let j = 0; j < blocks; j++) {
       const lk = Math.floor(j / heads);
       const h = j % heads;
@@ -309,7 +354,7 @@ export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[],
   const longest = Math.max(...rows.map((r) => r.kv.length));
   const P = options.pastLength ?? longest;
   if (!Number.isInteger(P) || P < longest) throw new Error(`decode past length ${P} must be an integer >= ${longest} (the longest cache)`);
-  const past = new Float32Array(layers * 2 * batch * heads * P * headDim);
+  const past = newKv(pkg, layers * 2 * batch * heads * P * headDim);
   const mask = new BigInt64Array(batch * (P + 1));
   rows.forEach((r, b) => {
     const { data, length, capacity } = r.kv;
@@ -326,10 +371,10 @@ export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[],
     input_ids: int64(rows.map((r) => r.token), [batch, 1]),
     attention_mask: int64(mask, [batch, P + 1]),
     memory: float32(new Float32Array(0), [batch, 0, pkg.dModel]),
-    past_key_values: float32(past, [layers, 2, batch, heads, P, headDim]),
+    past_key_values: kvTensor(pkg, past, [layers, 2, batch, heads, P, headDim]),
   });
   const logits = asFloat32(out.logits, 'logits');
-  const present = asFloat32(out.present_key_values, 'present_key_values');
+  const present = asKv(pkg, out.present_key_values);
   if (present.length !== layers * 2 * batch * heads * (P + 1) * headDim) {
     throw new Error(`present_key_values has ${present.length} values, expected [${layers}, 2, ${batch}, ${heads}, ${P + 1}, ${headDim}]`);
   }

@@ -73,14 +73,19 @@ class SessionCursor {
   generatedSinceCommit = 0;
 
   async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {
-    const out = await this.ctx.engine.segment(this.model.name, this.rec.tail, this.rec.state);
+    let nextState: Float32Array;
     if (scores) {
+      const out = await this.ctx.engine.segment(this.model.name, this.rec.tail, this.rec.state);
       let nll = 0;
       for (let t = 1; t < out.tokenLogprobs.length; t++) nll -= out.tokenLogprobs[t]!;
       const n = Math.max(1, out.tokenLogprobs.length - 1);
       scores.push({ segment: this.rec.segmentsCommitted + 1, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
+      nextState = out.nextState;
+    } else {
+      // No scores wanted: the memory alone, without projecting every position onto the vocabulary.
+      nextState = await this.ctx.engine.advance(this.model.name, this.rec.tail, this.rec.state);
     }
-    await this.commit({ state: out.nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
+    await this.commit({ state: nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
   }
 
   async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {

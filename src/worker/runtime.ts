@@ -47,10 +47,14 @@ export async function startWorkerRuntime(
     executionProvider: config.executionProvider,
     deviceId: config.deviceId,
     precision: config.precision,
+    cpuFallback: config.cpuFallback,
+    ...(config.ortProfileDir ? { profileDir: config.ortProfileDir } : {}),
     ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
   });
+  const device = engine.device();
+  if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
   const tokenizers = new Map<string, TextTokenizer>();
   for (const m of engine.models()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
   const metrics = new WorkerMetrics(opts.registry);
