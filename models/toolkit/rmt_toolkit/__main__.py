@@ -160,6 +160,13 @@ def cmd_random(a):
     print(f"wrote {a.out}")
 
 
+def cmd_state_graph(a):
+    from .state_graph import add_state_graph
+
+    for p in a.precisions.split(","):
+        print(p, json.dumps(add_state_graph(a.package, p)))
+
+
 def cmd_convert(a):
     from .convert import convert
 
@@ -283,6 +290,11 @@ def main(argv=None):
     s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_random)
+
+    s = sub.add_parser("state-graph", help="add the segment_state graph (next memory only) to an existing package")
+    s.add_argument("--package", required=True)
+    s.add_argument("--precisions", default="fp32,fp16")
+    s.set_defaults(fn=cmd_state_graph)
 
     s = sub.add_parser("convert", help="Hugging Face GPT-2 RMT checkpoint (MemoryCell + RecurrentWrapper) -> checkpoint")
     s.add_argument("--checkpoint", required=True, help="pytorch_model.bin / model.safetensors / torch.save'd state dict")

@@ -60,7 +60,7 @@ def _export(module, args, path, io, dynamic_axes, exporter: str):
 
 
 def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto") -> dict:
-    """Writes segment[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names."""
+    """Writes segment[.fp16].onnx, segment.state[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names."""
     cfg = model.cfg
     if precision == "fp16":
         if not torch.cuda.is_available():
@@ -92,8 +92,12 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
             "logits": {0: "batch"}, "present_key_values": {2: "batch", 4: "total_length"}}, used)
     weights = f"weights{suffix}.bin"
     share_weights([seg_path, dec_path], os.path.join(out_dir, weights))
-    return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path), "weights": weights,
-            "exporter": used}
+    from .state_graph import prune_to_state
+
+    state_path = os.path.join(out_dir, f"segment.state{suffix}.onnx")
+    prune_to_state(seg_path, state_path)
+    return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path),
+            "segment_state": os.path.basename(state_path), "weights": weights, "exporter": used}
 
 
 def share_weights(graph_paths: list[str], weights_path: str, min_bytes: int = 1024) -> None:

@@ -1,0 +1,143 @@
+// Engine limit: raw onnxruntime segment steps, no engine thread, queue or Redis. For each precision
+// and batch size the segment_state graph (next memory only: what ingest runs) is called with full
+// segments of fixed token ids, the feeds built once, and only session.run is timed.
+//
+//   node --import tsx bench/engine-limit.ts
+//
+// Environment: MODEL_DIR (a package folder; default models/rmt-brown-small), PROVIDER (cuda | cpu,
+// default cuda), DEVICE_ID (0), PRECISIONS ("fp32,fp16"), BATCHES ("1,2,4,8,16,32,64,128,256"),
+// SECONDS per point (2), PEAK_TFLOPS (798: the dense bf16 matrix rate measured on the H100 used),
+// PROFILE_BATCH (a batch size to profile with onnxruntime's profiler, per precision; empty = none),
+// PROFILE_ONLY=1 (skip the sweep), OUT_JSON (write the results there too). Profile in a process
+// started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
+//
+// FLOPs per row and segment (what the architecture needs; the memory positions included):
+//   layers × (24·T·d² + 4·T²·d),  T = segment_length + 2·memory_tokens (read memory, tokens, write memory)
+// 24·T·d²: the QKV, output and two MLP projections (d_ff = 4d); 4·T²·d: QK^T and AV over the full T×T
+// score matrix (the graph computes it whole and masks). Embedding gathers, norms and softmax are not
+// counted. No vocabulary projection: the segment_state graph has none.
+// MFU = FLOPs per step / step time / PEAK_TFLOPS.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { loadModelPackage, type ModelPackage, type Precision } from '../src/engine/model-package.ts';
+import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
+import { percentile, tokens } from './bench-support.ts';
+import { summariseProfile } from './ort-profile.ts';
+
+const MODEL_DIR = path.resolve(process.env.MODEL_DIR ?? 'models/rmt-brown-small');
+const PROVIDER = (process.env.PROVIDER ?? 'cuda') as 'cuda' | 'cpu';
+const DEVICE_ID = Number(process.env.DEVICE_ID ?? 0);
+const PRECISIONS = (process.env.PRECISIONS ?? 'fp32,fp16').split(',') as Precision[];
+const BATCHES = (process.env.BATCHES ?? '1,2,4,8,16,32,64,128,256').split(',').map(Number);
+const SECONDS = Number(process.env.SECONDS ?? 2);
+const PEAK_TFLOPS = Number(process.env.PEAK_TFLOPS ?? 798);
+const PROFILE_BATCH = process.env.PROFILE_BATCH ? Number(process.env.PROFILE_BATCH) : undefined;
+const OUT_JSON = process.env.OUT_JSON;
+
+export interface LimitPoint {
+  precision: Precision;
+  batch: number;
+  runs: number;
+  stepMsP50: number;
+  stepMsMin: number;
+  stepMsMax: number;
+  tokPerS: number;
+  tflops: number;
+  mfu: number;
+}
+
+export function flopsPerRow(cfg: { n_layers: number; d_model: number; segment_length: number; memory_tokens: number }): number {
+  const T = cfg.segment_length + 2 * cfg.memory_tokens;
+  const d = cfg.d_model;
+  return cfg.n_layers * (24 * T * d * d + 4 * T * T * d);
+}
+
+function feeds(pkg: ModelPackage, batch: number): Record<string, Tensor> {
+  const S = pkg.segmentLength;
+  const ids = new BigInt64Array(batch * S);
+  for (let b = 0; b < batch; b++) tokens(b + 1, S, Math.min(pkg.vocabSize, 4096)).forEach((t, i) => (ids[b * S + i] = BigInt(t)));
+  const state = new Float32Array(batch * pkg.memoryTokens * pkg.dModel);
+  for (let b = 0; b < batch; b++) state.set(pkg.initState.memory!, b * pkg.memoryTokens * pkg.dModel);
+  return {
+    input_ids: int64(ids, [batch, S]),
+    attention_mask: int64(new BigInt64Array(batch * S).fill(1n), [batch, S]),
+    'state.memory': float32(state, [batch, pkg.memoryTokens, pkg.dModel]),
+  };
+}
+
+async function timeRuns(session: Session, f: Record<string, Tensor>): Promise<number[]> {
+  for (let i = 0; i < 3; i++) await session.run(f, ['next_state.memory']); // first runs allocate and tune
+  const times: number[] = [];
+  const end = performance.now() + SECONDS * 1000;
+  while (performance.now() < end || times.length < 5) {
+    const t0 = performance.now();
+    await session.run(f, ['next_state.memory']);
+    times.push(performance.now() - t0);
+  }
+  return times.sort((a, b) => a - b);
+}
+
+async function main(): Promise<void> {
+  const manifest = JSON.parse(readFileSync(path.join(MODEL_DIR, 'model.json'), 'utf8')) as { name: string; config: Parameters<typeof flopsPerRow>[0] };
+  const perRow = flopsPerRow(manifest.config);
+  console.log(
+    `engine limit bench: ${manifest.name} (${manifest.config.n_layers} layers, d=${manifest.config.d_model}, S=${manifest.config.segment_length}, M=${manifest.config.memory_tokens}), ` +
+      `${PROVIDER}${PROVIDER === 'cuda' ? `:${DEVICE_ID}` : ''}, ${os.cpus().length} CPUs, node ${process.version}; ${(perRow / 1e9).toFixed(2)} GFLOP per row-segment; ` +
+      `MFU against ${PEAK_TFLOPS} TFLOP/s; ${SECONDS} s per point`,
+  );
+  const points: LimitPoint[] = [];
+  const profiles: Record<string, unknown> = {};
+  for (const precision of PRECISIONS) {
+    const t0 = performance.now();
+    const pkg = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision });
+    const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
+    console.log(`${precision}: loaded in ${(performance.now() - t0).toFixed(0)} ms, graph ${path.basename(session.file)}`);
+    try {
+      for (const batch of process.env.PROFILE_ONLY ? [] : BATCHES) {
+        let times: number[];
+        try {
+          times = await timeRuns(session, feeds(pkg, batch));
+        } catch (err) {
+          console.log(`${precision} batch ${batch}: failed: ${(err as Error).message.slice(0, 300)}`);
+          break;
+        }
+        const p50 = percentile(times, 50);
+        const flops = perRow * batch;
+        const p: LimitPoint = {
+          precision, batch, runs: times.length, stepMsP50: p50, stepMsMin: times[0]!, stepMsMax: times[times.length - 1]!,
+          tokPerS: (batch * pkg.segmentLength) / (p50 / 1000), tflops: flops / (p50 / 1000) / 1e12, mfu: flops / (p50 / 1000) / (PEAK_TFLOPS * 1e12),
+        };
+        points.push(p);
+        console.log(
+          `${precision} batch ${String(batch).padStart(3)} | step p50 ${p50.toFixed(2)} ms (min ${p.stepMsMin.toFixed(2)}, max ${p.stepMsMax.toFixed(2)}, ${p.runs} runs) | ` +
+            `${Math.round(p.tokPerS)} tok/s | ${p.tflops.toFixed(1)} TFLOP/s | MFU ${(p.mfu * 100).toFixed(1)} %`,
+        );
+      }
+    } finally {
+      await pkg.release();
+    }
+    if (PROFILE_BATCH !== undefined) {
+      const dir = path.resolve(process.env.PROFILE_DIR ?? 'bench/out/profiles');
+      mkdirSync(dir, { recursive: true });
+      const prof = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision, profileDir: dir });
+      const s = prof.sessions.segmentState ?? prof.sessions.segment;
+      const f = feeds(prof, PROFILE_BATCH);
+      for (let i = 0; i < 5; i++) await s.run(f, ['next_state.memory']);
+      const file = s.endProfiling();
+      await prof.release();
+      if (file) {
+        const summary = summariseProfile(file, 5);
+        profiles[precision] = { batch: PROFILE_BATCH, file: path.basename(file), ...summary };
+        console.log(`${precision} profile at batch ${PROFILE_BATCH} (${path.basename(file)}): per run ${summary.runMs.toFixed(2)} ms, kernels ${summary.kernelMs.toFixed(2)} ms`);
+        for (const o of summary.byOpType.slice(0, 12)) {
+          console.log(`  ${o.opType.padEnd(28)} ${o.provider.padEnd(22)} ${String(o.nodes).padStart(4)} nodes ${o.ms.toFixed(2).padStart(8)} ms ${(o.share * 100).toFixed(1).padStart(5)} %`);
+        }
+      }
+    }
+  }
+  if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify({ model: manifest.name, config: manifest.config, provider: PROVIDER, peakTflops: PEAK_TFLOPS, flopsPerRow: perRow, points, profiles }, null, 1));
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();

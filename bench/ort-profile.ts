@@ -1,0 +1,44 @@
+// Summarises an onnxruntime profile (the JSON its profiler writes): time per op type and provider.
+// Node events come as <node>_fence_before / <node>_kernel_time / <node>_fence_after; only
+// kernel_time counts. With the CUDA provider a kernel's time is the host time of its launch unless
+// the process runs with CUDA_LAUNCH_BLOCKING=1 (then each kernel waits for the GPU): profile that way.
+import { readFileSync } from 'node:fs';
+
+interface OrtEvent {
+  cat: string;
+  name: string;
+  dur: number;
+  args?: { op_name?: string; provider?: string };
+}
+
+export interface ProfileSummary {
+  runs: number;
+  /** Mean wall time of one model_run (ms). */
+  runMs: number;
+  /** Mean sum of kernel times per run (ms). */
+  kernelMs: number;
+  byOpType: { opType: string; provider: string; nodes: number; ms: number; share: number }[];
+}
+
+export function summariseProfile(file: string, runsHint?: number): ProfileSummary {
+  const events = JSON.parse(readFileSync(file, 'utf8')) as OrtEvent[];
+  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run');
+  const n = Math.max(1, runs.length || runsHint || 1);
+  const byKey = new Map<string, { opType: string; provider: string; nodes: Set<string>; us: number }>();
+  let kernelUs = 0;
+  for (const e of events) {
+    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
+    const opType = e.args?.op_name ?? '?';
+    const provider = e.args?.provider ?? '?';
+    const key = `${opType}\u0000${provider}`;
+    let o = byKey.get(key);
+    if (!o) byKey.set(key, (o = { opType, provider, nodes: new Set(), us: 0 }));
+    o.nodes.add(e.name);
+    o.us += e.dur;
+    kernelUs += e.dur;
+  }
+  const byOpType = [...byKey.values()]
+    .map((o) => ({ opType: o.opType, provider: o.provider, nodes: o.nodes.size, ms: o.us / 1000 / n, share: kernelUs ? o.us / kernelUs : 0 }))
+    .sort((a, b) => b.ms - a.ms);
+  return { runs: runs.length, runMs: runs.reduce((s, e) => s + e.dur, 0) / 1000 / n, kernelMs: kernelUs / 1000 / n, byOpType };
+}

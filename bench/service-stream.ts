@@ -1,0 +1,333 @@
+// The service end to end, as deployed: a private redis-server, an `rmt-serve api` process and an
+// `rmt-serve worker` process (its own engine thread, CUDA or CPU), and this process as N websocket
+// clients. Each client creates a session, streams a document of DOC_TOKENS (about) as append
+// messages of CHUNK characters, then sends a 1-token generate as a barrier (it runs after every
+// append of the session is applied). Then GEN levels: N concurrent generations of GEN_TOKENS tokens.
+//
+//   node --import tsx bench/service-stream.ts
+//
+// Environment: MODEL (package name), MODELS_DIR, PROVIDER (cuda | cpu), PRECISION (fp16 | fp32),
+// SESSIONS ("1,8,64,256"), DOC_TOKENS per session (200000 / N at least 4 segments; see docTokens),
+// CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
+// (default MODEL), MAX_BATCH (256), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
+// that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
+//
+// What is measured, per level:
+//   tok/s        Σ tokens ingested (read back from GET /v1/sessions/:id) / wall time from the first
+//                append sent to the last barrier answered.
+//   seg latency  per session, the gap between consecutive `progress` events divided by the segments
+//                they advanced: how long one segment of that session took, queueing included.
+//   rows/run     the worker's rmt_engine_batch_rows histogram (scraped from its /metrics port).
+//   step ms      the worker's rmt_engine_step_seconds: mean onnxruntime run time per segment batch.
+//   overhead     seg latency p50 − step ms: time a segment spends outside onnxruntime.
+//   gpu %        nvidia-smi utilization.gpu sampled every 100 ms during the level (mean).
+//   TTFT / ITL   generate sent → first token message; gaps between token messages.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { startRedis } from '../test/support/redis-server.ts';
+import { freePort } from '../test/support/redis-server.ts';
+import { percentile } from './bench-support.ts';
+
+interface Ws {
+  readyState: number;
+  bufferedAmount: number;
+  send(data: string): void;
+  close(): void;
+  on(ev: string, fn: (...args: any[]) => void): void;
+}
+const { WebSocket } = createRequire(import.meta.url)('ws') as { WebSocket: new (url: string) => Ws };
+
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const MODEL = process.env.MODEL ?? 'rmt-brown-small';
+const MODELS_DIR = path.resolve(process.env.MODELS_DIR ?? path.join(ROOT, 'models'));
+const PROVIDER = process.env.PROVIDER ?? 'cuda';
+const PRECISION = process.env.PRECISION ?? 'fp16';
+const LEVELS = (process.env.SESSIONS ?? '1,8,64,256').split(',').filter(Boolean).map(Number);
+const CHUNK = Number(process.env.CHUNK ?? 65536);
+const GEN = (process.env.GEN ?? '1,8,64').split(',').filter(Boolean).map(Number);
+const GEN_TOKENS = Number(process.env.GEN_TOKENS ?? 64);
+const GEN_MODEL = process.env.GEN_MODEL ?? MODEL;
+const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
+const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
+const OUT_JSON = process.env.OUT_JSON;
+/** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
+const CHARS_PER_TOKEN = 4.3;
+
+function docTokens(n: number): number {
+  return Number(process.env.DOC_TOKENS ?? Math.max(8 * 512, Math.round(2_000_000 / n)));
+}
+
+const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
+  'her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some ' +
+  'could time these two may then do first any my now such like our over man me even most made after also did many before must through back years ' +
+  'where much your way well down should because each just those people how too little state good very make world still own see men work long get ' +
+  'here between both life being under never day same another know while last might us great old year off come since against go came right used take three').split(' ');
+
+/** Deterministic English-like text of about `tokens` tokens. */
+export function syntheticText(seed: number, tokens: number): string {
+  let x = (seed * 2654435761) >>> 0 || 1;
+  const parts: string[] = [];
+  let chars = 0;
+  const want = tokens * CHARS_PER_TOKEN;
+  while (chars < want) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    const w = WORDS[(x >>> 8) % WORDS.length]!;
+    parts.push(w);
+    chars += w.length + 1;
+    if ((x >>> 3) % 13 === 0) parts.push(x % 2 ? '.' : ',');
+  }
+  return parts.join(' ');
+}
+
+function chunksOf(text: string, n: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < text.length; i += n) out.push(text.slice(i, i + n));
+  return out;
+}
+
+function rmtServe(role: string, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderr!.on('data', (d: Buffer) => process.stderr.write(`[${role}] ${d}`));
+  child.stdout!.on('data', (d: Buffer) => {
+    for (const line of String(d).split('\n')) if (/"level":(40|50|60)/.test(line)) process.stderr.write(`[${role}] ${line}\n`);
+  });
+  return child;
+}
+
+async function waitReady(base: string, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    try {
+      const r = await fetch(`${base}/readyz`);
+      if (r.status === 200) return;
+    } catch {
+      /* not listening yet */
+    }
+    if (Date.now() > end) throw new Error(`service not ready after ${deadlineMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function json<T>(res: Response): Promise<T> {
+  if (!res.ok) throw new Error(`${res.url}: HTTP ${res.status} ${await res.text()}`);
+  return (await res.json()) as T;
+}
+
+async function createSession(base: string, model: string): Promise<string> {
+  const s = await json<{ id: string }>(await fetch(`${base}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model }) }));
+  return s.id;
+}
+
+interface Metrics {
+  rows: { sum: number; count: number };
+  step: { sum: number; count: number };
+}
+
+async function scrape(url: string): Promise<Metrics> {
+  const text = await (await fetch(url)).text();
+  const pick = (name: string) => {
+    let sum = 0;
+    let count = 0;
+    for (const line of text.split('\n')) {
+      if (line.startsWith(`${name}_sum{`) && /graph="(segment|advance)"/.test(line)) sum += Number(line.split(' ').pop());
+      if (line.startsWith(`${name}_count{`) && /graph="(segment|advance)"/.test(line)) count += Number(line.split(' ').pop());
+    }
+    return { sum, count };
+  };
+  return { rows: pick('rmt_engine_batch_rows'), step: pick('rmt_engine_step_seconds') };
+}
+
+function gpuSampler(): { stop(): number | undefined } {
+  if (spawnSync('nvidia-smi', ['-L']).error) return { stop: () => undefined };
+  const samples: number[] = [];
+  const p = spawn('nvidia-smi', ['--query-gpu=utilization.gpu', '--format=csv,noheader,nounits', '-lms', '100'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  p.stdout.on('data', (d: Buffer) => {
+    for (const l of String(d).split('\n')) if (l.trim() !== '' && !Number.isNaN(Number(l))) samples.push(Number(l));
+  });
+  return {
+    stop() {
+      p.kill();
+      return samples.length ? samples.reduce((a, b) => a + b, 0) / samples.length : undefined;
+    },
+  };
+}
+
+interface StreamResult {
+  segGaps: number[];
+  sendStart: number;
+  end: number;
+}
+
+/** Streams `text` into one session and waits for the barrier generation. */
+function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: number) => void): Promise<StreamResult> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${wsBase}/v1/sessions/${id}/stream`);
+    const chunks = chunksOf(text, CHUNK);
+    const segGaps: number[] = [];
+    let lastT = 0;
+    let lastSeg = 0;
+    let sendStart = 0;
+    ws.on('error', reject);
+    ws.on('message', (data: Buffer) => {
+      const m = JSON.parse(String(data)) as Record<string, any>;
+      if (m.type === 'hello') {
+        sendStart = performance.now();
+        lastT = sendStart;
+        void (async () => {
+          for (let i = 0; i < chunks.length; i++) {
+            while (ws.bufferedAmount > 4 << 20) await new Promise((r) => setTimeout(r, 2));
+            ws.send(JSON.stringify({ type: 'append', seq: m.last_seq + 1 + i, text: chunks[i], ...(i === chunks.length - 1 ? { flush: true } : {}) }));
+          }
+          ws.send(JSON.stringify({ type: 'generate', max_tokens: 1, temperature: 0 }));
+        })();
+      } else if (m.type === 'progress') {
+        const t = performance.now();
+        const n = m.segments_committed - lastSeg;
+        if (n > 0) {
+          if (lastSeg > 0) for (let k = 0; k < n; k++) segGaps.push((t - lastT) / n);
+          lastSeg = m.segments_committed;
+          lastT = t;
+        }
+        onProgress?.(m.tokens_ingested);
+      } else if (m.type === 'done') {
+        ws.close();
+        resolve({ segGaps, sendStart, end: performance.now() });
+      } else if (m.type === 'error') {
+        reject(new Error(`session ${id}: ${m.code}: ${m.message}`));
+      }
+    });
+  });
+}
+
+function generate(wsBase: string, id: string, prompt: string): Promise<{ ttft: number; itl: number[]; tokens: number }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${wsBase}/v1/sessions/${id}/stream`);
+    let t0 = 0;
+    let last = 0;
+    let ttft = NaN;
+    const itl: number[] = [];
+    let n = 0;
+    ws.on('error', reject);
+    ws.on('message', (data: Buffer) => {
+      const m = JSON.parse(String(data)) as Record<string, any>;
+      if (m.type === 'hello') {
+        t0 = performance.now();
+        ws.send(JSON.stringify({ type: 'generate', max_tokens: GEN_TOKENS, text: prompt, temperature: 0 }));
+      } else if (m.type === 'token') {
+        const t = performance.now();
+        if (n === 0) ttft = t - t0;
+        else itl.push(t - last);
+        last = t;
+        n++;
+      } else if (m.type === 'done') {
+        ws.close();
+        resolve({ ttft, itl, tokens: n });
+      } else if (m.type === 'error') reject(new Error(`${m.code}: ${m.message}`));
+    });
+  });
+}
+
+async function main(): Promise<void> {
+  const redis = await startRedis();
+  const port = await freePort();
+  const metricsPort = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const wsBase = `ws://127.0.0.1:${port}`;
+  const models = [...new Set([MODEL, GEN_MODEL])].join(',');
+  const common = { REDIS_URL: redis.url, RMT_MODELS: models, RMT_MODELS_DIR: MODELS_DIR, LOG_LEVEL: 'warn', RMT_PREFIX: `bench${Date.now()}` };
+  const worker = rmtServe('worker', {
+    ...common, RMT_EXECUTION_PROVIDER: PROVIDER, RMT_PRECISION: PRECISION, RMT_MAX_BATCH: String(MAX_BATCH),
+    RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(Math.max(64, 2 * MAX_BATCH)),
+    RMT_WORKER_METRICS_PORT: String(metricsPort),
+  });
+  const api = rmtServe('api', { ...common, PORT: String(port) });
+  const results: Record<string, unknown>[] = [];
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  try {
+    const t0 = performance.now();
+    await waitReady(base, 300_000);
+    console.log(
+      `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api + worker processes, redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
+        `RMT_MAX_BATCH ${MAX_BATCH}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
+    // Warm-up: every batch shape the levels will use allocates on first use.
+    await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
+    for (const n of LEVELS) {
+      const tokensEach = docTokens(n);
+      const ids = await Promise.all(Array.from({ length: n }, () => createSession(base, MODEL)));
+      const texts = ids.map((_, i) => syntheticText(i + 1, tokensEach));
+      const before = await scrape(`http://127.0.0.1:${metricsPort}/metrics`);
+      const gpu = gpuSampler();
+      const runs = await Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!)));
+      const gpuPct = gpu.stop();
+      const after = await scrape(`http://127.0.0.1:${metricsPort}/metrics`);
+      const start = Math.min(...runs.map((r) => r.sendStart));
+      const end = Math.max(...runs.map((r) => r.end));
+      let tokens = 0;
+      for (const id of ids) tokens += (await json<{ tokens_ingested: number }>(await fetch(`${base}/v1/sessions/${id}`))).tokens_ingested;
+      const gaps = runs.flatMap((r) => r.segGaps).sort((a, b) => a - b);
+      const batches = after.rows.count - before.rows.count;
+      const rowsMean = batches ? (after.rows.sum - before.rows.sum) / batches : NaN;
+      const stepMs = batches ? ((after.step.sum - before.step.sum) / batches) * 1000 : NaN;
+      const p50 = percentile(gaps, 50);
+      const r = {
+        sessions: n, tokens, seconds: (end - start) / 1000, tokPerS: tokens / ((end - start) / 1000), segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
+        rowsPerRun: rowsMean, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
+      };
+      results.push(r);
+      console.log(
+        `N=${String(n).padStart(3)} | ${Math.round(r.tokPerS)} tok/s (${tokens} tokens in ${r.seconds.toFixed(2)} s) | seg latency p50 ${p50.toFixed(1)} ms p99 ${r.segLatencyP99.toFixed(1)} ms | ` +
+          `rows/run ${rowsMean.toFixed(1)} | step ${stepMs.toFixed(2)} ms | overhead ${r.overheadMs.toFixed(1)} ms | gpu ${gpuPct?.toFixed(0) ?? '-'} %`,
+      );
+      await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
+    }
+    const gen: Record<string, unknown>[] = [];
+    out.generation = gen;
+    for (const n of GEN) {
+      const ids = await Promise.all(Array.from({ length: n }, () => createSession(base, GEN_MODEL)));
+      const rs = await Promise.all(ids.map((id, i) => generate(wsBase, id, syntheticText(500 + i, 200))));
+      const ttft = rs.map((r) => r.ttft).sort((a, b) => a - b);
+      const itl = rs.flatMap((r) => r.itl).sort((a, b) => a - b);
+      const g = { concurrent: n, tokens: rs.reduce((s, r) => s + r.tokens, 0), ttftP50: percentile(ttft, 50), ttftP99: percentile(ttft, 99), itlP50: percentile(itl, 50), itlP99: percentile(itl, 99) };
+      gen.push(g);
+      console.log(`generate ${GEN_MODEL} N=${String(n).padStart(2)} × ${GEN_TOKENS} tokens | TTFT p50 ${g.ttftP50.toFixed(1)} ms p99 ${g.ttftP99.toFixed(1)} ms | ITL p50 ${g.itlP50.toFixed(1)} ms p99 ${g.itlP99.toFixed(1)} ms`);
+      await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
+    }
+    if (ONE_DOC_TOKENS > 0) out.oneDocument = await oneDocument(base, wsBase, redis.url);
+  } finally {
+    worker.kill('SIGTERM');
+    api.kill('SIGTERM');
+    await Promise.all([worker, api].map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
+    await redis.stop();
+  }
+  if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify(out, null, 1));
+}
+
+/** One document of ONE_DOC_TOKENS through one session; the session's Redis bytes at 1k tokens and at the end. */
+async function oneDocument(base: string, wsBase: string, redisUrl: string): Promise<Record<string, unknown>> {
+  const { Redis } = await import('ioredis');
+  const { redisKeys } = await import('../src/state/keys.ts');
+  const r = new Redis(redisUrl);
+  const prefix = (await r.keys('*:session:*'))[0]?.split(':session:')[0];
+  const id = await createSession(base, MODEL);
+  const key = redisKeys(prefix ?? 'rmt').session(id);
+  const bytes = async () => Number(await r.call('MEMORY', 'USAGE', key, 'SAMPLES', '0'));
+  // The first 1k tokens alone, to read the session's size there.
+  await stream(wsBase, id, syntheticText(7, 1000));
+  const at1k = { tokens: (await json<{ tokens_ingested: number }>(await fetch(`${base}/v1/sessions/${id}`))).tokens_ingested, bytes: await bytes() };
+  const text = syntheticText(8, ONE_DOC_TOKENS - at1k.tokens);
+  const t0 = performance.now();
+  const run = await stream(wsBase, id, text);
+  const wall = (run.end - t0) / 1000;
+  const end = { tokens: (await json<{ tokens_ingested: number }>(await fetch(`${base}/v1/sessions/${id}`))).tokens_ingested, bytes: await bytes() };
+  r.disconnect();
+  const res = { at1k, end, streamedTokens: end.tokens - at1k.tokens, wallSeconds: wall, tokPerS: (end.tokens - at1k.tokens) / wall, chars: text.length };
+  console.log(`one document: ${end.tokens - at1k.tokens} tokens (${text.length} chars) in ${wall.toFixed(2)} s = ${Math.round(res.tokPerS)} tok/s; session bytes ${at1k.bytes} after ${at1k.tokens} tokens, ${end.bytes} after ${end.tokens}`);
+  return res;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();
