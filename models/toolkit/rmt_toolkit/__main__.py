@@ -156,7 +156,7 @@ def cmd_random(a):
     graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
               for p in a.precisions.split(",")}
     write_package(ck, a.out, "rmt-gpt2-small-random", "GPT-2-small-shaped RMT, random weights, for throughput "
-                  "benchmarks only (not committed)", None, graphs)
+                  "benchmarks only (not committed)", a.tokenizer, graphs)
     print(f"wrote {a.out}")
 
 
@@ -289,6 +289,7 @@ def main(argv=None):
     s.add_argument("--precisions", default="fp32,fp16")
     s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tokenizer", help="tokenizer.json to ship (a smaller vocabulary is fine: its ids are valid ids here)")
     s.set_defaults(fn=cmd_random)
 
     s = sub.add_parser("state-graph", help="add the segment_state graph (next memory only) to an existing package")

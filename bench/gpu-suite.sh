@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of BENCHMARKS.md, run from a checkout on a host where the GPU bundle is installed
+# (npm run bundle:gpu; rmt-serve-gpu-install.sh DIR). Uses the bundle's node, node_modules (with the
+# CUDA provider) and redis-server, the checkout's bench/ and src/ (through tsx), and Python with
+# torch, transformers, onnx and onnxruntime for the model export and the PyTorch reference.
+#
+#   BUNDLE=/opt/rmt/rmt-serve-gpu bash bench/gpu-suite.sh <step>...
+#
+# Steps: prepare (random GPT-2-small-shaped package, segment_state graphs for the bundled shipped
+# models), limit (bench/engine-limit.ts, both models, fp32 and fp16, and a profile), reference
+# (bench/reference-pytorch.py), service (bench/service-stream.ts, GPT-2-small fp16, generation on the
+# shipped LM, one 1M-token document), plots. Results: $OUT (default bench/out/gpu).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUNDLE=${BUNDLE:?set BUNDLE to the installed bundle folder (the one holding rmt-serve-gpu)}
+OUT=${OUT:-bench/out/gpu}
+MODELS=${MODELS:-$BUNDLE/models}
+NODE=$BUNDLE/bin/node
+export LD_LIBRARY_PATH=${CUDA_LIB_DIR:-/usr/local/cuda-13.0/targets/x86_64-linux/lib}:${CUDNN_LIB_DIR:-/usr/lib/x86_64-linux-gnu}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PATH=$BUNDLE/bin:$PATH
+export PYTHONPATH=$PWD/models/toolkit${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+# The checkout's TypeScript runs with the bundle's production node_modules (tsx, onnxruntime-node).
+[ -e node_modules ] || ln -s "$BUNDLE/node_modules" node_modules
+GPT2=rmt-gpt2-small-random
+
+step_prepare() {
+  python3 -m rmt_toolkit random-gpt2-small --out "$MODELS/$GPT2" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
+  python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-small" --precisions fp32,fp16
+  python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-lm" --precisions fp32
+}
+
+step_limit() {
+  MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/limit-gpt2.txt"
+  MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/limit-small.txt"
+  # Per-op GPU time: every kernel waits for the GPU, so its profile time is its GPU time.
+  CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$GPT2 \
+    OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/profile-gpt2.txt"
+}
+
+step_reference() {
+  python3 bench/reference-pytorch.py --ckpt "$MODELS/$GPT2/model.pt" --docs 1,8,64,256 --segments 8 --single-docs 64 \
+    --out "$OUT/reference.json" | tee "$OUT/reference.txt"
+}
+
+step_service() {
+  MODELS_DIR=$MODELS MODEL=$GPT2 PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN:-1,8,64} GEN_MODEL=rmt-brown-small \
+    ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} OUT_JSON=$OUT/service.json "$NODE" --import tsx bench/service-stream.ts | tee "$OUT/service.txt"
+}
+
+step_plots() {
+  python3 bench/plots.py "$OUT"
+}
+
+for s in "$@"; do "step_$s"; done

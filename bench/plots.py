@@ -1,0 +1,86 @@
+"""PNG plots for BENCHMARKS.md from the JSON the GPU benches write (bench/gpu-suite.sh plots).
+
+  python3 bench/plots.py bench/out/gpu     (needs matplotlib)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(d, name):
+    p = os.path.join(d, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def engine_plot(d, lim, tag):
+    pts = lim["points"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for prec in ("fp32", "fp16"):
+        p = [x for x in pts if x["precision"] == prec]
+        if not p:
+            continue
+        b = [x["batch"] for x in p]
+        a1.plot(b, [x["tokPerS"] / 1e3 for x in p], "o-", label=prec)
+        a2.plot(b, [x["mfu"] * 100 for x in p], "o-", label=prec)
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("batch (sessions per onnxruntime run)")
+        a.grid(alpha=0.3)
+        a.legend()
+    a1.set_ylabel("k tokens/s")
+    a2.set_ylabel(f"MFU % of {lim['peakTflops']} TFLOP/s")
+    a2.axhline(40, color="grey", ls="--", lw=1)
+    fig.suptitle(f"engine limit: {lim['model']} segment steps, onnxruntime {lim['provider']}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, f"engine-limit-{tag}.png"), dpi=110)
+
+
+def service_plot(d, svc, lim, ref):
+    lv = svc["levels"]
+    n = [x["sessions"] for x in lv]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(n, [x["tokPerS"] / 1e3 for x in lv], "o-", label="service (websocket → API → Redis/BullMQ → worker)")
+    if lim:
+        e = {x["batch"]: x["tokPerS"] for x in lim["points"] if x["precision"] == svc["precision"]}
+        ax.plot([k for k in n if k in e], [e[k] / 1e3 for k in n if k in e], "s--", label=f"engine limit ({svc['precision']}, same batch)")
+    if ref:
+        for loop, mk in (("authors", "^:"), ("lean", "v:")):
+            r = {x["docs"]: x["tokPerS"] for x in ref["results"] if x["loop"] == loop and x["mode"] == "batched"}
+            ax.plot([k for k in n if k in r], [r[k] / 1e3 for k in n if k in r], mk, label=f"PyTorch reference, batched ({loop})")
+            one = [x["tokPerS"] for x in ref["results"] if x["loop"] == loop and x["mode"] == "one at a time"]
+            if one:
+                ax.axhline(one[0] / 1e3, ls=":", lw=1, color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel("k tokens/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{svc['model']} ({svc['precision']}) end to end")
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "service.png"), dpi=110)
+
+
+def main():
+    d = sys.argv[1]
+    lg = load(d, "limit-gpt2.json")
+    ls = load(d, "limit-small.json")
+    if lg:
+        engine_plot(d, lg, "gpt2-small")
+    if ls:
+        engine_plot(d, ls, "rmt-brown-small")
+    svc = load(d, "service.json")
+    if svc:
+        service_plot(d, svc, lg, load(d, "reference.json"))
+    print("plots written to", d)
+
+
+if __name__ == "__main__":
+    main()
