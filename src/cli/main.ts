@@ -56,9 +56,18 @@ async function runServe(config: Config, withWorker: boolean): Promise<void> {
   const redis = withWorker ? await resolveRedis(config, log) : { url: redisUrl(config), stop: async () => undefined };
   if (!withWorker) await ensureRedis(config);
   const cfg = { ...config, redisUrl: redis.url };
-  // One process, one /metrics: the worker's batch sizes and step times join the API's registry.
-  const worker = withWorker ? await startWorkerRuntime(cfg, log, { registry: apiRegistry }) : undefined;
-  const api = await startApiServer(cfg);
+  let worker: WorkerRuntime | undefined;
+  let api: Awaited<ReturnType<typeof startApiServer>>;
+  try {
+    // One process, one /metrics: the worker's batch sizes and step times join the API's registry.
+    worker = withWorker ? await startWorkerRuntime(cfg, log, { registry: apiRegistry }) : undefined;
+    api = await startApiServer(cfg);
+  } catch (err) {
+    // A failed start (CUDA missing, a bad model) must not leave the private redis-server running.
+    await worker?.close(0).catch(() => undefined);
+    await redis.stop();
+    throw err;
+  }
   log({ url: api.url, redis: redis.url, worker: withWorker, models: cfg.models, ...(worker ? { device: worker.engine.device() } : {}) }, 'rmt-serve ready');
   const signal = await untilSignal();
   log({ signal }, 'shutting down');
