@@ -9,7 +9,7 @@ import { createSession, float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 
 // Only what an fp32 CPU load reads.
-const FILES = ['model.json', 'segment.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
+const FILES = ['model.json', 'segment.onnx', 'segment.state.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
 
 const tempDirs: string[] = [];
 
@@ -73,6 +73,18 @@ describe('loadModelPackage', () => {
       m.graphs.fp32.segment = 'decode.onnx';
     });
     await assert.rejects(loadModelPackage(dir), /decode\.onnx: inputs expected \[input_ids, attention_mask, state\.memory\].*missing state\.memory/);
+  });
+
+  test('rejects a segment_state graph with other outputs, and a missing one', async () => {
+    const dir = await copyPackage();
+    await editManifest(dir, (m) => {
+      m.graphs.fp32.segment_state = 'segment.onnx';
+    });
+    await assert.rejects(loadModelPackage(dir), /segment\.onnx: outputs expected \[next_state\.memory\], found \[next_state\.memory, logits, token_logprobs\]; unexpected logits, token_logprobs/);
+    await editManifest(dir, (m) => {
+      m.graphs.fp32.segment_state = 'nope.onnx';
+    });
+    await assert.rejects(loadModelPackage(dir), /nope\.onnx: segment_state graph file not found/);
   });
 
   test('rejects non-positive integers in model.json', async () => {
