@@ -72,30 +72,73 @@ class SessionCursor {
   ingestedSinceCommit = 0;
   generatedSinceCommit = 0;
 
-  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {
-    let nextState: Float32Array;
+  /** One segment through the engine: its next state (and its score when asked). */
+  private async runSegment(tail: number[], state: Float32Array, scores?: SegmentScore[], segmentNo = 0): Promise<Float32Array> {
     if (scores) {
-      const out = await this.ctx.engine.segment(this.model.name, this.rec.tail, this.rec.state);
+      const out = await this.ctx.engine.segment(this.model.name, tail, state);
       let nll = 0;
       for (let t = 1; t < out.tokenLogprobs.length; t++) nll -= out.tokenLogprobs[t]!;
       const n = Math.max(1, out.tokenLogprobs.length - 1);
-      scores.push({ segment: this.rec.segmentsCommitted + 1, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
-      nextState = out.nextState;
-    } else {
-      // No scores wanted: the memory alone, without projecting every position onto the vocabulary.
-      nextState = await this.ctx.engine.advance(this.model.name, this.rec.tail, this.rec.state);
+      scores.push({ segment: segmentNo, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
+      return out.nextState;
     }
+    // No scores wanted: the memory alone, without projecting every position onto the vocabulary.
+    return this.ctx.engine.advance(this.model.name, tail, state);
+  }
+
+  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {
+    await this.settle();
+    const nextState = await this.runSegment(this.rec.tail, this.rec.state, scores, this.rec.segmentsCommitted + 1);
+    this.latest = nextState;
     await this.commit({ state: nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
   }
 
+  /**
+   * The ingest loop's segment: its commit overlaps the next segment's engine run, so a session's
+   * segments are not serialised on Redis round trips. At most one commit is in flight; it starts
+   * once the previous one is done (each is a compare-and-set on the version the previous wrote),
+   * and `after` runs when it has landed. A failed commit surfaces at the next segment or settle().
+   */
+  async pipelineSegment(tail: number[], consumed: number, scores: SegmentScore[] | undefined, after: () => void): Promise<void> {
+    const segmentNo = this.rec.segmentsCommitted + (this.inFlight ? 2 : 1);
+    const [nextState] = await Promise.all([this.runSegment(tail, this.latest, scores, segmentNo), this.inFlight]);
+    this.inFlight = undefined;
+    this.latest = nextState;
+    // commit() takes the token counters synchronously, before tokens of the next segment are counted.
+    const p = this.commit({ state: nextState, tail: [], pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed }).then(after);
+    p.catch(() => undefined); // awaited later; this only keeps it from counting as unhandled meanwhile
+    this.inFlight = p;
+  }
+
+  /** Waits for the commit in flight (pipelineSegment); afterwards rec is the latest state. */
+  async settle(): Promise<void> {
+    const p = this.inFlight;
+    this.inFlight = undefined;
+    await p;
+  }
+
+  private inFlight: Promise<void> | undefined;
+  /** The newest state: ahead of rec.state while a commit is in flight. */
+  private latestState: Float32Array | undefined;
+  private get latest(): Float32Array {
+    return this.latestState ?? this.rec.state;
+  }
+  private set latest(s: Float32Array) {
+    this.latestState = s;
+  }
+
   async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {
+    const ingested = this.ingestedSinceCommit;
+    const generated = this.generatedSinceCommit;
+    this.ingestedSinceCommit = 0;
+    this.generatedSinceCommit = 0;
     const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
       state: u.state,
       tail: u.tail,
       pendingText: u.pendingText,
-      addTokensIngested: this.ingestedSinceCommit,
+      addTokensIngested: ingested,
       addSegments: u.addSegments,
-      addTokensGenerated: this.generatedSinceCommit,
+      addTokensGenerated: generated,
       curSeq: this.seq,
       curOffset: u.curOffset,
       ...(u.appliedSeq !== undefined ? { appliedSeq: u.appliedSeq } : {}),
@@ -106,15 +149,14 @@ class SessionCursor {
       state: u.state,
       tail: u.tail,
       pendingText: u.pendingText,
-      tokensIngested: this.rec.tokensIngested + this.ingestedSinceCommit,
-      tokensGenerated: this.rec.tokensGenerated + this.generatedSinceCommit,
+      tokensIngested: this.rec.tokensIngested + ingested,
+      tokensGenerated: this.rec.tokensGenerated + generated,
       segmentsCommitted: this.rec.segmentsCommitted + u.addSegments,
       curSeq: this.seq,
       curOffset: u.curOffset,
       appliedSeq: u.appliedSeq ?? this.rec.appliedSeq,
     };
-    this.ingestedSinceCommit = 0;
-    this.generatedSinceCommit = 0;
+    this.latest = u.state;
   }
 }
 
@@ -145,17 +187,19 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   let tail = [...rec.tail];
   for (let i = Math.min(resumeAt, ids.length); i < ids.length; i++) {
     if (tail.length === S) {
-      cur.rec.tail = tail;
-      await cur.commitSegment(i, [], scores);
+      const consumed = i;
+      await cur.pipelineSegment(tail, consumed, scores, () =>
+        hooks.progress({
+          type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
+          requestTokens: ids.length, requestConsumed: consumed,
+        }),
+      );
       tail = [];
-      hooks.progress({
-        type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
-        requestTokens: ids.length, requestConsumed: i,
-      });
     }
     tail.push(ids[i]!);
     cur.ingestedSinceCommit++;
   }
+  await cur.settle();
 
   if (data.request.kind === 'ingest') {
     await cur.commit({ state: cur.rec.state, tail, pendingText: pendingAfter, addSegments: 0, curOffset: ids.length, appliedSeq: data.seq });
