@@ -350,6 +350,58 @@ describe('worker processes', () => {
     }
   });
 
+  test('RMT_WORKER_PROCESSES=2: two processes share the queue; SIGTERM stops both; one dying stops the other', async () => {
+    const prefix = newPrefix();
+    const client = startClientRuntime(configFor(prefix));
+    const started = (sup: ChildProcess): Promise<number[]> =>
+      new Promise((resolve, reject) => {
+        let buf = '';
+        sup.stderr!.on('data', (d: Buffer) => {
+          buf += String(d);
+          const ready = buf.match(/worker ready/g)?.length ?? 0;
+          const pids = buf.match(/"pids":\[(\d+),(\d+)\]/);
+          if (ready === 2 && pids) resolve([Number(pids[1]), Number(pids[2])]);
+        });
+        sup.once('exit', (code) => reject(new Error(`supervisor exited (${code}): ${buf}`)));
+      });
+    const spawnPair = () => {
+      const sup = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), 'worker'], {
+        env: { ...process.env, ...env(prefix), RMT_WORKER_PROCESSES: '2', LOG_LEVEL: 'info' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      children.push(sup);
+      return sup;
+    };
+    try {
+      const sup = spawnPair();
+      const pids = await started(sup);
+      assert.equal(new Set(pids).size, 2);
+      // Work from several sessions lands on the shared queue and completes.
+      const probe = await startWorkerRuntime({ ...configFor(prefix + 'probe') });
+      const m = probe.engine.model(MODEL);
+      await probe.close(0);
+      const spec = { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
+      const sessions = await Promise.all(Array.from({ length: 6 }, () => client.store.create(spec, m.initState)));
+      const jobs = await Promise.all(sessions.map((s, i) => client.queue.submit(s.id, { kind: 'ingest', text: noise(3 * 128 * 5, i * 5000), flush: true })));
+      const results = await Promise.all(jobs.map((j) => client.queue.result(j.jobId, 60_000)));
+      for (const r of results) assert.equal(r.error, undefined);
+      sup.kill('SIGTERM');
+      const [code] = await once(sup, 'exit');
+      assert.equal(code, 0, 'supervisor did not exit cleanly on SIGTERM');
+      for (const pid of pids) assert.throws(() => process.kill(pid, 0), 'a worker process outlived SIGTERM');
+
+      // A worker process that dies takes its sibling and the supervisor down (non-zero exit).
+      const sup2 = spawnPair();
+      const [p1, p2] = await started(sup2);
+      process.kill(p1!, 'SIGKILL');
+      const [code2] = await once(sup2, 'exit');
+      assert.notEqual(code2, 0);
+      assert.throws(() => process.kill(p2!, 0), 'the sibling outlived the supervisor');
+    } finally {
+      await client.close();
+    }
+  });
+
   test('SIGTERM during a long request: the worker finishes it, then exits', async () => {
     const prefix = newPrefix();
     const client = startClientRuntime(configFor(prefix));

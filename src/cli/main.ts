@@ -7,6 +7,7 @@ import { ConfigError, configTable, loadConfig, type Config } from '../config/con
 import { DEFAULT_SAMPLING, validateSampling } from '../engine/sampling.ts';
 import { redisKeys } from '../state/keys.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from '../queue/request.ts';
+import { spawn } from 'node:child_process';
 import { startClientRuntime, startWorkerRuntime, redisUrl, type WorkerRuntime } from '../worker/runtime.ts';
 import { ProgressBar } from './progress-bar.ts';
 import { resolveRedis } from './embedded-redis.ts';
@@ -76,7 +77,56 @@ async function runServe(config: Config, withWorker: boolean): Promise<void> {
   await redis.stop();
 }
 
-async function runWorker(config: Config): Promise<void> {
+/**
+ * RMT_WORKER_PROCESSES > 1: this process supervises that many worker processes on the same device.
+ * A worker's main thread (tokenizing, Redis commits, BullMQ) saturates before a GPU does; several
+ * processes split that work, while any one of them can serve any session. Metrics ports count up
+ * from RMT_WORKER_METRICS_PORT. One child dying takes the others down, so the pod restarts whole.
+ */
+async function superviseWorkers(config: Config): Promise<number> {
+  const n = config.workerProcesses;
+  // The same command line, less the process count (a flag would override the children's env).
+  const childArgs = process.argv.slice(2).filter((a, i, all) => !a.startsWith('--worker-processes') && all[i - 1] !== '--worker-processes');
+  const children = Array.from({ length: n }, (_, i) =>
+    spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...childArgs], {
+      stdio: 'inherit',
+      env: {
+        ...process.env,
+        RMT_WORKER_PROCESSES: '1',
+        ...(config.metricsPort > 0 ? { RMT_WORKER_METRICS_PORT: String(config.metricsPort + i) } : {}),
+      },
+    }),
+  );
+  log({ processes: n, pids: children.map((c) => c.pid) }, 'worker processes started');
+  let stopping = false;
+  const code = await new Promise<number>((resolve) => {
+    let left = n;
+    let worst = 0;
+    for (const c of children) {
+      c.once('exit', (exitCode, signal) => {
+        const failed = exitCode !== 0 || (signal !== null && !stopping);
+        if (failed) worst = exitCode ?? 1;
+        if (failed && !stopping) {
+          log({ pid: c.pid, exitCode, signal }, 'a worker process died: stopping the others');
+          stopping = true;
+          for (const o of children) if (o !== c) o.kill('SIGTERM');
+        }
+        if (--left === 0) resolve(worst);
+      });
+    }
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+      process.once(sig, () => {
+        stopping = true;
+        for (const c of children) c.kill(sig);
+      });
+    }
+  });
+  log({ code }, 'worker processes stopped');
+  return code;
+}
+
+async function runWorker(config: Config): Promise<number> {
+  if (config.workerProcesses > 1) return superviseWorkers(config);
   const rt = await startWorkerRuntime(config, log);
   log({ models: config.models, concurrency: config.workerConcurrency, device: rt.engine.device() }, 'worker ready');
   await new Promise<void>((resolve) => {
@@ -91,6 +141,7 @@ async function runWorker(config: Config): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   log({}, 'worker stopped');
+  return 0;
 }
 
 interface Streamed {
@@ -234,8 +285,7 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'worker':
         await ensureRedis(config);
-        await runWorker(config);
-        return 0;
+        return await runWorker(config);
       case 'ingest':
         await ensureRedis(config);
         await runIngest(config, values);
