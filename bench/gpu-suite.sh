@@ -32,11 +32,11 @@ step_prepare() {
 }
 
 step_limit() {
-  MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/limit-gpt2.txt"
-  MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/limit-small.txt"
+  MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-gpt2.txt"
+  [ -n "${SKIP_SMALL:-}" ] || MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-small.txt"
   # Per-op GPU time: every kernel waits for the GPU, so its profile time is its GPU time.
   CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$GPT2 \
-    OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts | tee "$OUT/profile-gpt2.txt"
+    OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/profile-gpt2.txt"
 }
 
 step_reference() {
@@ -45,8 +45,11 @@ step_reference() {
 }
 
 step_service() {
-  MODELS_DIR=$MODELS MODEL=$GPT2 PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN:-1,8,64} GEN_MODEL=rmt-brown-small \
-    ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} OUT_JSON=$OUT/service.json "$NODE" --import tsx bench/service-stream.ts | tee "$OUT/service.txt"
+  # WORKER_PROCESSES (RMT_WORKER_PROCESSES) worker processes share the GPU; results per count.
+  local w=${WORKER_PROCESSES:-1}
+  MODELS_DIR=$MODELS MODEL=$GPT2 PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
+    ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-w$w.json \
+    "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-w$w.txt"
 }
 
 step_plots() {

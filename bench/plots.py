@@ -42,11 +42,14 @@ def engine_plot(d, lim, tag):
     fig.savefig(os.path.join(d, f"engine-limit-{tag}.png"), dpi=110)
 
 
-def service_plot(d, svc, lim, ref):
-    lv = svc["levels"]
-    n = [x["sessions"] for x in lv]
+def service_plot(d, svcs, lim, ref):
+    svc = svcs[0]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(n, [x["tokPerS"] / 1e3 for x in lv], "o-", label="service (websocket → API → Redis/BullMQ → worker)")
+    n = sorted({x["sessions"] for s in svcs for x in s["levels"]})
+    for s in svcs:
+        lv = s["levels"]
+        ax.plot([x["sessions"] for x in lv], [x["tokPerS"] / 1e3 for x in lv], "o-",
+                label=f"service, {s.get('workerProcesses', 1)} worker process(es)")
     if lim:
         e = {x["batch"]: x["tokPerS"] for x in lim["points"] if x["precision"] == svc["precision"]}
         ax.plot([k for k in n if k in e], [e[k] / 1e3 for k in n if k in e], "s--", label=f"engine limit ({svc['precision']}, same batch)")
@@ -76,9 +79,11 @@ def main():
         engine_plot(d, lg, "gpt2-small")
     if ls:
         engine_plot(d, ls, "rmt-brown-small")
-    svc = load(d, "service.json")
-    if svc:
-        service_plot(d, svc, lg, load(d, "reference.json"))
+    import glob
+
+    svcs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, "service-w*.json")))]
+    if svcs:
+        service_plot(d, svcs, lg, load(d, "reference.json"))
     print("plots written to", d)
 
 

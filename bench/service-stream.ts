@@ -9,7 +9,7 @@
 // Environment: MODEL (package name), MODELS_DIR, PROVIDER (cuda | cpu), PRECISION (fp16 | fp32),
 // SESSIONS ("1,8,64,256"), DOC_TOKENS per session (200000 / N at least 4 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
-// (default MODEL), MAX_BATCH (256), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
+// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
 //
 // What is measured, per level:
@@ -53,6 +53,7 @@ const GEN_TOKENS = Number(process.env.GEN_TOKENS ?? 64);
 const GEN_MODEL = process.env.GEN_MODEL ?? MODEL;
 const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
+const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
 const OUT_JSON = process.env.OUT_JSON;
 /** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
 const CHARS_PER_TOKEN = 4.3;
@@ -127,8 +128,10 @@ interface Metrics {
   step: { sum: number; count: number };
 }
 
-async function scrape(url: string): Promise<Metrics> {
-  const text = await (await fetch(url)).text();
+/** Sums the metrics of every worker process (ports base, base + 1, ...). */
+async function scrape(base: number): Promise<Metrics> {
+  const texts = await Promise.all(Array.from({ length: WORKER_PROCESSES }, async (_, i) => (await fetch(`http://127.0.0.1:${base + i}/metrics`)).text()));
+  const text = texts.join('\n');
   const pick = (name: string) => {
     let sum = 0;
     let count = 0;
@@ -234,7 +237,8 @@ function generate(wsBase: string, id: string, prompt: string): Promise<{ ttft: n
 async function main(): Promise<void> {
   const redis = await startRedis();
   const port = await freePort();
-  const metricsPort = await freePort();
+  // Worker processes serve metrics on consecutive ports from here.
+  const metricsPort = 20000 + Math.floor(Math.random() * 20000);
   const base = `http://127.0.0.1:${port}`;
   const wsBase = `ws://127.0.0.1:${port}`;
   const models = [...new Set([MODEL, GEN_MODEL])].join(',');
@@ -242,16 +246,16 @@ async function main(): Promise<void> {
   const worker = rmtServe('worker', {
     ...common, RMT_EXECUTION_PROVIDER: PROVIDER, RMT_PRECISION: PRECISION, RMT_MAX_BATCH: String(MAX_BATCH),
     RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(Math.max(64, 2 * MAX_BATCH)),
-    RMT_WORKER_METRICS_PORT: String(metricsPort),
+    RMT_WORKER_METRICS_PORT: String(metricsPort), RMT_WORKER_PROCESSES: String(WORKER_PROCESSES),
   });
   const api = rmtServe('api', { ...common, PORT: String(port) });
   const results: Record<string, unknown>[] = [];
-  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
   try {
     const t0 = performance.now();
     await waitReady(base, 300_000);
     console.log(
-      `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api + worker processes, redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
+      `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
         `RMT_MAX_BATCH ${MAX_BATCH}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
@@ -260,11 +264,11 @@ async function main(): Promise<void> {
       const tokensEach = docTokens(n);
       const ids = await Promise.all(Array.from({ length: n }, () => createSession(base, MODEL)));
       const texts = ids.map((_, i) => syntheticText(i + 1, tokensEach));
-      const before = await scrape(`http://127.0.0.1:${metricsPort}/metrics`);
+      const before = await scrape(metricsPort);
       const gpu = gpuSampler();
       const runs = await Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!)));
       const gpuPct = gpu.stop();
-      const after = await scrape(`http://127.0.0.1:${metricsPort}/metrics`);
+      const after = await scrape(metricsPort);
       const start = Math.min(...runs.map((r) => r.sendStart));
       const end = Math.max(...runs.map((r) => r.end));
       let tokens = 0;

@@ -58,9 +58,13 @@ class Attention(nn.Module):
             k = torch.cat([past_k, k], dim=2)
             v = torch.cat([past_v, v], dim=2)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        # Softmax in fp32 (fp16 graphs too); masked keys get exactly zero weight.
-        scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        # Masked keys get exactly zero weight (exp of the dtype's lowest value underflows to 0). The
+        # softmax stays in the scores' dtype: the fp16 scores come out of an fp16 matmul anyway, and
+        # onnxruntime's and torch's fp16 softmax kernels accumulate in fp32; casting the
+        # [batch, heads, T, T] scores to fp32 and back cost a third of an fp16 GPT-2-small step
+        # (bench/results/gpu-1/profile-gpt2.txt). Packages exported before this kept the casts.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
         y = torch.matmul(probs, v).transpose(1, 2)
         b, t = y.shape[0], y.shape[1]
         return self.c_proj(y.reshape(b, t, self.n_heads * self.head_dim)), k, v
