@@ -23,7 +23,13 @@ export interface SessionWorkerOptions {
   lockDurationMs: number;
   stalledIntervalMs: number;
   maxPendingTextChars: number;
-  /** Polling delay for a job waiting on its session's previous request. */
+  /**
+   * Fallback re-check delay for a job waiting on its session's previous request. The handoff itself
+   * is immediate: whoever applies seq k promotes job k+1 (promoteNext), and a waiter that sees its
+   * turn come while parking promotes itself. Polling every few ms instead made every queued append
+   * of every session cost a Redis round trip and a delayed-set move per poll, which swamped the
+   * worker's main thread at 64+ streaming sessions (BENCHMARKS.md).
+   */
   turnDelayMs?: number;
   log?: (obj: Record<string, unknown>, msg: string) => void;
   metrics?: WorkerMetrics;
@@ -97,6 +103,7 @@ export class SessionWorker {
         },
         rec,
       );
+      await this.promoteNext(sessionId, seq);
       this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
       if (!result.alreadyApplied) {
         this.o.metrics?.tokensIngested.inc(result.promptTokens);
@@ -107,7 +114,10 @@ export class SessionWorker {
       if (err instanceof DelayedError) throw err;
       const code = err instanceof RequestError || err instanceof SessionError ? err.code : undefined;
       const final = (code !== undefined && FINAL_CODES.has(code)) || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-      if (final) await this.skipFailed(sessionId, seq, err).catch(() => undefined); // a broken session cannot move on
+      if (final) {
+        await this.skipFailed(sessionId, seq, err).catch(() => undefined); // a broken session cannot move on
+        await this.promoteNext(sessionId, seq);
+      }
       if (code !== undefined && FINAL_CODES.has(code)) {
         // Complete the job with the error: the caller gets it, and the session moves on.
         const result: RequestResult = {
@@ -138,10 +148,24 @@ export class SessionWorker {
           addTokensGenerated: 0, curSeq: seq - 1, curOffset: 0, appliedSeq: seq - 1,
         });
       }
-      await job.moveToDelayed(Date.now() + (this.o.turnDelayMs ?? 20), token);
+      await job.moveToDelayed(Date.now() + (this.o.turnDelayMs ?? 1000), token);
+      // The predecessor may have been applied between the read above and the move: its worker then
+      // found this job not yet delayed and could not promote it, so do it here.
+      const now = await this.o.store.get(sessionId);
+      if (!now || now.appliedSeq >= seq - 1) await job.promote().catch(() => undefined);
       throw new DelayedError();
     }
     return rec;
+  }
+
+  /** Seq `seq` is applied: the session's next request, if parked in the delayed set, runs now. */
+  private async promoteNext(sessionId: string, seq: number): Promise<void> {
+    try {
+      const next = await this.queue.getJob(jobIdFor(sessionId, seq + 1));
+      if (next && (await next.isDelayed())) await next.promote();
+    } catch {
+      // Not delayed any more (taken or promoted by someone else): nothing to do.
+    }
   }
 
   /** A request that will not be applied still consumes its seq, so the session's later requests can run. */
