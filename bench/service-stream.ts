@@ -28,8 +28,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { startRedis } from '../test/support/redis-server.ts';
-import { freePort } from '../test/support/redis-server.ts';
+import { freePort, startRedis } from '../test/support/redis-server.ts';
 import { percentile } from './bench-support.ts';
 
 interface Ws {
@@ -242,7 +241,8 @@ async function main(): Promise<void> {
   const base = `http://127.0.0.1:${port}`;
   const wsBase = `ws://127.0.0.1:${port}`;
   const models = [...new Set([MODEL, GEN_MODEL])].join(',');
-  const common = { REDIS_URL: redis.url, RMT_MODELS: models, RMT_MODELS_DIR: MODELS_DIR, LOG_LEVEL: 'warn', RMT_PREFIX: `bench${Date.now()}` };
+  const prefix = `bench${Date.now()}`;
+  const common = { REDIS_URL: redis.url, RMT_MODELS: models, RMT_MODELS_DIR: MODELS_DIR, LOG_LEVEL: 'warn', RMT_PREFIX: prefix };
   const worker = rmtServe('worker', {
     ...common, RMT_EXECUTION_PROVIDER: PROVIDER, RMT_PRECISION: PRECISION, RMT_MAX_BATCH: String(MAX_BATCH),
     RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(Math.max(64, 2 * MAX_BATCH)),
@@ -301,7 +301,7 @@ async function main(): Promise<void> {
       console.log(`generate ${GEN_MODEL} N=${String(n).padStart(2)} × ${GEN_TOKENS} tokens | TTFT p50 ${g.ttftP50.toFixed(1)} ms p99 ${g.ttftP99.toFixed(1)} ms | ITL p50 ${g.itlP50.toFixed(1)} ms p99 ${g.itlP99.toFixed(1)} ms`);
       await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
     }
-    if (ONE_DOC_TOKENS > 0) out.oneDocument = await oneDocument(base, wsBase, redis.url);
+    if (ONE_DOC_TOKENS > 0) out.oneDocument = await oneDocument(base, wsBase, redis.url, prefix);
   } finally {
     worker.kill('SIGTERM');
     api.kill('SIGTERM');
@@ -312,13 +312,12 @@ async function main(): Promise<void> {
 }
 
 /** One document of ONE_DOC_TOKENS through one session; the session's Redis bytes at 1k tokens and at the end. */
-async function oneDocument(base: string, wsBase: string, redisUrl: string): Promise<Record<string, unknown>> {
+async function oneDocument(base: string, wsBase: string, redisUrl: string, prefix: string): Promise<Record<string, unknown>> {
   const { Redis } = await import('ioredis');
   const { redisKeys } = await import('../src/state/keys.ts');
   const r = new Redis(redisUrl);
-  const prefix = (await r.keys('*:session:*'))[0]?.split(':session:')[0];
   const id = await createSession(base, MODEL);
-  const key = redisKeys(prefix ?? 'rmt').session(id);
+  const key = redisKeys(prefix).session(id);
   const bytes = async () => Number(await r.call('MEMORY', 'USAGE', key, 'SAMPLES', '0'));
   // The first 1k tokens alone, to read the session's size there.
   await stream(wsBase, id, syntheticText(7, 1000));

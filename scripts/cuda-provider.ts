@@ -11,9 +11,11 @@ export const PROVIDER_PACKAGE_VERSION = '0.4.9';
 export const EXPECTED_CUDA_MAJOR = '13';
 /** Where the provider libraries sit inside the package tarball. */
 export const PACKAGE_PLUGIN_DIR = 'package/Plugins/Linux/x64';
-export const PROVIDER_FILES = ['libonnxruntime_providers_cuda.so', 'libonnxruntime_providers_shared.so'] as const;
-/** Read by the engine at start to tell a wrong provider build from a missing CUDA library. */
-export const MARKER_FILE = 'rmt-cuda-provider.json';
+// File names shared with the engine, which reads the marker at start to tell a wrong provider build
+// from a missing CUDA library (src/engine/cuda-check.ts).
+import { CUDA_PROVIDER_FILES as PROVIDER_FILES, PROVIDER_MARKER as MARKER_FILE } from '../src/engine/cuda-check.ts';
+
+export { MARKER_FILE, PROVIDER_FILES };
 
 export interface Marker {
   package: string;

@@ -166,35 +166,34 @@ interface RunOutcome {
   transfer: ArrayBuffer[];
 }
 
+/** The rows of a segment, advance or prefill batch. */
+function segmentRows(reqs: EngineRequest[], graph: Graph): { ids: number[]; state: Float32Array }[] {
+  return reqs.map((r) => {
+    if (r.op === 'decode') throw new Error(`internal: decode request in a ${graph} batch`);
+    return { ids: Array.from(r.ids), state: r.state };
+  });
+}
+
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
   if (graph === 'advance') {
-    const rows = reqs.map((r) => {
-      if (r.op === 'decode') throw new Error('internal: decode request in an advance batch');
-      return { ids: Array.from(r.ids), state: r.state };
-    });
+    const rows = segmentRows(reqs, graph);
     const out = await runSegmentState(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
     out.forEach((nextState, i) => {
       replies.push({ id: reqs[i]!.id, ok: true, op: 'advance', nextState });
       transfer.push(nextState.buffer as ArrayBuffer);
     });
   } else if (graph === 'segment') {
-    const rows = reqs.map((r) => {
-      if (r.op === 'decode') throw new Error('internal: decode request in a segment batch');
-      return { ids: Array.from(r.ids), state: r.state };
-    });
+    const rows = segmentRows(reqs, graph);
     const out = await runSegment(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
     out.forEach((o, i) => {
       replies.push({ id: reqs[i]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
       transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
     });
   } else if (graph === 'prefill') {
-    const rows = reqs.map((r) => {
-      if (r.op === 'decode') throw new Error('internal: decode request in a prefill batch');
-      return { ids: Array.from(r.ids), state: r.state };
-    });
+    const rows = segmentRows(reqs, graph);
     const out = await prefillBatch(pkg, rows, kvCapacity(pkg));
     out.forEach((o, i) => {
       const r = reqs[i]!;

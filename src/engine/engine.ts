@@ -333,6 +333,15 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       send({ kind: 'request', request }, buffers);
     });
 
+  /** A segment, advance or prefill request: ids and state checked, then moved (not copied) to the thread. */
+  const submitRow = <O extends 'segment' | 'advance' | 'prefill'>(op: O, name: string, ids: readonly number[], state: Float32Array) => {
+    const where = `${op}(${name})`;
+    const m = model(name);
+    const idArr = checkIds(where, m, ids);
+    const st = checkState(where, m, state);
+    return submit<Extract<Reply, { op: O; ok: true }>>({ op, id: nextId++, model: name, ids: idArr, state: st }, [idArr.buffer, st.buffer]);
+  };
+
   /** Runs `body` and turns both its throws and a dead engine into a rejected promise. */
   const call = <T>(body: () => Promise<T>): Promise<T> => {
     if (dead !== undefined) return Promise.reject(new Error(dead));
@@ -350,40 +359,15 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
 
     segment: (name, ids, state) =>
       call(async () => {
-        const where = `segment(${name})`;
-        const m = model(name);
-        const idArr = checkIds(where, m, ids);
-        const st = checkState(where, m, state);
-        const r = await submit<Extract<Reply, { op: 'segment'; ok: true }>>(
-          { op: 'segment', id: nextId++, model: name, ids: idArr, state: st },
-          [idArr.buffer, st.buffer],
-        );
+        const r = await submitRow('segment', name, ids, state);
         return { nextState: r.nextState, logits: r.logits, tokenLogprobs: r.tokenLogprobs };
       }),
 
-    advance: (name, ids, state) =>
-      call(async () => {
-        const where = `advance(${name})`;
-        const m = model(name);
-        const idArr = checkIds(where, m, ids);
-        const st = checkState(where, m, state);
-        const r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(
-          { op: 'advance', id: nextId++, model: name, ids: idArr, state: st },
-          [idArr.buffer, st.buffer],
-        );
-        return r.nextState;
-      }),
+    advance: (name, ids, state) => call(async () => (await submitRow('advance', name, ids, state)).nextState),
 
     prefill: (name, ids, state) =>
       call(async () => {
-        const where = `prefill(${name})`;
-        const m = model(name);
-        const idArr = checkIds(where, m, ids);
-        const st = checkState(where, m, state);
-        const r = await submit<Extract<Reply, { op: 'prefill'; ok: true }>>(
-          { op: 'prefill', id: nextId++, model: name, ids: idArr, state: st },
-          [idArr.buffer, st.buffer],
-        );
+        const r = await submitRow('prefill', name, ids, state);
         if (dead === undefined) liveKv.set(r.kv, name);
         return { logits: r.logits, kv: r.kv };
       }),
