@@ -3,8 +3,8 @@
 // batches concurrent requests into one run per (model, graph). This module never imports
 // onnxruntime: it validates requests, ships them to the thread and resolves their promises.
 import path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import { startThread } from './thread-entry.ts';
 
 export interface EngineOptions {
   modelsDir: string;
@@ -147,24 +147,6 @@ function checkOptions(opts: EngineOptions): WorkerConfig {
   };
 }
 
-/**
- * How to start the thread. From the built .js: engine-thread.js directly. Under tsx (this file
- * is .ts): on Node 20 a worker does not get the loader hooks of `--import tsx` (execArgv or
- * inherited), so a small bootstrap registers tsx's ESM hooks inside the thread
- * (tsx/esm/api register()) and then imports engine-thread.ts.
- */
-function workerEntry(): { entry: URL | string; eval: boolean } {
-  if (!import.meta.url.endsWith('.ts')) return { entry: new URL('./engine-thread.js', import.meta.url), eval: false };
-  const thread = new URL('./engine-thread.ts', import.meta.url).href;
-  const api = import.meta.resolve('tsx/esm/api');
-  const code =
-    `import(${JSON.stringify(api)})` +
-    `.then((tsx) => { tsx.register(); return import(${JSON.stringify(thread)}); })` +
-    // An import failure must surface as the worker's 'error' event, not a silent exit.
-    `.catch((err) => { setImmediate(() => { throw err; }); });`;
-  return { entry: code, eval: true };
-}
-
 function typeName(v: unknown): string {
   if (v === null) return 'null';
   if (typeof v !== 'object') return typeof v;
@@ -173,8 +155,7 @@ function typeName(v: unknown): string {
 
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
   const config = checkOptions(opts);
-  const { entry, eval: isEval } = workerEntry();
-  const worker = new Worker(entry, { workerData: config, eval: isEval });
+  const worker = startThread('engine-thread', { workerData: config });
 
   const { infos, device } = await new Promise<{ infos: ModelInfo[]; device: EngineDevice }>((resolve, reject) => {
     const onMessage = (msg: FromWorker) => {
