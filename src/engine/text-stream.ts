@@ -37,3 +37,39 @@ export function encodeInPieces(encode: (text: string) => number[], text: string,
   for (const id of encode(rest)) out.push(id);
   return out;
 }
+
+/** Text cut at its first and last non-space→space boundary (see splitAtBoundaries). */
+export interface BoundarySplit {
+  head: string;
+  middle: string;
+  tail: string;
+}
+
+function isBoundary(text: string, i: number): boolean {
+  return /\s/u.test(text[i]!) && !/\s/u.test(text[i - 1]!);
+}
+
+/**
+ * Cuts `text` at its first and last non-space→space boundary (an index i >= 1 with text[i]
+ * whitespace and text[i-1] not). Both cuts stay boundaries whatever text comes before `head`, so
+ * encode(before + head) ++ encode(middle) ++ encode(tail) = encode(before + text): the middle can be
+ * tokenized elsewhere (the API's tokenizer threads) while head and tail, the parts that text held
+ * back in the session can join, stay text. The tail has no boundary after its first char, so
+ * splitForTokenization(tail) holds all of it back, or releases all of it when it is longer than
+ * maxPending, exactly as it would split the whole text. undefined when text has fewer than two
+ * boundaries (nothing in the middle).
+ */
+export function splitAtBoundaries(text: string): BoundarySplit | undefined {
+  let first = 0;
+  for (let i = 1; i < text.length; i++) {
+    if (isBoundary(text, i)) {
+      first = i;
+      break;
+    }
+  }
+  if (first === 0) return undefined;
+  for (let i = text.length - 1; i > first; i--) {
+    if (isBoundary(text, i)) return { head: text.slice(0, first), middle: text.slice(first, i), tail: text.slice(i) };
+  }
+  return undefined;
+}

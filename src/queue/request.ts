@@ -1,11 +1,27 @@
 // Requests as they travel through the queue: validated before they are enqueued, plain JSON in Redis.
 import type { SamplingParams } from '../engine/sampling.ts';
 
+/**
+ * An append's text with its middle already tokenized (by the API's tokenizer threads): the text cut
+ * at its first and last non-space→space boundary (splitAtBoundaries in text-stream.ts). The worker
+ * tokenizes the session's held-back text + head and the tail, so the tokens are exactly those of
+ * the same append sent as `text`.
+ */
+export interface TextPieces {
+  head: string;
+  /** Tokens of the text between head and tail. */
+  ids: number[];
+  tail: string;
+}
+
+/** Exactly one of text, ids and pieces. */
 export interface IngestRequest {
   kind: 'ingest';
   /** Text (tokenized by the worker, exactly across chunk boundaries) or token ids. */
   text?: string;
   ids?: number[];
+  /** Text whose long middle the API tokenized (see TextPieces); held-back text works as with `text`. */
+  pieces?: TextPieces;
   /** Also tokenize text held back at the end (a trailing partial word); set for the last chunk. */
   flush?: boolean;
   /** Return the mean negative log-likelihood and perplexity of each committed segment. */

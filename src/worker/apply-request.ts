@@ -9,7 +9,7 @@ import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
 import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
 import type { SessionRecord, SessionStore } from '../state/session-store.ts';
-import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, FinishReason, TokenLogprob } from '../queue/request.ts';
+import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 
 export interface ApplyContext {
@@ -48,16 +48,27 @@ function specOf(m: ModelInfo) {
   return { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
 }
 
-/** Tokens of this request, derived only from what the session held when the request started. */
-function requestTokens(ctx: ApplyContext, rec: SessionRecord, data: RequestJobData): { ids: number[]; pendingAfter: string } {
-  const req = data.request;
-  const tok = ctx.tokenizer(rec.model);
+/**
+ * Tokens of this request, derived only from the text the session held back when the request started
+ * (`pendingText`), and the text to hold back after it. Pieces give the ids the same append as text
+ * would: head and tail are cut at word boundaries (text-stream.ts splitAtBoundaries), so
+ * pendingText + head and the middle tokenize apart exactly, and the tail splits as the whole would.
+ */
+export function requestTokens(
+  tok: Pick<TextTokenizer, 'encode'>, pendingText: string, req: SessionRequest, maxPendingTextChars: number,
+): { ids: number[]; pendingAfter: string } {
   const flush = req.kind === 'generate' || req.ids !== undefined || (req.kind === 'ingest' && req.flush === true);
   const encode = (t: string) => encodeInPieces((x) => tok.encode(x), t);
-  if (req.ids !== undefined) return { ids: [...encode(rec.pendingText), ...req.ids], pendingAfter: '' };
-  const text = rec.pendingText + (req.text ?? '');
+  if (req.ids !== undefined) return { ids: [...encode(pendingText), ...req.ids], pendingAfter: '' };
+  if (req.kind === 'ingest' && req.pieces !== undefined) {
+    const { head, ids, tail } = req.pieces;
+    const before = encode(pendingText + head);
+    const [ready, pending] = flush ? [tail, ''] : splitForTokenization(tail, maxPendingTextChars);
+    return { ids: before.concat(ids, ready ? encode(ready) : []), pendingAfter: pending };
+  }
+  const text = pendingText + (req.text ?? '');
   if (flush) return { ids: encode(text), pendingAfter: '' };
-  const [ready, pending] = splitForTokenization(text, ctx.maxPendingTextChars);
+  const [ready, pending] = splitForTokenization(text, maxPendingTextChars);
   return { ids: ready ? encode(ready) : [], pendingAfter: pending };
 }
 
@@ -178,7 +189,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   if (rec.appliedSeq >= data.seq) return { ...base(rec, 0), alreadyApplied: true };
 
   const S = model.segmentLength;
-  const { ids, pendingAfter } = requestTokens(ctx, rec, data);
+  const { ids, pendingAfter } = requestTokens(ctx.tokenizer(rec.model), rec.pendingText, data.request, ctx.maxPendingTextChars);
   const resumeAt = rec.curSeq === data.seq ? rec.curOffset : 0;
   const cur = new SessionCursor(ctx, rec, model, data.seq);
   const scores: SegmentScore[] | undefined = data.request.kind === 'ingest' && data.request.score ? [] : undefined;
