@@ -153,10 +153,12 @@ def cmd_random(a):
     torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
     from .package import write_package
 
-    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
+    fused = a.attention == "fused"
+    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter, fused).items() if k != "exporter"}
               for p in a.precisions.split(",")}
-    write_package(ck, a.out, "rmt-gpt2-small-random", "GPT-2-small-shaped RMT, random weights, for throughput "
-                  "benchmarks only (not committed)", a.tokenizer, graphs)
+    write_package(ck, a.out, a.name, "GPT-2-small-shaped RMT, random weights, for throughput benchmarks only (not "
+                  f"committed); segment graphs with {a.attention} attention", a.tokenizer, graphs,
+                  {"export": {"segment_attention": a.attention}})
     print(f"wrote {a.out}")
 
 
@@ -290,6 +292,9 @@ def main(argv=None):
     s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tokenizer", help="tokenizer.json to ship (a smaller vocabulary is fine: its ids are valid ids here)")
+    s.add_argument("--attention", default="masked", choices=["masked", "fused"],
+                   help="segment graphs: masked attention (any exporter), or the fused layout with onnxruntime's MultiHeadAttention")
+    s.add_argument("--name", default="rmt-gpt2-small-random")
     s.set_defaults(fn=cmd_random)
 
     s = sub.add_parser("state-graph", help="add the segment_state graph (next memory only) to an existing package")

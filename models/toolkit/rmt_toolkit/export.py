@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -59,8 +60,13 @@ def _export(module, args, path, io, dynamic_axes, exporter: str):
     return "dynamo"
 
 
-def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto") -> dict:
-    """Writes segment[.fp16].onnx, segment.state[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names."""
+def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto", fused_attention: bool = False) -> dict:
+    """Writes segment[.fp16].onnx, segment.state[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names.
+
+    fused_attention: the segment graphs use the fused layout and com.microsoft.MultiHeadAttention
+    (model.py); onnxruntime's CPU and CUDA providers run it. The decode graph keeps masked attention
+    (its KV cache needs the per-layer keys and values). Needs the TorchScript exporter (the op comes
+    from a symbolic function)."""
     cfg = model.cfg
     if precision == "fp16":
         if not torch.cuda.is_available():
@@ -71,6 +77,8 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
     else:
         raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
     m = copy.deepcopy(model).to(dev, dtype).eval()
+    if fused_attention and exporter == "dynamo":
+        raise SystemExit("fused attention needs the torchscript exporter")
     B, T, M, D = 2, cfg.segment_length, cfg.memory_tokens, cfg.d_model
     ids = torch.randint(2, cfg.vocab_size, (B, T), device=dev)
     mask = torch.ones(B, T, dtype=torch.long, device=dev)
@@ -79,10 +87,12 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
     seg_path = os.path.join(out_dir, f"segment{suffix}.onnx")
     dec_path = os.path.join(out_dir, f"decode{suffix}.onnx")
     with torch.no_grad():
+        m.fused_attention = fused_attention
         used = _export(SegmentGraph(m), (ids, mask, mem), seg_path, SEGMENT_IO, {
             "input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
             "state.memory": {0: "batch"}, "next_state.memory": {0: "batch"}, "logits": {0: "batch"},
-            "token_logprobs": {0: "batch", 1: "tokens"}}, exporter)
+            "token_logprobs": {0: "batch", 1: "tokens"}}, "torchscript" if fused_attention else exporter)
+        m.fused_attention = False
         P, N = 5, 3
         past = torch.zeros(cfg.n_layers, 2, B, cfg.n_heads, P, cfg.head_dim, device=dev, dtype=dtype)
         dmask = torch.ones(B, P + M + N, dtype=torch.long, device=dev)
@@ -96,8 +106,37 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
 
     state_path = os.path.join(out_dir, f"segment.state{suffix}.onnx")
     prune_to_state(seg_path, state_path)
+    if fused_attention and precision == "fp32":
+        print(f"fused attention check (onnxruntime CPU vs masked PyTorch): {json.dumps(fused_check(model, seg_path))}", flush=True)
     return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path),
             "segment_state": os.path.basename(state_path), "weights": weights, "exporter": used}
+
+
+def fused_check(model: RMT, seg_path: str, tol: float = 2e-4) -> dict:
+    """The fused segment graph (onnxruntime, CPU, fp32) against the masked-attention PyTorch model on a
+    batch with padded rows; exits non-zero above `tol`."""
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    m = copy.deepcopy(model).float().eval()
+    m.fused_attention = False
+    g = torch.Generator().manual_seed(1)
+    B, T = 4, cfg.segment_length
+    ids = torch.randint(2, cfg.vocab_size, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    for b, n in enumerate([T, T // 2, 1, T - 1]):
+        mask[b, n:] = 0
+    with torch.no_grad():
+        mem = m.initial_memory(B) + 0.1 * torch.randn(B, cfg.memory_tokens, cfg.d_model, generator=g)
+        ref = [t.numpy() for t in m.segment(ids, mask, mem)]
+    sess = ort.InferenceSession(seg_path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "state.memory": mem.numpy()})
+    report = {name: float(np.abs(r - o).max()) for name, r, o in zip(SEGMENT_IO["outputs"], ref, got)}
+    ops = {n.op_type for n in __import__("onnx").load(seg_path, load_external_data=False).graph.node}
+    report["multi_head_attention_op"] = "MultiHeadAttention" in ops
+    if max(v for k, v in report.items() if k != "multi_head_attention_op") > tol or not report["multi_head_attention_op"]:
+        raise SystemExit(f"fused attention graph differs from the masked model: {report}")
+    return report
 
 
 def share_weights(graph_paths: list[str], weights_path: str, min_bytes: int = 1024) -> None:

@@ -11,6 +11,15 @@ Parameter names mirror Hugging Face's GPT-2 (wte, wpe, h.N.attn.c_attn, ...; Con
 Padding: real tokens are left-aligned. The write memory is placed after the padded block in the
 tensor but gets the positions right after the real tokens, and padding is masked out as a key, so a
 padded row computes exactly what the same tokens compute alone.
+
+Fused attention (RMT.fused_attention, an export option): the segment is laid out with the padding
+moved to the very end, [read memory; real tokens; write memory; padding], each element at the same
+position id as above. Causal attention alone then hides the padding from every real position, so no
+mask is needed and the exported graph can use onnxruntime's com.microsoft.MultiHeadAttention with
+unidirectional=1, which runs flash attention on CUDA instead of materialising the [B,H,T,T] scores.
+The fused layout also runs the blocks as onnxruntime's fused ops (fused_ops.py: bias and residual
+adds folded into SkipLayerNormalization, FastGelu and the attention). It computes the same function
+(export's fused check compares the two).
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RMTConfig
+from .fused_ops import BiasFastGelu, CausalAttention, SkipLayerNorm
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +114,8 @@ class RMT(nn.Module):
         self.wpe = nn.Embedding(cfg.n_positions, cfg.d_model)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        # Export option (not a parameter): segment steps in the fused layout (module docstring).
+        self.fused_attention = False
         # The learned initial memory: the session state before any segment (state "memory").
         self.memory = nn.Parameter(torch.randn(cfg.memory_tokens, cfg.d_model) * 0.02)
         nn.init.normal_(self.wte.weight, std=0.02)
@@ -119,6 +131,8 @@ class RMT(nn.Module):
     # ---- one recurrence step -------------------------------------------------------------------
     def encode_segment(self, input_ids, attention_mask, memory):
         """Hidden states (after ln_f) at the token positions [B,T,D] and the write positions [B,M,D]."""
+        if self.fused_attention:
+            return self.encode_segment_causal(input_ids, attention_mask, memory)
         M = self.cfg.memory_tokens
         B, T = input_ids.shape
         dev = input_ids.device
@@ -139,6 +153,46 @@ class RMT(nn.Module):
             x, _, _ = block(x, allowed)
         x = self.ln_f(x)
         return x[:, M:M + T], x[:, M + T:]
+
+    def encode_segment_causal(self, input_ids, attention_mask, memory):
+        """encode_segment in the fused layout [read; real tokens; write; padding]: causal attention only.
+
+        Token rows past a row's length hold the write memory and padding here (not padding): every
+        consumer masks them (token_logprobs) or never reads them (last-token logits)."""
+        M = self.cfg.memory_tokens
+        B, T = input_ids.shape
+        L = T + 2 * M
+        mem = memory.to(self.wte.weight.dtype)
+        lengths = attention_mask.sum(dim=1, keepdim=True)
+        src = torch.cat([mem, self.wte(input_ids), mem], dim=1)  # [read; tokens incl. padding; write]
+        p = torch.arange(L, device=input_ids.device).unsqueeze(0)
+        # Position p takes itself up to the last real token, then write memory slot p-M-len (at
+        # M+T+slot in src), then padding (any pad token: src p-M).
+        idx = torch.where(p < M + lengths, p, torch.where(p < 2 * M + lengths, p - lengths + T, p - M))
+        # Row gathers on [B*L, D] (Gather), not element gathers with an index expanded to [B,L,D].
+        D = src.shape[2]
+        rows = torch.arange(B, device=input_ids.device).unsqueeze(1) * L
+        x = src.reshape(B * L, D)[(idx + rows).reshape(-1)].reshape(B, L, D) + self.wpe(p)
+        x = self.fused_blocks(x)
+        write = M + lengths + torch.arange(M, device=input_ids.device).unsqueeze(0)
+        return x[:, M:M + T], x.reshape(B * L, D)[(write + rows).reshape(-1)].reshape(B, M, D)
+
+    def fused_blocks(self, x):
+        """The blocks and ln_f as fused ops: each SkipLayerNormalization adds the previous projection's
+        output and bias to the residual stream and normalises for the next sub-layer."""
+        eps = self.cfg.layer_norm_eps
+        d = self.cfg.d_model
+        h = F.layer_norm(x, (d,), self.h[0].ln_1.weight, self.h[0].ln_1.bias, eps)
+        res = x
+        for i, blk in enumerate(self.h):
+            at, mlp = blk.attn, blk.mlp
+            q, k, v = torch.matmul(h, at.c_attn.weight).split(d, dim=2)
+            a = torch.matmul(CausalAttention.apply(q, k, v, at.c_attn.bias, at.n_heads), at.c_proj.weight)
+            h, res = SkipLayerNorm.apply(a, res, blk.ln_2.weight, blk.ln_2.bias, at.c_proj.bias, eps)
+            m = torch.matmul(BiasFastGelu.apply(torch.matmul(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight)
+            nxt = self.h[i + 1].ln_1 if i + 1 < len(self.h) else self.ln_f
+            h, res = SkipLayerNorm.apply(m, res, nxt.weight, nxt.bias, mlp.c_proj.bias, eps)
+        return h
 
     def lm_logits(self, h):
         return torch.matmul(h, self.wte.weight.t())
