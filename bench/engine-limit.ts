@@ -8,7 +8,9 @@
 // default cuda), DEVICE_ID (0), PRECISIONS ("fp32,fp16"), BATCHES ("1,2,4,8,16,32,64,128,256"),
 // SECONDS per point (2), PEAK_TFLOPS (798: the dense bf16 matrix rate measured on the H100 used),
 // PROFILE_BATCH (a batch size to profile with onnxruntime's profiler, per precision; empty = none),
-// PROFILE_ONLY=1 (skip the sweep), OUT_JSON (write the results there too). Profile in a process
+// PROFILE_ONLY=1 (skip the sweep), OUT_JSON (write the results there too), COMPARE_DIR (another package
+// with the same weights, e.g. masked vs fused attention: the largest |difference| of their next
+// memory on one batch with padded rows is printed per precision). Profile in a process
 // started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
 //
 // FLOPs per row and segment (what the architecture needs; the memory positions included):
@@ -67,6 +69,29 @@ function feeds(pkg: ModelPackage, batch: number): Record<string, Tensor> {
   };
 }
 
+/** Batch of 4 rows of lengths S, S/2, 1 and S-1 (left-aligned, padded). */
+function paddedFeeds(pkg: ModelPackage): Record<string, Tensor> {
+  const f = feeds(pkg, 4);
+  const S = pkg.segmentLength;
+  const mask = new BigInt64Array(4 * S);
+  [S, S >> 1, 1, S - 1].forEach((n, b) => mask.fill(1n, b * S, b * S + n));
+  return { ...f, attention_mask: int64(mask, [4, S]) };
+}
+
+async function compareWith(pkg: ModelPackage, precision: Precision): Promise<number> {
+  const other = await loadModelPackage(path.resolve(process.env.COMPARE_DIR!), { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision });
+  try {
+    const f = paddedFeeds(pkg);
+    const a = (await (pkg.sessions.segmentState ?? pkg.sessions.segment).run(f, ['next_state.memory']))['next_state.memory']!.data as Float32Array;
+    const b = (await (other.sessions.segmentState ?? other.sessions.segment).run(f, ['next_state.memory']))['next_state.memory']!.data as Float32Array;
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+    return worst;
+  } finally {
+    await other.release();
+  }
+}
+
 async function timeRuns(session: Session, f: Record<string, Tensor>): Promise<number[]> {
   for (let i = 0; i < 3; i++) await session.run(f, ['next_state.memory']); // first runs allocate and tune
   const times: number[] = [];
@@ -89,12 +114,17 @@ async function main(): Promise<void> {
   );
   const points: LimitPoint[] = [];
   const profiles: Record<string, unknown> = {};
+  const compare: Record<string, number> = {};
   for (const precision of PRECISIONS) {
     const t0 = performance.now();
     const pkg = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision });
     const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
     console.log(`${precision}: loaded in ${(performance.now() - t0).toFixed(0)} ms, graph ${path.basename(session.file)}`);
     try {
+      if (process.env.COMPARE_DIR) {
+        compare[precision] = await compareWith(pkg, precision);
+        console.log(`${precision}: next memory vs ${path.basename(process.env.COMPARE_DIR)}, 4 rows of lengths S, S/2, 1, S-1: max |diff| ${compare[precision]!.toExponential(2)}`);
+      }
       for (const batch of process.env.PROFILE_ONLY ? [] : BATCHES) {
         let times: number[];
         try {
@@ -137,7 +167,7 @@ async function main(): Promise<void> {
       }
     }
   }
-  if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify({ model: manifest.name, config: manifest.config, provider: PROVIDER, peakTflops: PEAK_TFLOPS, flopsPerRow: perRow, points, profiles }, null, 1));
+  if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify({ model: manifest.name, config: manifest.config, provider: PROVIDER, peakTflops: PEAK_TFLOPS, flopsPerRow: perRow, points, profiles, compare }, null, 1));
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -6,10 +6,12 @@
 #
 #   BUNDLE=/opt/rmt/rmt-serve-gpu bash bench/gpu-suite.sh <step>...
 #
-# Steps: prepare (random GPT-2-small-shaped package, segment_state graphs for the bundled shipped
-# models), limit (bench/engine-limit.ts, both models, fp32 and fp16, and a profile), reference
-# (bench/reference-pytorch.py), service (bench/service-stream.ts, GPT-2-small fp16, generation on the
-# shipped LM, one 1M-token document), plots. Results: $OUT (default bench/out/gpu).
+# Steps: prepare (random GPT-2-small-shaped packages, the same weights with masked and with fused
+# attention; segment_state graphs for the bundled shipped models), limit (bench/engine-limit.ts: both
+# GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
+# masked one, and profiles), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
+# GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), plots.
+# Results: $OUT (default bench/out/gpu).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUNDLE=${BUNDLE:?set BUNDLE to the installed bundle folder (the one holding rmt-serve-gpu)}
@@ -24,19 +26,24 @@ mkdir -p "$OUT"
 # The checkout's TypeScript runs with the bundle's production node_modules (tsx, onnxruntime-node).
 [ -e node_modules ] || ln -s "$BUNDLE/node_modules" node_modules
 GPT2=rmt-gpt2-small-random
+FUSED=rmt-gpt2-small-fused
 
 step_prepare() {
   python3 -m rmt_toolkit random-gpt2-small --out "$MODELS/$GPT2" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
+  python3 -m rmt_toolkit random-gpt2-small --attention fused --name $FUSED --out "$MODELS/$FUSED" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
   python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-small" --precisions fp32,fp16
   python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-lm" --precisions fp32
 }
 
 step_limit() {
   MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-gpt2.txt"
+  COMPARE_DIR=$MODELS/$GPT2 MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
   [ -n "${SKIP_SMALL:-}" ] || MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-small.txt"
   # Per-op GPU time: every kernel waits for the GPU, so its profile time is its GPU time.
   CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$GPT2 \
     OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/profile-gpt2.txt"
+  CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$FUSED \
+    OUT_JSON=$OUT/profile-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/profile-fused.txt"
 }
 
 step_reference() {
@@ -47,7 +54,7 @@ step_reference() {
 step_service() {
   # WORKER_PROCESSES (RMT_WORKER_PROCESSES) worker processes share the GPU; results per count.
   local w=${WORKER_PROCESSES:-1}
-  MODELS_DIR=$MODELS MODEL=$GPT2 PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
+  MODELS_DIR=$MODELS MODEL=${SERVICE_MODEL:-$FUSED} PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
     ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-w$w.json \
     "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-w$w.txt"
 }

@@ -19,16 +19,19 @@ def load(d, name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
-def engine_plot(d, lim, tag):
-    pts = lim["points"]
+def engine_plot(d, lims, tag):
+    """lims: [(limit json, label)] drawn on one figure (e.g. masked and fused attention)."""
+    lim = lims[0][0]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for prec in ("fp32", "fp16"):
-        p = [x for x in pts if x["precision"] == prec]
-        if not p:
-            continue
-        b = [x["batch"] for x in p]
-        a1.plot(b, [x["tokPerS"] / 1e3 for x in p], "o-", label=prec)
-        a2.plot(b, [x["mfu"] * 100 for x in p], "o-", label=prec)
+    for one, label in lims:
+        for prec in ("fp32", "fp16"):
+            p = [x for x in one["points"] if x["precision"] == prec]
+            if not p:
+                continue
+            b = [x["batch"] for x in p]
+            name = f"{prec}, {label}" if label else prec
+            a1.plot(b, [x["tokPerS"] / 1e3 for x in p], "o-", label=name)
+            a2.plot(b, [x["mfu"] * 100 for x in p], "o-", label=name)
     for a in (a1, a2):
         a.set_xscale("log", base=2)
         a.set_xlabel("batch (sessions per onnxruntime run)")
@@ -37,7 +40,7 @@ def engine_plot(d, lim, tag):
     a1.set_ylabel("k tokens/s")
     a2.set_ylabel(f"MFU % of {lim['peakTflops']} TFLOP/s")
     a2.axhline(40, color="grey", ls="--", lw=1)
-    fig.suptitle(f"engine limit: {lim['model']} segment steps, onnxruntime {lim['provider']}")
+    fig.suptitle(f"engine limit: {' vs '.join(o['model'] for o, _ in lims)} segment steps, onnxruntime {lim['provider']}")
     fig.tight_layout()
     fig.savefig(os.path.join(d, f"engine-limit-{tag}.png"), dpi=110)
 
@@ -74,16 +77,19 @@ def service_plot(d, svcs, lim, ref):
 def main():
     d = sys.argv[1]
     lg = load(d, "limit-gpt2.json")
+    lf = load(d, "limit-fused.json")
     ls = load(d, "limit-small.json")
-    if lg:
-        engine_plot(d, lg, "gpt2-small")
+    gpt2 = [(x, label) for x, label in ((lg, "masked attention"), (lf, "fused attention")) if x]
+    if gpt2:
+        engine_plot(d, gpt2, "gpt2-small")
     if ls:
-        engine_plot(d, ls, "rmt-brown-small")
+        engine_plot(d, [(ls, "")], "rmt-brown-small")
     import glob
 
     svcs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, "service-w*.json")))]
     if svcs:
-        service_plot(d, svcs, lg, load(d, "reference.json"))
+        lim = next((x for x in (lf, lg) if x and x["model"] == svcs[0]["model"]), None)
+        service_plot(d, svcs, lim, load(d, "reference.json"))
     print("plots written to", d)
 
 

@@ -9,7 +9,8 @@
 // Environment: MODEL (package name), MODELS_DIR, PROVIDER (cuda | cpu), PRECISION (fp16 | fp32),
 // SESSIONS ("1,8,64,256"), DOC_TOKENS per session (200000 / N at least 4 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
-// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
+// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), SERVICE_NODE_FLAGS (node flags for the
+// api and worker processes, e.g. --cpu-prof), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
 //
 // What is measured, per level:
@@ -54,6 +55,8 @@ const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
 const OUT_JSON = process.env.OUT_JSON;
+/** Node flags for the api and worker processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (not allowed in NODE_OPTIONS). */
+const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 /** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
 const CHARS_PER_TOKEN = 4.3;
 
@@ -90,7 +93,7 @@ function chunksOf(text: string, n: number): string[] {
 }
 
 function rmtServe(role: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...SERVICE_NODE_FLAGS, path.join(ROOT, 'bin/rmt-serve.js'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => process.stderr.write(`[${role}] ${d}`));
   child.stdout!.on('data', (d: Buffer) => {
     for (const line of String(d).split('\n')) if (/"level":(40|50|60)/.test(line)) process.stderr.write(`[${role}] ${line}\n`);
