@@ -22,19 +22,31 @@ export function splitForTokenization(text: string, maxPending: number): [ready: 
 }
 
 /**
+ * Cuts text at non-space→space boundaries into pieces of at most `pieceChars` (a window without a
+ * boundary makes the rest one piece): tokenized one by one, they give the ids of the whole (above).
+ */
+export function piecesAtBoundaries(text: string, pieceChars: number): string[] {
+  const out: string[] = [];
+  // Windows are slices at an offset: re-joining the rest into a new string per piece would copy the
+  // whole remainder each time (quadratic, and garbage the size of the text per piece).
+  let start = 0;
+  while (text.length - start > pieceChars) {
+    const [ready] = splitForTokenization(text.slice(start, start + pieceChars), pieceChars);
+    if (!ready) break; // no boundary in the window: the remainder is one piece
+    out.push(ready);
+    start += ready.length;
+  }
+  out.push(text.slice(start));
+  return out;
+}
+
+/**
  * Tokenizes long text in pieces cut at word boundaries: the same ids as one encode() of the whole
  * (see above), with the tokenizer's working memory bounded by the piece size, not the text size.
  */
 export function encodeInPieces(encode: (text: string) => number[], text: string, pieceChars = 16384): number[] {
   const out: number[] = [];
-  let rest = text;
-  while (rest.length > pieceChars) {
-    const [ready, pending] = splitForTokenization(rest.slice(0, pieceChars), pieceChars);
-    if (!ready) break; // no boundary in the window: encode the remainder whole
-    for (const id of encode(ready)) out.push(id);
-    rest = pending + rest.slice(pieceChars);
-  }
-  for (const id of encode(rest)) out.push(id);
+  for (const piece of piecesAtBoundaries(text, pieceChars)) for (const id of encode(piece)) out.push(id);
   return out;
 }
 
