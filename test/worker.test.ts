@@ -39,9 +39,9 @@ function newPrefix(): string {
   return `t${process.pid}x${++prefixCount}`;
 }
 
-function spawnWorker(prefix: string): ChildProcess {
+function spawnWorker(prefix: string, extra: Record<string, string> = {}): ChildProcess {
   const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), 'worker'], {
-    env: { ...process.env, ...env(prefix) },
+    env: { ...process.env, ...env(prefix), ...extra },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   children.push(child);
@@ -290,7 +290,9 @@ describe('worker processes', () => {
   test('SIGKILL mid-ingest, a new worker resumes: bit-identical to an uninterrupted run; two workers in turn too', async () => {
     const prefix = newPrefix();
     const client = startClientRuntime(configFor(prefix));
-    const ref = await startWorkerRuntime(configFor(prefix + 'ref'));
+    // The reference commits every segment; the killed worker commits every 3 (batched commits).
+    const ref = await startWorkerRuntime(loadConfig({ ...env(prefix + 'ref'), RMT_COMMIT_SEGMENTS: '1' }));
+    const batched = { RMT_COMMIT_SEGMENTS: '3', RMT_COMMIT_MS: '600000' };
     const refClient = startClientRuntime(configFor(prefix + 'ref'));
     try {
       const m = ref.engine.model(MODEL);
@@ -303,10 +305,12 @@ describe('worker processes', () => {
 
       // Worker A is killed after a few segments; worker B picks the job up when its lock lapses.
       const s = await client.store.create(spec, m.initState);
-      const a = spawnWorker(prefix);
+      const a = spawnWorker(prefix, batched);
       await waitReady(a);
       let killedAt = -1;
+      const seen: number[] = [];
       const sub = await subscribe(prefix, s.id, (ev) => {
+        if (ev.type === 'segment' && killedAt < 0) seen.push(ev.segmentsCommitted);
         if (ev.type === 'segment' && ev.segmentsCommitted >= 8 && killedAt < 0) {
           killedAt = ev.segmentsCommitted;
           a.kill('SIGKILL');
@@ -317,7 +321,9 @@ describe('worker processes', () => {
       assert.ok(killedAt > 0, 'never killed');
       const mid = (await client.store.get(s.id))!;
       assert.ok(mid.segmentsCommitted < want.segmentsCommitted, 'worker A finished before it was killed');
-      const b = spawnWorker(prefix);
+      assert.deepEqual(seen, [3, 6, 9], 'worker A should commit (and report) every 3 segments');
+      assert.equal(mid.segmentsCommitted % 3, 0, `killed mid-batch, yet ${mid.segmentsCommitted} segments are committed`);
+      const b = spawnWorker(prefix, batched);
       await waitReady(b);
       const r = await client.queue.result(jobId, 120_000);
       assert.equal(r.error, undefined);

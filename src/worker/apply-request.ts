@@ -11,12 +11,15 @@ import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
 import type { SessionRecord, SessionStore } from '../state/session-store.ts';
 import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
+import { performance } from 'node:perf_hooks';
 
 export interface ApplyContext {
   engine: Engine;
   store: SessionStore;
   tokenizer(model: string): TextTokenizer;
   maxPendingTextChars: number;
+  /** Ingest commits at most every this many segments or milliseconds (default: every segment). */
+  commitEvery?: { segments: number; ms: number };
 }
 
 export interface ApplyHooks {
@@ -101,27 +104,49 @@ class SessionCursor {
     await this.settle();
     const nextState = await this.runSegment(this.rec.tail, this.rec.state, scores, this.rec.segmentsCommitted + 1);
     this.latest = nextState;
+    this.ahead++;
     await this.commit({ state: nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
   }
 
   /**
-   * The ingest loop's segment: its commit overlaps the next segment's engine run, so a session's
-   * segments are not serialised on Redis round trips. At most one commit is in flight; it starts
-   * once the previous one is done (each is a compare-and-set on the version the previous wrote),
-   * and `after` runs when it has landed. A failed commit surfaces at the next segment or settle().
+   * The ingest loop's segment. Commits are batched: one every `commitEvery.segments` segments or
+   * `commitEvery.ms` milliseconds, whichever comes first (a commit writes the whole state to Redis,
+   * about 50 kB for GPT-2 small, and a progress event: per segment that cost more main-thread time
+   * than the segment's engine step). A crash loses at most that much work, never data: a retry
+   * resumes at the last commit. A commit overlaps the next segments' engine runs; at most one is in
+   * flight (each is a compare-and-set on the version the previous wrote), and `after` runs when it
+   * has landed. A failed commit surfaces at the next commit or at settle().
    */
   async pipelineSegment(tail: number[], consumed: number, scores: SegmentScore[] | undefined, after: () => void): Promise<void> {
-    const segmentNo = this.rec.segmentsCommitted + (this.inFlight ? 2 : 1);
-    const [nextState] = await Promise.all([this.runSegment(tail, this.latest, scores, segmentNo), this.inFlight]);
-    this.inFlight = undefined;
+    const nextState = await this.runSegment(tail, this.latest, scores, this.rec.segmentsCommitted + this.ahead + 1);
     this.latest = nextState;
+    this.ahead++;
+    this.uncommitted++;
+    const every = this.ctx.commitEvery ?? { segments: 1, ms: 0 };
+    if (this.uncommitted < every.segments && performance.now() - this.lastCommitAt < every.ms) return;
+    await this.inFlight;
+    this.inFlight = undefined;
+    const addSegments = this.uncommitted;
+    this.uncommitted = 0;
     // commit() takes the token counters synchronously, before tokens of the next segment are counted.
-    const p = this.commit({ state: nextState, tail: [], pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed }).then(after);
+    const p = this.commit({ state: nextState, tail: [], pendingText: this.rec.pendingText, addSegments, curOffset: consumed }).then(after);
     p.catch(() => undefined); // awaited later; this only keeps it from counting as unhandled meanwhile
     this.inFlight = p;
   }
 
-  /** Waits for the commit in flight (pipelineSegment); afterwards rec is the latest state. */
+  /**
+   * Waits for the commit in flight, then commits what is still uncommitted (the newest state, `tail`
+   * and the other fields given): afterwards rec is the latest state.
+   */
+  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false): Promise<void> {
+    await this.settle();
+    if (onlyIfUncommitted && this.uncommitted === 0) return;
+    const addSegments = this.uncommitted;
+    this.uncommitted = 0;
+    await this.commit({ state: this.latest, addSegments, ...u });
+  }
+
+  /** Waits for the commit in flight (pipelineSegment). */
   async settle(): Promise<void> {
     const p = this.inFlight;
     this.inFlight = undefined;
@@ -129,7 +154,11 @@ class SessionCursor {
   }
 
   private inFlight: Promise<void> | undefined;
-  /** The newest state: ahead of rec.state while a commit is in flight. */
+  /** Segments run but not yet in rec (committing or uncommitted), and those not yet committing. */
+  private ahead = 0;
+  private uncommitted = 0;
+  private lastCommitAt = performance.now();
+  /** The newest state: ahead of rec.state while segments are uncommitted or a commit is in flight. */
   private latestState: Float32Array | undefined;
   private get latest(): Float32Array {
     return this.latestState ?? this.rec.state;
@@ -167,7 +196,9 @@ class SessionCursor {
       curOffset: u.curOffset,
       appliedSeq: u.appliedSeq ?? this.rec.appliedSeq,
     };
-    this.latest = u.state;
+    this.ahead -= u.addSegments;
+    this.lastCommitAt = performance.now();
+    if (this.ahead === 0) this.latest = u.state;
   }
 }
 
@@ -210,16 +241,16 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     tail.push(ids[i]!);
     cur.ingestedSinceCommit++;
   }
-  await cur.settle();
-
   if (data.request.kind === 'ingest') {
-    await cur.commit({ state: cur.rec.state, tail, pendingText: pendingAfter, addSegments: 0, curOffset: ids.length, appliedSeq: data.seq });
+    await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq });
     const result: RequestResult = { ...base(cur.rec, ids.length), ...(scores ? { scores } : {}) };
     hooks.progress({ type: 'done', seq: data.seq, result });
     return result;
   }
 
-  // 2. Generation. Tokens generated before the last commit (an earlier attempt) are already in the state.
+  // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
+  // commit (an earlier attempt) are already in the state.
+  await cur.finish({ tail, pendingText: '', curOffset: ids.length }, true);
   const req = data.request;
   if (tail.length === 0) throw new RequestError('empty_prompt', 'generation needs a prompt or earlier text in the session');
   const generated = resumeAt > ids.length ? [...(data.generated ?? [])].slice(0, resumeAt - ids.length) : [];

@@ -63,7 +63,7 @@ export async function startWorkerRuntime(
   const worker = new SessionWorker({
     redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, concurrency: config.workerConcurrency,
     lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs,
-    maxPendingTextChars: config.maxPendingTextChars, ...(log ? { log } : {}),
+    maxPendingTextChars: config.maxPendingTextChars, commitEvery: { segments: config.commitSegments, ms: config.commitMs }, ...(log ? { log } : {}),
   });
   await worker.start();
   return {

@@ -23,6 +23,8 @@ export interface SessionWorkerOptions {
   lockDurationMs: number;
   stalledIntervalMs: number;
   maxPendingTextChars: number;
+  /** Ingest commits at most every this many segments or milliseconds (apply-request.ts pipelineSegment). */
+  commitEvery?: { segments: number; ms: number };
   /**
    * Fallback re-check delay for a job waiting on its session's previous request. The handoff itself
    * is immediate: whoever applies seq k promotes job k+1 (promoteNext), and a waiter that sees its
@@ -80,6 +82,7 @@ export class SessionWorker {
     const { sessionId, seq } = job.data;
     try {
       const rec = await this.waitForTurn(job, token);
+      let segmentsSeen = rec?.segmentsCommitted ?? 0;
       const result = await applyRequest(
         {
           engine: this.o.engine,
@@ -90,11 +93,16 @@ export class SessionWorker {
             return t;
           },
           maxPendingTextChars: this.o.maxPendingTextChars,
+          ...(this.o.commitEvery ? { commitEvery: this.o.commitEvery } : {}),
         },
         job.data,
         {
           progress: (ev) => {
-            if (ev.type === 'segment') this.o.metrics?.segments.inc();
+            if (ev.type === 'segment') {
+              // One event per commit, which may hold several segments.
+              this.o.metrics?.segments.inc(ev.segmentsCommitted - segmentsSeen);
+              segmentsSeen = ev.segmentsCommitted;
+            }
             void this.o.store.publishProgress(sessionId, ev).catch(() => undefined);
           },
           saveGenerated: async (ids, logprobs) => {
