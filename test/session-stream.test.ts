@@ -299,6 +299,12 @@ describe('session stream (websocket)', { timeout: 120_000 }, () => {
     const { c } = await connect(id);
     const unit = (DOC + ' ').repeat(Math.ceil((1 << 20) / (DOC.length + 1))).slice(0, 1 << 20);
     const pausesBefore = streamStats.pausesTotal;
+    // The tokenizer threads' heaps grow to their working size on first use (a fixed cost, like the
+    // engine's): let them get there on as much text as the flood brings (one append at a time, so
+    // this process' own heap is not grown with it) before the baseline: what is measured is what
+    // the connection holds.
+    const log = { error: (o: object) => assert.fail(`tokenizer pool failed: ${JSON.stringify(o)}`) };
+    if (h.deps.pretokenizer) for (let i = 0; i < 8; i++) assert.ok('pieces' in (await h.deps.pretokenizer!.ingestText(MODEL, unit, log)));
     // What is measured: RSS after a full GC, sampled every 100 ms for 3 s while the server has
     // the socket paused (the steady state the bound is about). Without the GC, RSS also holds
     // uncollected garbage: every 1 MB append leaves ~7 MB of short-lived copies in this one process

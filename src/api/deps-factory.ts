@@ -1,23 +1,30 @@
 // Builds ApiDeps from config: the client side of the data plane (Redis, store, queue), progress
-// fan-out, model catalog and tokenizers.
+// fan-out, model catalog and tokenizers, and the tokenizer threads for long appends.
 import type { Config } from '../config/config.ts';
 import { loadCatalog } from '../engine/model-catalog.ts';
 import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
+import { TokenizerPool } from '../engine/tokenizer-pool.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';
 import { startClientRuntime } from '../worker/runtime.ts';
 import type { ApiDeps } from './deps.ts';
+import { Pretokenizer } from './pretokenizer.ts';
 
 export async function createApiDeps(config: Config): Promise<ApiDeps & { close(): Promise<void> }> {
-  const client = startClientRuntime(config);
-  const progress = new ProgressHub(client.redis, config.keyPrefix);
   const catalog = await loadCatalog(config.modelsDir, config.models);
   const tokenizers = new Map<string, TextTokenizer>();
   for (const m of catalog.list()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
+  const pool = config.tokenizerThreads > 0
+    ? await TokenizerPool.start({ threads: config.tokenizerThreads, tokenizers: Object.fromEntries(catalog.list().map((m) => [m.name, m.tokenizerFile])) })
+    : undefined;
+  const client = startClientRuntime(config);
+  const progress = new ProgressHub(client.redis, config.keyPrefix);
   return {
     config, redis: client.redis, store: client.store, queue: client.queue, progress, catalog, tokenizers,
+    ...(pool ? { pretokenizer: new Pretokenizer(pool) } : {}),
     async close() {
       await progress.close();
       await client.close();
+      await pool?.close();
     },
   };
 }

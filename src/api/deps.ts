@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
 import type { ModelCatalog } from '../engine/model-catalog.ts';
 import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { Pretokenizer } from './pretokenizer.ts';
 import type { ProgressHub } from '../queue/progress-hub.ts';
 import type { RequestQueue } from '../queue/request-queue.ts';
 import type { SessionStore } from '../state/session-store.ts';
@@ -15,4 +16,6 @@ export interface ApiDeps {
   progress: ProgressHub;
   catalog: ModelCatalog;
   tokenizers: Map<string, TextTokenizer>;
+  /** Tokenizes long appends before they are queued (RMT_TOKENIZER_THREADS > 0); absent: workers do. */
+  pretokenizer?: Pretokenizer;
 }

@@ -35,6 +35,7 @@
 // maxPayload, a connection holds at most about MAX_UNAPPLIED_BYTES + 2 * 4 MB of client text.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ApiDeps } from '../deps.ts';
+import type { IngestText } from '../pretokenizer.ts';
 import { ErrorSchema, SessionParamsSchema } from '../schemas.ts';
 import { ApiError } from '../errors.ts';
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
@@ -154,6 +155,27 @@ function decodeFrame(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): 
   }
 }
 
+/** A message as a JSON object (ProtocolError when it is not one). */
+function parseMessage(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): Record<string, unknown> {
+  const text = decodeFrame(data, isBinary);
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    throw new ProtocolError('invalid_json', 'message is not valid JSON');
+  }
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('invalid_message', 'message must be a JSON object');
+  return m as Record<string, unknown>;
+}
+
+/** A message as read on arrival: parsed (or why not), and an append's text as it will be queued. */
+interface Frame {
+  msg?: Record<string, unknown>;
+  err?: unknown;
+  /** Started on arrival (the tokenizer threads), so a connection's appends tokenize in parallel. */
+  ingestText?: Promise<IngestText>;
+}
+
 function frameBytes(data: Buffer | ArrayBuffer | Buffer[]): number {
   return Array.isArray(data) ? data.reduce((a, b) => a + b.length, 0) : data.byteLength;
 }
@@ -173,7 +195,7 @@ export const STREAM_DOC = {
 };
 
 export default async function sessionStreamRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
-  const { store, queue, progress, redis, catalog } = deps;
+  const { store, queue, progress, redis, catalog, pretokenizer } = deps;
   const found = new WeakMap<FastifyRequest, SessionRecord>();
 
   const readLastSeq = async (id: string): Promise<number> => Number((await redis.hget(store.keys.session(id), LAST_SEQ_FIELD)) ?? 0);
@@ -306,7 +328,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         }
       };
 
-      const handleAppend = async (m: Record<string, unknown>, bytes: number, tracked: { yes: boolean }): Promise<void> => {
+      const handleAppend = async (m: Record<string, unknown>, bytes: number, tracked: { yes: boolean }, ingestText?: Promise<IngestText>): Promise<void> => {
         const seq = m.seq;
         const text = m.text;
         if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
@@ -323,7 +345,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (seq !== lastSeq + 1) {
           throw new ProtocolError('seq_gap', `append.seq ${seq} skips ahead: the next expected seq is ${lastSeq + 1}`);
         }
-        const req: IngestRequest = { kind: 'ingest', text, flush: m.flush === true };
+        const req: IngestRequest = { kind: 'ingest', ...(ingestText ? await ingestText : { text }), flush: m.flush === true };
         const { seq: q } = await queue.submit(sessionId, req, { field: WS_PENDING_FIELD, value: String(seq) });
         // Durable from here on; hand the bytes over to the applied-tracking before anything else.
         inflight.push({ q, bytes, chars: text.length });
@@ -365,21 +387,28 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         for (const ev of g.held.splice(0)) if (ev.seq === g.q && gen === g) sendGenerationEvent(ev);
       };
 
-      const handle = async (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean, bytes: number): Promise<void> => {
+      /** Parses a message on arrival and starts tokenizing a long append that is not a known duplicate. */
+      const readFrame = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): Frame => {
+        let msg: Record<string, unknown>;
+        try {
+          msg = parseMessage(data, isBinary);
+        } catch (err) {
+          return { err };
+        }
+        if (!pretokenizer || msg.type !== 'append' || typeof msg.text !== 'string' || typeof msg.seq !== 'number' || msg.seq <= lastSeq) return { msg };
+        const ingestText = pretokenizer.ingestText(initial.model, msg.text, log);
+        ingestText.catch(() => undefined); // awaited by handleAppend, or dropped (a duplicate, a bad message, a closed socket)
+        return { msg, ingestText };
+      };
+
+      const handle = async (frame: Frame, bytes: number): Promise<void> => {
         const tracked = { yes: false }; // an append's bytes are released when a worker applied it
         try {
-          const text = decodeFrame(data, isBinary);
-          let m: unknown;
-          try {
-            m = JSON.parse(text);
-          } catch {
-            throw new ProtocolError('invalid_json', 'message is not valid JSON');
-          }
-          if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('invalid_message', 'message must be a JSON object');
-          const msg = m as Record<string, unknown>;
+          if (!frame.msg) throw frame.err;
+          const msg = frame.msg;
           switch (msg.type) {
             case 'append':
-              await handleAppend(msg, bytes, tracked);
+              await handleAppend(msg, bytes, tracked, frame.ingestText);
               break;
             case 'generate':
               await handleGenerate(msg);
@@ -455,8 +484,8 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       };
 
       // Messages are handled strictly one after another, in arrival order (acks stay in order and
-      // appends reach the queue in seq order). The listener is attached synchronously so no frame
-      // that arrives during init is lost.
+      // appends reach the queue in seq order); only a long append's tokenizing starts on arrival
+      // (readFrame). The listener is attached synchronously so no frame that arrives during init is lost.
       let chain: Promise<void> = Promise.resolve();
       const self: Connection = {
         close: (code, reason) => shut(code, reason),
@@ -476,7 +505,12 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       socket.on('message', (data, isBinary) => {
         const bytes = frameBytes(data);
         hold(bytes);
-        chain = chain.then(() => (closed ? release(bytes) : handle(data, isBinary, bytes)));
+        if (closed) {
+          chain = chain.then(() => release(bytes));
+          return;
+        }
+        const frame = readFrame(data, isBinary);
+        chain = chain.then(() => (closed ? release(bytes) : handle(frame, bytes)));
       });
       socket.on('close', () => cleanup());
       socket.on('error', (err) => {

@@ -138,9 +138,13 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
         throw new ApiError('invalid_request', `ids[${bad}] = ${body.ids[bad]} is outside the vocabulary of ${model.name} (0..${model.vocabSize - 1})`, `ids.${bad}`, 'invalid_token_id');
       }
     }
+    // Long text: its middle is tokenized here, on the tokenizer threads, not on a worker's main thread.
+    const payload = body.text === undefined ? { ids: body.ids! }
+      : deps.pretokenizer ? await deps.pretokenizer.ingestText(rec.model, body.text, req.log)
+      : { text: body.text };
     const request: IngestRequest = {
       kind: 'ingest',
-      ...(body.text !== undefined ? { text: body.text } : { ids: body.ids! }),
+      ...payload,
       flush: body.flush ?? true,
       ...(body.perplexity ? { score: true } : {}),
     };
