@@ -10,7 +10,7 @@
 // SESSIONS ("1,8,64,256"), DOC_TOKENS per session (200000 / N at least 4 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
 // (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), SERVICE_NODE_FLAGS (node flags for the
-// api and worker processes, e.g. --cpu-prof), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
+// api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
 //
 // What is measured, per level:
@@ -55,6 +55,8 @@ const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
 const OUT_JSON = process.env.OUT_JSON;
+/** The api's tokenizer threads (RMT_TOKENIZER_THREADS): long appends are tokenized there, before they are queued. */
+const TOKENIZER_THREADS = Number(process.env.TOKENIZER_THREADS ?? 8);
 /** Node flags for the api and worker processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (not allowed in NODE_OPTIONS). */
 const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 /** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
@@ -251,15 +253,15 @@ async function main(): Promise<void> {
     RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(Math.max(64, 2 * MAX_BATCH)),
     RMT_WORKER_METRICS_PORT: String(metricsPort), RMT_WORKER_PROCESSES: String(WORKER_PROCESSES),
   });
-  const api = rmtServe('api', { ...common, PORT: String(port) });
+  const api = rmtServe('api', { ...common, PORT: String(port), RMT_TOKENIZER_THREADS: String(TOKENIZER_THREADS) });
   const results: Record<string, unknown>[] = [];
-  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
   try {
     const t0 = performance.now();
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
