@@ -138,12 +138,13 @@ class SessionCursor {
    * Waits for the commit in flight, then commits what is still uncommitted (the newest state, `tail`
    * and the other fields given): afterwards rec is the latest state.
    */
-  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false): Promise<void> {
+  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false): Promise<number> {
     await this.settle();
-    if (onlyIfUncommitted && this.uncommitted === 0) return;
+    if (onlyIfUncommitted && this.uncommitted === 0) return 0;
     const addSegments = this.uncommitted;
     this.uncommitted = 0;
     await this.commit({ state: this.latest, addSegments, ...u });
+    return addSegments;
   }
 
   /** Waits for the commit in flight (pipelineSegment). */
@@ -227,22 +228,23 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
 
   // 1. The request's tokens (text or prompt), from where an earlier attempt stopped.
   let tail = [...rec.tail];
+  const segmentProgress = (consumed: number) =>
+    hooks.progress({
+      type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
+      requestTokens: ids.length, requestConsumed: consumed,
+    });
   for (let i = Math.min(resumeAt, ids.length); i < ids.length; i++) {
     if (tail.length === S) {
       const consumed = i;
-      await cur.pipelineSegment(tail, consumed, scores, () =>
-        hooks.progress({
-          type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
-          requestTokens: ids.length, requestConsumed: consumed,
-        }),
-      );
+      await cur.pipelineSegment(tail, consumed, scores, () => segmentProgress(consumed));
       tail = [];
     }
     tail.push(ids[i]!);
     cur.ingestedSinceCommit++;
   }
   if (data.request.kind === 'ingest') {
-    await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq });
+    // Segments of the last, partial batch are committed with the request: report them too.
+    if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq })) > 0) segmentProgress(ids.length);
     const result: RequestResult = { ...base(cur.rec, ids.length), ...(scores ? { scores } : {}) };
     hooks.progress({ type: 'done', seq: data.seq, result });
     return result;
@@ -250,7 +252,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
 
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
   // commit (an earlier attempt) are already in the state.
-  await cur.finish({ tail, pendingText: '', curOffset: ids.length }, true);
+  if ((await cur.finish({ tail, pendingText: '', curOffset: ids.length }, true)) > 0) segmentProgress(ids.length);
   const req = data.request;
   if (tail.length === 0) throw new RequestError('empty_prompt', 'generation needs a prompt or earlier text in the session');
   const generated = resumeAt > ids.length ? [...(data.generated ?? [])].slice(0, resumeAt - ids.length) : [];
