@@ -382,7 +382,9 @@ async function loadModels(): Promise<EngineDevice> {
     cudaProblem = `CUDA execution provider cannot start: ${pre.join('; ')}${config.cpuFallback ? '' : '; set RMT_CPU_FALLBACK=1 to run on the CPU instead'}`;
   } else {
     try {
-      await loadAll({ ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision });
+      // On CUDA the kernels run on the GPU; an intra-op pool (onnxruntime's default: one spinning
+      // thread per core) would only busy-wait, taking CPU from the worker's and the API's threads.
+      await loadAll({ intraOpThreads: 1, ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision });
       return { executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision };
     } catch (err) {
       const msg = errorMessage(err);
