@@ -4,8 +4,11 @@
 //   node --import tsx bench/engine-event-loop.ts
 //
 // Environment: SESSIONS (default "1,8,32"), SECONDS per level (10), THREADS (intraOpThreads, 1),
-// MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), BASELINE_SECONDS (5; 0 skips the
-// comparison run that calls onnxruntime on the main thread, as a server would without the engine).
+// MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), MODELS_DIR (models/), PROVIDER
+// (cpu | cuda), PRECISION (fp32 | fp16), OP (segment | advance: the state-only graph ingest uses),
+// EXTRA_MODELS (also loaded, not run),
+// BASELINE_SECONDS (5; 0 skips the comparison run that calls onnxruntime on the main thread, as a
+// server would without the engine).
 import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -14,7 +17,12 @@ import { startEngine, type BatchStat, type Engine } from '../src/engine/engine.t
 import { percentile, tokens } from './bench-support.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const MODELS_DIR = path.join(ROOT, 'models');
+const MODELS_DIR = path.resolve(process.env.MODELS_DIR ?? path.join(ROOT, 'models'));
+const PROVIDER = (process.env.PROVIDER ?? 'cpu') as 'cpu' | 'cuda';
+const PRECISION = (process.env.PRECISION ?? 'fp32') as 'fp32' | 'fp16';
+const OP = process.env.OP ?? 'segment';
+/** Models loaded beside MODEL (comma-separated), as a worker serving several models would. */
+const EXTRA_MODELS = (process.env.EXTRA_MODELS ?? '').split(',').filter(Boolean);
 const MODEL = process.env.MODEL ?? 'rmt-brown-small';
 const LEVELS = (process.env.SESSIONS ?? '1,8,32').split(',').map(Number);
 const SECONDS = Number(process.env.SECONDS ?? 10);
@@ -98,7 +106,7 @@ function report(r: LevelResult): void {
 
 async function main(): Promise<void> {
   console.log(
-    `engine event-loop bench: model ${MODEL}, ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, ` +
+    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, ` +
       `maxBatch ${MAX_BATCH}, maxBatchTokens ${MAX_BATCH_TOKENS}, ${SECONDS} s per level, full ${'segments'}; ` +
       `node ${process.version}`,
   );
@@ -106,8 +114,9 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const engine: Engine = await startEngine({
     modelsDir: MODELS_DIR,
-    models: [MODEL],
-    executionProvider: 'cpu',
+    models: [MODEL, ...EXTRA_MODELS],
+    executionProvider: PROVIDER,
+    precision: PRECISION,
     intraOpThreads: THREADS,
     maxBatch: MAX_BATCH,
     maxBatchTokens: MAX_BATCH_TOKENS,
@@ -115,13 +124,16 @@ async function main(): Promise<void> {
   const info = engine.model(MODEL);
   console.log(`engine ready in ${(performance.now() - t0).toFixed(0)} ms`);
   // Warm-up: first runs of each batch shape allocate.
-  await Promise.all(Array.from({ length: MAX_BATCH }, (_, s) => engine.segment(MODEL, tokens(s, info.segmentLength, info.vocabSize), info.initState)));
+  await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, (_, s) => {
+    const ids = tokens(s, info.segmentLength, info.vocabSize);
+    return OP === 'advance' ? engine.advance(MODEL, ids, info.initState) : engine.segment(MODEL, ids, info.initState);
+  }));
 
   try {
     for (const n of LEVELS) {
       const batches: BatchStat[] = [];
       const stop = engine.onBatch((s) => batches.push(s));
-      const r = await saturate('engine thread', n, SECONDS, info.segmentLength, info.vocabSize, info.initState, async (ids, state) => (await engine.segment(MODEL, ids, state)).nextState, batches);
+      const r = await saturate('engine thread', n, SECONDS, info.segmentLength, info.vocabSize, info.initState, OP === 'advance' ? (ids, state) => engine.advance(MODEL, ids, state) : async (ids, state) => (await engine.segment(MODEL, ids, state)).nextState, batches);
       stop();
       report(r);
     }

@@ -10,7 +10,9 @@
 // PROFILE_BATCH (a batch size to profile with onnxruntime's profiler, per precision; empty = none),
 // PROFILE_ONLY=1 (skip the sweep), OUT_JSON (write the results there too), COMPARE_DIR (another package
 // with the same weights, e.g. masked vs fused attention: the largest |difference| of their next
-// memory on one batch with padded rows is printed per precision). Profile in a process
+// memory on one batch with padded rows is printed per precision), VARY ("lo,hi": after the sweep, runs
+// whose batch size changes every run, uniformly in lo..hi, as a server's batches do; reported as ms per
+// row beside the fixed-size runs at (lo+hi)/2). Profile in a process
 // started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
 //
 // FLOPs per row and segment (what the architecture needs; the memory positions included):
@@ -144,6 +146,24 @@ async function main(): Promise<void> {
           `${precision} batch ${String(batch).padStart(3)} | step p50 ${p50.toFixed(2)} ms (min ${p.stepMsMin.toFixed(2)}, max ${p.stepMsMax.toFixed(2)}, ${p.runs} runs) | ` +
             `${Math.round(p.tokPerS)} tok/s | ${p.tflops.toFixed(1)} TFLOP/s | MFU ${(p.mfu * 100).toFixed(1)} %`,
         );
+      }
+      if (process.env.VARY) {
+        const [lo, hi] = process.env.VARY.split(',').map(Number) as [number, number];
+        const all = Array.from({ length: hi - lo + 1 }, (_, i) => feeds(pkg, lo + i));
+        for (const f of all) await session.run(f, ['next_state.memory']); // every size once
+        let rows = 0;
+        let x = 12345;
+        const t1 = performance.now();
+        for (let i = 0; i < 200; i++) {
+          x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+          const k = (x >>> 8) % all.length;
+          rows += lo + k;
+          await session.run(all[k]!, ['next_state.memory']);
+        }
+        const varied = (performance.now() - t1) / rows;
+        const mid = Math.round((lo + hi) / 2);
+        const fixed = percentile(await timeRuns(session, feeds(pkg, mid)), 50) / mid;
+        console.log(`${precision}: batch size varying in ${lo}..${hi}: ${varied.toFixed(3)} ms per row; fixed at ${mid}: ${fixed.toFixed(3)} ms per row`);
       }
     } finally {
       await pkg.release();

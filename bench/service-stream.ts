@@ -7,7 +7,9 @@
 //   node --import tsx bench/service-stream.ts
 //
 // Environment: MODEL (package name), MODELS_DIR, PROVIDER (cuda | cpu), PRECISION (fp16 | fp32),
-// SESSIONS ("1,8,64,256"), DOC_TOKENS per session (200000 / N at least 4 segments; see docTokens),
+// SESSIONS ("1,8,64,256"), TOTAL_TOKENS per level (2000000; or a list, one per level: more tokens
+// amortise the start and the end of a level, when not every session is streaming yet or any more),
+// DOC_TOKENS per session (instead: TOTAL_TOKENS / N, at least 8 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
 // (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), SERVICE_NODE_FLAGS (node flags for the
 // api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
@@ -55,6 +57,8 @@ const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
 const OUT_JSON = process.env.OUT_JSON;
+/** nvidia-smi sampling period for GPU utilisation; 0 = off. */
+const GPU_SAMPLE_MS = Number(process.env.GPU_SAMPLE_MS ?? 100);
 /** The api's tokenizer threads (RMT_TOKENIZER_THREADS): long appends are tokenized there, before they are queued. */
 const TOKENIZER_THREADS = Number(process.env.TOKENIZER_THREADS ?? 8);
 /** Node flags for the api and worker processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (not allowed in NODE_OPTIONS). */
@@ -63,7 +67,9 @@ const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').fil
 const CHARS_PER_TOKEN = 4.3;
 
 function docTokens(n: number): number {
-  return Number(process.env.DOC_TOKENS ?? Math.max(8 * 512, Math.round(2_000_000 / n)));
+  const totals = (process.env.TOTAL_TOKENS ?? '2000000').split(',').map(Number);
+  const total = totals[Math.min(LEVELS.indexOf(n), totals.length - 1)] ?? 2_000_000;
+  return Number(process.env.DOC_TOKENS ?? Math.max(8 * 512, Math.round(total / n)));
 }
 
 const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
@@ -149,9 +155,9 @@ async function scrape(base: number): Promise<Metrics> {
 }
 
 function gpuSampler(): { stop(): number | undefined } {
-  if (spawnSync('nvidia-smi', ['-L']).error) return { stop: () => undefined };
+  if (GPU_SAMPLE_MS <= 0 || spawnSync('nvidia-smi', ['-L']).error) return { stop: () => undefined };
   const samples: number[] = [];
-  const p = spawn('nvidia-smi', ['--query-gpu=utilization.gpu', '--format=csv,noheader,nounits', '-lms', '100'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const p = spawn('nvidia-smi', ['--query-gpu=utilization.gpu', '--format=csv,noheader,nounits', '-lms', String(GPU_SAMPLE_MS)], { stdio: ['ignore', 'pipe', 'ignore'] });
   p.stdout.on('data', (d: Buffer) => {
     for (const l of String(d).split('\n')) if (l.trim() !== '' && !Number.isNaN(Number(l))) samples.push(Number(l));
   });
