@@ -80,7 +80,7 @@ function validate(r: EngineRequest): string | undefined {
   }
   for (let i = 0; i < r.ids.length; i++) {
     const id = r.ids[i]!;
-    if (id < 0 || id >= vocabSize) return `${where}: ids[${i}] = ${id} is not a token id in 0..${vocabSize - 1}`;
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize) return `${where}: ids[${i}] = ${id} is not a token id in 0..${vocabSize - 1}`;
   }
   const expected = m.info.stateBytes / 4;
   if (r.state.length !== expected) {
