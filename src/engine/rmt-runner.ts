@@ -52,8 +52,6 @@ export interface SegmentOptions {
   width?: number;
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
 function segmentFeeds(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
   const longest = Math.max(...rows.map((r) => r.ids.length));
@@ -69,27 +67,14 @@ function segmentFeeds(pkg: ModelPackage, rows: readonly SegmentRow[], options: S
   }
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
-  const ids = new BigInt64Array(batch * width);
+  const ids = new BigInt64Array(batch * width).fill(BigInt(pkg.specialTokens.pad));
   const mask = new BigInt64Array(batch * width);
   const states = new Float32Array(batch * stateSize);
-  // int64 words written as their low int32 halves (ids are validated to 0..vocab-1): a BigInt per
-  // token cost about 2 ms per 64 × 512-token batch on the engine thread, between GPU runs.
-  const ids32 = LITTLE_ENDIAN ? new Int32Array(ids.buffer) : undefined;
-  const mask32 = LITTLE_ENDIAN ? new Int32Array(mask.buffer) : undefined;
-  const pad = pkg.specialTokens.pad;
   rows.forEach((r, b) => {
-    const n = r.ids.length;
-    for (let t = 0; t < width; t++) {
-      const k = b * width + t;
-      const id = t < n ? r.ids[t]! : pad;
-      if (ids32 && mask32) {
-        ids32[2 * k] = id;
-        if (t < n) mask32[2 * k] = 1;
-      } else {
-        ids[k] = BigInt(id);
-        if (t < n) mask[k] = 1n;
-      }
-    }
+    r.ids.forEach((id, t) => {
+      ids[b * width + t] = BigInt(id);
+      mask[b * width + t] = 1n;
+    });
     states.set(r.state, b * stateSize);
   });
   const feeds = {
