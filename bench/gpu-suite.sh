@@ -10,7 +10,8 @@
 # attention; segment_state graphs for the bundled shipped models), limit (bench/engine-limit.ts: both
 # GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
 # masked one, and profiles), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
-# GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), plots.
+# GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), engine (the
+# engine thread alone with N dependent sessions: bench/engine-event-loop.ts), plots.
 # Results: $OUT (default bench/out/gpu).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,8 +56,16 @@ step_service() {
   # WORKER_PROCESSES (RMT_WORKER_PROCESSES) worker processes share the GPU; results per count.
   local w=${WORKER_PROCESSES:-1}
   MODELS_DIR=$MODELS MODEL=${SERVICE_MODEL:-$FUSED} PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
+    TOTAL_TOKENS=${TOTAL_TOKENS:-2000000,4000000,8000000,8000000} \
     ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-w$w.json \
     "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-w$w.txt"
+}
+
+step_engine() {
+  # The engine thread alone (no Redis, queue or API): N sessions each waiting for its previous
+  # segment, as the service's sessions do, on the fused GPT-2-small package.
+  MODELS_DIR=$MODELS MODEL=$FUSED PROVIDER=cuda PRECISION=fp16 OP=advance SESSIONS=${SESSIONS:-1,8,64,256} MAX_BATCH=256 \
+    MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/engine-thread.txt"
 }
 
 step_plots() {

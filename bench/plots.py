@@ -56,6 +56,12 @@ def service_plot(d, svcs, lim, ref):
     if lim:
         e = {x["batch"]: x["tokPerS"] for x in lim["points"] if x["precision"] == svc["precision"]}
         ax.plot([k for k in n if k in e], [e[k] / 1e3 for k in n if k in e], "s--", label=f"engine limit ({svc['precision']}, same batch)")
+    et = os.path.join(d, "engine-thread.txt")
+    if os.path.exists(et):
+        import re
+        pts = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"sessions\s+(\d+) \| (\d+) tok/s", open(et).read())]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], "d-.", label="engine thread alone, dependent sessions")
     if ref:
         for loop, mk in (("authors", "^:"), ("lean", "v:")):
             r = {x["docs"]: x["tokPerS"] for x in ref["results"] if x["loop"] == loop and x["mode"] == "batched"}
