@@ -30,10 +30,13 @@ GPT2=rmt-gpt2-small-random
 FUSED=rmt-gpt2-small-fused
 
 step_prepare() {
-  python3 -m rmt_toolkit random-gpt2-small --out "$MODELS/$GPT2" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
-  python3 -m rmt_toolkit random-gpt2-small --attention fused --name $FUSED --out "$MODELS/$FUSED" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
-  python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-small" --precisions fp32,fp16
-  python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-lm" --precisions fp32
+  {
+    python3 -m rmt_toolkit random-gpt2-small --out "$MODELS/$GPT2" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
+    # Prints the fused graph's check against the masked PyTorch model.
+    python3 -m rmt_toolkit random-gpt2-small --attention fused --name $FUSED --out "$MODELS/$FUSED" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
+    python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-small" --precisions fp32,fp16
+    python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-lm" --precisions fp32
+  } 2>&1 | grep -v Warning | tee "$OUT/prepare.txt"
 }
 
 step_limit() {
