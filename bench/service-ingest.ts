@@ -1,7 +1,8 @@
 // The whole data plane under ingest load, against the engine alone, in one process run: a private
 // redis-server, an in-process worker runtime (BullMQ worker + engine thread) and a client runtime.
 // For each level N, N sessions ingest full segments of token ids at once for SECONDS:
-//   engine alone   N loops calling engine.segment(ids, state) directly (the runtime's own engine)
+//   engine alone   N loops calling engine.advance(ids, state) directly (the runtime's own engine; the
+//                  state-only graph, which is what the worker runs for ingest without scores)
 //   service        N loops of queue.submit(session, {kind:'ingest', ids}) then queue.result(jobId)
 //
 //   node --import tsx bench/service-ingest.ts
@@ -11,13 +12,13 @@
 // request, 128 = one segment; a multiple of the segment length).
 //
 // What is counted:
-//   tok/s       tokens run through segment.onnx per second (segments × segment_length / elapsed).
+//   tok/s       tokens run through the segment_state graph per second (segments × segment_length / elapsed).
 //               A session commits a full tail when its next token arrives (apply-request.ts), so each
 //               service session is primed with one unmeasured request; every measured request then
 //               commits exactly REQUEST_IDS/128 segments (counted from the results).
-//   latency     engine: per engine.segment call. service: submit → result of one request (one
+//   latency     engine: per engine.advance call. service: submit → result of one request (one
 //               segment at REQUEST_IDS=128), including submit; "submit" is the submit() part alone.
-//   rows        rows per onnxruntime segment run (engine.onBatch), mean and max.
+//   rows        rows per onnxruntime run of that graph (engine.onBatch), mean and max.
 //   loop p99    main-thread event-loop delay p99 (perf_hooks, 10 ms resolution, beyond the 10 ms).
 //   rt/seg      client round trips per segment: commands written by every ioredis connection in this
 //               process (client, worker, BullMQ's connections), a pipeline/multi counted once.
@@ -160,7 +161,7 @@ let redisPid = 0;
 async function measure(engine: Engine, body: (deadline: number) => Promise<void>): Promise<{ seconds: number; batches: BatchStat[]; loopP99: number; cpu: Cpu }> {
   const batches: BatchStat[] = [];
   const stop = engine.onBatch((s) => {
-    if (s.graph === 'segment') batches.push(s);
+    if (s.graph === 'advance') batches.push(s);
   });
   const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   const cpu = cpuMeter(redisPid);
@@ -221,7 +222,7 @@ async function main(): Promise<void> {
 
   // Warm-up: batch shapes in the engine, script cache and QueueEvents connection on the service side.
   for (const n of [1, 8, MAX_BATCH]) {
-    await Promise.all(Array.from({ length: n }, (_, s) => engine.segment(MODEL, tokens(s, S, info.vocabSize), info.initState)));
+    await Promise.all(Array.from({ length: n }, (_, s) => engine.advance(MODEL, tokens(s, S, info.vocabSize), info.initState)));
   }
   await Promise.all(
     Array.from({ length: 8 }, async (_, s) => {
@@ -248,7 +249,7 @@ async function main(): Promise<void> {
               while (performance.now() < deadline) {
                 const ids = tokens(s * 100003 + k++, S, info.vocabSize);
                 const start = performance.now();
-                state = (await engine.segment(MODEL, ids, state)).nextState;
+                state = await engine.advance(MODEL, ids, state);
                 latencies.push(performance.now() - start);
                 segments++;
               }
