@@ -141,12 +141,12 @@ def cmd_select(a):
 def cmd_random(a):
     import torch
 
-    from .config import gpt2_small
+    from .config import gpt2_small, tiny
     from .export import export_graphs
     from .model import RMT
 
     torch.manual_seed(a.seed)
-    cfg = gpt2_small()
+    cfg = tiny() if a.size == "tiny" else gpt2_small()
     model = RMT(cfg).eval()
     os.makedirs(a.out, exist_ok=True)
     ck = os.path.join(a.out, "model.pt")
@@ -156,9 +156,12 @@ def cmd_random(a):
     fused = a.attention == "fused"
     graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter, fused).items() if k != "exporter"}
               for p in a.precisions.split(",")}
-    write_package(ck, a.out, a.name, "GPT-2-small-shaped RMT, random weights, for throughput benchmarks only (not "
-                  f"committed); segment graphs with {a.attention} attention", a.tokenizer, graphs,
+    shape = "tiny RMT (2 layers, d=64), random weights, a test fixture" if a.size == "tiny" else \
+        "GPT-2-small-shaped RMT, random weights, for throughput benchmarks only (not committed)"
+    write_package(ck, a.out, a.name, f"{shape}; segment graphs with {a.attention} attention", a.tokenizer, graphs,
                   {"export": {"segment_attention": a.attention}})
+    if a.size == "tiny":
+        os.remove(ck)  # the package does not need it, and fixtures stay small
     print(f"wrote {a.out}")
 
 
@@ -286,7 +289,7 @@ def main(argv=None):
     s.add_argument("--link", help="copy the best checkpoint here")
     s.set_defaults(fn=cmd_select)
 
-    s = sub.add_parser("random-gpt2-small", help="export a randomly initialised GPT-2-small-shaped RMT (benchmarks)")
+    s = sub.add_parser("random-gpt2-small", help="export a randomly initialised RMT: GPT-2-small-shaped (benchmarks) or tiny (test fixtures)")
     s.add_argument("--out", required=True)
     s.add_argument("--precisions", default="fp32,fp16")
     s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"])
@@ -295,6 +298,8 @@ def main(argv=None):
     s.add_argument("--attention", default="masked", choices=["masked", "fused"],
                    help="segment graphs: masked attention (any exporter), or the fused layout with onnxruntime's MultiHeadAttention")
     s.add_argument("--name", default="rmt-gpt2-small-random")
+    s.add_argument("--size", default="gpt2-small", choices=["gpt2-small", "tiny"],
+                   help="tiny: 2 layers, d=64, 32-token segments, 4096-token vocabulary (test fixtures)")
     s.set_defaults(fn=cmd_random)
 
     s = sub.add_parser("state-graph", help="add the segment_state graph (next memory only) to an existing package")

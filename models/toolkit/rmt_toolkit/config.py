@@ -70,6 +70,12 @@ class RMTConfig:
             return cls.from_dict(json.load(f))
 
 
+def tiny(vocab_size: int = 4096) -> RMTConfig:
+    """A tiny RMT (2 layers, d=64, 32-token segments) for test fixtures (random weights)."""
+    return RMTConfig(vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=256,
+                     segment_length=32, memory_tokens=4, n_positions=64, eos_id=0, pad_id=1).validate()
+
+
 def gpt2_small(vocab_size: int = 50257) -> RMTConfig:
     """GPT-2-small-shaped RMT used for throughput benchmarks (random weights)."""
     return RMTConfig(vocab_size=vocab_size, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
