@@ -4,7 +4,7 @@
 // onnxruntime: it validates requests, ships them to the thread and resolves their promises.
 import path from 'node:path';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
-import { startThread } from './thread-entry.ts';
+import { awaitReady, startThread } from './thread-entry.ts';
 
 export interface EngineOptions {
   modelsDir: string;
@@ -157,35 +157,10 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   const config = checkOptions(opts);
   const worker = startThread('engine-thread', { workerData: config });
 
-  const { infos, device } = await new Promise<{ infos: ModelInfo[]; device: EngineDevice }>((resolve, reject) => {
-    const onMessage = (msg: FromWorker) => {
-      if (msg.type === 'ready') {
-        cleanup();
-        resolve({ infos: msg.models, device: msg.device });
-      } else if (msg.type === 'loadError') {
-        cleanup();
-        void worker.terminate();
-        reject(new Error(msg.message));
-      }
-    };
-    const onError = (err: Error) => {
-      cleanup();
-      void worker.terminate();
-      reject(new Error(`engine thread failed to start: ${err.message}`));
-    };
-    const onExit = (code: number) => {
-      cleanup();
-      reject(new Error(`engine thread exited during startup (code ${code})`));
-    };
-    const cleanup = () => {
-      worker.off('message', onMessage);
-      worker.off('error', onError);
-      worker.off('exit', onExit);
-    };
-    worker.on('message', onMessage);
-    worker.on('error', onError);
-    worker.on('exit', onExit);
-  });
+  // A package or provider that cannot load is refused with its own message (CUDA's reasons included).
+  const { infos, device } = await awaitReady<{ infos: ModelInfo[]; device: EngineDevice }, FromWorker>(worker, 'engine thread', (msg) =>
+    msg.type === 'ready' ? { ready: { infos: msg.models, device: msg.device } } : msg.type === 'loadError' ? { refused: msg.message } : undefined,
+  );
 
   const byName = new Map(infos.map((m) => [m.name, m]));
   const pending = new Map<number, Pending>();

@@ -18,3 +18,40 @@ export function startThread(name: string, options: Omit<WorkerOptions, 'eval'> =
     `.catch((err) => { setImmediate(() => { throw err; }); });`;
   return new Worker(code, { ...options, eval: true });
 }
+
+/**
+ * Waits for a started thread to say it is ready. `read` looks at each message: `{ ready }` resolves,
+ * `{ failed }` (why the thread could not start) rejects with `<what> failed to start: why`,
+ * `{ refused }` rejects with that message as it is, undefined keeps waiting. A thread error or exit
+ * rejects like `failed`; every rejection terminates the thread.
+ */
+export function awaitReady<T, M>(
+  worker: Worker, what: string, read: (msg: M) => { ready: T } | { failed: string } | { refused: string } | undefined,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const stop = (err: Error) => {
+      cleanup();
+      void worker.terminate();
+      reject(err);
+    };
+    const fail = (why: string) => stop(new Error(`${what} failed to start: ${why}`));
+    const onMessage = (msg: M) => {
+      const r = read(msg);
+      if (r === undefined) return;
+      if ('failed' in r) return fail(r.failed);
+      if ('refused' in r) return stop(new Error(r.refused));
+      cleanup();
+      resolve(r.ready);
+    };
+    const onError = (err: Error) => fail(err.message);
+    const onExit = (code: number) => fail(`it exited (code ${code})`);
+    const cleanup = () => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+    };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  });
+}

@@ -6,7 +6,7 @@
 // replaced; if a replacement cannot start, the pool is down and says so on every request.
 import type { Worker } from 'node:worker_threads';
 import { piecesAtBoundaries } from './text-stream.ts';
-import { startThread } from './thread-entry.ts';
+import { awaitReady, startThread } from './thread-entry.ts';
 
 /**
  * Longest piece (chars) of one thread request (the pieces' ids are those of the whole text): one
@@ -63,29 +63,9 @@ function spawn(config: TokenizerThreadConfig): Promise<Worker> {
   // A small young generation: tokenizing keeps little alive, and V8's default (up to 48 MB per
   // isolate) would add tens of MB of resident memory per thread for no speed (measured).
   const worker = startThread('tokenizer-thread', { workerData: config, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
-  return new Promise<Worker>((resolve, reject) => {
-    const fail = (why: string) => {
-      cleanup();
-      void worker.terminate();
-      reject(new Error(`tokenizer thread failed to start: ${why}`));
-    };
-    const onMessage = (msg: FromTokenizerThread) => {
-      if (msg.type === 'ready') {
-        cleanup();
-        resolve(worker);
-      } else if (msg.type === 'loadError') fail(msg.message);
-    };
-    const onError = (err: Error) => fail(err.message);
-    const onExit = (code: number) => fail(`it exited (code ${code})`);
-    const cleanup = () => {
-      worker.off('message', onMessage);
-      worker.off('error', onError);
-      worker.off('exit', onExit);
-    };
-    worker.on('message', onMessage);
-    worker.on('error', onError);
-    worker.on('exit', onExit);
-  });
+  return awaitReady<Worker, FromTokenizerThread>(worker, 'tokenizer thread', (msg) =>
+    msg.type === 'ready' ? { ready: worker } : msg.type === 'loadError' ? { failed: msg.message } : undefined,
+  );
 }
 
 export class TokenizerPool {
