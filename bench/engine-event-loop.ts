@@ -6,7 +6,7 @@
 // Environment: SESSIONS (default "1,8,32"), SECONDS per level (10), THREADS (intraOpThreads, 1),
 // MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), MODELS_DIR (models/), PROVIDER
 // (cpu | cuda), PRECISION (fp32 | fp16), OP (segment | advance: the state-only graph ingest uses),
-// EXTRA_MODELS (also loaded, not run),
+// EXTRA_MODELS (also loaded, not run), BATCH_WAIT_MS (the engine's batchWaitMs, 0),
 // BASELINE_SECONDS (5; 0 skips the comparison run that calls onnxruntime on the main thread, as a
 // server would without the engine).
 import os from 'node:os';
@@ -21,6 +21,8 @@ const MODELS_DIR = path.resolve(process.env.MODELS_DIR ?? path.join(ROOT, 'model
 const PROVIDER = (process.env.PROVIDER ?? 'cpu') as 'cpu' | 'cuda';
 const PRECISION = (process.env.PRECISION ?? 'fp32') as 'fp32' | 'fp16';
 const OP = process.env.OP ?? 'segment';
+/** The batcher's wait for sessions it just answered (RMT_BATCH_WAIT_MS); each session is a stream. */
+const BATCH_WAIT_MS = Number(process.env.BATCH_WAIT_MS ?? 0);
 /** Models loaded beside MODEL (comma-separated), as a worker serving several models would. */
 const EXTRA_MODELS = (process.env.EXTRA_MODELS ?? '').split(',').filter(Boolean);
 const MODEL = process.env.MODEL ?? 'rmt-brown-small';
@@ -44,7 +46,7 @@ interface LevelResult {
   loop: { p50: number; p99: number; max: number };
 }
 
-type SegmentFn = (ids: number[], state: Float32Array) => Promise<Float32Array>;
+type SegmentFn = (ids: number[], state: Float32Array, session: number) => Promise<Float32Array>;
 
 async function saturate(label: string, sessions: number, seconds: number, segL: number, vocab: number, init: Float32Array, segment: SegmentFn, batches: BatchStat[]): Promise<LevelResult> {
   const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
@@ -60,7 +62,7 @@ async function saturate(label: string, sessions: number, seconds: number, segL: 
       while (performance.now() < deadline) {
         const ids = tokens(s * 100003 + k++, segL, vocab);
         const start = performance.now();
-        state = await segment(ids, state);
+        state = await segment(ids, state, s);
         latencies.push(performance.now() - start);
         segs++;
       }
@@ -106,7 +108,7 @@ function report(r: LevelResult): void {
 
 async function main(): Promise<void> {
   console.log(
-    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, ` +
+    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, batchWaitMs ${BATCH_WAIT_MS}, ` +
       `maxBatch ${MAX_BATCH}, maxBatchTokens ${MAX_BATCH_TOKENS}, ${SECONDS} s per level, full ${'segments'}; ` +
       `node ${process.version}`,
   );
@@ -120,6 +122,7 @@ async function main(): Promise<void> {
     intraOpThreads: THREADS,
     maxBatch: MAX_BATCH,
     maxBatchTokens: MAX_BATCH_TOKENS,
+    batchWaitMs: BATCH_WAIT_MS,
   });
   const info = engine.model(MODEL);
   console.log(`engine ready in ${(performance.now() - t0).toFixed(0)} ms`);
@@ -133,7 +136,7 @@ async function main(): Promise<void> {
     for (const n of LEVELS) {
       const batches: BatchStat[] = [];
       const stop = engine.onBatch((s) => batches.push(s));
-      const r = await saturate('engine thread', n, SECONDS, info.segmentLength, info.vocabSize, info.initState, OP === 'advance' ? (ids, state) => engine.advance(MODEL, ids, state) : async (ids, state) => (await engine.segment(MODEL, ids, state)).nextState, batches);
+      const r = await saturate('engine thread', n, SECONDS, info.segmentLength, info.vocabSize, info.initState, OP === 'advance' ? (ids, state, s) => engine.advance(MODEL, ids, state, `s${s}`) : async (ids, state, s) => (await engine.segment(MODEL, ids, state, `s${s}`)).nextState, batches);
       stop();
       report(r);
     }

@@ -375,6 +375,60 @@ describe('engine (worker thread, fp32, cpu)', () => {
   });
 });
 
+describe('batch window (batchWaitMs)', () => {
+  // Four sessions, each sending its next segment a different time after its reply (0 to 9 ms, as a
+  // main thread busy with other work would): without a window the runs split into small batches; with
+  // one, the engine waits for the sessions it just answered and runs them together.
+  async function cohort(batchWaitMs: number): Promise<{ rows: number[]; states: Float32Array[] }> {
+    const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs });
+    const rows: number[] = [];
+    const stop = engine.onBatch((s) => rows.push(s.rows));
+    try {
+      const init = engine.model(SMALL).initState;
+      const states = await Promise.all(
+        [0, 3, 6, 9].map(async (delay, s) => {
+          let state = init;
+          for (let k = 0; k < 4; k++) {
+            state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `session-${s}`);
+            await new Promise((resolve) => setTimeout(resolve, delay));
+          }
+          return state;
+        }),
+      );
+      return { rows, states };
+    } finally {
+      stop();
+      await engine.close();
+    }
+  }
+
+  test('sessions answered moments ago are waited for, so they share runs; results are unchanged', async () => {
+    const greedy = await cohort(0);
+    const windowed = await cohort(200);
+    assert.equal(windowed.rows.reduce((a, b) => a + b, 0), 16);
+    // After the first run (all four arrive at once) every later run waits for all four.
+    assert.deepEqual(windowed.rows, [4, 4, 4, 4], `windowed runs: ${windowed.rows.join(', ')}`);
+    assert.ok(greedy.rows.length > 4, `without the window the runs should split: ${greedy.rows.join(', ')}`);
+    for (let s = 0; s < 4; s++) assert.ok(maxAbsDiff(windowed.states[s]!, greedy.states[s]!) === 0, `session ${s}: batching changed the state`);
+  });
+
+  test('a stream that does not come back costs at most the window', async () => {
+    const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs: 300 });
+    try {
+      const init = engine.model(SMALL).initState;
+      await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone'); // 'gone' never sends again
+      const t0 = performance.now();
+      await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
+      const first = performance.now() - t0;
+      // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it.
+      assert.ok(first < 300 + 5000, `first call took ${first} ms`);
+      await engine.advance(SMALL, corpus.slice(256, 384), init, 'other');
+    } finally {
+      await engine.close();
+    }
+  });
+});
+
 describe('engine lifecycle', () => {
   test('load errors reject with the loader message', async () => {
     await assert.rejects(

@@ -59,6 +59,7 @@ export const SETTINGS = {
   intraOpThreads: setting('RMT_INTRA_OP_THREADS', 0, int(0, 256), 'onnxruntime intra-op threads; 0 = onnxruntime\'s default on cpu (one per core), 1 on cuda'),
   maxBatch: setting('RMT_MAX_BATCH', 32, int(1, 4096), 'most rows in one onnxruntime run'),
   maxBatchTokens: setting('RMT_MAX_BATCH_TOKENS', 8192, int(1, 1 << 24), 'most tokens in one segment/prefill run'),
+  batchWaitMs: setting('RMT_BATCH_WAIT_MS', 0, int(0, 1000), 'most ms a batch waits for sessions the engine answered moments ago (their next segment) before it runs; 0 = run what is queued'),
   workerProcesses: setting('RMT_WORKER_PROCESSES', 1, int(1, 64), 'worker: processes sharing this device (each its own engine and queue consumer; their main threads tokenize and commit in parallel)'),
   workerConcurrency: setting('RMT_WORKER_CONCURRENCY', 64, int(1, 10000), 'requests one worker process advances at once (their segments are batched)'),
   sessionTtlSeconds: setting('RMT_SESSION_TTL_S', 86400, int(1), 'a session idle this long is deleted'),

@@ -15,12 +15,14 @@ export interface WorkerConfig {
   maxBatch: number;
   maxBatchTokens: number;
   batchInvariant: boolean;
+  /** Most ms an iteration waits for rows of streams that were just answered (0 = run what is queued). */
+  batchWaitMs: number;
 }
 
 export type EngineRequest =
-  | { op: 'segment'; id: number; model: string; ids: Int32Array; state: Float32Array }
-  | { op: 'advance'; id: number; model: string; ids: Int32Array; state: Float32Array }
-  | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array }
+  | { op: 'segment'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
+  | { op: 'advance'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
+  | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
   | { op: 'decode'; id: number; model: string; kv: number; token: number };
 
 /** One item of the ordered stream the main thread sends; releases keep their place among requests. */

@@ -2,6 +2,8 @@
 // Requests queue up while a run executes; after each iteration the loop takes everything waiting,
 // groups it by (model, graph) and runs each group as one batched call, up to maxBatch rows and
 // maxBatchTokens tokens, oldest first (what does not fit waits for the next iteration, at the front).
+// With batchWaitMs, an iteration first waits (that long at most) for streams it answered within that
+// time: sessions in step then share one run instead of splitting into small ones.
 // KV caches live here, keyed by handle, and grow in place; the main thread only ever sees handles.
 // With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
 // to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
@@ -41,6 +43,13 @@ const kvs = new Map<number, KvEntry>();
 let nextKv = 1;
 /** Requests waiting for a run, oldest first. */
 let queue: EngineRequest[] = [];
+/**
+ * Per (model, graph): streams answered recently whose next request has not come yet, and when they
+ * were answered. With batchWaitMs, an iteration waits for them (a session's next segment follows its
+ * reply by the main thread's turnaround, a few ms), so sessions in step share one run.
+ */
+const awaited = new Map<string, Map<string, number>>();
+
 let running = false;
 let closing = false;
 
@@ -50,6 +59,35 @@ function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+function groupKey(r: EngineRequest): string {
+  return `${r.model}\u0000${r.op}`;
+}
+
+function streamOf(r: EngineRequest): string | undefined {
+  return r.op === 'decode' ? undefined : r.stream;
+}
+
+/** True while a group that is not full yet has streams that are likely to send their next request. */
+function expectingMore(now: number): boolean {
+  const rows = new Map<string, number>();
+  for (const r of queue) rows.set(groupKey(r), (rows.get(groupKey(r)) ?? 0) + 1);
+  for (const [key, n] of rows) {
+    const m = awaited.get(key);
+    if (!m || n >= config.maxBatch) continue;
+    // Answered longer ago than the window: not waited for any more (that request was its last).
+    for (const [s, at] of m) if (now - at > config.batchWaitMs) m.delete(s);
+    if (m.size > 0) return true;
+  }
+  return false;
+}
+
+/** Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. */
+async function gatherBatch(): Promise<void> {
+  if (config.batchWaitMs <= 0) return;
+  const until = performance.now() + config.batchWaitMs;
+  for (let now = performance.now(); now < until && !closing && expectingMore(now); now = performance.now()) await yieldToEventLoop();
 }
 
 function graphOf(r: EngineRequest): Graph {
@@ -113,6 +151,8 @@ function onOps(ops: Op[]): void {
       continue;
     }
     if (r.op === 'decode') kvs.get(r.kv)!.queued++;
+    const stream = streamOf(r);
+    if (stream !== undefined) awaited.get(groupKey(r))?.delete(stream);
     queue.push(r);
   }
   if (rejected.length) post({ type: 'replies', replies: rejected, stats: [] });
@@ -136,7 +176,7 @@ function planIteration(): Group[] {
   const rest: EngineRequest[] = [];
   const inBatch = new Set<number>();
   for (const r of queue) {
-    const key = `${r.model}\u0000${r.op}`;
+    const key = groupKey(r);
     let g = groups.get(key);
     if (!g) {
       g = { model: r.model, graph: graphOf(r), requests: [], tokens: 0 };
@@ -270,6 +310,14 @@ async function runGroup(group: Group): Promise<void> {
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
   post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
+  const answeredAt = performance.now();
+  for (const r of group.requests) {
+    const stream = streamOf(r);
+    if (stream === undefined) continue;
+    const key = groupKey(r);
+    if (!awaited.has(key)) awaited.set(key, new Map());
+    awaited.get(key)!.set(stream, answeredAt);
+  }
 }
 
 /** Lets the event loop deliver messages that arrived meanwhile (the poll phase runs before setImmediate). */
@@ -284,6 +332,7 @@ async function pump(): Promise<void> {
     // Requests sent together arrive together: let the rest of a burst land before planning.
     await yieldToEventLoop();
     while (queue.length > 0 && !closing) {
+      await gatherBatch();
       for (const g of planIteration()) {
         if (closing) break;
         try {

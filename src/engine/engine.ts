@@ -32,6 +32,12 @@ export interface EngineOptions {
    * models' logits) with the batch's composition.
    */
   batchInvariant?: boolean;
+  /**
+   * Default 0. When > 0, an iteration waits up to this many ms while streams it answered less than
+   * this many ms ago (see the `stream` argument: a session between two of its segments) have not
+   * sent their next request, so a cohort of sessions runs as one batch instead of several small ones.
+   */
+  batchWaitMs?: number;
 }
 
 export interface ModelInfo {
@@ -82,12 +88,13 @@ export interface Engine {
   /** Where the models were loaded. */
   device(): EngineDevice;
   /** Runs 1..segmentLength ids through segment.onnx; concurrent calls are batched. */
-  segment(model: string, ids: readonly number[], state: Float32Array): Promise<SegmentOutput>;
+  /** `stream`: who is asking (e.g. a session id), so the batcher can expect its next request (batchWaitMs). */
+  segment(model: string, ids: readonly number[], state: Float32Array, stream?: string): Promise<SegmentOutput>;
   /**
    * Like segment() but returns only the next memory, and runs the package's segment_state graph
    * when it has one (no vocabulary projection): the call for ingesting text without scores.
    */
-  advance(model: string, ids: readonly number[], state: Float32Array): Promise<Float32Array>;
+  advance(model: string, ids: readonly number[], state: Float32Array, stream?: string): Promise<Float32Array>;
   /** Starts a KV cache holding [read memory; ids]. */
   prefill(model: string, ids: readonly number[], state: Float32Array): Promise<{ logits: Float32Array; kv: KvHandle }>;
   /** Appends one token to that cache (in place). */
@@ -111,6 +118,11 @@ function positiveInt(v: unknown, what: string): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
     throw new Error(`startEngine: ${what} must be a positive integer, found ${JSON.stringify(v)}`);
   }
+  return v;
+}
+
+function nonNegative(v: unknown, what: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new Error(`startEngine: ${what} must be a number >= 0, found ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -144,6 +156,7 @@ function checkOptions(opts: EngineOptions): WorkerConfig {
     maxBatch: positiveInt(opts.maxBatch, 'maxBatch'),
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
     batchInvariant: opts.batchInvariant ?? true,
+    batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
   };
 }
 
@@ -290,12 +303,13 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     });
 
   /** A segment, advance or prefill request: ids and state checked, then moved (not copied) to the thread. */
-  const submitRow = <O extends 'segment' | 'advance' | 'prefill'>(op: O, name: string, ids: readonly number[], state: Float32Array) => {
+  const submitRow = <O extends 'segment' | 'advance' | 'prefill'>(op: O, name: string, ids: readonly number[], state: Float32Array, stream?: string) => {
     const where = `${op}(${name})`;
     const m = model(name);
     const idArr = checkIds(where, m, ids);
     const st = checkState(where, m, state);
-    return submit<Extract<Reply, { op: O; ok: true }>>({ op, id: nextId++, model: name, ids: idArr, state: st }, [idArr.buffer, st.buffer]);
+    const request = { op, id: nextId++, model: name, ids: idArr, state: st, ...(stream !== undefined ? { stream } : {}) } as EngineRequest;
+    return submit<Extract<Reply, { op: O; ok: true }>>(request, [idArr.buffer, st.buffer]);
   };
 
   /** Runs `body` and turns both its throws and a dead engine into a rejected promise. */
@@ -313,13 +327,13 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     model,
     device: () => ({ ...device }),
 
-    segment: (name, ids, state) =>
+    segment: (name, ids, state, stream) =>
       call(async () => {
-        const r = await submitRow('segment', name, ids, state);
+        const r = await submitRow('segment', name, ids, state, stream);
         return { nextState: r.nextState, logits: r.logits, tokenLogprobs: r.tokenLogprobs };
       }),
 
-    advance: (name, ids, state) => call(async () => (await submitRow('advance', name, ids, state)).nextState),
+    advance: (name, ids, state, stream) => call(async () => (await submitRow('advance', name, ids, state, stream)).nextState),
 
     prefill: (name, ids, state) =>
       call(async () => {

@@ -89,7 +89,7 @@ class SessionCursor {
   /** One segment through the engine: its next state (and its score when asked). */
   private async runSegment(tail: number[], state: Float32Array, scores?: SegmentScore[], segmentNo = 0): Promise<Float32Array> {
     if (scores) {
-      const out = await this.ctx.engine.segment(this.model.name, tail, state);
+      const out = await this.ctx.engine.segment(this.model.name, tail, state, this.rec.id);
       let nll = 0;
       for (let t = 1; t < out.tokenLogprobs.length; t++) nll -= out.tokenLogprobs[t]!;
       const n = Math.max(1, out.tokenLogprobs.length - 1);
@@ -97,7 +97,8 @@ class SessionCursor {
       return out.nextState;
     }
     // No scores wanted: the memory alone, without projecting every position onto the vocabulary.
-    return this.ctx.engine.advance(this.model.name, tail, state);
+    // The session id lets the batcher expect this session's next segment (RMT_BATCH_WAIT_MS).
+    return this.ctx.engine.advance(this.model.name, tail, state, this.rec.id);
   }
 
   async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {

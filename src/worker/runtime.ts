@@ -52,6 +52,7 @@ export async function startWorkerRuntime(
     ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
+    batchWaitMs: config.batchWaitMs,
   });
   const device = engine.device();
   if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
