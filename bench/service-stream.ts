@@ -12,7 +12,7 @@
 // DOC_TOKENS per session (instead: TOTAL_TOKENS / N, at least 8 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
 // (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), SERVICE_NODE_FLAGS (node flags for the
-// api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
+// api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), LEVEL_TIMEOUT_S (240), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
 //
 // What is measured, per level:
@@ -57,6 +57,8 @@ const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
 const OUT_JSON = process.env.OUT_JSON;
+/** A level that takes longer fails with where each session stands. */
+const LEVEL_TIMEOUT_S = Number(process.env.LEVEL_TIMEOUT_S ?? 240);
 /** nvidia-smi sampling period for GPU utilisation; 0 = off. */
 const GPU_SAMPLE_MS = Number(process.env.GPU_SAMPLE_MS ?? 100);
 /** The api's tokenizer threads (RMT_TOKENIZER_THREADS): long appends are tokenized there, before they are queued. */
@@ -169,6 +171,26 @@ function gpuSampler(): { stop(): number | undefined } {
   };
 }
 
+/**
+ * A level that does not finish in LEVEL_TIMEOUT_S fails, saying where each unfinished session stands
+ * (a hung level otherwise shows nothing but the call's own time limit).
+ */
+async function withinLevelTimeout<T>(p: Promise<T>, base: string, ids: string[], n: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void Promise.all(ids.map(async (id) => (await fetch(`${base}/v1/sessions/${id}`)).json().catch(() => null)))
+        .then((recs) => reject(new Error(`level N=${n} did not finish in ${LEVEL_TIMEOUT_S} s; sessions: ${JSON.stringify(recs)}`)))
+        .catch((err: Error) => reject(new Error(`level N=${n} did not finish in ${LEVEL_TIMEOUT_S} s (${err.message})`)));
+    }, LEVEL_TIMEOUT_S * 1000);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 interface StreamResult {
   segGaps: number[];
   sendStart: number;
@@ -277,7 +299,7 @@ async function main(): Promise<void> {
       const texts = ids.map((_, i) => syntheticText(i + 1, tokensEach));
       const before = await scrape(metricsPort);
       const gpu = gpuSampler();
-      const runs = await Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!)));
+      const runs = await withinLevelTimeout(Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!))), base, ids, n);
       const gpuPct = gpu.stop();
       const after = await scrape(metricsPort);
       const start = Math.min(...runs.map((r) => r.sendStart));
