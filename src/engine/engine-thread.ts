@@ -83,6 +83,21 @@ function expectingMore(now: number): boolean {
   return false;
 }
 
+/** Marks the streams of a run's requests as answered now; drops those answered beyond the window. */
+function noteAnswered(requests: EngineRequest[]): void {
+  const now = performance.now();
+  for (const r of requests) {
+    const stream = streamOf(r);
+    if (stream === undefined) continue;
+    const key = groupKey(r);
+    let m = awaited.get(key);
+    if (!m) awaited.set(key, (m = new Map()));
+    m.set(stream, now);
+  }
+  // Bounded by the streams answered within one window, however many sessions come and go.
+  for (const m of awaited.values()) for (const [s, at] of m) if (now - at > config.batchWaitMs) m.delete(s);
+}
+
 /** Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;
@@ -310,14 +325,7 @@ async function runGroup(group: Group): Promise<void> {
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
   post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
-  const answeredAt = performance.now();
-  for (const r of group.requests) {
-    const stream = streamOf(r);
-    if (stream === undefined) continue;
-    const key = groupKey(r);
-    if (!awaited.has(key)) awaited.set(key, new Map());
-    awaited.get(key)!.set(stream, answeredAt);
-  }
+  if (config.batchWaitMs > 0) noteAnswered(group.requests);
 }
 
 /** Lets the event loop deliver messages that arrived meanwhile (the poll phase runs before setImmediate). */
