@@ -142,6 +142,10 @@ describe('long appends tokenized by the API', { timeout: 180_000 }, () => {
     assert.deepEqual(s1.session, s0.session);
     assert.ok((s1.session as { tokens_ingested: number }).tokens_ingested > 3000, 'several segments were ingested');
     assert.ok(s1.snapshot.equals(s0.snapshot), 'snapshots (state, tail, held-back text, counters) are byte-identical');
+    // The time appends spent on the tokenizer threads is exported (one observation per pretokenized append at least).
+    const metrics = (await on.h.app.inject({ method: 'GET', url: '/metrics' })).body;
+    const count = Number(/^rmt_api_pretokenize_seconds_count\{outcome="pieces"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(count >= expected.filter((e) => e === 'pieces').length, `rmt_api_pretokenize_seconds_count{outcome="pieces"} = ${count}`);
   });
 
   test('websocket appends: the same session as when the worker tokenizes', async () => {

@@ -40,6 +40,10 @@ export const apiMetrics = {
   }),
   tokensGenerated: new Counter({ name: 'rmt_api_tokens_generated_total', help: 'tokens generated for API requests', registers: [apiRegistry] }),
   tokensIngested: new Counter({ name: 'rmt_api_tokens_ingested_total', help: 'tokens ingested for API requests', registers: [apiRegistry] }),
+  pretokenizeSeconds: new Histogram({
+    name: 'rmt_api_pretokenize_seconds', help: 'time an append waited for the tokenizer threads (queue and tokenizing), by outcome',
+    labelNames: ['outcome'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [apiRegistry],
+  }),
   sessionsCreated,
   sessionsDeleted,
   queueDepth,

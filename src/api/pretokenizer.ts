@@ -4,6 +4,7 @@
 import { splitAtBoundaries } from '../engine/text-stream.ts';
 import type { TokenizerPool } from '../engine/tokenizer-pool.ts';
 import type { TextPieces } from '../queue/request.ts';
+import { apiMetrics } from './metrics.ts';
 
 /**
  * Appends with a shorter middle are queued as text. Below it, the thread round trip and a wait
@@ -29,9 +30,13 @@ export class Pretokenizer {
   async ingestText(model: string, text: string, log: PretokenizeLog): Promise<IngestText> {
     const split = text.length >= PRETOKENIZE_MIN_CHARS ? splitAtBoundaries(text) : undefined;
     if (!split || split.middle.length < PRETOKENIZE_MIN_CHARS) return { text };
+    const end = apiMetrics.pretokenizeSeconds.startTimer();
     try {
-      return { pieces: { head: split.head, ids: await this.pool.encode(model, split.middle), tail: split.tail } };
+      const pieces = { head: split.head, ids: await this.pool.encode(model, split.middle), tail: split.tail };
+      end({ outcome: 'pieces' });
+      return { pieces };
     } catch (err) {
+      end({ outcome: 'failed' });
       log.error({ err }, 'tokenizer pool failed: the append is queued as text (the worker tokenizes it)');
       return { text };
     }
