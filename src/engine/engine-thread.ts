@@ -72,13 +72,14 @@ function streamOf(r: EngineRequest): string | undefined {
 /** True while a group that is not full yet has streams that are likely to send their next request. */
 function expectingMore(now: number): boolean {
   const rows = new Map<string, number>();
-  for (const r of queue) rows.set(groupKey(r), (rows.get(groupKey(r)) ?? 0) + 1);
+  for (const r of queue) {
+    const key = groupKey(r);
+    rows.set(key, (rows.get(key) ?? 0) + 1);
+  }
   for (const [key, n] of rows) {
-    const m = awaited.get(key);
-    if (!m || n >= config.maxBatch) continue;
-    // Answered longer ago than the window: not waited for any more (that request was its last).
-    for (const [s, at] of m) if (now - at > config.batchWaitMs) m.delete(s);
-    if (m.size > 0) return true;
+    if (n >= config.maxBatch) continue;
+    // One answered longer ago than the window is not waited for (that request was its last).
+    for (const at of awaited.get(key)?.values() ?? []) if (now - at <= config.batchWaitMs) return true;
   }
   return false;
 }

@@ -82,7 +82,9 @@ class SessionCursor {
     public rec: SessionRecord,
     private readonly model: ModelInfo,
     private readonly seq: number,
-  ) {}
+  ) {
+    this.latest = rec.state;
+  }
   ingestedSinceCommit = 0;
   generatedSinceCommit = 0;
 
@@ -161,13 +163,7 @@ class SessionCursor {
   private uncommitted = 0;
   private lastCommitAt = performance.now();
   /** The newest state: ahead of rec.state while segments are uncommitted or a commit is in flight. */
-  private latestState: Float32Array | undefined;
-  private get latest(): Float32Array {
-    return this.latestState ?? this.rec.state;
-  }
-  private set latest(s: Float32Array) {
-    this.latestState = s;
-  }
+  private latest: Float32Array;
 
   async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {
     const ingested = this.ingestedSinceCommit;
@@ -200,7 +196,6 @@ class SessionCursor {
     };
     this.ahead -= u.addSegments;
     this.lastCommitAt = performance.now();
-    if (this.ahead === 0) this.latest = u.state;
   }
 }
 
