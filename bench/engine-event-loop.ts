@@ -6,7 +6,8 @@
 // Environment: SESSIONS (default "1,8,32"), SECONDS per level (10), THREADS (intraOpThreads, 1),
 // MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), MODELS_DIR (models/), PROVIDER
 // (cpu | cuda), PRECISION (fp32 | fp16), OP (segment | advance: the state-only graph ingest uses),
-// EXTRA_MODELS (also loaded, not run), BATCH_WAIT_MS (the engine's batchWaitMs, 0),
+// EXTRA_MODELS (also loaded, not run), BATCH_WAIT_MS (the engine's batchWaitMs, 0), ENGINE_THREADS (the
+// engine's threads, 1: RMT_ENGINE_THREADS),
 // BASELINE_SECONDS (5; 0 skips the comparison run that calls onnxruntime on the main thread, as a
 // server would without the engine).
 import os from 'node:os';
@@ -23,6 +24,7 @@ const PRECISION = (process.env.PRECISION ?? 'fp32') as 'fp32' | 'fp16';
 const OP = process.env.OP ?? 'segment';
 /** The batcher's wait for sessions it just answered (RMT_BATCH_WAIT_MS); each session is a stream. */
 const BATCH_WAIT_MS = Number(process.env.BATCH_WAIT_MS ?? 0);
+const ENGINE_THREADS = Number(process.env.ENGINE_THREADS ?? 1);
 /** Models loaded beside MODEL (comma-separated), as a worker serving several models would. */
 const EXTRA_MODELS = (process.env.EXTRA_MODELS ?? '').split(',').filter(Boolean);
 const MODEL = process.env.MODEL ?? 'rmt-brown-small';
@@ -101,14 +103,16 @@ function report(r: LevelResult): void {
   if (r.batches.length) {
     console.log(
       `${''.padEnd(22)} batches: ${r.batches.length} runs, rows per run ${dist} (mean ${meanRows.toFixed(2)}), ` +
-        `run time p50 ${percentile(runMs, 50).toFixed(0)} ms p99 ${percentile(runMs, 99).toFixed(0)} ms`,
+        `run time p50 ${percentile(runMs, 50).toFixed(1)} ms p99 ${percentile(runMs, 99).toFixed(1)} ms; ` +
+        // Runs never overlap (one thread, or threads taking turns), so this is the share of time in a run.
+        `in a run ${((100 * runMs.reduce((a, b) => a + b, 0)) / 1000 / r.seconds).toFixed(0)} % of the time`,
     );
   }
 }
 
 async function main(): Promise<void> {
   console.log(
-    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, batchWaitMs ${BATCH_WAIT_MS}, ` +
+    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, batchWaitMs ${BATCH_WAIT_MS}, engine threads ${ENGINE_THREADS}, ` +
       `maxBatch ${MAX_BATCH}, maxBatchTokens ${MAX_BATCH_TOKENS}, ${SECONDS} s per level, full ${'segments'}; ` +
       `node ${process.version}`,
   );
@@ -123,6 +127,7 @@ async function main(): Promise<void> {
     maxBatch: MAX_BATCH,
     maxBatchTokens: MAX_BATCH_TOKENS,
     batchWaitMs: BATCH_WAIT_MS,
+    threads: ENGINE_THREADS,
   });
   const info = engine.model(MODEL);
   console.log(`engine ready in ${(performance.now() - t0).toFixed(0)} ms`);

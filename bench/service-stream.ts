@@ -11,7 +11,8 @@
 // amortise the start and the end of a level, when not every session is streaming yet or any more),
 // DOC_TOKENS per session (instead: TOTAL_TOKENS / N, at least 8 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
-// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1), SERVICE_NODE_FLAGS (node flags for the
+// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1; RMT_ENGINE_THREADS and
+// RMT_BATCH_WAIT_MS pass through to the worker), SERVICE_NODE_FLAGS (node flags for the
 // api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), LEVEL_TIMEOUT_S (240), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
 //
@@ -283,13 +284,13 @@ async function main(): Promise<void> {
   });
   const api = rmtServe('api', { ...common, PORT: String(port), RMT_TOKENIZER_THREADS: String(TOKENIZER_THREADS) });
   const results: Record<string, unknown>[] = [];
-  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), engineThreads: Number(process.env.RMT_ENGINE_THREADS ?? 1), cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
   try {
     const t0 = performance.now();
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; RMT_ENGINE_THREADS ${process.env.RMT_ENGINE_THREADS ?? 1}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));

@@ -429,6 +429,73 @@ describe('batch window (batchWaitMs)', () => {
   });
 });
 
+describe('engine threads (threads > 1)', () => {
+  let one: Engine;
+  let two: Engine;
+  before(async () => {
+    const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048 };
+    [one, two] = await Promise.all([startEngine(base), startEngine({ ...base, threads: 2 })]);
+  });
+  after(async () => {
+    await Promise.all([one?.close(), two?.close()]);
+  });
+
+  /** Four sessions stepping four segments each, concurrently. */
+  const fourSessions = (engine: Engine) =>
+    Promise.all(
+      [0, 1, 2, 3].map(async (s) => {
+        let state = engine.model(SMALL).initState;
+        for (let k = 0; k < 4; k++) state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `session-${s}`);
+        return state;
+      }),
+    );
+
+  test('sessions split into one cohort per thread; the threads take turns; results equal one thread\'s', async () => {
+    const expected = await fourSessions(one);
+    const rec = recordStats(two);
+    const states = await fourSessions(two);
+    rec.stop();
+    for (let s = 0; s < 4; s++) assert.ok(maxAbsDiff(states[s]!, expected[s]!) === 0, `session ${s}: the state differs from one thread's`);
+    // Two sessions per thread: every run holds at most 2 rows, and both threads ran.
+    assert.deepEqual([...new Set(rec.stats.map((b) => b.lane))].sort(), [0, 1]);
+    assert.equal(rec.stats.reduce((a, b) => a + b.rows, 0), 16);
+    assert.ok(rec.stats.every((b) => b.rows <= 2), `rows per run: ${rec.stats.map((b) => `${b.lane}:${b.rows}`).join(' ')}`);
+    // One onnxruntime run at a time across the threads: no two overlap (0.1 ms for the clocks of two threads).
+    const runs = [...rec.stats].sort((a, b) => a.startedAt - b.startedAt);
+    assert.ok(runs.every((b) => b.runMs > 0 && b.runMs <= b.ms));
+    for (let i = 1; i < runs.length; i++) {
+      const prev = runs[i - 1]!;
+      const early = prev.startedAt + prev.runMs - runs[i]!.startedAt;
+      assert.ok(early <= 0.1, `run ${i} (thread ${runs[i]!.lane}) started ${early.toFixed(2)} ms before run ${i - 1} (thread ${prev.lane}) ended`);
+    }
+  });
+
+  test('KV caches stay on the thread that made them: generation equals one thread\'s; handles are unique', async () => {
+    const prompts = [5, 17, 40, 90].map((n, i) => corpus.slice(300 + i * 7, 300 + i * 7 + n));
+    const expected = await Promise.all(prompts.map((p) => engineGreedy(one, SMALL, p, 20)));
+    const got = await Promise.all(prompts.map((p) => engineGreedy(two, SMALL, p, 20)));
+    for (let i = 0; i < prompts.length; i++) assert.deepEqual(got[i]!.ids, expected[i]!.ids, `prompt ${i}`);
+    // Unnamed prefills spread over the threads (least busy first); each handle is known to its thread only.
+    const state = two.model(SMALL).initState;
+    const handles = await Promise.all([0, 1, 2, 3].map((i) => two.prefill(SMALL, corpus.slice(i, i + 8), state)));
+    const kvs = handles.map((h) => h.kv);
+    assert.equal(new Set(kvs).size, 4, `handles ${kvs.join(', ')}`);
+    assert.deepEqual([...new Set(kvs.map((k) => (k - 1) % 2))].sort(), [0, 1], `handles ${kvs.join(', ')} all on one thread`);
+    for (const h of handles) assert.equal((await two.decode(SMALL, h.kv, 7)).logits.length, two.model(SMALL).vocabSize);
+    two.releaseKv(kvs[0]!);
+    await assert.rejects(two.decode(SMALL, kvs[0]!, 7), /KV handle \d+ is unknown or was released/);
+    for (const k of kvs.slice(1)) two.releaseKv(k);
+  });
+
+  test('a thread that cannot load fails the start; threads must be a positive integer', async () => {
+    await assert.rejects(
+      startEngine({ modelsDir: MODELS_DIR, models: [SMALL, 'no-such-model'], executionProvider: 'cpu', maxBatch: 4, maxBatchTokens: 512, threads: 2 }),
+      /failed to load model 'no-such-model'/,
+    );
+    await assert.rejects(startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', maxBatch: 4, maxBatchTokens: 512, threads: 0 }), /threads must be a positive integer, found 0/);
+  });
+});
+
 describe('engine lifecycle', () => {
   test('load errors reject with the loader message', async () => {
     await assert.rejects(

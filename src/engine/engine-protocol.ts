@@ -17,6 +17,14 @@ export interface WorkerConfig {
   batchInvariant: boolean;
   /** Most ms an iteration waits for rows of streams that were just answered (0 = run what is queued). */
   batchWaitMs: number;
+  /** This thread's index among the engine's threads, and their number (KV handles are lane + 1 + k·lanes). */
+  lane: number;
+  lanes: number;
+  /**
+   * With several threads: the ticket lock they share ([next ticket, now serving], Int32), so one runs
+   * onnxruntime at a time while the others take in their next batch.
+   */
+  turnLock?: SharedArrayBuffer;
 }
 
 export type EngineRequest =

@@ -5,6 +5,9 @@
 // With batchWaitMs, an iteration first waits (that long at most) for streams it answered within that
 // time: sessions in step then share one run instead of splitting into small ones.
 // KV caches live here, keyed by handle, and grow in place; the main thread only ever sees handles.
+// An engine may run several of these threads (engine.ts routes each session to one); they take turns
+// on the device through a shared ticket lock, so one thread's run overlaps the others' turnaround
+// (replies, the sessions' next requests, planning) instead of the device waiting through it.
 // With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
 // to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
 import { readFile } from 'node:fs/promises';
@@ -40,7 +43,8 @@ type Graph = BatchStat['graph'];
 
 const models = new Map<string, Loaded>();
 const kvs = new Map<number, KvEntry>();
-let nextKv = 1;
+// Handles are unique across the engine's threads, and say which thread holds the cache.
+let nextKv = config.lane + 1;
 /** Requests waiting for a run, oldest first. */
 let queue: EngineRequest[] = [];
 /**
@@ -253,7 +257,8 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
     const out = await prefillBatch(pkg, rows, kvCapacity(pkg));
     out.forEach((o, i) => {
       const r = reqs[i]!;
-      const kv = nextKv++;
+      const kv = nextKv;
+      nextKv += config.lanes;
       kvs.set(kv, { model: r.model, cache: o.kv, queued: 0, released: false });
       replies.push({ id: r.id, ok: true, op: 'prefill', logits: o.logits, kv });
       transfer.push(o.logits.buffer as ArrayBuffer);
@@ -302,7 +307,10 @@ async function runGroup(group: Group): Promise<void> {
   const timed = async (reqs: EngineRequest[]): Promise<RunOutcome> => {
     const t0 = performance.now();
     const out = await runBatch(loaded, g.graph, reqs);
-    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, tokens: reqs.reduce((s, r) => s + tokensOf(r), 0), ms: performance.now() - t0 });
+    // Waiting for another thread's run is not this batch's work.
+    const ms = performance.now() - t0 - lastRun.waitedMs;
+    const tokens = reqs.reduce((s, r) => s + tokensOf(r), 0);
+    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, tokens, ms, lane: config.lane, startedAt: lastRun.startedAt, runMs: lastRun.ms });
     return out;
   };
   let outcome: RunOutcome;
@@ -327,6 +335,46 @@ async function runGroup(group: Group): Promise<void> {
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
   post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
   if (config.batchWaitMs > 0) noteAnswered(group.requests);
+}
+
+const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
+
+/** Waits for this thread's turn on the device (first come, first served across threads), without blocking the thread. */
+async function acquireTurn(): Promise<void> {
+  if (!turn) return;
+  const mine = Atomics.add(turn, 0, 1);
+  for (;;) {
+    const serving = Atomics.load(turn, 1);
+    if (serving === mine) return;
+    const w = Atomics.waitAsync(turn, 1, serving);
+    if (w.async) await w.value;
+  }
+}
+
+function releaseTurn(): void {
+  if (!turn) return;
+  Atomics.add(turn, 1, 1);
+  Atomics.notify(turn, 1);
+}
+
+/** The last onnxruntime run: when it started (ms since the epoch), how long it held the device, and how long it waited for it. */
+let lastRun = { startedAt: 0, ms: 0, waitedMs: 0 };
+
+/**
+ * Every onnxruntime run goes through here: only the run itself holds the turn, so a thread builds its
+ * feeds and splits its results while another thread's run executes.
+ */
+async function exclusive<T>(run: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  await acquireTurn();
+  const t1 = performance.now();
+  try {
+    return await run();
+  } finally {
+    const t2 = performance.now();
+    releaseTurn();
+    lastRun = { startedAt: performance.timeOrigin + t1, ms: t2 - t1, waitedMs: t1 - t0 };
+  }
 }
 
 /** Lets the event loop deliver messages that arrived meanwhile (the poll phase runs before setImmediate). */
@@ -428,7 +476,7 @@ async function loadsOnCpu(): Promise<boolean> {
  * loads the fp32 graphs on the CPU and says why in the ready message.
  */
 async function loadModels(): Promise<EngineDevice> {
-  const common: LoadOptions = config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {};
+  const common: LoadOptions = { exclusive, ...(config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {}) };
   if (config.profileDir !== undefined) common.profileDir = config.profileDir;
   if (config.executionProvider === 'cpu') {
     await loadAll({ ...common, executionProvider: 'cpu', precision: config.precision });

@@ -1,8 +1,13 @@
 // Main-thread side of the inference engine. onnxruntime-node's run() blocks the thread that calls
-// it, so all inference happens in one worker thread (engine-thread.ts) that owns the sessions and
-// batches concurrent requests into one run per (model, graph). This module never imports
-// onnxruntime: it validates requests, ships them to the thread and resolves their promises.
+// it, so all inference happens in worker threads (engine-thread.ts) that own the sessions and batch
+// concurrent requests into one run per (model, graph). This module never imports onnxruntime: it
+// validates requests, ships them to a thread and resolves their promises.
+// With threads > 1 each thread loads every model and a session (stream) stays on one thread, so the
+// sessions form cohorts that take turns on the device (see engine-thread.ts): while one cohort's run
+// executes, the others' results go back and their next segments come in.
+import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
 
@@ -38,6 +43,12 @@ export interface EngineOptions {
    * sent their next request, so a cohort of sessions runs as one batch instead of several small ones.
    */
   batchWaitMs?: number;
+  /**
+   * Engine threads (default 1), each with its own onnxruntime sessions (the models' weights once per
+   * thread). They run one at a time, each on its own cohort of sessions, so the device works on one
+   * cohort while the others turn around.
+   */
+  threads?: number;
 }
 
 export interface ModelInfo {
@@ -79,6 +90,11 @@ export interface BatchStat {
   rows: number;
   tokens: number;
   ms: number;
+  /** The engine thread that ran it (0 when there is one). */
+  lane: number;
+  /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
+  startedAt: number;
+  runMs: number;
 }
 
 export interface Engine {
@@ -126,7 +142,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): WorkerConfig {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -157,6 +173,7 @@ function checkOptions(opts: EngineOptions): WorkerConfig {
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
+    threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
   };
 }
 
@@ -166,51 +183,116 @@ function typeName(v: unknown): string {
   return (v as object).constructor?.name ?? 'object';
 }
 
+/** One engine thread and the main thread's side of it. */
+interface Lane {
+  index: number;
+  worker: Worker;
+  /** Ops issued in the current macrotask, sent as one message. */
+  outbox: Op[];
+  transfer: ArrayBuffer[];
+  flushScheduled: boolean;
+  /** Streams placed on this thread (threads > 1). */
+  streams: number;
+  /** Requests sent and not answered yet. */
+  inFlight: number;
+}
+
+/** A stream keeps its thread this long after its last request, then may be placed anew. */
+const STREAM_IDLE_MS = 60_000;
+
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
-  const config = checkOptions(opts);
-  const worker = startThread('engine-thread', { workerData: config });
+  const { threads, ...config } = checkOptions(opts);
+  const turnLock = threads > 1 ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
+  const workers = Array.from({ length: threads }, (_, lane) => {
+    const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(turnLock ? { turnLock } : {}) };
+    return startThread('engine-thread', { workerData });
+  });
 
   // A package or provider that cannot load is refused with its own message (CUDA's reasons included).
-  const { infos, device } = await awaitReady<{ infos: ModelInfo[]; device: EngineDevice }, FromWorker>(worker, 'engine thread', (msg) =>
-    msg.type === 'ready' ? { ready: { infos: msg.models, device: msg.device } } : msg.type === 'loadError' ? { refused: msg.message } : undefined,
+  // Every thread is let finish loading before any is terminated: ending a thread inside
+  // onnxruntime's session creation aborts the process.
+  const started = await Promise.allSettled(
+    workers.map((w, i) =>
+      awaitReady<{ infos: ModelInfo[]; device: EngineDevice }, FromWorker>(w, threads > 1 ? `engine thread ${i}` : 'engine thread', (msg) =>
+        msg.type === 'ready' ? { ready: { infos: msg.models, device: msg.device } } : msg.type === 'loadError' ? { refused: msg.message } : undefined,
+      ),
+    ),
   );
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    await Promise.allSettled(workers.map((w) => w.terminate()));
+    throw failed.reason;
+  }
+  const { infos, device } = (started[0] as PromiseFulfilledResult<{ infos: ModelInfo[]; device: EngineDevice }>).value;
 
   const byName = new Map(infos.map((m) => [m.name, m]));
-  const pending = new Map<number, Pending>();
+  const pending = new Map<number, Pending & { lane: Lane }>();
   /** Live KV handles on this side, with their model: decode/release check here first. */
   const liveKv = new Map<KvHandle, string>();
   const listeners = new Set<(s: BatchStat) => void>();
   let nextId = 1;
-  /** Set once the engine cannot take work: closed, or the thread died (the reason). */
+  /** Set once the engine cannot take work: closed, or a thread died (the reason). */
   let dead: string | undefined;
   let closing: Promise<void> | undefined;
 
-  // Requests issued in the same macrotask go out as one message, so sessions that continue from
-  // one batch's results arrive together and can share the next run.
-  let outbox: Op[] = [];
-  let transfer: ArrayBuffer[] = [];
-  let flushScheduled = false;
-  const flush = () => {
-    flushScheduled = false;
-    if (outbox.length === 0 || dead !== undefined) return;
-    const msg: ToWorker = { type: 'ops', ops: outbox };
-    worker.postMessage(msg, transfer);
-    outbox = [];
-    transfer = [];
+  const lanes: Lane[] = workers.map((worker, index) => ({ index, worker, outbox: [], transfer: [], flushScheduled: false, streams: 0, inFlight: 0 }));
+
+  // Requests issued in the same macrotask go out as one message per thread, so sessions that
+  // continue from one batch's results arrive together and can share the next run.
+  const flush = (lane: Lane) => {
+    lane.flushScheduled = false;
+    if (lane.outbox.length === 0 || dead !== undefined) return;
+    const msg: ToWorker = { type: 'ops', ops: lane.outbox };
+    lane.worker.postMessage(msg, lane.transfer);
+    lane.outbox = [];
+    lane.transfer = [];
   };
-  const send = (op: Op, buffers: ArrayBuffer[] = []) => {
-    outbox.push(op);
-    transfer.push(...buffers);
-    if (!flushScheduled) {
-      flushScheduled = true;
-      setImmediate(flush);
+  const send = (lane: Lane, op: Op, buffers: ArrayBuffer[] = []) => {
+    lane.outbox.push(op);
+    lane.transfer.push(...buffers);
+    if (!lane.flushScheduled) {
+      lane.flushScheduled = true;
+      setImmediate(() => flush(lane));
     }
   };
 
+  // Which thread serves a stream: the one it was placed on, or for a new stream the one with the
+  // fewest, so sessions that start together split into even cohorts. Unnamed requests go to the
+  // least busy thread; a KV cache's steps to the thread that holds it.
+  const placed = new Map<string, { lane: Lane; at: number }>();
+  let pruneAt = 0;
+  const leastBusy = () => lanes.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
+  const laneFor = (stream: string | undefined): Lane => {
+    if (lanes.length === 1) return lanes[0]!;
+    if (stream === undefined) return leastBusy();
+    const now = performance.now();
+    const known = placed.get(stream);
+    if (known) {
+      known.at = now;
+      return known.lane;
+    }
+    if (now >= pruneAt) {
+      for (const [s, p] of placed) {
+        if (now - p.at > STREAM_IDLE_MS) {
+          placed.delete(s);
+          p.lane.streams--;
+        }
+      }
+      pruneAt = now + STREAM_IDLE_MS;
+    }
+    const lane = lanes.reduce((a, b) => (b.streams < a.streams || (b.streams === a.streams && b.inFlight < a.inFlight) ? b : a));
+    lane.streams++;
+    placed.set(stream, { lane, at: now });
+    return lane;
+  };
+  const laneOfKv = (kv: KvHandle): Lane => lanes[(kv - 1) % lanes.length]!;
+
   // Keep the process alive only while calls are outstanding.
   const updateRef = () => {
-    if (pending.size > 0) worker.ref();
-    else worker.unref();
+    for (const lane of lanes) {
+      if (lane.inFlight > 0) lane.worker.ref();
+      else lane.worker.unref();
+    }
   };
   updateRef();
 
@@ -219,39 +301,48 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     const all = [...pending.values()];
     pending.clear();
     liveKv.clear();
-    outbox = [];
-    transfer = [];
+    for (const lane of lanes) {
+      lane.outbox = [];
+      lane.transfer = [];
+      lane.inFlight = 0;
+    }
     for (const p of all) p.reject(err);
   };
 
-  worker.on('message', (msg: FromWorker) => {
-    if (msg.type !== 'replies') return;
-    for (const s of msg.stats) {
-      for (const l of listeners) {
-        try {
-          l(s);
-        } catch {
-          // a metrics listener must not break the engine
+  for (const lane of lanes) {
+    const name = lanes.length > 1 ? `engine thread ${lane.index}` : 'engine thread';
+    lane.worker.on('message', (msg: FromWorker) => {
+      if (msg.type !== 'replies') return;
+      for (const s of msg.stats) {
+        for (const l of listeners) {
+          try {
+            l(s);
+          } catch {
+            // a metrics listener must not break the engine
+          }
         }
       }
-    }
-    for (const r of msg.replies) {
-      const p = pending.get(r.id);
-      if (!p) continue;
-      pending.delete(r.id);
-      if (r.ok) p.resolve(r);
-      else p.reject(new Error(r.message));
-    }
-    updateRef();
-  });
-  worker.on('error', (err) => {
-    if (dead === undefined) dead = `engine thread crashed: ${err.message}`;
-    failAll(dead);
-  });
-  worker.on('exit', (code) => {
-    if (dead === undefined) dead = `engine thread exited unexpectedly (code ${code})`;
-    failAll(dead);
-  });
+      for (const r of msg.replies) {
+        const p = pending.get(r.id);
+        if (!p) continue;
+        pending.delete(r.id);
+        p.lane.inFlight--;
+        if (r.ok) p.resolve(r);
+        else p.reject(new Error(r.message));
+      }
+      updateRef();
+    });
+    // One thread lost fails the engine: its sessions' requests and KV caches are gone, and the others
+    // would wait for its turn on the device.
+    const lost = (reason: string) => {
+      if (dead !== undefined) return;
+      dead = reason;
+      failAll(dead);
+      for (const other of lanes) if (other !== lane) void other.worker.terminate();
+    };
+    lane.worker.on('error', (err) => lost(`${name} crashed: ${err.message}`));
+    lane.worker.on('exit', (code) => lost(`${name} exited unexpectedly (code ${code})`));
+  }
 
   const model = (name: string): ModelInfo => {
     const m = byName.get(name);
@@ -295,11 +386,12 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     return state.slice();
   };
 
-  const submit = <T extends Reply & { ok: true }>(request: EngineRequest, buffers: ArrayBuffer[]): Promise<T> =>
+  const submit = <T extends Reply & { ok: true }>(lane: Lane, request: EngineRequest, buffers: ArrayBuffer[]): Promise<T> =>
     new Promise<T>((resolve, reject) => {
-      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject });
+      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane });
+      lane.inFlight++;
       updateRef();
-      send({ kind: 'request', request }, buffers);
+      send(lane, { kind: 'request', request }, buffers);
     });
 
   /** A segment, advance or prefill request: ids and state checked, then moved (not copied) to the thread. */
@@ -309,7 +401,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     const idArr = checkIds(where, m, ids);
     const st = checkState(where, m, state);
     const request = { op, id: nextId++, model: name, ids: idArr, state: st, ...(stream !== undefined ? { stream } : {}) } as EngineRequest;
-    return submit<Extract<Reply, { op: O; ok: true }>>(request, [idArr.buffer, st.buffer]);
+    return submit<Extract<Reply, { op: O; ok: true }>>(laneFor(stream), request, [idArr.buffer, st.buffer]);
   };
 
   /** Runs `body` and turns both its throws and a dead engine into a rejected promise. */
@@ -352,13 +444,13 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         if (typeof token !== 'number' || !Number.isInteger(token) || token < 0 || token >= m.vocabSize) {
           throw new Error(`${where}: token ${String(token)} is not a token id in 0..${m.vocabSize - 1}`);
         }
-        const r = await submit<Extract<Reply, { op: 'decode'; ok: true }>>({ op: 'decode', id: nextId++, model: name, kv, token }, []);
+        const r = await submit<Extract<Reply, { op: 'decode'; ok: true }>>(laneOfKv(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
         return { logits: r.logits };
       }),
 
     releaseKv: (kv) => {
       if (!liveKv.delete(kv) || dead !== undefined) return;
-      send({ kind: 'release', kv });
+      send(laneOfKv(kv), { kind: 'release', kv });
     },
 
     onBatch: (listener) => {
@@ -374,24 +466,28 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         dead ??= 'engine is closed';
         failAll('engine closed');
         if (wasDead) {
-          await worker.terminate();
+          await Promise.allSettled(lanes.map((l) => l.worker.terminate()));
           return;
         }
-        // Let the thread finish its current run and release its sessions, then end it.
-        worker.ref();
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, CLOSE_GRACE_MS);
-          const done = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-          worker.on('message', (msg: FromWorker) => {
-            if (msg.type === 'closed') done();
-          });
-          worker.once('exit', done);
-          worker.postMessage({ type: 'close' } satisfies ToWorker);
-        });
-        await worker.terminate();
+        // Let each thread finish its current run and release its sessions, then end it.
+        await Promise.all(
+          lanes.map(async ({ worker }) => {
+            worker.ref();
+            await new Promise<void>((resolve) => {
+              const timer = setTimeout(resolve, CLOSE_GRACE_MS);
+              const done = () => {
+                clearTimeout(timer);
+                resolve();
+              };
+              worker.on('message', (msg: FromWorker) => {
+                if (msg.type === 'closed') done();
+              });
+              worker.once('exit', done);
+              worker.postMessage({ type: 'close' } satisfies ToWorker);
+            });
+            await worker.terminate();
+          }),
+        );
       })();
       return closing;
     },

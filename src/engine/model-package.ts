@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createSession, type Session, type SessionOptions } from './onnx-runtime.ts';
+import { createSession, type RunGate, type Session, type SessionOptions } from './onnx-runtime.ts';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
 
 export const MODEL_FORMAT = 'rmt-serve/model@1';
@@ -56,6 +56,8 @@ export interface LoadOptions {
   precision?: Precision;
   /** Folder for onnxruntime profiles (one file per graph). */
   profileDir?: string;
+  /** Wraps every run of the package's sessions (see SessionOptions.exclusive). */
+  exclusive?: RunGate;
 }
 
 interface IoSpec {
@@ -261,6 +263,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   const base: SessionOptions = { executionProvider: options.executionProvider ?? 'cpu' };
   if (options.deviceId !== undefined) base.deviceId = options.deviceId;
   if (options.intraOpThreads !== undefined) base.intraOpThreads = options.intraOpThreads;
+  if (options.exclusive !== undefined) base.exclusive = options.exclusive;
   const sessionOptions = (graph: string): SessionOptions =>
     options.profileDir === undefined ? base : { ...base, profilePrefix: path.join(options.profileDir, `${name}-${graph}`) };
   const opened: Session[] = [];

@@ -27,7 +27,12 @@ export interface SessionOptions {
   intraOpThreads?: number;
   /** Writes an onnxruntime profile (JSON, one event per node run) starting with this path; see Session.endProfiling. */
   profilePrefix?: string;
+  /** Wraps each onnxruntime run, inputs checked and converted (engine threads sharing a device take turns). */
+  exclusive?: RunGate;
 }
+
+/** Calls `run` when the device is this caller's (and times it); resolves with its result. */
+export type RunGate = <T>(run: () => Promise<T>) => Promise<T>;
 
 export interface Session {
   readonly file: string;
@@ -160,7 +165,7 @@ export async function createSession(file: string, options: SessionOptions): Prom
       const names = fetches ?? outputs.map((o) => o.name);
       const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
       if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
-      const result = await session.run(ortFeeds, names);
+      const result = await (options.exclusive ? options.exclusive(() => session.run(ortFeeds, names)) : session.run(ortFeeds, names));
       const out: Record<string, Tensor> = {};
       for (const name of names) out[name] = fromOrt(result[name]!, label, name);
       return out;

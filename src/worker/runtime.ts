@@ -53,6 +53,7 @@ export async function startWorkerRuntime(
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
     batchWaitMs: config.batchWaitMs,
+    threads: config.engineThreads,
   });
   const device = engine.device();
   if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
