@@ -9,9 +9,9 @@
 # Steps: prepare (random GPT-2-small-shaped packages, the same weights with masked and with fused
 # attention; segment_state graphs for the bundled shipped models), limit (bench/engine-limit.ts: both
 # GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
-# masked one, and profiles), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
+# masked one, and profiles; LIMIT_ONLY=fused: the fused package alone), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
 # GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), engine (the
-# engine thread alone with N dependent sessions: bench/engine-event-loop.ts), plots.
+# engine thread alone with N dependent sessions: bench/engine-event-loop.ts; ENGINE_THREADS engine threads), plots.
 # Results: $OUT (default bench/out/gpu).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,6 +40,11 @@ step_prepare() {
 }
 
 step_limit() {
+  if [ "${LIMIT_ONLY:-}" = fused ]; then
+    # Only the fused package's limit (no masked package needed): the column the service is compared with.
+    MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
+    return
+  fi
   MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-gpt2.txt"
   COMPARE_DIR=$MODELS/$GPT2 MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
   [ -n "${SKIP_SMALL:-}" ] || MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-small.txt"
@@ -58,17 +63,20 @@ step_reference() {
 step_service() {
   # WORKER_PROCESSES (RMT_WORKER_PROCESSES) worker processes share the GPU; results per count.
   local w=${WORKER_PROCESSES:-1}
+  # RMT_ENGINE_THREADS (engine threads per worker process) and RMT_BATCH_WAIT_MS pass through.
+  local tag=w$w${RMT_ENGINE_THREADS:+-t$RMT_ENGINE_THREADS}
   MODELS_DIR=$MODELS MODEL=${SERVICE_MODEL:-$FUSED} PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
     TOTAL_TOKENS=${TOTAL_TOKENS:-2000000,4000000,8000000,8000000} \
-    ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-w$w.json \
-    "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-w$w.txt"
+    ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-$tag.json \
+    "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-$tag.txt"
 }
 
 step_engine() {
   # The engine thread alone (no Redis, queue or API): N sessions each waiting for its previous
   # segment, as the service's sessions do, on the fused GPT-2-small package.
   MODELS_DIR=$MODELS MODEL=$FUSED PROVIDER=cuda PRECISION=fp16 OP=advance SESSIONS=${SESSIONS:-1,8,64,256} MAX_BATCH=256 \
-    MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/engine-thread.txt"
+    MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep -v 'W:onnxruntime' \
+    | tee "$OUT/engine-thread${ENGINE_THREADS:+-t$ENGINE_THREADS}.txt"
 }
 
 step_plots() {
