@@ -103,9 +103,9 @@ function report(r: LevelResult): void {
   if (r.batches.length) {
     console.log(
       `${''.padEnd(22)} batches: ${r.batches.length} runs, rows per run ${dist} (mean ${meanRows.toFixed(2)}), ` +
-        `run time p50 ${percentile(runMs, 50).toFixed(1)} ms p99 ${percentile(runMs, 99).toFixed(1)} ms; ` +
-        // Runs never overlap (one thread, or threads taking turns), so this is the share of time in a run.
-        `in a run ${((100 * runMs.reduce((a, b) => a + b, 0)) / 1000 / r.seconds).toFixed(0)} % of the time`,
+        `batch time p50 ${percentile(runMs, 50).toFixed(1)} ms p99 ${percentile(runMs, 99).toFixed(1)} ms; ` +
+        // onnxruntime runs never overlap (one thread, or threads taking turns): the share of time the device was held.
+        `device held ${((100 * r.batches.reduce((a, b) => a + b.runMs, 0)) / 1000 / r.seconds).toFixed(0)} % of the time`,
     );
   }
 }
