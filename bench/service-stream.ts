@@ -136,25 +136,40 @@ async function createSession(base: string, model: string): Promise<string> {
   return s.id;
 }
 
+interface SumCount {
+  sum: number;
+  count: number;
+}
+
 interface Metrics {
-  rows: { sum: number; count: number };
-  step: { sum: number; count: number };
+  rows: SumCount;
+  step: SumCount;
+  run: SumCount;
+  request: SumCount;
+  turnGap: SumCount;
+  turnDelays: number;
 }
 
 /** Sums the metrics of every worker process (ports base, base + 1, ...). */
 async function scrape(base: number): Promise<Metrics> {
   const texts = await Promise.all(Array.from({ length: WORKER_PROCESSES }, async (_, i) => (await fetch(`http://127.0.0.1:${base + i}/metrics`)).text()));
   const text = texts.join('\n');
-  const pick = (name: string) => {
+  // Engine histograms: segment-step graphs only; worker ones: every series.
+  const pick = (name: string, only = /graph="(segment|advance)"/): SumCount => {
     let sum = 0;
     let count = 0;
     for (const line of text.split('\n')) {
-      if (line.startsWith(`${name}_sum{`) && /graph="(segment|advance)"/.test(line)) sum += Number(line.split(' ').pop());
-      if (line.startsWith(`${name}_count{`) && /graph="(segment|advance)"/.test(line)) count += Number(line.split(' ').pop());
+      if (line.startsWith(`${name}_sum`) && only.test(line)) sum += Number(line.split(' ').pop());
+      if (line.startsWith(`${name}_count`) && only.test(line)) count += Number(line.split(' ').pop());
     }
     return { sum, count };
   };
-  return { rows: pick('rmt_engine_batch_rows'), step: pick('rmt_engine_step_seconds') };
+  const any = /./;
+  const delays = text.split('\n').filter((l) => l.startsWith('rmt_worker_turn_delays_total ')).reduce((a, l) => a + Number(l.split(' ').pop()), 0);
+  return {
+    rows: pick('rmt_engine_batch_rows'), step: pick('rmt_engine_step_seconds'), run: pick('rmt_engine_run_seconds'),
+    request: pick('rmt_worker_request_seconds', any), turnGap: pick('rmt_worker_turn_gap_seconds', any), turnDelays: delays,
+  };
 }
 
 function gpuSampler(): { stop(): number | undefined } {
@@ -312,14 +327,28 @@ async function main(): Promise<void> {
       const rowsMean = batches ? (after.rows.sum - before.rows.sum) / batches : NaN;
       const stepMs = batches ? ((after.step.sum - before.step.sum) / batches) * 1000 : NaN;
       const p50 = percentile(gaps, 50);
+      const mean = (k: 'run' | 'request' | 'turnGap') => {
+        const c = after[k].count - before[k].count;
+        return c ? ((after[k].sum - before[k].sum) / c) * 1000 : NaN;
+      };
+      const seconds = (end - start) / 1000;
+      const requests = after.request.count - before.request.count;
       const r = {
-        sessions: n, tokens, seconds: (end - start) / 1000, tokPerS: tokens / ((end - start) / 1000), segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
+        sessions: n, tokens, seconds, tokPerS: tokens / seconds, segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
         rowsPerRun: rowsMean, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
+        // Device held: onnxruntime runs' own time over the level (runs of one process never overlap).
+        runMs: mean('run'), deviceHeldPct: (100 * (after.run.sum - before.run.sum)) / seconds / WORKER_PROCESSES,
+        requests, requestMs: mean('request'), turnGapMs: mean('turnGap'), turnGaps: after.turnGap.count - before.turnGap.count,
+        turnDelaysPerRequest: requests ? (after.turnDelays - before.turnDelays) / requests : NaN,
       };
       results.push(r);
       console.log(
         `N=${String(n).padStart(3)} | ${Math.round(r.tokPerS)} tok/s (${tokens} tokens in ${r.seconds.toFixed(2)} s) | seg latency p50 ${p50.toFixed(1)} ms p99 ${r.segLatencyP99.toFixed(1)} ms | ` +
           `rows/run ${rowsMean.toFixed(1)} | step ${stepMs.toFixed(2)} ms | overhead ${r.overheadMs.toFixed(1)} ms | gpu ${gpuPct?.toFixed(0) ?? '-'} %`,
+      );
+      console.log(
+        `       | run ${r.runMs.toFixed(2)} ms, device held ${r.deviceHeldPct.toFixed(0)} % per process | ${requests} requests, ${r.requestMs.toFixed(0)} ms each | ` +
+          `turn gap mean ${r.turnGapMs.toFixed(1)} ms (${r.turnGaps}) | parked ${r.turnDelaysPerRequest.toFixed(2)} times per request`,
       );
       await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
     }

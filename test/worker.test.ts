@@ -12,7 +12,10 @@ import { loadConfig, type Config } from '../src/config/config.ts';
 import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
 import type { ProgressEvent, SessionRequest } from '../src/queue/request.ts';
 import { redisKeys } from '../src/state/keys.ts';
+import { SessionStore } from '../src/state/session-store.ts';
+import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
+import { SessionWorker } from '../src/worker/session-worker.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
@@ -240,6 +243,40 @@ describe('workers over Redis and BullMQ', () => {
     assert.match(body, /rmt_engine_batch_rows_bucket\{le="8",graph="segment"/);
     assert.match(body, /rmt_segments_committed_total \d+/);
     assert.ok(Number(/rmt_tokens_ingested_total (\d+)/.exec(body)?.[1]) > 1000, 'tokens ingested not counted');
+  });
+
+  test('queued requests of a session hand over inside the worker: the next one waits here, not in the delayed set', async () => {
+    // A worker of its own whose fallback re-check of parked requests is far off (30 s): every park
+    // counted is a hand-over that did not happen in-process, and a broken hand-over shows as a stall.
+    const p = newPrefix();
+    const metrics = new WorkerMetrics();
+    const store = new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
+    const own = new SessionWorker({
+      redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, concurrency: 64,
+      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, turnDelayMs: 600_000,
+    });
+    await own.start();
+    const ownClient = startClientRuntime(configFor(p));
+    try {
+      const m = worker.engine.model(MODEL);
+      const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      const chunks = randomChunks(noise(6000, 50_000), 6, 1500);
+      const n = chunks.length;
+      await ingestAll(ownClient, s.id, chunks);
+      const body = await metrics.registry.metrics();
+      const num = (re: RegExp) => Number(re.exec(body)?.[1] ?? NaN);
+      assert.equal(num(/^rmt_worker_request_seconds_count\{kind="ingest"\} (\d+)/m), n);
+      // Each request after the first started once its predecessor finished in this process.
+      assert.equal(num(/^rmt_worker_turn_gap_seconds_count (\d+)/m), n - 1);
+      // All n were queued at once: the first applies, the second waits for it here, each later one parks
+      // until the request before it gets its turn and promotes it (n - 2). Parking every later request is n - 1.
+      const parked = num(/^rmt_worker_turn_delays_total (\d+)/m);
+      assert.ok(parked <= n - 2, `parked ${parked} times for ${n} requests`);
+      assert.equal((await store.get(s.id))!.appliedSeq, n);
+    } finally {
+      await ownClient.close();
+      await own.close(0);
+    }
   });
 
   test('a state of the wrong shape is refused, never used', async () => {

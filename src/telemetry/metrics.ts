@@ -14,6 +14,10 @@ export class WorkerMetrics {
   readonly batchRows: Histogram<'graph' | 'model'>;
   readonly batchTokens: Histogram<'graph' | 'model'>;
   readonly stepSeconds: Histogram<'graph' | 'model'>;
+  readonly runSeconds: Histogram<'graph' | 'model'>;
+  readonly requestSeconds: Histogram<'kind'>;
+  readonly turnGapSeconds: Histogram;
+  readonly turnDelays: Counter;
   readonly requests: Counter<'kind' | 'outcome'>;
   readonly segments: Counter;
   readonly tokensIngested: Counter;
@@ -36,6 +40,21 @@ export class WorkerMetrics {
       name: 'rmt_engine_step_seconds', help: 'time of one onnxruntime run (segment step, prefill or decode)', labelNames: labels,
       buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
     }));
+    this.runSeconds = reuse(r, 'rmt_engine_run_seconds', () => new Histogram({
+      name: 'rmt_engine_run_seconds', help: 'time the onnxruntime run itself held the device (engine threads take turns)', labelNames: labels,
+      buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
+    }));
+    this.requestSeconds = reuse(r, 'rmt_worker_request_seconds', () => new Histogram({
+      name: 'rmt_worker_request_seconds', help: 'time applying one request, from its turn to its result', labelNames: ['kind'] as const,
+      buckets: [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30], registers: [r],
+    }));
+    this.turnGapSeconds = reuse(r, 'rmt_worker_turn_gap_seconds', () => new Histogram({
+      name: 'rmt_worker_turn_gap_seconds', help: 'a session idle between two of its requests applied by this process (the second already queued)',
+      buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
+    }));
+    this.turnDelays = reuse(r, 'rmt_worker_turn_delays_total', () => new Counter({
+      name: 'rmt_worker_turn_delays_total', help: 'requests parked in the delayed set because their session\'s previous request was not applied yet', registers: [r],
+    }));
     this.requests = reuse(r, 'rmt_worker_requests_total', () => new Counter({
       name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process', labelNames: ['kind', 'outcome'] as const, registers: [r],
     }));
@@ -49,6 +68,7 @@ export class WorkerMetrics {
     this.batchRows.observe(labels, s.rows);
     this.batchTokens.observe(labels, s.tokens);
     this.stepSeconds.observe(labels, s.ms / 1000);
+    this.runSeconds.observe(labels, s.runMs / 1000);
   }
 
   /** Serves GET /metrics on `port` (0 = an ephemeral port); resolves with the bound port. */

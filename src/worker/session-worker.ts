@@ -37,6 +37,12 @@ export interface SessionWorkerOptions {
   metrics?: WorkerMetrics;
 }
 
+/** Longest fallback re-check delay of a parked request (see turnDelayMs). */
+const MAX_TURN_RECHECK_MS = 30_000;
+
+/** Gaps longer than this are a session that paused, not a handoff (rmt_worker_turn_gap_seconds). */
+const TURN_GAP_HORIZON_MS = 10_000;
+
 // Client mistakes are final: retrying cannot fix them.
 function quiet(r: import('ioredis').Redis): import('ioredis').Redis {
   r.on('error', () => undefined); // reconnects by itself; BullMQ reports lasting trouble
@@ -51,6 +57,12 @@ export class SessionWorker {
   private readonly queue: Queue<RequestJobData, RequestResult>;
   private readonly keys;
   private heartbeat?: NodeJS.Timeout;
+  /** Requests in this process, by session and seq: settled when the request is done here, whatever its outcome. */
+  private readonly local = new Map<string, Map<number, Promise<void>>>();
+  /** Sessions with a request waiting here for its predecessor. */
+  private readonly waiting = new Set<string>();
+  /** When each session's last request finished here (for rmt_worker_turn_gap_seconds); pruned on the heartbeat. */
+  private readonly lastDone = new Map<string, number>();
   private conn?: import('ioredis').Redis;
   readonly id = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
@@ -74,14 +86,28 @@ export class SessionWorker {
     void this.worker.run();
     const beat = () => void this.o.redis.zadd(this.keys.workers(), Date.now(), this.id).catch(() => undefined);
     beat();
-    this.heartbeat = setInterval(beat, 2000);
+    this.heartbeat = setInterval(() => {
+      beat();
+      const old = performance.now() - TURN_GAP_HORIZON_MS;
+      for (const [id, t] of this.lastDone) if (t < old) this.lastDone.delete(id);
+    }, 2000);
     this.heartbeat.unref();
   }
 
   private async process(job: Job<RequestJobData, RequestResult>, token?: string): Promise<RequestResult> {
     const { sessionId, seq } = job.data;
+    // Registered before any await, so a later request of the session fetched after this one finds it.
+    let finished = () => {};
+    const here = this.local.get(sessionId) ?? new Map<number, Promise<void>>();
+    here.set(seq, new Promise<void>((resolve) => (finished = resolve)));
+    this.local.set(sessionId, here);
     try {
       const rec = await this.waitForTurn(job, token);
+      const started = performance.now();
+      // Let the session's next request be fetched now, to wait in this process while this one runs.
+      void this.promoteNext(sessionId, seq);
+      const prev = this.lastDone.get(sessionId);
+      if (prev !== undefined && started - prev < TURN_GAP_HORIZON_MS) this.o.metrics?.turnGapSeconds.observe((started - prev) / 1000);
       let segmentsSeen = rec?.segmentsCommitted ?? 0;
       const result = await applyRequest(
         {
@@ -112,6 +138,8 @@ export class SessionWorker {
         rec,
       );
       await this.promoteNext(sessionId, seq);
+      this.lastDone.set(sessionId, performance.now());
+      this.o.metrics?.requestSeconds.observe({ kind: job.data.request.kind }, (performance.now() - started) / 1000);
       this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
       if (!result.alreadyApplied) {
         this.o.metrics?.tokensIngested.inc(result.promptTokens);
@@ -137,13 +165,30 @@ export class SessionWorker {
         return result;
       }
       throw err;
+    } finally {
+      here.delete(seq);
+      if (here.size === 0 && this.local.get(sessionId) === here) this.local.delete(sessionId);
+      finished();
     }
   }
 
   /** Returns the session as read for the check, so the request does not read it again. */
   private async waitForTurn(job: Job<RequestJobData, RequestResult>, token?: string): Promise<SessionRecord | null> {
     const { sessionId, seq } = job.data;
-    const rec = await this.o.store.get(sessionId);
+    let rec = await this.o.store.get(sessionId);
+    // The previous request is in this process: wait for it here, so the session goes on without a
+    // park, a promotion and a fetch in between. One waiter per session, so a client that queued many
+    // requests ahead holds at most two of this worker's concurrency slots.
+    const prev = this.local.get(sessionId)?.get(seq - 1);
+    if (rec && rec.appliedSeq < seq - 1 && prev && !this.waiting.has(sessionId)) {
+      this.waiting.add(sessionId);
+      try {
+        await prev;
+      } finally {
+        this.waiting.delete(sessionId);
+      }
+      rec = await this.o.store.get(sessionId);
+    }
     if (rec && rec.appliedSeq < seq - 1) {
       // Not this request's turn. If the predecessor's job does not exist (its producer died between
       // taking a seq and enqueuing), nothing will ever apply it: skip its seq instead of waiting forever.
@@ -156,7 +201,11 @@ export class SessionWorker {
           addTokensGenerated: 0, curSeq: seq - 1, curOffset: 0, appliedSeq: seq - 1,
         });
       }
-      await job.moveToDelayed(Date.now() + (this.o.turnDelayMs ?? 1000), token);
+      this.o.metrics?.turnDelays.inc();
+      // Promotion is the handoff; the delay is the fallback re-check, later for requests further back
+      // (each re-check re-reads the job and the session), at most MAX_TURN_RECHECK_MS.
+      const behind = Math.max(1, seq - 1 - rec.appliedSeq);
+      await job.moveToDelayed(Date.now() + Math.min(MAX_TURN_RECHECK_MS, (this.o.turnDelayMs ?? 1000) * behind), token);
       // The predecessor may have been applied between the read above and the move: its worker then
       // found this job not yet delayed and could not promote it, so do it here.
       const now = await this.o.store.get(sessionId);
