@@ -2,7 +2,7 @@
 // threads; the ids must be those of the tokenizer on this thread, and no request may hang when a
 // thread dies or the pool closes.
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -98,4 +98,20 @@ describe('tokenizer pool', { timeout: 120_000 }, () => {
     await assert.rejects(p.encode('small', 'late'), /tokenizer pool is closed/);
     assert.deepEqual(p.threads(), [undefined], 'no thread left');
   });
+});
+
+test('nice: each tokenizer thread lowers its own CPU priority (Linux), the process keeps its own', { skip: process.platform !== 'linux' }, async () => {
+  const niceOf = (tid: string) => Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+  const own = niceOf(String(process.pid));
+  const before = new Set(readdirSync('/proc/self/task'));
+  const p = await TokenizerPool.start({ threads: 2, nice: 5, tokenizers: { small: TOKENIZER } });
+  try {
+    const added = readdirSync('/proc/self/task').filter((t) => !before.has(t));
+    const lowered = added.filter((t) => niceOf(t) === Math.min(19, own + 5));
+    assert.equal(lowered.length, 2, `threads started: ${added.map((t) => `${t}:${niceOf(t)}`).join(' ')}`);
+    assert.equal(niceOf(String(process.pid)), own);
+    assert.deepEqual(await p.encode('small', ' Mary went to the kitchen.'), (await loadTokenizer(TOKENIZER)).encode(' Mary went to the kitchen.'));
+  } finally {
+    await p.close();
+  }
 });

@@ -14,7 +14,7 @@ export async function createApiDeps(config: Config): Promise<ApiDeps & { close()
   const tokenizers = new Map<string, TextTokenizer>();
   for (const m of catalog.list()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
   const pool = config.tokenizerThreads > 0
-    ? await TokenizerPool.start({ threads: config.tokenizerThreads, tokenizers: Object.fromEntries(catalog.list().map((m) => [m.name, m.tokenizerFile])) })
+    ? await TokenizerPool.start({ threads: config.tokenizerThreads, nice: config.tokenizerNice, tokenizers: Object.fromEntries(catalog.list().map((m) => [m.name, m.tokenizerFile])) })
     : undefined;
   const client = startClientRuntime(config);
   const progress = new ProgressHub(client.redis, config.keyPrefix);

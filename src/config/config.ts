@@ -71,6 +71,7 @@ export const SETTINGS = {
   metricsPort: setting('RMT_WORKER_METRICS_PORT', -1, int(-1, 65535), 'worker: serve Prometheus /metrics on this port (0 = any free port, -1 = off)'),
   maxPendingTextChars: setting('RMT_MAX_PENDING_TEXT', 4096, int(16), 'longest run of text without whitespace held back for exact tokenization'),
   tokenizerThreads: setting('RMT_TOKENIZER_THREADS', 2, int(0, 256), 'api: threads tokenizing long appends before they are queued (workers then tokenize only their ends); 0 = workers tokenize appends on their main thread'),
+  tokenizerNice: setting('RMT_TOKENIZER_NICE', 0, int(0, 19), 'api, Linux: the tokenizer threads lower their CPU priority by this much (nice), so on a host shared with workers they yield to the engine threads'),
   commitSegments: setting('RMT_COMMIT_SEGMENTS', 8, int(1, 4096), 'worker: an ingest commits its session (state to Redis, a progress event) every this many segments; a crash redoes at most this many'),
   commitMs: setting('RMT_COMMIT_MS', 250, int(0), 'worker: ... or when this many ms passed since its last commit, whichever comes first'),
 } satisfies Record<string, Setting<unknown>>;

@@ -18,6 +18,8 @@ export const REQUEST_CHARS = 65536;
 export interface TokenizerThreadConfig {
   /** Model name -> tokenizer.json path. */
   tokenizers: Record<string, string>;
+  /** Linux: each thread lowers its own CPU priority by this much (nice), 0 = unchanged. */
+  nice?: number;
 }
 
 export interface ToTokenizerThread {
@@ -88,7 +90,7 @@ export class TokenizerPool {
 
   static async start(opts: TokenizerPoolOptions): Promise<TokenizerPool> {
     if (!Number.isInteger(opts.threads) || opts.threads < 1) throw new Error(`TokenizerPool: threads must be an integer >= 1, found ${opts.threads}`);
-    const config: TokenizerThreadConfig = { tokenizers: { ...opts.tokenizers } };
+    const config: TokenizerThreadConfig = { tokenizers: { ...opts.tokenizers }, ...(opts.nice ? { nice: opts.nice } : {}) };
     const started = await Promise.allSettled(Array.from({ length: opts.threads }, () => spawn(config)));
     const failed = started.find((s) => s.status === 'rejected');
     if (failed) {

@@ -1,5 +1,8 @@
 // One thread of the tokenizer pool (tokenizer-pool.ts): loads the tokenizers it is given and
 // answers encode requests, one at a time, with the ids in a transferred Uint32Array.
+import { readlinkSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { encodeInPieces } from './text-stream.ts';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
@@ -11,6 +14,17 @@ const config = workerData as TokenizerThreadConfig;
 
 const post = (msg: FromTokenizerThread, transfer: ArrayBuffer[] = []): void => port.postMessage(msg, transfer);
 const errorMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+// On a host shared with engine threads, tokenizing must not take the CPU from their kernel launches.
+// Linux keeps a nice value per thread: /proc/thread-self names this thread's id.
+if (config.nice) {
+  try {
+    const tid = Number(path.basename(readlinkSync('/proc/thread-self')));
+    os.setPriority(tid, Math.min(19, os.getPriority(tid) + config.nice));
+  } catch {
+    // not Linux, or not permitted: the thread keeps its priority
+  }
+}
 
 const tokenizers = new Map<string, TextTokenizer>();
 try {
