@@ -7,7 +7,7 @@
 // MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), MODELS_DIR (models/), PROVIDER
 // (cpu | cuda), PRECISION (fp32 | fp16), OP (segment | advance: the state-only graph ingest uses),
 // EXTRA_MODELS (also loaded, not run), BATCH_WAIT_MS (the engine's batchWaitMs, 0), ENGINE_THREADS (the
-// engine's threads, 1: RMT_ENGINE_THREADS),
+// engine's threads, 1: RMT_ENGINE_THREADS), PROFILE_DIR (onnxruntime profiles, RMT_ORT_PROFILE_DIR),
 // BASELINE_SECONDS (5; 0 skips the comparison run that calls onnxruntime on the main thread, as a
 // server would without the engine).
 import os from 'node:os';
@@ -128,6 +128,7 @@ async function main(): Promise<void> {
     maxBatchTokens: MAX_BATCH_TOKENS,
     batchWaitMs: BATCH_WAIT_MS,
     threads: ENGINE_THREADS,
+    ...(process.env.PROFILE_DIR ? { profileDir: process.env.PROFILE_DIR } : {}),
   });
   const info = engine.model(MODEL);
   console.log(`engine ready in ${(performance.now() - t0).toFixed(0)} ms`);

@@ -42,3 +42,12 @@ export function summariseProfile(file: string, runsHint?: number): ProfileSummar
     .sort((a, b) => b.ms - a.ms);
   return { runs: runs.length, runMs: runs.reduce((s, e) => s + e.dur, 0) / 1000 / n, kernelMs: kernelUs / 1000 / n, byOpType };
 }
+
+// CLI: node --import tsx bench/ort-profile.ts PROFILE.json... (e.g. the files RMT_ORT_PROFILE_DIR collects)
+if (import.meta.url === `file://${process.argv[1]}`) {
+  for (const file of process.argv.slice(2)) {
+    const s = summariseProfile(file);
+    console.log(`${file}: ${s.runs} runs, model_run ${s.runMs.toFixed(2)} ms mean, kernels (host time unless CUDA_LAUNCH_BLOCKING=1) ${s.kernelMs.toFixed(2)} ms`);
+    for (const o of s.byOpType.slice(0, 8)) console.log(`  ${o.opType.padEnd(28)} ${o.provider.padEnd(22)} ${String(o.nodes).padStart(3)} nodes ${o.ms.toFixed(2).padStart(8)} ms ${(100 * o.share).toFixed(1).padStart(5)} %`);
+  }
+}

@@ -10,7 +10,7 @@
 // (replies, the sessions' next requests, planning) instead of the device waiting through it.
 // With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
 // to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -477,7 +477,11 @@ async function loadsOnCpu(): Promise<boolean> {
  */
 async function loadModels(): Promise<EngineDevice> {
   const common: LoadOptions = { exclusive, ...(config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {}) };
-  if (config.profileDir !== undefined) common.profileDir = config.profileDir;
+  // One folder per thread: each thread profiles its own sessions, under the same graph names.
+  if (config.profileDir !== undefined) {
+    common.profileDir = config.lanes > 1 ? path.join(config.profileDir, `thread-${config.lane}`) : config.profileDir;
+    await mkdir(common.profileDir, { recursive: true });
+  }
   if (config.executionProvider === 'cpu') {
     await loadAll({ ...common, executionProvider: 'cpu', precision: config.precision });
     return { executionProvider: 'cpu', precision: config.precision };
