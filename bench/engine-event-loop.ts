@@ -7,7 +7,8 @@
 // MAX_BATCH (8), MAX_BATCH_TOKENS (1024), MODEL (rmt-brown-small), MODELS_DIR (models/), PROVIDER
 // (cpu | cuda), PRECISION (fp32 | fp16), OP (segment | advance: the state-only graph ingest uses),
 // EXTRA_MODELS (also loaded, not run), BATCH_WAIT_MS (the engine's batchWaitMs, 0), ENGINE_THREADS (the
-// engine's threads, 1: RMT_ENGINE_THREADS), PROFILE_DIR (onnxruntime profiles, RMT_ORT_PROFILE_DIR),
+// engine's threads, 1: RMT_ENGINE_THREADS), STAGGER_MS (0; each session waits a random 0..STAGGER_MS
+// before its next segment, as sessions fed through a queue arrive out of step), PROFILE_DIR (onnxruntime profiles, RMT_ORT_PROFILE_DIR),
 // BASELINE_SECONDS (5; 0 skips the comparison run that calls onnxruntime on the main thread, as a
 // server would without the engine).
 import os from 'node:os';
@@ -25,6 +26,7 @@ const OP = process.env.OP ?? 'segment';
 /** The batcher's wait for sessions it just answered (RMT_BATCH_WAIT_MS); each session is a stream. */
 const BATCH_WAIT_MS = Number(process.env.BATCH_WAIT_MS ?? 0);
 const ENGINE_THREADS = Number(process.env.ENGINE_THREADS ?? 1);
+const STAGGER_MS = Number(process.env.STAGGER_MS ?? 0);
 /** Models loaded beside MODEL (comma-separated), as a worker serving several models would. */
 const EXTRA_MODELS = (process.env.EXTRA_MODELS ?? '').split(',').filter(Boolean);
 const MODEL = process.env.MODEL ?? 'rmt-brown-small';
@@ -67,6 +69,7 @@ async function saturate(label: string, sessions: number, seconds: number, segL: 
         state = await segment(ids, state, s);
         latencies.push(performance.now() - start);
         segs++;
+        if (STAGGER_MS > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * STAGGER_MS));
       }
     }),
   );
@@ -112,7 +115,7 @@ function report(r: LevelResult): void {
 
 async function main(): Promise<void> {
   console.log(
-    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, batchWaitMs ${BATCH_WAIT_MS}, engine threads ${ENGINE_THREADS}, ` +
+    `engine event-loop bench: model ${MODEL} (${PROVIDER}, ${PRECISION}, ${OP}), ${os.cpus().length} CPUs, intraOpThreads ${THREADS}, batchWaitMs ${BATCH_WAIT_MS}, engine threads ${ENGINE_THREADS}, stagger ${STAGGER_MS} ms, ` +
       `maxBatch ${MAX_BATCH}, maxBatchTokens ${MAX_BATCH_TOKENS}, ${SECONDS} s per level, full ${'segments'}; ` +
       `node ${process.version}`,
   );
