@@ -108,7 +108,8 @@ function report(r: LevelResult): void {
       `${''.padEnd(22)} batches: ${r.batches.length} runs, rows per run ${dist} (mean ${meanRows.toFixed(2)}), ` +
         `batch time p50 ${percentile(runMs, 50).toFixed(1)} ms p99 ${percentile(runMs, 99).toFixed(1)} ms; ` +
         // onnxruntime runs never overlap (one thread, or threads taking turns): the share of time the device was held.
-        `device held ${((100 * r.batches.reduce((a, b) => a + b.runMs, 0)) / 1000 / r.seconds).toFixed(0)} % of the time`,
+        `device held ${((100 * r.batches.reduce((a, b) => a + b.runMs, 0)) / 1000 / r.seconds).toFixed(0)} % of the time, ` +
+        `${(r.batches.reduce((a, b) => a + b.runMs, 0) / r.batches.reduce((a, b) => a + b.rows, 0)).toFixed(3)} ms per row`,
     );
   }
 }
