@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
+import { bucketOf, bucketSizes } from '../src/engine/batch-buckets.ts';
 import { startEngine, type BatchStat, type Engine, type KvHandle } from '../src/engine/engine.ts';
 import { PACKAGE_DIR, SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff } from './helpers.ts';
 
@@ -493,6 +494,44 @@ describe('engine threads (threads > 1)', () => {
       /failed to load model 'no-such-model'/,
     );
     await assert.rejects(startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', maxBatch: 4, maxBatchTokens: 512, threads: 0 }), /threads must be a positive integer, found 0/);
+  });
+});
+
+describe('batch-size buckets (batchBuckets, warmup)', () => {
+  test('bucketOf: 1, 2, 4, 8, then multiples of 8, capped at maxBatch', () => {
+    assert.deepEqual([1, 2, 3, 5, 8, 9, 17, 25, 31, 33].map((n) => bucketOf(n, 256)), [1, 2, 4, 8, 8, 16, 24, 32, 32, 40]);
+    assert.equal(bucketOf(30, 30), 30);
+    assert.equal(bucketOf(5, 6), 6);
+    assert.deepEqual(bucketSizes(32), [1, 2, 4, 8, 16, 24, 32]);
+    assert.deepEqual(bucketSizes(20), [1, 2, 4, 8, 16, 20]);
+    assert.throws(() => bucketOf(0, 8), /rows must be a positive integer/);
+  });
+
+  test('runs are padded to their bucket; every row\'s result equals an unpadded engine\'s', async () => {
+    const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 16, maxBatchTokens: 4096 };
+    const [plain, bucketed] = await Promise.all([startEngine({ ...base, batchBuckets: false }), startEngine({ ...base, batchBuckets: true, warmup: true })]);
+    try {
+      const init = plain.model(SMALL).initState;
+      for (const n of [3, 5, 9]) {
+        const rec = recordStats(bucketed);
+        const rows = Array.from({ length: n }, (_, i) => corpus.slice(7 * i, 7 * i + 128));
+        const [a, b] = await Promise.all([
+          Promise.all(rows.map((ids, i) => plain.advance(SMALL, ids, init, `p${n}-${i}`))),
+          Promise.all(rows.map((ids, i) => bucketed.advance(SMALL, ids, init, `b${n}-${i}`))),
+        ]);
+        const s = await Promise.all(rows.map((ids) => bucketed.segment(SMALL, ids, init)));
+        rec.stop();
+        for (let i = 0; i < n; i++) {
+          assert.ok(maxAbsDiff(b[i]!, a[i]!) === 0, `${n} rows: row ${i} differs with padding`);
+          assert.ok(maxAbsDiff(s[i]!.nextState, a[i]!) === 0, `${n} rows: segment() row ${i} differs`);
+        }
+        const runs = rec.stats.filter((x) => x.rows === n);
+        assert.equal(runs.length, 2, `one advance and one segment run of ${n} rows: ${rec.stats.map((x) => `${x.graph}:${x.rows}`).join(' ')}`);
+        for (const r of runs) assert.equal(r.runRows, bucketOf(n, 16));
+      }
+    } finally {
+      await Promise.all([plain.close(), bucketed.close()]);
+    }
   });
 });
 

@@ -17,6 +17,10 @@ export interface WorkerConfig {
   batchInvariant: boolean;
   /** Most ms an iteration waits for rows of streams that were just answered (0 = run what is queued). */
   batchWaitMs: number;
+  /** Pad segment and advance runs up to a batch-size bucket (see batch-buckets.ts). */
+  batchBuckets: boolean;
+  /** Run every bucket once per segment graph before saying ready. */
+  warmup: boolean;
   /** This thread's index among the engine's threads, and their number (KV handles are lane + 1 + k·lanes). */
   lane: number;
   lanes: number;

@@ -17,6 +17,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { cudaPreflight, explainCudaFailure } from './cuda-check.ts';
 import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
 import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type GrowableKvCache } from './rmt-runner.ts';
@@ -220,10 +221,11 @@ function planIteration(): Group[] {
   return [...groups.values()].filter((g) => g.requests.length > 0);
 }
 
-/** Results of one run: replies with the buffers to transfer. */
+/** Results of one run: replies with the buffers to transfer, and the rows run (padding included). */
 interface RunOutcome {
   replies: Reply[];
   transfer: ArrayBuffer[];
+  runRows: number;
 }
 
 /** The rows of a segment, advance or prefill batch. */
@@ -234,20 +236,32 @@ function segmentRows(reqs: EngineRequest[], graph: Graph): { ids: number[]; stat
   });
 }
 
+/** With batchBuckets: the rows and copies of the last one, up to its bucket (their results are dropped). */
+function padToBucket<T>(rows: T[]): T[] {
+  if (!config.batchBuckets) return rows;
+  const b = bucketOf(rows.length, config.maxBatch);
+  return b === rows.length ? rows : [...rows, ...new Array<T>(b - rows.length).fill(rows[rows.length - 1]!)];
+}
+
+const segmentOptions = (pkg: ModelPackage) => (config.batchInvariant ? { width: pkg.segmentLength } : {});
+
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
+  let runRows = reqs.length;
   if (graph === 'advance') {
-    const rows = segmentRows(reqs, graph);
-    const out = await runSegmentState(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
+    const rows = padToBucket(segmentRows(reqs, graph));
+    runRows = rows.length;
+    const out = (await runSegmentState(pkg, rows, segmentOptions(pkg))).slice(0, reqs.length);
     out.forEach((nextState, i) => {
       replies.push({ id: reqs[i]!.id, ok: true, op: 'advance', nextState });
       transfer.push(nextState.buffer as ArrayBuffer);
     });
   } else if (graph === 'segment') {
-    const rows = segmentRows(reqs, graph);
-    const out = await runSegment(pkg, rows, config.batchInvariant ? { width: pkg.segmentLength } : {});
+    const rows = padToBucket(segmentRows(reqs, graph));
+    runRows = rows.length;
+    const out = (await runSegment(pkg, rows, segmentOptions(pkg))).slice(0, reqs.length);
     out.forEach((o, i) => {
       replies.push({ id: reqs[i]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
       transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
@@ -276,7 +290,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       transfer.push(logits.buffer as ArrayBuffer);
     });
   }
-  return { replies, transfer };
+  return { replies, transfer, runRows };
 }
 
 function precheck(loaded: Loaded, r: EngineRequest): string | undefined {
@@ -310,17 +324,17 @@ async function runGroup(group: Group): Promise<void> {
     // Waiting for another thread's run is not this batch's work.
     const ms = performance.now() - t0 - lastRun.waitedMs;
     const tokens = reqs.reduce((s, r) => s + tokensOf(r), 0);
-    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, tokens, ms, lane: config.lane, startedAt: lastRun.startedAt, runMs: lastRun.ms });
+    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, runRows: out.runRows, tokens, ms, lane: config.lane, startedAt: lastRun.startedAt, runMs: lastRun.ms });
     return out;
   };
   let outcome: RunOutcome;
   try {
-    outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [] };
+    outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [], runRows: 0 };
   } catch (err) {
     if (g.requests.length === 1) {
-      outcome = { replies: [{ id: g.requests[0]!.id, ok: false, message: errorMessage(err) }], transfer: [] };
+      outcome = { replies: [{ id: g.requests[0]!.id, ok: false, message: errorMessage(err) }], transfer: [], runRows: 0 };
     } else {
-      outcome = { replies: [], transfer: [] };
+      outcome = { replies: [], transfer: [], runRows: 0 };
       for (const r of g.requests) {
         try {
           const one = await timed([r]);
@@ -507,10 +521,24 @@ async function loadModels(): Promise<EngineDevice> {
   return { executionProvider: 'cpu', precision: 'fp32', fallbackReason: cudaProblem };
 }
 
+/** Runs every batch-size bucket once on each model's segment graphs, so no request pays a size's first run. */
+async function warmUp(): Promise<void> {
+  if (!config.batchBuckets || !config.warmup) return;
+  for (const { pkg, info } of models.values()) {
+    const row = { ids: [info.specialTokens.pad], state: info.initState };
+    for (const b of bucketSizes(config.maxBatch)) {
+      const rows = new Array<typeof row>(b).fill(row);
+      if (pkg.sessions.segmentState) await runSegmentState(pkg, rows, segmentOptions(pkg));
+      await runSegment(pkg, rows, segmentOptions(pkg));
+    }
+  }
+}
+
 async function start(): Promise<void> {
   let device: EngineDevice;
   try {
     device = await loadModels();
+    await warmUp();
   } catch (err) {
     post({ type: 'loadError', message: errorMessage(err) });
     return;

@@ -44,6 +44,14 @@ export interface EngineOptions {
    */
   batchWaitMs?: number;
   /**
+   * Pad each segment/advance run with copies of its last row up to a batch-size bucket (1, 2, 4, 8,
+   * then multiples of 8), so onnxruntime sees few batch sizes (default: true on cuda, where each new
+   * size's first run costs ~80 ms; see batch-buckets.ts). Results are unchanged (rows are independent).
+   */
+  batchBuckets?: boolean;
+  /** Run every bucket once per segment graph before the engine is ready (default: true on cuda). */
+  warmup?: boolean;
+  /**
    * Engine threads (default 1), each with its own onnxruntime sessions (the models' weights once per
    * thread). They run one at a time, each on its own cohort of sessions, so the device works on one
    * cohort while the others turn around.
@@ -92,6 +100,8 @@ export interface BatchStat {
   ms: number;
   /** The engine thread that ran it (0 when there is one). */
   lane: number;
+  /** Rows in the onnxruntime run, padding up to a batch-size bucket included. */
+  runRows: number;
   /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
   startedAt: number;
   runMs: number;
@@ -174,6 +184,8 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
+    batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
+    warmup: opts.warmup ?? opts.executionProvider === 'cuda',
   };
 }
 
