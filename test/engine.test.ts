@@ -533,6 +533,17 @@ describe('batch-size buckets (batchBuckets, warmup)', () => {
       await Promise.all([plain.close(), bucketed.close()]);
     }
   });
+
+  test('with two threads the warm-up runs take turns before the threads take requests, and the engine starts', async () => {
+    const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchBuckets: true, warmup: true, threads: 2 });
+    try {
+      const init = engine.model(SMALL).initState;
+      const out = await Promise.all([0, 1, 2].map((i) => engine.advance(SMALL, corpus.slice(i, i + 128), init, `w${i}`)));
+      assert.equal(out.length, 3);
+    } finally {
+      await engine.close();
+    }
+  });
 });
 
 describe('engine lifecycle', () => {

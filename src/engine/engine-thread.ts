@@ -357,11 +357,17 @@ const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
 async function acquireTurn(): Promise<void> {
   if (!turn) return;
   const mine = Atomics.add(turn, 0, 1);
-  for (;;) {
-    const serving = Atomics.load(turn, 1);
-    if (serving === mine) return;
-    const w = Atomics.waitAsync(turn, 1, serving);
-    if (w.async) await w.value;
+  // A pending waitAsync does not keep a thread's event loop alive (during the warm-up nothing else does).
+  const keepAlive = setInterval(() => {}, 1 << 30);
+  try {
+    for (;;) {
+      const serving = Atomics.load(turn, 1);
+      if (serving === mine) return;
+      const w = Atomics.waitAsync(turn, 1, serving);
+      if (w.async) await w.value;
+    }
+  } finally {
+    clearInterval(keepAlive);
   }
 }
 
