@@ -527,16 +527,16 @@ async function loadModels(): Promise<EngineDevice> {
   return { executionProvider: 'cpu', precision: 'fp32', fallbackReason: cudaProblem };
 }
 
-/** Runs every batch-size bucket once on each model's segment graphs, so no request pays a size's first run. */
+/**
+ * Runs every batch-size bucket once through each model's ingest graph (segment_state, else segment),
+ * so no request pays a size's first run. Only that graph: the full segment graph's per-position
+ * logits at the largest buckets took the H100's memory (onnxruntime's arenas keep what they grew to).
+ */
 async function warmUp(): Promise<void> {
   if (!config.batchBuckets || !config.warmup) return;
   for (const { pkg, info } of models.values()) {
     const row = { ids: [info.specialTokens.pad], state: info.initState };
-    for (const b of bucketSizes(config.maxBatch)) {
-      const rows = new Array<typeof row>(b).fill(row);
-      if (pkg.sessions.segmentState) await runSegmentState(pkg, rows, segmentOptions(pkg));
-      await runSegment(pkg, rows, segmentOptions(pkg));
-    }
+    for (const b of bucketSizes(config.maxBatch)) await runSegmentState(pkg, new Array<typeof row>(b).fill(row), segmentOptions(pkg));
   }
 }
 
