@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ConfigError, SETTINGS, configTable, loadConfig } from '../src/config/config.ts';
+import { engineThreads } from '../src/worker/runtime.ts';
 
 test('defaults, environment, and flags over environment', () => {
   const d = loadConfig({});
@@ -24,4 +25,12 @@ test('bad values are refused with the variable or flag named', () => {
 test('the settings table documents every setting', () => {
   const table = configTable();
   for (const s of Object.values(SETTINGS)) assert.ok(table.includes(`\`${s.env}\``), `${s.env} missing from the table`);
+});
+
+test('RMT_ENGINE_THREADS: 0 means 2 on cuda and 1 on cpu; a number is taken as it is', () => {
+  assert.equal(engineThreads(loadConfig({ RMT_EXECUTION_PROVIDER: 'cuda' })), 2);
+  assert.equal(engineThreads(loadConfig({})), 1);
+  assert.equal(engineThreads(loadConfig({ RMT_EXECUTION_PROVIDER: 'cuda', RMT_ENGINE_THREADS: '3' })), 3);
+  assert.equal(engineThreads(loadConfig({ RMT_ENGINE_THREADS: '2' })), 2);
+  assert.throws(() => loadConfig({ RMT_ENGINE_THREADS: '17' }), /RMT_ENGINE_THREADS/);
 });

@@ -34,6 +34,12 @@ export interface WorkerRuntime {
   close(graceMs?: number): Promise<void>;
 }
 
+/** RMT_ENGINE_THREADS, 0 resolved: on CUDA a second thread overlaps the host's turnaround with the other's run (BENCHMARKS.md). */
+export function engineThreads(config: Pick<Config, 'engineThreads' | 'executionProvider'>): number {
+  if (config.engineThreads > 0) return config.engineThreads;
+  return config.executionProvider === 'cuda' ? 2 : 1;
+}
+
 export async function startWorkerRuntime(
   config: Config,
   log?: (o: Record<string, unknown>, m: string) => void,
@@ -53,7 +59,7 @@ export async function startWorkerRuntime(
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
     batchWaitMs: config.batchWaitMs,
-    threads: config.engineThreads,
+    threads: engineThreads(config),
   });
   const device = engine.device();
   if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
