@@ -16,6 +16,8 @@ export PATH="$HERE/bin:$PATH"
 export RMT_EXECUTION_PROVIDER=${RMT_EXECUTION_PROVIDER:-cuda}
 export RMT_MODELS_DIR=${RMT_MODELS_DIR:-$HERE/models}
 export RMT_DATA_DIR=${RMT_DATA_DIR:-$HERE/var}
+# Queue-fed sessions arrive out of step; on the GPU a 5 ms batch window gave larger runs and more tokens/s (BENCHMARKS.md).
+export RMT_BATCH_WAIT_MS=${RMT_BATCH_WAIT_MS:-5}
 
 usage() {
   cat <<EOF
@@ -30,7 +32,8 @@ usage: $(basename "$0") <command> [options]
 environment: CUDA_LIB_DIR=$CUDA_LIB_DIR
              CUDNN_LIB_DIR=$CUDNN_LIB_DIR
              RMT_EXECUTION_PROVIDER=$RMT_EXECUTION_PROVIDER  RMT_MODELS_DIR=$RMT_MODELS_DIR
-             RMT_DATA_DIR=$RMT_DATA_DIR  (and every other rmt-serve setting: REDIS_URL, PORT, ...)
+             RMT_DATA_DIR=$RMT_DATA_DIR  RMT_BATCH_WAIT_MS=$RMT_BATCH_WAIT_MS
+             (and every other rmt-serve setting: REDIS_URL, PORT, ...)
 EOF
 }
 
