@@ -74,19 +74,23 @@ function streamOf(r: EngineRequest): string | undefined {
   return r.op === 'decode' ? undefined : r.stream;
 }
 
-/** True while a group that is not full yet has streams that are likely to send their next request. */
-function expectingMore(now: number): boolean {
+/**
+ * While a group that is not full yet has streams likely to send their next request: until when (the
+ * newest such answer plus the window); undefined when none is expected.
+ */
+function expectedUntil(now: number): number | undefined {
   const rows = new Map<string, number>();
   for (const r of queue) {
     const key = groupKey(r);
     rows.set(key, (rows.get(key) ?? 0) + 1);
   }
+  let until: number | undefined;
   for (const [key, n] of rows) {
     if (n >= config.maxBatch) continue;
     // One answered longer ago than the window is not waited for (that request was its last).
-    for (const at of awaited.get(key)?.values() ?? []) if (now - at <= config.batchWaitMs) return true;
+    for (const at of awaited.get(key)?.values() ?? []) if (now - at <= config.batchWaitMs) until = Math.max(until ?? 0, at + config.batchWaitMs);
   }
-  return false;
+  return until;
 }
 
 /** Marks the streams of a run's requests as answered now; drops those answered beyond the window. */
@@ -104,11 +108,34 @@ function noteAnswered(requests: EngineRequest[]): void {
   for (const m of awaited.values()) for (const [s, at] of m) if (now - at > config.batchWaitMs) m.delete(s);
 }
 
-/** Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. */
+/** Set while gatherBatch sleeps: new requests (onOps) end the sleep early. */
+let wake: (() => void) | undefined;
+
+/** Sleeps until `ms` passed or requests arrive, whichever is first. */
+function sleepUntilOps(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      wake = undefined;
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    wake = done;
+  });
+}
+
+/**
+ * Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. It
+ * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits.
+ */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;
-  const until = performance.now() + config.batchWaitMs;
-  for (let now = performance.now(); now < until && !closing && expectingMore(now); now = performance.now()) await yieldToEventLoop();
+  const limit = performance.now() + config.batchWaitMs;
+  for (let now = performance.now(); now < limit && !closing; now = performance.now()) {
+    const expected = expectedUntil(now);
+    if (expected === undefined || expected <= now) return;
+    await sleepUntilOps(Math.min(limit, expected) - now);
+  }
 }
 
 function graphOf(r: EngineRequest): Graph {
@@ -177,6 +204,7 @@ function onOps(ops: Op[]): void {
     queue.push(r);
   }
   if (rejected.length) post({ type: 'replies', replies: rejected, stats: [] });
+  wake?.();
   void pump();
 }
 
@@ -553,6 +581,7 @@ async function start(): Promise<void> {
     if (msg.type === 'ops') onOps(msg.ops);
     else if (msg.type === 'close') {
       closing = true;
+      wake?.();
       if (!running) void finishClose();
     }
   });
