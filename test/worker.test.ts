@@ -282,6 +282,32 @@ describe('workers over Redis and BullMQ', () => {
     }
   });
 
+  test('a session deleted during a long ingest: the request fails as not_found, and the engine drops the rest of its segments', async () => {
+    const s = await newSession();
+    const rows: number[] = [];
+    let sub: Redis | undefined;
+    const firstCommit = new Promise<void>((resolve) => {
+      void subscribe(prefix, s.id, (ev) => {
+        if (ev.type === 'segment') resolve();
+      }).then((r) => (sub = r));
+    });
+    while (sub === undefined) await new Promise((resolve) => setImmediate(resolve));
+    // About 60 segments, run as one chain in the engine; commits every 8 segments or 250 ms.
+    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(60 * 128 * 5, 70_000), flush: true });
+    await firstCommit;
+    const stop = worker.engine.onBatch((b) => rows.push(b.rows));
+    assert.equal(await client.store.delete(s.id), true);
+    const r = await client.queue.result(jobId, 120_000);
+    await sub!.quit();
+    assert.equal(r.error?.code, 'not_found', JSON.stringify(r));
+    // The worker's engine is idle now: were the chain still running, these runs would carry its row.
+    const m = worker.engine.model(MODEL);
+    for (let k = 0; k < 3; k++) await worker.engine.advance(MODEL, [1, 2, 3], m.initState, 'marker');
+    stop();
+    assert.deepEqual(rows.slice(-3), [1, 1, 1], `rows per run: ${rows.join(' ')}`);
+    assert.ok(rows.length - 3 < 50, `the chain ran ${rows.length - 3} more segments after the delete`);
+  });
+
   test('a state of the wrong shape is refused, never used', async () => {
     const s = await newSession();
     const r = new Redis(redis.url);

@@ -33,18 +33,26 @@ export interface WorkerConfig {
 
 export type EngineRequest =
   | { op: 'segment'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
-  | { op: 'advance'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
+  /**
+   * One or more segments of one session, run back to back inside the engine thread: `lengths` splits
+   * `ids` into segments, each segment's next memory feeding the next, with no trip to the main thread
+   * in between. With `steps`, every segment's memory is also sent back as it is made ('step' replies);
+   * the last comes as the 'advance' reply.
+   */
+  | { op: 'advance'; id: number; model: string; ids: Int32Array; lengths: Int32Array; state: Float32Array; stream?: string; steps?: boolean }
   | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
   | { op: 'decode'; id: number; model: string; kv: number; token: number };
 
 /** One item of the ordered stream the main thread sends; releases keep their place among requests. */
-export type Op = { kind: 'request'; request: EngineRequest } | { kind: 'release'; kv: number };
+export type Op = { kind: 'request'; request: EngineRequest } | { kind: 'release'; kv: number } | { kind: 'cancel'; id: number };
 
 export type ToWorker = { type: 'ops'; ops: Op[] } | { type: 'close' };
 
 export type Reply =
   | { id: number; ok: true; op: 'segment'; nextState: Float32Array; logits: Float32Array; tokenLogprobs: Float32Array }
   | { id: number; ok: true; op: 'advance'; nextState: Float32Array }
+  /** A chained advance's memory after its segment `index` (0-based), before the request is done. */
+  | { id: number; ok: true; op: 'step'; index: number; nextState: Float32Array }
   | { id: number; ok: true; op: 'prefill'; logits: Float32Array; kv: number }
   | { id: number; ok: true; op: 'decode'; logits: Float32Array }
   | { id: number; ok: false; message: string };

@@ -55,6 +55,15 @@ let queue: EngineRequest[] = [];
  */
 const awaited = new Map<string, Map<string, number>>();
 
+/**
+ * Chained advances not finished yet (queued or in a run): the segment each is at and where its ids
+ * start. A chain goes back to the front of the queue after each of its runs, so its session stays in
+ * step with the others instead of waiting on a round trip through the main thread.
+ */
+const chainAt = new Map<number, { index: number; offset: number }>();
+/** Chains cancelled while in a run: dropped when that run ends. */
+const cancelled = new Set<number>();
+
 let running = false;
 let closing = false;
 
@@ -142,8 +151,16 @@ function graphOf(r: EngineRequest): Graph {
   return r.op;
 }
 
+/** The ids of the segment a request runs next (a chained advance's current segment). */
+function segmentIds(r: Exclude<EngineRequest, { op: 'decode' }>): Int32Array {
+  if (r.op !== 'advance') return r.ids;
+  const at = chainAt.get(r.id);
+  if (!at) return r.ids.subarray(0, r.lengths[0]);
+  return r.ids.subarray(at.offset, at.offset + r.lengths[at.index]!);
+}
+
 function tokensOf(r: EngineRequest): number {
-  return r.op === 'decode' ? 1 : r.ids.length;
+  return r.op === 'decode' ? 1 : segmentIds(r).length;
 }
 
 /** Checks a request against its model (the main thread checks too; this guards the batch). */
@@ -161,7 +178,16 @@ function validate(r: EngineRequest): string | undefined {
     }
     return undefined;
   }
-  if (r.ids.length === 0 || r.ids.length > segmentLength) {
+  if (r.op === 'advance') {
+    if (r.lengths.length === 0) return `${where}: no segments`;
+    let sum = 0;
+    for (let k = 0; k < r.lengths.length; k++) {
+      const n = r.lengths[k]!;
+      if (!Number.isInteger(n) || n < 1 || n > segmentLength) return `${where}: segment ${k} has ${n} ids, expected 1..${segmentLength} (segment_length)`;
+      sum += n;
+    }
+    if (sum !== r.ids.length) return `${where}: segment lengths add up to ${sum}, but ${r.ids.length} ids were sent`;
+  } else if (r.ids.length === 0 || r.ids.length > segmentLength) {
     return `${where}: ${r.ids.length} ids, expected 1..${segmentLength} (segment_length)`;
   }
   for (let i = 0; i < r.ids.length; i++) {
@@ -185,6 +211,14 @@ function dropKvRef(kv: number): void {
 function onOps(ops: Op[]): void {
   const rejected: Reply[] = [];
   for (const op of ops) {
+    if (op.kind === 'cancel') {
+      const before = queue.length;
+      queue = queue.filter((r) => r.id !== op.id);
+      // Not queued but still chained: it is in a run now, and is dropped when that run ends.
+      if (queue.length === before && chainAt.has(op.id)) cancelled.add(op.id);
+      else chainAt.delete(op.id);
+      continue;
+    }
     if (op.kind === 'release') {
       const e = kvs.get(op.kv);
       if (!e) continue;
@@ -199,6 +233,7 @@ function onOps(ops: Op[]): void {
       continue;
     }
     if (r.op === 'decode') kvs.get(r.kv)!.queued++;
+    if (r.op === 'advance' && r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
     const stream = streamOf(r);
     if (stream !== undefined) awaited.get(groupKey(r))?.delete(stream);
     queue.push(r);
@@ -249,18 +284,22 @@ function planIteration(): Group[] {
   return [...groups.values()].filter((g) => g.requests.length > 0);
 }
 
-/** Results of one run: replies with the buffers to transfer, and the rows run (padding included). */
+/**
+ * Results of one run: replies with the buffers to transfer, the rows run (padding included), and the
+ * chained advances that go on to their next segment.
+ */
 interface RunOutcome {
   replies: Reply[];
   transfer: ArrayBuffer[];
   runRows: number;
+  again: EngineRequest[];
 }
 
 /** The rows of a segment, advance or prefill batch. */
 function segmentRows(reqs: EngineRequest[], graph: Graph): { ids: number[]; state: Float32Array }[] {
   return reqs.map((r) => {
     if (r.op === 'decode') throw new Error(`internal: decode request in a ${graph} batch`);
-    return { ids: Array.from(r.ids), state: r.state };
+    return { ids: Array.from(segmentIds(r)), state: r.state };
   });
 }
 
@@ -277,13 +316,34 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
+  const again: EngineRequest[] = [];
   let runRows = reqs.length;
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
     const out = (await runSegmentState(pkg, rows, segmentOptions(pkg))).slice(0, reqs.length);
     out.forEach((nextState, i) => {
-      replies.push({ id: reqs[i]!.id, ok: true, op: 'advance', nextState });
+      const r = reqs[i]!;
+      if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
+      const at = chainAt.get(r.id);
+      if (at && at.index + 1 < r.lengths.length) {
+        if (cancelled.delete(r.id)) {
+          chainAt.delete(r.id);
+          return;
+        }
+        if (r.steps) {
+          // A copy goes back; this thread keeps the memory for the next segment.
+          const copy = nextState.slice();
+          replies.push({ id: r.id, ok: true, op: 'step', index: at.index, nextState: copy });
+          transfer.push(copy.buffer as ArrayBuffer);
+        }
+        chainAt.set(r.id, { index: at.index + 1, offset: at.offset + r.lengths[at.index]! });
+        again.push({ ...r, state: nextState });
+        return;
+      }
+      chainAt.delete(r.id);
+      cancelled.delete(r.id);
+      replies.push({ id: r.id, ok: true, op: 'advance', nextState });
       transfer.push(nextState.buffer as ArrayBuffer);
     });
   } else if (graph === 'segment') {
@@ -318,7 +378,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       transfer.push(logits.buffer as ArrayBuffer);
     });
   }
-  return { replies, transfer, runRows };
+  return { replies, transfer, runRows, again };
 }
 
 function precheck(loaded: Loaded, r: EngineRequest): string | undefined {
@@ -357,26 +417,37 @@ async function runGroup(group: Group): Promise<void> {
   };
   let outcome: RunOutcome;
   try {
-    outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [], runRows: 0 };
+    outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [], runRows: 0, again: [] };
   } catch (err) {
+    const failed = (r: EngineRequest, e: unknown): Reply => {
+      chainAt.delete(r.id);
+      cancelled.delete(r.id);
+      return { id: r.id, ok: false, message: errorMessage(e) };
+    };
     if (g.requests.length === 1) {
-      outcome = { replies: [{ id: g.requests[0]!.id, ok: false, message: errorMessage(err) }], transfer: [], runRows: 0 };
+      outcome = { replies: [failed(g.requests[0]!, err)], transfer: [], runRows: 0, again: [] };
     } else {
-      outcome = { replies: [], transfer: [], runRows: 0 };
+      outcome = { replies: [], transfer: [], runRows: 0, again: [] };
       for (const r of g.requests) {
         try {
           const one = await timed([r]);
           outcome.replies.push(...one.replies);
           outcome.transfer.push(...one.transfer);
+          outcome.again.push(...one.again);
         } catch (e) {
-          outcome.replies.push({ id: r.id, ok: false, message: errorMessage(e) });
+          outcome.replies.push(failed(r, e));
         }
       }
     }
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
   post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
-  if (config.batchWaitMs > 0) noteAnswered(group.requests);
+  // Chains going on are the oldest requests: they lead the next iteration. They are not awaited streams.
+  if (outcome.again.length > 0) queue = [...outcome.again, ...queue];
+  if (config.batchWaitMs > 0) {
+    const goingOn = new Set(outcome.again.map((r) => r.id));
+    noteAnswered(group.requests.filter((r) => !goingOn.has(r.id)));
+  }
 }
 
 const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
@@ -460,6 +531,8 @@ async function finishClose(): Promise<void> {
   if (closed) return;
   closed = true;
   queue = [];
+  chainAt.clear();
+  cancelled.clear();
   kvs.clear();
   await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
   post({ type: 'closed' });

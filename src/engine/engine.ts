@@ -107,6 +107,13 @@ export interface BatchStat {
   runMs: number;
 }
 
+export interface AdvanceOptions {
+  /** Who is asking (a session id): its segments stay on one engine thread, and the batch window expects it. */
+  stream?: string;
+  onState?: (index: number, state: Float32Array) => void;
+  signal?: AbortSignal;
+}
+
 export interface Engine {
   models(): ModelInfo[];
   /** Throws an Error naming the unknown model and the known ones. */
@@ -121,6 +128,14 @@ export interface Engine {
    * when it has one (no vocabulary projection): the call for ingesting text without scores.
    */
   advance(model: string, ids: readonly number[], state: Float32Array, stream?: string): Promise<Float32Array>;
+  /**
+   * Several segments of one session through the segment_state graph, back to back inside the engine
+   * thread (each segment's memory feeds the next without a trip through this thread, so a session
+   * keeps its place in every batch). Resolves with the last segment's memory; `onState` sees every
+   * segment's memory, in order, as it is made (the last one too, just before the promise resolves).
+   * Aborting `signal` drops the segments not run yet and rejects with the signal's reason.
+   */
+  advanceMany(model: string, segments: readonly (readonly number[])[], state: Float32Array, opts?: AdvanceOptions): Promise<Float32Array>;
   /** Starts a KV cache holding [read memory; ids]. */
   prefill(model: string, ids: readonly number[], state: Float32Array): Promise<{ logits: Float32Array; kv: KvHandle }>;
   /** Appends one token to that cache (in place). */
@@ -135,6 +150,8 @@ export interface Engine {
 interface Pending {
   resolve: (reply: Reply & { ok: true }) => void;
   reject: (err: Error) => void;
+  /** A chained advance's memory after each segment but the last ('step' replies). */
+  onStep?: (index: number, state: Float32Array) => void;
 }
 
 /** How long close() waits for the thread to release its sessions before terminating it. */
@@ -337,6 +354,14 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       for (const r of msg.replies) {
         const p = pending.get(r.id);
         if (!p) continue;
+        if (r.ok && r.op === 'step') {
+          try {
+            p.onStep?.(r.index, r.nextState);
+          } catch {
+            // the caller's listener must not break the engine; it sees its own errors
+          }
+          continue;
+        }
         pending.delete(r.id);
         p.lane.inFlight--;
         if (r.ok) p.resolve(r);
@@ -398,9 +423,11 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     return state.slice();
   };
 
-  const submit = <T extends Reply & { ok: true }>(lane: Lane, request: EngineRequest, buffers: ArrayBuffer[]): Promise<T> =>
+  const submit = <T extends Reply & { ok: true }>(
+    lane: Lane, request: EngineRequest, buffers: ArrayBuffer[], extra: Pick<Pending, 'onStep'> = {},
+  ): Promise<T> =>
     new Promise<T>((resolve, reject) => {
-      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane });
+      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane, ...extra });
       lane.inFlight++;
       updateRef();
       send(lane, { kind: 'request', request }, buffers);
@@ -412,8 +439,46 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     const m = model(name);
     const idArr = checkIds(where, m, ids);
     const st = checkState(where, m, state);
-    const request = { op, id: nextId++, model: name, ids: idArr, state: st, ...(stream !== undefined ? { stream } : {}) } as EngineRequest;
+    const lengths = op === 'advance' ? { lengths: Int32Array.of(idArr.length) } : {};
+    const request = { op, id: nextId++, model: name, ids: idArr, ...lengths, state: st, ...(stream !== undefined ? { stream } : {}) } as EngineRequest;
     return submit<Extract<Reply, { op: O; ok: true }>>(laneFor(stream), request, [idArr.buffer, st.buffer]);
+  };
+
+  /** A chained advance: every segment checked, the ids sent as one array split by `lengths`. */
+  const submitChain = async (name: string, segments: readonly (readonly number[])[], state: Float32Array, opts: AdvanceOptions): Promise<Float32Array> => {
+    const where = `advanceMany(${name})`;
+    const m = model(name);
+    if (!Array.isArray(segments) || segments.length === 0) throw new Error(`${where}: segments must be a non-empty array of token id arrays`);
+    const parts = segments.map((ids, k) => checkIds(`${where} segment ${k}`, m, ids));
+    const lengths = Int32Array.from(parts, (p) => p.length);
+    const ids = new Int32Array(lengths.reduce((a, b) => a + b, 0));
+    let at = 0;
+    for (const p of parts) {
+      ids.set(p, at);
+      at += p.length;
+    }
+    const st = checkState(where, m, state);
+    const { signal, onState, stream } = opts;
+    signal?.throwIfAborted();
+    const lane = laneFor(stream);
+    const request: EngineRequest = { op: 'advance', id: nextId++, model: name, ids, lengths, state: st, ...(stream !== undefined ? { stream } : {}), ...(onState ? { steps: true } : {}) };
+    const onAbort = () => {
+      const p = pending.get(request.id);
+      if (!p) return;
+      pending.delete(request.id);
+      lane.inFlight--;
+      updateRef();
+      if (dead === undefined) send(lane, { kind: 'cancel', id: request.id });
+      p.reject(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(lane, request, [ids.buffer, st.buffer], onState ? { onStep: onState } : {});
+      onState?.(segments.length - 1, r.nextState);
+      return r.nextState;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   };
 
   /** Runs `body` and turns both its throws and a dead engine into a rejected promise. */
@@ -438,6 +503,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       }),
 
     advance: (name, ids, state, stream) => call(async () => (await submitRow('advance', name, ids, state, stream)).nextState),
+
+    advanceMany: (name, segments, state, opts = {}) => call(() => submitChain(name, segments, state, opts)),
 
     prefill: (name, ids, state) =>
       call(async () => {

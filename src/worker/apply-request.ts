@@ -125,8 +125,7 @@ class SessionCursor {
     this.latest = nextState;
     this.ahead++;
     this.uncommitted++;
-    const every = this.ctx.commitEvery ?? { segments: 1, ms: 0 };
-    if (this.uncommitted < every.segments && performance.now() - this.lastCommitAt < every.ms) return;
+    if (!this.commitDue()) return;
     await this.inFlight;
     this.inFlight = undefined;
     const addSegments = this.uncommitted;
@@ -135,6 +134,56 @@ class SessionCursor {
     const p = this.commit({ state: nextState, tail: [], pendingText: this.rec.pendingText, addSegments, curOffset: consumed }).then(after);
     p.catch(() => undefined); // awaited later; this only keeps it from counting as unhandled meanwhile
     this.inFlight = p;
+  }
+
+  /** Whether uncommitted segments should be committed now (commitEvery: so many segments, or so long since the last commit). */
+  private commitDue(): boolean {
+    const every = this.ctx.commitEvery ?? { segments: 1, ms: 0 };
+    return this.uncommitted > 0 && (this.uncommitted >= every.segments || performance.now() - this.lastCommitAt >= every.ms);
+  }
+
+  /**
+   * The ingest loop's segments without scores, as one chain: the engine runs them back to back and
+   * hands over each segment's memory as it is made, so the session keeps its place in every batch
+   * instead of waiting for this thread between segments (BENCHMARKS.md, run 5). Commits follow the
+   * same rule as pipelineSegment's (commitEvery), at most one in flight; one that comes due while
+   * another is in flight starts when that one lands, with the newest memory. `ends[j]` is the request
+   * offset after segment j; `counted(end)` counts the request's tokens up to there. A failed commit
+   * stops the chain and is what this throws.
+   */
+  async chainSegments(segments: number[][], ends: number[], counted: (end: number) => void, after: (consumed: number) => void): Promise<void> {
+    const stop = new AbortController();
+    let commitError: unknown;
+    let latestEnd = 0;
+    const startCommit = () => {
+      const consumed = latestEnd;
+      const addSegments = this.uncommitted;
+      this.uncommitted = 0;
+      const p: Promise<void> = this.commit({ state: this.latest, tail: [], pendingText: this.rec.pendingText, addSegments, curOffset: consumed }).then(() => {
+        if (this.inFlight === p) this.inFlight = undefined;
+        after(consumed);
+        if (this.commitDue()) startCommit();
+      });
+      p.catch((err: unknown) => {
+        commitError ??= err;
+        stop.abort(err);
+      });
+      this.inFlight = p;
+    };
+    const onState = (j: number, state: Float32Array) => {
+      if (commitError !== undefined) return;
+      this.latest = state;
+      this.ahead++;
+      this.uncommitted++;
+      latestEnd = ends[j]!;
+      counted(latestEnd);
+      if (this.inFlight === undefined && this.commitDue()) startCommit();
+    };
+    try {
+      await this.ctx.engine.advanceMany(this.model.name, segments, this.latest, { stream: this.rec.id, onState, signal: stop.signal });
+    } catch (err) {
+      throw commitError ?? err;
+    }
   }
 
   /**
@@ -150,11 +199,16 @@ class SessionCursor {
     return addSegments;
   }
 
-  /** Waits for the commit in flight (pipelineSegment). */
+  /** Waits for the commits in flight (pipelineSegment, chainSegments: one may start another as it lands). */
   async settle(): Promise<void> {
-    const p = this.inFlight;
-    this.inFlight = undefined;
-    await p;
+    while (this.inFlight !== undefined) {
+      const p = this.inFlight;
+      try {
+        await p;
+      } finally {
+        if (this.inFlight === p) this.inFlight = undefined;
+      }
+    }
   }
 
   private inFlight: Promise<void> | undefined;
@@ -229,14 +283,37 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
       type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
       requestTokens: ids.length, requestConsumed: consumed,
     });
-  for (let i = Math.min(resumeAt, ids.length); i < ids.length; i++) {
-    if (tail.length === S) {
-      const consumed = i;
-      await cur.pipelineSegment(tail, consumed, scores, () => segmentProgress(consumed));
-      tail = [];
+  const from = Math.min(resumeAt, ids.length);
+  if (scores) {
+    // Scored segments go one at a time through the full segment graph (their logits come back).
+    for (let i = from; i < ids.length; i++) {
+      if (tail.length === S) {
+        const consumed = i;
+        await cur.pipelineSegment(tail, consumed, scores, () => segmentProgress(consumed));
+        tail = [];
+      }
+      tail.push(ids[i]!);
+      cur.ingestedSinceCommit++;
     }
-    tail.push(ids[i]!);
-    cur.ingestedSinceCommit++;
+  } else {
+    // A segment is written to memory once the token after it arrives (a tail keeps 1..S tokens).
+    const segments: number[][] = [];
+    const ends: number[] = [];
+    for (let i = from; i < ids.length; i++) {
+      if (tail.length === S) {
+        segments.push(tail);
+        ends.push(i);
+        tail = [];
+      }
+      tail.push(ids[i]!);
+    }
+    let countedTo = from;
+    const count = (end: number) => {
+      cur.ingestedSinceCommit += end - countedTo;
+      countedTo = end;
+    };
+    if (segments.length > 0) await cur.chainSegments(segments, ends, count, segmentProgress);
+    count(ids.length);
   }
   if (data.request.kind === 'ingest') {
     // Segments of the last, partial batch are committed with the request: report them too.
