@@ -50,6 +50,24 @@ describe('tokenizer pool', { timeout: 120_000 }, () => {
     assert.deepEqual(pool.load(), [0, 0], 'nothing left in flight');
   });
 
+  test('keys take turns: a key\'s backlog does not hold back another key\'s first text; each key\'s texts stay in order', async () => {
+    const one = await TokenizerPool.start({ threads: 1, tokenizers: { small: TOKENIZER } });
+    try {
+      const done: string[] = [];
+      const text = (k: number) => BROWN.slice(k * 30_000, k * 30_000 + 30_000);
+      const track = (label: string, p: Promise<number[]>) => p.then((ids) => (done.push(label), ids));
+      // One thread with room for two requests: a1 and a2 go out at once, the rest wait in the queue.
+      const a = [1, 2, 3, 4, 5].map((k) => track(`a${k}`, one.encode('small', text(k), 'session-a')));
+      const b = [track('b1', one.encode('small', text(6), 'session-b')), track('b2', one.encode('small', text(7), 'session-b'))];
+      const ids = await Promise.all([...a, ...b]);
+      ids.forEach((got, i) => assert.deepEqual(got, tok.encode(text(i + 1)), `text ${i + 1}`));
+      // First in first out would finish b1 after a5. In turns: a3 (its key was first), b1, a4, b2, a5.
+      assert.deepEqual(done, ['a1', 'a2', 'a3', 'b1', 'a4', 'b2', 'a5']);
+    } finally {
+      await one.close();
+    }
+  });
+
   test('a thread that dies fails its requests with the reason; the pool replaces it', { timeout: 20_000 }, async () => {
     const one = await TokenizerPool.start({ threads: 1, tokenizers: { small: TOKENIZER } });
     try {

@@ -26,13 +26,14 @@ export class Pretokenizer {
   /**
    * The text, or its pieces when its middle is long. If the pool fails, the text itself (logged):
    * the worker then tokenizes it, to the same ids, so a broken pool costs speed, not appends.
+   * `sessionId`: the session's appends take turns with other sessions' in the pool.
    */
-  async ingestText(model: string, text: string, log: PretokenizeLog): Promise<IngestText> {
+  async ingestText(model: string, text: string, log: PretokenizeLog, sessionId = ''): Promise<IngestText> {
     const split = text.length >= PRETOKENIZE_MIN_CHARS ? splitAtBoundaries(text) : undefined;
     if (!split || split.middle.length < PRETOKENIZE_MIN_CHARS) return { text };
     const end = apiMetrics.pretokenizeSeconds.startTimer();
     try {
-      const pieces = { head: split.head, ids: await this.pool.encode(model, split.middle), tail: split.tail };
+      const pieces = { head: split.head, ids: await this.pool.encode(model, split.middle, sessionId), tail: split.tail };
       end({ outcome: 'pieces' });
       return { pieces };
     } catch (err) {

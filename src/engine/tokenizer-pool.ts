@@ -2,9 +2,10 @@
 // here before queueing them (as TGI's router does during validation), so a worker's main thread,
 // which also feeds the GPU, does not spend its time in the pure-JS tokenizer. A text goes out in
 // pieces cut at word boundaries; each piece goes to the thread with the fewest chars in flight that
-// has room, the rest wait in the pool's queue. A thread that dies fails its requests at once and is
+// has room, the rest wait in the pool's queue, which serves its callers' keys (sessions) in turn. A thread that dies fails its requests at once and is
 // replaced; if a replacement cannot start, the pool is down and says so on every request.
 import type { Worker } from 'node:worker_threads';
+import { FairQueue } from './fair-queue.ts';
 import { piecesAtBoundaries } from './text-stream.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
 
@@ -73,7 +74,7 @@ function spawn(config: TokenizerThreadConfig): Promise<Worker> {
 export class TokenizerPool {
   private readonly slots: Slot[];
   private nextId = 1;
-  private readonly queue: Job[] = [];
+  private readonly queue = new FairQueue<Job>();
   /** Set once the pool takes no more work: closed, or a thread could not be replaced (the reason). */
   private down: string | undefined;
 
@@ -102,13 +103,15 @@ export class TokenizerPool {
 
   /**
    * The ids of `text` under `model`'s tokenizer (the same as one encode() of it). Its pieces wait in
-   * the pool's queue, as slices of `text` (no copies), until a thread has room.
+   * the pool's queue, as slices of `text` (no copies), until a thread has room. `key` (a session id)
+   * takes turns with other keys: texts of one key go in order, but a key with a backlog does not
+   * hold back another key's next text (many sessions streaming appends each keep work queued).
    */
-  async encode(model: string, text: string): Promise<number[]> {
+  async encode(model: string, text: string, key = ''): Promise<number[]> {
     if (this.down !== undefined) throw new Error(this.down);
     const group = { failed: false };
     const parts = piecesAtBoundaries(text, REQUEST_CHARS).map(
-      (piece) => new Promise<Uint32Array>((resolve, reject) => this.queue.push({ model, piece, text: group, resolve, reject })),
+      (piece) => new Promise<Uint32Array>((resolve, reject) => this.queue.push(key, { model, piece, text: group, resolve, reject })),
     );
     this.pump();
     let ids: Uint32Array[];
@@ -148,7 +151,7 @@ export class TokenizerPool {
 
   /** Sends queued pieces to the least busy threads that have room. */
   private pump(): void {
-    while (this.queue.length > 0) {
+    while (this.queue.size > 0) {
       let best: Slot | undefined;
       for (const s of this.slots) {
         if (s.worker && s.pending.size < IN_FLIGHT_PER_THREAD && (!best || s.chars < best.chars)) best = s;
@@ -183,7 +186,7 @@ export class TokenizerPool {
   /** Takes no more work: every request waiting or in flight fails with `why`. */
   private stop(why: string): void {
     this.down = why;
-    for (const job of this.queue.splice(0)) job.reject(new Error(why));
+    for (const job of this.queue.drain()) job.reject(new Error(why));
     for (const s of this.slots) this.failAll(s, why);
   }
 

@@ -396,7 +396,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           return { err };
         }
         if (!pretokenizer || msg.type !== 'append' || typeof msg.text !== 'string' || typeof msg.seq !== 'number' || msg.seq <= lastSeq) return { msg };
-        const ingestText = pretokenizer.ingestText(initial.model, msg.text, log);
+        const ingestText = pretokenizer.ingestText(initial.model, msg.text, log, initial.id);
         ingestText.catch(() => undefined); // awaited by handleAppend, or dropped (a duplicate, a bad message, a closed socket)
         return { msg, ingestText };
       };

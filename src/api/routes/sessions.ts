@@ -140,7 +140,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     }
     // Long text: its middle is tokenized here, on the tokenizer threads, not on a worker's main thread.
     const payload = body.text === undefined ? { ids: body.ids! }
-      : deps.pretokenizer ? await deps.pretokenizer.ingestText(rec.model, body.text, req.log)
+      : deps.pretokenizer ? await deps.pretokenizer.ingestText(rec.model, body.text, req.log, rec.id)
       : { text: body.text };
     const request: IngestRequest = {
       kind: 'ingest',
