@@ -34,6 +34,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { freePort, startRedis } from '../test/support/redis-server.ts';
 import { percentile } from './bench-support.ts';
+import { engineThreads } from '../src/worker/runtime.ts';
 
 interface Ws {
   readyState: number;
@@ -57,6 +58,8 @@ const GEN_MODEL = process.env.GEN_MODEL ?? MODEL;
 const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
+/** The worker's engine threads per process, as it resolves RMT_ENGINE_THREADS (0 or unset: 2 on cuda, 1 on cpu). */
+const ENGINE_THREADS = engineThreads({ engineThreads: Number(process.env.RMT_ENGINE_THREADS ?? 0), executionProvider: PROVIDER === 'cuda' ? 'cuda' : 'cpu' });
 const OUT_JSON = process.env.OUT_JSON;
 /** A level that takes longer fails with where each session stands. */
 const LEVEL_TIMEOUT_S = Number(process.env.LEVEL_TIMEOUT_S ?? 240);
@@ -299,13 +302,13 @@ async function main(): Promise<void> {
   });
   const api = rmtServe('api', { ...common, PORT: String(port), RMT_TOKENIZER_THREADS: String(TOKENIZER_THREADS) });
   const results: Record<string, unknown>[] = [];
-  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), engineThreads: Number(process.env.RMT_ENGINE_THREADS ?? 1), cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), engineThreads: ENGINE_THREADS, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
   try {
     const t0 = performance.now();
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; RMT_ENGINE_THREADS ${process.env.RMT_ENGINE_THREADS ?? 1}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
