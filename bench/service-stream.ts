@@ -19,6 +19,8 @@
 // What is measured, per level:
 //   tok/s        Σ tokens ingested (read back from GET /v1/sessions/:id) / wall time from the first
 //                append sent to the last barrier answered.
+//   steady       tok/s while all N sessions stream: from the last session's first progress event to
+//                the first session's last (tokens read off each session's progress events).
 //   seg latency  per session, the gap between consecutive `progress` events divided by the segments
 //                they advanced: how long one segment of that session took, queueing included.
 //   rows/run     the worker's rmt_engine_batch_rows histogram (scraped from its /metrics port).
@@ -214,6 +216,34 @@ interface StreamResult {
   segGaps: number[];
   sendStart: number;
   end: number;
+  /** [time, tokens ingested] at each progress event. */
+  timeline: [number, number][];
+}
+
+/** Tokens ingested at time t, read off a timeline by linear interpolation (flat outside it). */
+function tokensAt(timeline: [number, number][], t: number): number {
+  if (timeline.length === 0 || t <= timeline[0]![0]) return timeline[0]?.[1] ?? 0;
+  for (let i = 1; i < timeline.length; i++) {
+    const [t1, k1] = timeline[i]!;
+    if (t <= t1) {
+      const [t0, k0] = timeline[i - 1]!;
+      return t1 === t0 ? k1 : k0 + ((k1 - k0) * (t - t0)) / (t1 - t0);
+    }
+  }
+  return timeline[timeline.length - 1]![1];
+}
+
+/**
+ * The level while every session streams: from the last session's first progress to the first
+ * session's last, and the tokens/s of all sessions within it (the level's start, while appends are
+ * still being tokenized and sessions join, and its end, while fewer sessions are left, excluded).
+ */
+function steadyState(runs: StreamResult[]): { seconds: number; tokPerS: number } | undefined {
+  const from = Math.max(...runs.map((r) => r.timeline[0]?.[0] ?? Infinity));
+  const to = Math.min(...runs.map((r) => r.timeline[r.timeline.length - 1]?.[0] ?? -Infinity));
+  if (!(to > from)) return undefined;
+  const tokens = runs.reduce((sum, r) => sum + tokensAt(r.timeline, to) - tokensAt(r.timeline, from), 0);
+  return { seconds: (to - from) / 1000, tokPerS: tokens / ((to - from) / 1000) };
 }
 
 /** Streams `text` into one session and waits for the barrier generation. */
@@ -222,6 +252,7 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
     const ws = new WebSocket(`${wsBase}/v1/sessions/${id}/stream`);
     const chunks = chunksOf(text, CHUNK);
     const segGaps: number[] = [];
+    const timeline: [number, number][] = [];
     let lastT = 0;
     let lastSeg = 0;
     let sendStart = 0;
@@ -246,10 +277,11 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
           lastSeg = m.segments_committed;
           lastT = t;
         }
+        timeline.push([t, m.tokens_ingested]);
         onProgress?.(m.tokens_ingested);
       } else if (m.type === 'done') {
         ws.close();
-        resolve({ segGaps, sendStart, end: performance.now() });
+        resolve({ segGaps, sendStart, end: performance.now(), timeline });
       } else if (m.type === 'error') {
         reject(new Error(`session ${id}: ${m.code}: ${m.message}`));
       }
@@ -336,7 +368,9 @@ async function main(): Promise<void> {
       };
       const seconds = (end - start) / 1000;
       const requests = after.request.count - before.request.count;
+      const steady = steadyState(runs);
       const r = {
+        steadySeconds: steady?.seconds ?? NaN, steadyTokPerS: steady?.tokPerS ?? NaN,
         sessions: n, tokens, seconds, tokPerS: tokens / seconds, segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
         rowsPerRun: rowsMean, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
         // Device held: onnxruntime runs' own time over the level (runs of one process never overlap).
@@ -353,6 +387,7 @@ async function main(): Promise<void> {
         `       | run ${r.runMs.toFixed(2)} ms, device held ${r.deviceHeldPct.toFixed(0)} % per process | ${requests} requests, ${r.requestMs.toFixed(0)} ms each | ` +
           `turn gap mean ${r.turnGapMs.toFixed(1)} ms (${r.turnGaps}) | parked ${r.turnDelaysPerRequest.toFixed(2)} times per request`,
       );
+      console.log(`       | all ${n} sessions streaming for ${r.steadySeconds.toFixed(2)} of ${r.seconds.toFixed(2)} s: ${Math.round(r.steadyTokPerS)} tok/s`);
       await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
     }
     const gen: Record<string, unknown>[] = [];
