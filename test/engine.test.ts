@@ -598,12 +598,13 @@ describe('chained advance (advanceMany)', () => {
 });
 
 describe('batch-size buckets (batchBuckets, warmup)', () => {
-  test('bucketOf: 1, 2, 4, 8, then multiples of 8, capped at maxBatch', () => {
-    assert.deepEqual([1, 2, 3, 5, 8, 9, 17, 25, 31, 33].map((n) => bucketOf(n, 256)), [1, 2, 4, 8, 8, 16, 24, 32, 32, 40]);
+  test('bucketOf: 1, 2, 4, then multiples of 4 up to 64 and of 8 above, capped at maxBatch', () => {
+    assert.deepEqual([1, 2, 3, 5, 8, 9, 17, 25, 31, 33, 64, 65, 73].map((n) => bucketOf(n, 256)), [1, 2, 4, 8, 8, 12, 20, 28, 32, 36, 64, 72, 80]);
     assert.equal(bucketOf(30, 30), 30);
     assert.equal(bucketOf(5, 6), 6);
-    assert.deepEqual(bucketSizes(32), [1, 2, 4, 8, 16, 24, 32]);
-    assert.deepEqual(bucketSizes(20), [1, 2, 4, 8, 16, 20]);
+    assert.deepEqual(bucketSizes(32), [1, 2, 4, 8, 12, 16, 20, 24, 28, 32]);
+    assert.deepEqual(bucketSizes(22), [1, 2, 4, 8, 12, 16, 20, 22]);
+    assert.equal(bucketSizes(256).length, 3 + 15 + 24);
     assert.throws(() => bucketOf(0, 8), /rows must be a positive integer/);
   });
 

@@ -2,12 +2,15 @@
 // batch size costs about 80 ms (measured on the H100 with bench/engine-event-loop.ts STAGGER_MS: a
 // level whose runs take sizes not seen before holds the device as long with half the throughput), and
 // sessions fed through a queue make every size up to maxBatch. With buckets the device sees a few
-// sizes, each run once at start (warm-up), for at most 7 padded rows per run.
+// sizes, each run once at start (warm-up), for at most 3 padded rows per run up to 64 rows and 7 above.
+// Padded rows cost as much as real ones (above a few rows a run's time grows with its rows): steps of
+// 4 up to 64, where a worker's runs mostly are, instead of 8 (a 25-row run padded to 32 did 28 % more
+// work than needed; BENCHMARKS.md, run 5).
 
-/** 1, 2, 4, 8, then multiples of 8, capped at maxBatch. */
+/** 1, 2, 4, then multiples of 4 up to 64, then multiples of 8, capped at maxBatch. */
 export function bucketOf(rows: number, maxBatch: number): number {
   if (!Number.isInteger(rows) || rows < 1) throw new Error(`bucketOf: rows must be a positive integer, found ${rows}`);
-  const b = rows <= 8 ? 2 ** Math.ceil(Math.log2(rows)) : Math.ceil(rows / 8) * 8;
+  const b = rows <= 4 ? 2 ** Math.ceil(Math.log2(rows)) : rows <= 64 ? Math.ceil(rows / 4) * 4 : Math.ceil(rows / 8) * 8;
   return Math.min(b, Math.max(rows, maxBatch));
 }
 

@@ -44,8 +44,8 @@ export interface EngineOptions {
    */
   batchWaitMs?: number;
   /**
-   * Pad each segment/advance run with copies of its last row up to a batch-size bucket (1, 2, 4, 8,
-   * then multiples of 8), so onnxruntime sees few batch sizes (default: true on cuda, where each new
+   * Pad each segment/advance run with copies of its last row up to a batch-size bucket (1, 2, 4, then
+   * multiples of 4 up to 64 and of 8 above), so onnxruntime sees few batch sizes (default: true on cuda, where each new
    * size's first run costs ~80 ms; see batch-buckets.ts). Results are unchanged (rows are independent).
    */
   batchBuckets?: boolean;
