@@ -36,23 +36,23 @@ step_prepare() {
     python3 -m rmt_toolkit random-gpt2-small --attention fused --name $FUSED --out "$MODELS/$FUSED" --tokenizer "$MODELS/rmt-brown-small/tokenizer.json"
     python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-small" --precisions fp32,fp16
     python3 -m rmt_toolkit state-graph --package "$MODELS/rmt-brown-lm" --precisions fp32
-  } 2>&1 | grep -v Warning | tee "$OUT/prepare.txt"
+  } 2>&1 | grep --line-buffered -v Warning | tee "$OUT/prepare.txt"
 }
 
 step_limit() {
   if [ "${LIMIT_ONLY:-}" = fused ]; then
     # Only the fused package's limit (no masked package needed): the column the service is compared with.
-    MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
+    MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
     return
   fi
-  MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-gpt2.txt"
-  COMPARE_DIR=$MODELS/$GPT2 MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
-  [ -n "${SKIP_SMALL:-}" ] || MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-small.txt"
+  MODEL_DIR=$MODELS/$GPT2 OUT_JSON=$OUT/limit-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/limit-gpt2.txt"
+  COMPARE_DIR=$MODELS/$GPT2 MODEL_DIR=$MODELS/$FUSED OUT_JSON=$OUT/limit-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/limit-fused.txt"
+  [ -n "${SKIP_SMALL:-}" ] || MODEL_DIR=$MODELS/rmt-brown-small OUT_JSON=$OUT/limit-small.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/limit-small.txt"
   # Per-op GPU time: every kernel waits for the GPU, so its profile time is its GPU time.
   CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$GPT2 \
-    OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/profile-gpt2.txt"
+    OUT_JSON=$OUT/profile-gpt2.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/profile-gpt2.txt"
   CUDA_LAUNCH_BLOCKING=1 PROFILE_ONLY=1 PROFILE_BATCH=${PROFILE_BATCH:-64} PROFILE_DIR=$OUT/profiles MODEL_DIR=$MODELS/$FUSED \
-    OUT_JSON=$OUT/profile-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/profile-fused.txt"
+    OUT_JSON=$OUT/profile-fused.json "$NODE" --import tsx bench/engine-limit.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/profile-fused.txt"
 }
 
 step_reference() {
@@ -68,14 +68,14 @@ step_service() {
   MODELS_DIR=$MODELS MODEL=${SERVICE_MODEL:-$FUSED} PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
     TOTAL_TOKENS=${TOTAL_TOKENS:-2000000,4000000,8000000,8000000} \
     ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-$tag.json \
-    "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/service-$tag.txt"
+    "$NODE" --import tsx bench/service-stream.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' | tee "$OUT/service-$tag.txt"
 }
 
 step_engine() {
   # The engine thread alone (no Redis, queue or API): N sessions each waiting for its previous
   # segment, as the service's sessions do, on the fused GPT-2-small package.
   MODELS_DIR=$MODELS MODEL=$FUSED PROVIDER=cuda PRECISION=fp16 OP=advance SESSIONS=${SESSIONS:-1,8,64,256} MAX_BATCH=256 \
-    MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep -v 'W:onnxruntime' \
+    MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' \
     | tee "$OUT/engine-thread${ENGINE_THREADS:+-t$ENGINE_THREADS}.txt"
 }
 

@@ -53,11 +53,17 @@ def service_plot(d, svcs, lim, ref):
         lv = s["levels"]
         ax.plot([x["sessions"] for x in lv], [x["tokPerS"] / 1e3 for x in lv], "o-",
                 label=f"service, {s.get('workerProcesses', 1)} worker process(es)")
+        steady = [x for x in lv if x.get("steadyTokPerS") == x.get("steadyTokPerS") and x.get("steadyTokPerS")]
+        if steady:
+            ax.plot([x["sessions"] for x in steady], [x["steadyTokPerS"] / 1e3 for x in steady], "o:",
+                    label=f"service while all sessions stream, {s.get('workerProcesses', 1)} process(es)")
     if lim:
         e = {x["batch"]: x["tokPerS"] for x in lim["points"] if x["precision"] == svc["precision"]}
         ax.plot([k for k in n if k in e], [e[k] / 1e3 for k in n if k in e], "s--", label=f"engine limit ({svc['precision']}, same batch)")
-    et = os.path.join(d, "engine-thread.txt")
-    if os.path.exists(et):
+    import glob as _glob
+
+    et = next(iter(sorted(_glob.glob(os.path.join(d, "engine-thread*.txt")))), "")
+    if et:
         import re
         pts = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"sessions\s+(\d+) \| (\d+) tok/s", open(et).read())]
         if pts:
