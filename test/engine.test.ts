@@ -430,7 +430,7 @@ describe('batch window (batchWaitMs)', () => {
   });
 });
 
-describe('engine threads (threads > 1)', () => {
+describe('engine threads (threads > 1), and chained advances on one and on two', () => {
   let one: Engine;
   let two: Engine;
   before(async () => {
@@ -495,105 +495,96 @@ describe('engine threads (threads > 1)', () => {
     );
     await assert.rejects(startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', maxBatch: 4, maxBatchTokens: 512, threads: 0 }), /threads must be a positive integer, found 0/);
   });
-});
 
-describe('chained advance (advanceMany)', () => {
-  let one: Engine;
-  let two: Engine;
-  before(async () => {
-    const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048 };
-    [one, two] = await Promise.all([startEngine(base), startEngine({ ...base, threads: 2 })]);
-  });
-  after(async () => {
-    await Promise.all([one?.close(), two?.close()]);
-  });
+  describe('chained advance (advanceMany)', () => {
+    // The one-thread and two-thread engines of the enclosing suite.
+    /** Session s's segments: four full ones and a short last one, from its own place in the corpus. */
+    const segmentsOf = (s: number) => [0, 1, 2, 3, 4].map((k) => corpus.slice(128 * k + 9 * s, 128 * k + 9 * s + (k === 4 ? 37 : 128)));
 
-  /** Session s's segments: four full ones and a short last one, from its own place in the corpus. */
-  const segmentsOf = (s: number) => [0, 1, 2, 3, 4].map((k) => corpus.slice(128 * k + 9 * s, 128 * k + 9 * s + (k === 4 ? 37 : 128)));
-
-  test('equals advance() segment by segment, bit for bit, on one thread and on two; onState sees every memory in order', async () => {
-    const init = one.model(SMALL).initState;
-    const expected = await Promise.all(
-      [0, 1, 2, 3].map(async (s) => {
-        const states: Float32Array[] = [];
-        let state = init;
-        for (const ids of segmentsOf(s)) states.push((state = await one.advance(SMALL, ids, state, `plain-${s}`)));
-        return states;
-      }),
-    );
-    for (const engine of [one, two]) {
-      const rec = recordStats(engine);
-      const seen = await Promise.all(
+    test('equals advance() segment by segment, bit for bit, on one thread and on two; onState sees every memory in order', async () => {
+      const init = one.model(SMALL).initState;
+      const expected = await Promise.all(
         [0, 1, 2, 3].map(async (s) => {
-          const states: { index: number; state: Float32Array }[] = [];
-          const last = await engine.advanceMany(SMALL, segmentsOf(s), init, { stream: `chain-${s}`, onState: (index, state) => states.push({ index, state }) });
-          return { states, last };
+          const states: Float32Array[] = [];
+          let state = init;
+          for (const ids of segmentsOf(s)) states.push((state = await one.advance(SMALL, ids, state, `plain-${s}`)));
+          return states;
         }),
       );
+      for (const engine of [one, two]) {
+        const rec = recordStats(engine);
+        const seen = await Promise.all(
+          [0, 1, 2, 3].map(async (s) => {
+            const states: { index: number; state: Float32Array }[] = [];
+            const last = await engine.advanceMany(SMALL, segmentsOf(s), init, { stream: `chain-${s}`, onState: (index, state) => states.push({ index, state }) });
+            return { states, last };
+          }),
+        );
+        rec.stop();
+        for (let s = 0; s < 4; s++) {
+          const { states, last } = seen[s]!;
+          assert.deepEqual(states.map((x) => x.index), [0, 1, 2, 3, 4], `session ${s}: onState indices`);
+          for (let k = 0; k < 5; k++) assert.ok(maxAbsDiff(states[k]!.state, expected[s]![k]!) === 0, `session ${s} segment ${k}: the memory differs from advance()'s`);
+          assert.ok(maxAbsDiff(last, expected[s]![4]!) === 0, `session ${s}: the result is not the last memory`);
+        }
+        // The chains go back to the front of the queue after each run: a thread's sessions run together
+        // in every one of its five runs (4 sessions on one thread; 2 per thread on two).
+        const perThread = 4 / (engine === one ? 1 : 2);
+        assert.deepEqual(rec.stats.map((b) => b.rows), new Array(rec.stats.length).fill(perThread), `rows per run: ${rec.stats.map((b) => b.rows).join(' ')}`);
+        assert.equal(rec.stats.length, 5 * (4 / perThread));
+      }
+    });
+
+    test('the engine thread goes on through the chain while the main thread is busy', async () => {
+      const init = one.model(SMALL).initState;
+      const rec = recordStats(one);
+      let busyEnd = 0;
+      // Block this thread for a while once the first memory is back: with a trip through it between
+      // segments, nothing more could run until the block ends.
+      await one.advanceMany(SMALL, segmentsOf(0), init, { onState: (i) => {
+        if (i !== 0) return;
+        const until = performance.now() + 3000;
+        while (performance.now() < until) {
+          // busy
+        }
+        busyEnd = performance.timeOrigin + until;
+      } });
       rec.stop();
-      for (let s = 0; s < 4; s++) {
-        const { states, last } = seen[s]!;
-        assert.deepEqual(states.map((x) => x.index), [0, 1, 2, 3, 4], `session ${s}: onState indices`);
-        for (let k = 0; k < 5; k++) assert.ok(maxAbsDiff(states[k]!.state, expected[s]![k]!) === 0, `session ${s} segment ${k}: the memory differs from advance()'s`);
-        assert.ok(maxAbsDiff(last, expected[s]![4]!) === 0, `session ${s}: the result is not the last memory`);
-      }
-      // The chains go back to the front of the queue after each run: a thread's sessions run together
-      // in every one of its five runs (4 sessions on one thread; 2 per thread on two).
-      const perThread = 4 / (engine === one ? 1 : 2);
-      assert.deepEqual(rec.stats.map((b) => b.rows), new Array(rec.stats.length).fill(perThread), `rows per run: ${rec.stats.map((b) => b.rows).join(' ')}`);
-      assert.equal(rec.stats.length, 5 * (4 / perThread));
-    }
-  });
+      const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
+      assert.equal(rec.stats.length, 5);
+      assert.equal(during.length, 5, `runs finished while the main thread was busy: ${during.length} of 5`);
+    });
 
-  test('the engine thread goes on through the chain while the main thread is busy', async () => {
-    const init = one.model(SMALL).initState;
-    const rec = recordStats(one);
-    let busyEnd = 0;
-    // Block this thread for a while once the first memory is back: with a trip through it between
-    // segments, nothing more could run until the block ends.
-    await one.advanceMany(SMALL, segmentsOf(0), init, { onState: (i) => {
-      if (i !== 0) return;
-      const until = performance.now() + 3000;
-      while (performance.now() < until) {
-        // busy
-      }
-      busyEnd = performance.timeOrigin + until;
-    } });
-    rec.stop();
-    const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
-    assert.equal(rec.stats.length, 5);
-    assert.equal(during.length, 5, `runs finished while the main thread was busy: ${during.length} of 5`);
-  });
+    test('errors name the segment; aborting drops the segments not run yet and the engine carries on', async () => {
+      const init = one.model(SMALL).initState;
+      await assert.rejects(one.advanceMany(SMALL, [], init), /advanceMany\(rmt-brown-small\): segments must be a non-empty array/);
+      await assert.rejects(one.advanceMany(SMALL, [corpus.slice(0, 128), []], init), /advanceMany\(rmt-brown-small\) segment 1: 0 ids, expected 1\.\.128/);
+      await assert.rejects(one.advanceMany(SMALL, [corpus.slice(0, 129)], init), /segment 0: 129 ids, expected 1\.\.128/);
+      await assert.rejects(one.advanceMany(SMALL, [[1, 2, 99999]], init), /segment 0: ids\[2\] = 99999 is not a token id/);
+      await assert.rejects(one.advanceMany(SMALL, [[1, 2]], init.subarray(1)), /advanceMany\(rmt-brown-small\): state has/);
+      const early = new AbortController();
+      early.abort(new Error('not wanted'));
+      await assert.rejects(one.advanceMany(SMALL, [[1, 2]], init, { signal: early.signal }), /not wanted/);
 
-  test('errors name the segment; aborting drops the segments not run yet and the engine carries on', async () => {
-    const init = one.model(SMALL).initState;
-    await assert.rejects(one.advanceMany(SMALL, [], init), /advanceMany\(rmt-brown-small\): segments must be a non-empty array/);
-    await assert.rejects(one.advanceMany(SMALL, [corpus.slice(0, 128), []], init), /advanceMany\(rmt-brown-small\) segment 1: 0 ids, expected 1\.\.128/);
-    await assert.rejects(one.advanceMany(SMALL, [corpus.slice(0, 129)], init), /segment 0: 129 ids, expected 1\.\.128/);
-    await assert.rejects(one.advanceMany(SMALL, [[1, 2, 99999]], init), /segment 0: ids\[2\] = 99999 is not a token id/);
-    await assert.rejects(one.advanceMany(SMALL, [[1, 2]], init.subarray(1)), /advanceMany\(rmt-brown-small\): state has/);
-    const early = new AbortController();
-    early.abort(new Error('not wanted'));
-    await assert.rejects(one.advanceMany(SMALL, [[1, 2]], init, { signal: early.signal }), /not wanted/);
-
-    const rec = recordStats(one);
-    const stop = new AbortController();
-    const long = Array.from({ length: 40 }, (_, k) => corpus.slice(k * 31 % 1000, (k * 31 % 1000) + 128));
-    const indices: number[] = [];
-    const chain = one.advanceMany(SMALL, long, init, { stream: 'cancelled', signal: stop.signal, onState: (i) => {
-      indices.push(i);
-      if (i === 1) stop.abort(new Error('client went away'));
-    } });
-    await assert.rejects(chain, /client went away/);
-    // Ops reach the thread in order, so the cancel comes before these; were the chain still running,
-    // each of their runs would carry its row too.
-    for (let k = 0; k < 5; k++) assert.equal((await one.advance(SMALL, corpus.slice(k, k + 128), init, 'after')).length, init.length);
-    rec.stop();
-    const rows = rec.stats.map((b) => b.rows);
-    assert.deepEqual(rows.slice(-4), [1, 1, 1, 1], `rows per run: ${rows.join(' ')}`);
-    const chainRows = rows.reduce((a, b) => a + b, 0) - 5;
-    assert.ok(chainRows >= 2 && chainRows <= 4, `the chain ran ${chainRows} of its 40 segments after an abort at its second`);
-    assert.deepEqual(indices.slice(0, 2), [0, 1]);
+      const rec = recordStats(one);
+      const stop = new AbortController();
+      const long = Array.from({ length: 40 }, (_, k) => corpus.slice(k * 31 % 1000, (k * 31 % 1000) + 128));
+      const indices: number[] = [];
+      const chain = one.advanceMany(SMALL, long, init, { stream: 'cancelled', signal: stop.signal, onState: (i) => {
+        indices.push(i);
+        if (i === 1) stop.abort(new Error('client went away'));
+      } });
+      await assert.rejects(chain, /client went away/);
+      // Ops reach the thread in order, so the cancel comes before these; were the chain still running,
+      // each of their runs would carry its row too.
+      for (let k = 0; k < 5; k++) assert.equal((await one.advance(SMALL, corpus.slice(k, k + 128), init, 'after')).length, init.length);
+      rec.stop();
+      const rows = rec.stats.map((b) => b.rows);
+      assert.deepEqual(rows.slice(-4), [1, 1, 1, 1], `rows per run: ${rows.join(' ')}`);
+      const chainRows = rows.reduce((a, b) => a + b, 0) - 5;
+      assert.ok(chainRows >= 2 && chainRows <= 4, `the chain ran ${chainRows} of its 40 segments after an abort at its second`);
+      assert.deepEqual(indices.slice(0, 2), [0, 1]);
+    });
   });
 });
 
