@@ -58,11 +58,10 @@ const awaited = new Map<string, Map<string, number>>();
 /**
  * Chained advances not finished yet (queued or in a run): the segment each is at and where its ids
  * start. A chain goes back to the front of the queue after each of its runs, so its session stays in
- * step with the others instead of waiting on a round trip through the main thread.
+ * step with the others instead of waiting on a round trip through the main thread. A cancelled chain
+ * is removed from here (and from the queue): one in a run at the time is dropped when the run ends.
  */
 const chainAt = new Map<number, { index: number; offset: number }>();
-/** Chains cancelled while in a run: dropped when that run ends. */
-const cancelled = new Set<number>();
 
 let running = false;
 let closing = false;
@@ -212,11 +211,8 @@ function onOps(ops: Op[]): void {
   const rejected: Reply[] = [];
   for (const op of ops) {
     if (op.kind === 'cancel') {
-      const before = queue.length;
       queue = queue.filter((r) => r.id !== op.id);
-      // Not queued but still chained: it is in a run now, and is dropped when that run ends.
-      if (queue.length === before && chainAt.has(op.id)) cancelled.add(op.id);
-      else chainAt.delete(op.id);
+      chainAt.delete(op.id);
       continue;
     }
     if (op.kind === 'release') {
@@ -326,11 +322,8 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       const r = reqs[i]!;
       if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
       const at = chainAt.get(r.id);
+      if (r.lengths.length > 1 && !at) return; // cancelled during this run: its caller has gone
       if (at && at.index + 1 < r.lengths.length) {
-        if (cancelled.delete(r.id)) {
-          chainAt.delete(r.id);
-          return;
-        }
         if (r.steps) {
           // A copy goes back; this thread keeps the memory for the next segment.
           const copy = nextState.slice();
@@ -342,7 +335,6 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
         return;
       }
       chainAt.delete(r.id);
-      cancelled.delete(r.id);
       replies.push({ id: r.id, ok: true, op: 'advance', nextState });
       transfer.push(nextState.buffer as ArrayBuffer);
     });
@@ -407,11 +399,12 @@ async function runGroup(group: Group): Promise<void> {
   });
   const g: Group = { ...group, requests: runnable };
   const timed = async (reqs: EngineRequest[]): Promise<RunOutcome> => {
+    // Counted before the run, which moves chained advances on to their next segment.
+    const tokens = reqs.reduce((s, r) => s + tokensOf(r), 0);
     const t0 = performance.now();
     const out = await runBatch(loaded, g.graph, reqs);
     // Waiting for another thread's run is not this batch's work.
     const ms = performance.now() - t0 - lastRun.waitedMs;
-    const tokens = reqs.reduce((s, r) => s + tokensOf(r), 0);
     stats.push({ graph: g.graph, model: g.model, rows: reqs.length, runRows: out.runRows, tokens, ms, lane: config.lane, startedAt: lastRun.startedAt, runMs: lastRun.ms });
     return out;
   };
@@ -421,7 +414,6 @@ async function runGroup(group: Group): Promise<void> {
   } catch (err) {
     const failed = (r: EngineRequest, e: unknown): Reply => {
       chainAt.delete(r.id);
-      cancelled.delete(r.id);
       return { id: r.id, ok: false, message: errorMessage(e) };
     };
     if (g.requests.length === 1) {
@@ -532,7 +524,6 @@ async function finishClose(): Promise<void> {
   closed = true;
   queue = [];
   chainAt.clear();
-  cancelled.clear();
   kvs.clear();
   await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
   post({ type: 'closed' });
