@@ -200,7 +200,8 @@ async function withinLevelTimeout<T>(p: Promise<T>, base: string, ids: string[],
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      void Promise.all(ids.map(async (id) => (await fetch(`${base}/v1/sessions/${id}`)).json().catch(() => null)))
+      // Each read has its own limit, so a hung API still lets the level fail and say so.
+      void Promise.all(ids.map(async (id) => (await fetch(`${base}/v1/sessions/${id}`, { signal: AbortSignal.timeout(10_000) })).json().catch(() => null)))
         .then((recs) => reject(new Error(`level N=${n} did not finish in ${LEVEL_TIMEOUT_S} s; sessions: ${JSON.stringify(recs)}`)))
         .catch((err: Error) => reject(new Error(`level N=${n} did not finish in ${LEVEL_TIMEOUT_S} s (${err.message})`)));
     }, LEVEL_TIMEOUT_S * 1000);
