@@ -12,7 +12,7 @@ import { loadConfig, type Config } from '../src/config/config.ts';
 import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
 import type { ProgressEvent, SessionRequest } from '../src/queue/request.ts';
 import { redisKeys } from '../src/state/keys.ts';
-import { SessionStore } from '../src/state/session-store.ts';
+import { SessionStore, type CommitUpdate, type SessionRecord } from '../src/state/session-store.ts';
 import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { SessionWorker } from '../src/worker/session-worker.ts';
@@ -279,6 +279,93 @@ describe('workers over Redis and BullMQ', () => {
     } finally {
       await ownClient.close();
       await own.close(0);
+    }
+  });
+
+  /** A SessionWorker of its own (its own prefix and metrics) on the suite's engine, with `store` (default: a plain one). */
+  async function ownWorker(makeStore?: (p: string) => SessionStore) {
+    const p = newPrefix();
+    const metrics = new WorkerMetrics();
+    const store = makeStore?.(p) ?? new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
+    const own = new SessionWorker({
+      redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, concurrency: 64,
+      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, commitEvery: { segments: 2, ms: 250 },
+    });
+    await own.start();
+    const ownClient = startClientRuntime(configFor(p));
+    const m = worker.engine.model(MODEL);
+    return {
+      store, client: ownClient,
+      newSession: () => store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState),
+      count: async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await metrics.registry.metrics())?.[1] ?? NaN),
+      close: async () => {
+        await ownClient.close();
+        await own.close(0);
+      },
+    };
+  }
+
+  /** The same appends, each sent once the one before it is applied: nothing to continue from. */
+  async function oneAtATime(c: ClientRuntime, sessionId: string, chunks: string[]): Promise<void> {
+    for (let i = 0; i < chunks.length; i++) {
+      const { jobId } = await c.queue.submit(sessionId, { kind: 'ingest', text: chunks[i]!, flush: i === chunks.length - 1 });
+      assert.equal((await c.queue.result(jobId, 120_000)).error, undefined);
+    }
+  }
+
+  function assertSameSession(a: SessionRecord, b: SessionRecord, what: string): void {
+    assert.equal(a.tokensIngested, b.tokensIngested, `${what}: tokensIngested`);
+    assert.equal(a.segmentsCommitted, b.segmentsCommitted, `${what}: segmentsCommitted`);
+    assert.deepEqual(a.tail, b.tail, `${what}: tail`);
+    assert.equal(a.pendingText, b.pendingText, `${what}: pendingText`);
+    assert.equal(a.appliedSeq, b.appliedSeq, `${what}: appliedSeq`);
+    assert.ok(bytesOf(a.state).equals(bytesOf(b.state)), `${what}: state differs`);
+  }
+
+  test('a queued append continues from the one before it before that one has landed: same session as one at a time', async () => {
+    const own = await ownWorker();
+    try {
+      // Appends of several segments each, so each request chains and commits (every 2 segments).
+      const chunks = randomChunks(noise(12 * 128 * 5, 90_000), 6, 3000);
+      const n = chunks.length;
+      const queued = await own.newSession();
+      await ingestAll(own.client, queued.id, chunks);
+      const handoffs = await own.count('rmt_worker_handoffs_total');
+      const reference = await own.newSession();
+      await oneAtATime(own.client, reference.id, chunks);
+      assert.equal(await own.count('rmt_worker_handoffs_total'), handoffs, 'an append sent after the one before it was applied continued from it');
+      assertSameSession((await own.store.get(queued.id))!, (await own.store.get(reference.id))!, 'queued vs one at a time');
+      // The first has nothing before it; the second may have been fetched before the first offered.
+      assert.ok(handoffs >= n - 2, `${handoffs} of ${n} requests continued from the one before`);
+      assert.equal(await own.count('rmt_worker_handoffs_lost_total'), 0);
+    } finally {
+      await own.close();
+    }
+  });
+
+  test('a request continued from one whose final commit failed starts again from Redis: nothing lost, nothing twice', async () => {
+    let failed = 0;
+    // The real store, with one fault: request 2's final commit fails once (as a lost Redis reply would).
+    class FlakyStore extends SessionStore {
+      override async commit(id: string, expectedVersion: number, u: CommitUpdate): Promise<number> {
+        if (u.appliedSeq === 2 && failed++ === 0) throw new Error('injected: the final commit of request 2 failed');
+        return super.commit(id, expectedVersion, u);
+      }
+    }
+    const own = await ownWorker((p) => new FlakyStore(worker.redis, { prefix: p, ttlSeconds: 3600 }));
+    try {
+      const chunks = randomChunks(noise(12 * 128 * 5, 110_000), 5, 3000);
+      const queued = await own.newSession();
+      await ingestAll(own.client, queued.id, chunks);
+      assert.equal(failed, 2, 'request 2 was not retried after its failed final commit');
+      // Request 3 had continued from request 2, and any later one from request 3: they all start again.
+      const lost = await own.count('rmt_worker_handoffs_lost_total');
+      assert.ok(lost >= 1, `no request started again (handoffs ${await own.count('rmt_worker_handoffs_total')}, ${chunks.length} requests)`);
+      const reference = await own.newSession();
+      await oneAtATime(own.client, reference.id, chunks);
+      assertSameSession((await own.store.get(queued.id))!, (await own.store.get(reference.id))!, 'with the fault vs one at a time');
+    } finally {
+      await own.close();
     }
   });
 

@@ -18,6 +18,8 @@ export class WorkerMetrics {
   readonly requestSeconds: Histogram<'kind'>;
   readonly turnGapSeconds: Histogram;
   readonly turnDelays: Counter;
+  readonly handoffs: Counter;
+  readonly handoffsLost: Counter;
   readonly requests: Counter<'kind' | 'outcome'>;
   readonly segments: Counter;
   readonly tokensIngested: Counter;
@@ -54,6 +56,12 @@ export class WorkerMetrics {
     }));
     this.turnDelays = reuse(r, 'rmt_worker_turn_delays_total', () => new Counter({
       name: 'rmt_worker_turn_delays_total', help: 'requests parked in the delayed set because their session\'s previous request was not applied yet', registers: [r],
+    }));
+    this.handoffs = reuse(r, 'rmt_worker_handoffs_total', () => new Counter({
+      name: 'rmt_worker_handoffs_total', help: 'requests that continued from their session\'s previous request before it had landed (handoff.ts)', registers: [r],
+    }));
+    this.handoffsLost = reuse(r, 'rmt_worker_handoffs_lost_total', () => new Counter({
+      name: 'rmt_worker_handoffs_lost_total', help: 'such requests that started again from Redis (the previous request did not apply, or this one failed)', registers: [r],
     }));
     this.requests = reuse(r, 'rmt_worker_requests_total', () => new Counter({
       name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process', labelNames: ['kind', 'outcome'] as const, registers: [r],

@@ -12,6 +12,7 @@ import type { SessionRecord, SessionStore } from '../state/session-store.ts';
 import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 import { performance } from 'node:perf_hooks';
+import { HandoffLost, type Handoff } from './handoff.ts';
 
 export interface ApplyContext {
   engine: Engine;
@@ -26,7 +27,14 @@ export interface ApplyHooks {
   progress(ev: ProgressEvent): void;
   /** Persists ids generated so far (with each commit) so a retry can return the whole completion. */
   saveGenerated(ids: number[], logprobs?: TokenLogprob[]): Promise<void>;
+  /** An ingest request offers the session's next request a start before it has landed (handoff.ts). */
+  offer?(h: Handoff): void;
+  /** A request that continued from an offer sent its segments after the session sat idle this long. */
+  continued?(idleMs: number): void;
 }
+
+/** Where a request starts: the session as just read (undefined: read it here), or an offer of the request before it. */
+export type RequestStart = { stored?: SessionRecord | null } | { handoff: Handoff };
 
 /** log-softmax of the raw logits at `id`, and the `k` most likely ids (float64 sums). */
 export function tokenLogprob(logits: Float32Array, id: number, k: number): TokenLogprob {
@@ -82,6 +90,8 @@ class SessionCursor {
     public rec: SessionRecord,
     private readonly model: ModelInfo,
     private readonly seq: number,
+    /** Continuing from an offer: the record the previous request's final commit writes, adopted before this one's first commit. */
+    private base?: Promise<SessionRecord>,
   ) {
     this.latest = rec.state;
   }
@@ -179,6 +189,8 @@ class SessionCursor {
       counted(latestEnd);
       if (this.inFlight === undefined && this.commitDue()) startCommit();
     };
+    // The previous request failing to apply makes this chain's work void: stop it at once.
+    this.base?.catch((err: unknown) => stop.abort(err));
     try {
       await this.ctx.engine.advanceMany(this.model.name, segments, this.latest, { stream: this.rec.id, onState, signal: stop.signal });
     } catch (err) {
@@ -197,6 +209,11 @@ class SessionCursor {
     this.uncommitted = 0;
     await this.commit({ state: this.latest, addSegments, ...u });
     return addSegments;
+  }
+
+  /** The newest memory (the state the next commit writes). */
+  get memory(): Float32Array {
+    return this.latest;
   }
 
   /** Waits for the commits in flight (pipelineSegment, chainSegments: one may start another as it lands). */
@@ -224,6 +241,11 @@ class SessionCursor {
     const generated = this.generatedSinceCommit;
     this.ingestedSinceCommit = 0;
     this.generatedSinceCommit = 0;
+    if (this.base) {
+      // The version to compare against is the one the previous request's last commit writes.
+      this.rec = await this.base;
+      this.base = undefined;
+    }
     const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
       state: u.state,
       tail: u.tail,
@@ -253,12 +275,65 @@ class SessionCursor {
   }
 }
 
-/** `stored`: the session as the caller just read it (one read per request), else it is read here. */
-export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks, stored?: SessionRecord | null): Promise<RequestResult> {
-  const first = stored === undefined ? await ctx.store.get(data.sessionId) : stored;
-  if (!first) throw new RequestError('session_not_found', `session ${data.sessionId} does not exist (deleted or expired)`);
-  const model = ctx.engine.model(first.model);
-  const rec = ctx.store.verify(first, specOf(model));
+/**
+ * Offers the session's next request a start (handoff.ts) and returns the calls that settle the
+ * offer: the memory once the last segment ran, the record once the final commit landed, or lost.
+ */
+function offerNext(
+  offer: (h: Handoff) => void, rec: SessionRecord, seq: number,
+  after: { tail: number[]; pendingText: string; consumed: number; addSegments: number; addTokens: number },
+): { memory(state: Float32Array): void; applied(r: SessionRecord): void; lost(err: unknown): void } {
+  let memoryAt: number | undefined;
+  let setMemory!: (s: Float32Array) => void;
+  let failMemory!: (e: unknown) => void;
+  let setApplied!: (r: SessionRecord) => void;
+  let failApplied!: (e: unknown) => void;
+  const memory = new Promise<Float32Array>((res, rej) => ((setMemory = res), (failMemory = rej)));
+  const applied = new Promise<SessionRecord>((res, rej) => ((setApplied = res), (failApplied = rej)));
+  // Nobody may take the offer: its rejections must not count as unhandled.
+  memory.catch(() => undefined);
+  applied.catch(() => undefined);
+  offer({
+    seq,
+    record: {
+      ...rec, state: new Float32Array(0), tail: [...after.tail], pendingText: after.pendingText,
+      segmentsCommitted: rec.segmentsCommitted + after.addSegments, tokensIngested: rec.tokensIngested + after.addTokens,
+      curSeq: seq, curOffset: after.consumed, appliedSeq: seq,
+    },
+    memory,
+    applied,
+    memoryAt: () => memoryAt,
+  });
+  return {
+    memory: (state) => {
+      memoryAt = performance.now();
+      setMemory(state);
+    },
+    applied: (r) => setApplied(r),
+    lost: (err) => {
+      const lost = new HandoffLost(seq, err);
+      failMemory(lost);
+      failApplied(lost);
+    },
+  };
+}
+
+/**
+ * `start`: the session as the caller just read it (one read per request; undefined: read here), or an
+ * offer of the session's previous request, still landing (handoff.ts), to continue from.
+ */
+export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks, start: RequestStart = {}): Promise<RequestResult> {
+  const handoff = 'handoff' in start ? start.handoff : undefined;
+  const stored = 'stored' in start ? start.stored : undefined;
+  let rec: SessionRecord;
+  if (handoff) {
+    rec = handoff.record;
+  } else {
+    const first = stored === undefined ? await ctx.store.get(data.sessionId) : stored;
+    if (!first) throw new RequestError('session_not_found', `session ${data.sessionId} does not exist (deleted or expired)`);
+    rec = ctx.store.verify(first, specOf(ctx.engine.model(first.model)));
+  }
+  const model = ctx.engine.model(rec.model);
   const base = (r: SessionRecord, promptTokens: number): RequestResult => ({
     sessionId: r.id,
     seq: data.seq,
@@ -273,55 +348,73 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   const S = model.segmentLength;
   const { ids, pendingAfter } = requestTokens(ctx.tokenizer(rec.model), rec.pendingText, data.request, ctx.maxPendingTextChars);
   const resumeAt = rec.curSeq === data.seq ? rec.curOffset : 0;
-  const cur = new SessionCursor(ctx, rec, model, data.seq);
-  const scores: SegmentScore[] | undefined = data.request.kind === 'ingest' && data.request.score ? [] : undefined;
-
-  // 1. The request's tokens (text or prompt), from where an earlier attempt stopped.
+  const from = Math.min(resumeAt, ids.length);
+  // The request's tokens (text or prompt), from where an earlier attempt stopped, as segments: a
+  // segment is written to memory once the token after it arrives (a tail keeps 1..S tokens).
+  // `ends[j]` is the request offset after segment j.
+  const segments: number[][] = [];
+  const ends: number[] = [];
   let tail = [...rec.tail];
+  for (let i = from; i < ids.length; i++) {
+    if (tail.length === S) {
+      segments.push(tail);
+      ends.push(i);
+      tail = [];
+    }
+    tail.push(ids[i]!);
+  }
+  if (handoff) {
+    // Tokenized while the previous request ran; its memory is the state this one starts from.
+    const state = await handoff.memory;
+    const at = handoff.memoryAt();
+    if (at !== undefined) hooks.continued?.(performance.now() - at);
+    rec = { ...rec, state };
+  }
+  const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied);
+
   const segmentProgress = (consumed: number) =>
     hooks.progress({
       type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
       requestTokens: ids.length, requestConsumed: consumed,
     });
-  const from = Math.min(resumeAt, ids.length);
-  if (scores) {
-    // Scored segments go one at a time through the full segment graph (their logits come back).
-    for (let i = from; i < ids.length; i++) {
-      if (tail.length === S) {
-        const consumed = i;
-        await cur.pipelineSegment(tail, consumed, scores, () => segmentProgress(consumed));
-        tail = [];
-      }
-      tail.push(ids[i]!);
-      cur.ingestedSinceCommit++;
-    }
-  } else {
-    // A segment is written to memory once the token after it arrives (a tail keeps 1..S tokens).
-    const segments: number[][] = [];
-    const ends: number[] = [];
-    for (let i = from; i < ids.length; i++) {
-      if (tail.length === S) {
-        segments.push(tail);
-        ends.push(i);
-        tail = [];
-      }
-      tail.push(ids[i]!);
-    }
-    let countedTo = from;
-    const count = (end: number) => {
-      cur.ingestedSinceCommit += end - countedTo;
-      countedTo = end;
-    };
-    if (segments.length > 0) await cur.chainSegments(segments, ends, count, segmentProgress);
-    count(ids.length);
-  }
+  let countedTo = from;
+  const count = (end: number) => {
+    cur.ingestedSinceCommit += end - countedTo;
+    countedTo = end;
+  };
+
   if (data.request.kind === 'ingest') {
-    // Segments of the last, partial batch are committed with the request: report them too.
-    if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq })) > 0) segmentProgress(ids.length);
+    const scores: SegmentScore[] | undefined = data.request.score ? [] : undefined;
+    const offer = hooks.offer
+      ? offerNext(hooks.offer, rec, data.seq, { tail, pendingText: pendingAfter, consumed: ids.length, addSegments: segments.length, addTokens: ids.length - from })
+      : undefined;
+    try {
+      if (scores) {
+        // Scored segments go one at a time through the full segment graph (their logits come back).
+        for (let j = 0; j < segments.length; j++) {
+          const consumed = ends[j]!;
+          count(consumed);
+          await cur.pipelineSegment(segments[j]!, consumed, scores, () => segmentProgress(consumed));
+        }
+      } else if (segments.length > 0) {
+        await cur.chainSegments(segments, ends, count, segmentProgress);
+      }
+      count(ids.length);
+      offer?.memory(cur.memory);
+      // Segments of the last, partial batch are committed with the request: report them too.
+      if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq })) > 0) segmentProgress(ids.length);
+      offer?.applied(cur.rec);
+    } catch (err) {
+      offer?.lost(err);
+      throw err;
+    }
     const result: RequestResult = { ...base(cur.rec, ids.length), ...(scores ? { scores } : {}) };
     hooks.progress({ type: 'done', seq: data.seq, result });
     return result;
   }
+
+  if (segments.length > 0) await cur.chainSegments(segments, ends, count, segmentProgress);
+  count(ids.length);
 
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
   // commit (an earlier attempt) are already in the state.

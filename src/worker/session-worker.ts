@@ -10,7 +10,8 @@ import { redisKeys } from '../state/keys.ts';
 import { SessionError, type SessionRecord, type SessionStore } from '../state/session-store.ts';
 import { RequestError, type RequestJobData, type RequestResult } from '../queue/request.ts';
 import { QUEUE_NAME, jobIdFor } from '../queue/request-queue.ts';
-import { applyRequest } from './apply-request.ts';
+import { applyRequest, type ApplyContext, type ApplyHooks, type RequestStart } from './apply-request.ts';
+import { HandoffBoard, type Handoff } from './handoff.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
 
 export interface SessionWorkerOptions {
@@ -61,6 +62,8 @@ export class SessionWorker {
   private readonly local = new Map<string, Map<number, Promise<void>>>();
   /** Sessions with a request waiting here for its predecessor. */
   private readonly waiting = new Set<string>();
+  /** What each session's running request offers its next one (handoff.ts). */
+  private readonly handoffs = new HandoffBoard();
   /** When each session's last request finished here (for rmt_worker_turn_gap_seconds); pruned on the heartbeat. */
   private readonly lastDone = new Map<string, number>();
   private conn?: import('ioredis').Redis;
@@ -102,41 +105,63 @@ export class SessionWorker {
     here.set(seq, new Promise<void>((resolve) => (finished = resolve)));
     this.local.set(sessionId, here);
     try {
-      const rec = await this.waitForTurn(job, token);
+      const handoff = await this.awaitHandoff(job);
+      const rec = handoff ? undefined : await this.waitForTurn(job, token);
       const started = performance.now();
       // Let the session's next request be fetched now, to wait in this process while this one runs.
       void this.promoteNext(sessionId, seq);
       const prev = this.lastDone.get(sessionId);
-      if (prev !== undefined && started - prev < TURN_GAP_HORIZON_MS) this.o.metrics?.turnGapSeconds.observe((started - prev) / 1000);
+      if (!handoff && prev !== undefined && started - prev < TURN_GAP_HORIZON_MS) this.o.metrics?.turnGapSeconds.observe((started - prev) / 1000);
       let segmentsSeen = rec?.segmentsCommitted ?? 0;
-      const result = await applyRequest(
-        {
-          engine: this.o.engine,
-          store: this.o.store,
-          tokenizer: (m) => {
-            const t = this.o.tokenizers.get(m);
-            if (!t) throw new RequestError('model_not_loaded', `model ${m} is not loaded by this worker`);
-            return t;
-          },
-          maxPendingTextChars: this.o.maxPendingTextChars,
-          ...(this.o.commitEvery ? { commitEvery: this.o.commitEvery } : {}),
+      const ctx: ApplyContext = {
+        engine: this.o.engine,
+        store: this.o.store,
+        tokenizer: (m) => {
+          const t = this.o.tokenizers.get(m);
+          if (!t) throw new RequestError('model_not_loaded', `model ${m} is not loaded by this worker`);
+          return t;
         },
-        job.data,
-        {
-          progress: (ev) => {
-            if (ev.type === 'segment') {
-              // One event per commit, which may hold several segments.
-              this.o.metrics?.segments.inc(ev.segmentsCommitted - segmentsSeen);
-              segmentsSeen = ev.segmentsCommitted;
-            }
-            void this.o.store.publishProgress(sessionId, ev).catch(() => undefined);
-          },
-          saveGenerated: async (ids, logprobs) => {
-            await job.updateData({ ...job.data, generated: ids, ...(logprobs ? { generatedLogprobs: logprobs } : {}) });
-          },
+        maxPendingTextChars: this.o.maxPendingTextChars,
+        ...(this.o.commitEvery ? { commitEvery: this.o.commitEvery } : {}),
+      };
+      const hooks: ApplyHooks = {
+        progress: (ev) => {
+          if (ev.type === 'segment') {
+            // One event per commit, which may hold several segments.
+            this.o.metrics?.segments.inc(ev.segmentsCommitted - segmentsSeen);
+            segmentsSeen = ev.segmentsCommitted;
+          }
+          void this.o.store.publishProgress(sessionId, ev).catch(() => undefined);
         },
-        rec,
-      );
+        saveGenerated: async (ids, logprobs) => {
+          await job.updateData({ ...job.data, generated: ids, ...(logprobs ? { generatedLogprobs: logprobs } : {}) });
+        },
+        offer: (h) => this.handoffs.offer(sessionId, h),
+        continued: (idleMs) => this.o.metrics?.turnGapSeconds.observe(idleMs / 1000),
+      };
+      const apply = (start: RequestStart) => {
+        this.handoffs.open(sessionId, seq);
+        return applyRequest(ctx, job.data, hooks, start);
+      };
+      let result: RequestResult;
+      if (handoff) {
+        segmentsSeen = handoff.record.segmentsCommitted;
+        this.o.metrics?.handoffs.inc();
+        try {
+          result = await apply({ handoff });
+        } catch {
+          // Whatever failed (the previous request, or this one on top of it), start again the ordinary
+          // way once the previous request is done: from what Redis holds, resuming at this request's
+          // last commit; an error of this request's own comes back there and is handled as usual.
+          this.o.metrics?.handoffsLost.inc();
+          await this.local.get(sessionId)?.get(seq - 1);
+          const now = await this.waitForTurn(job, token);
+          segmentsSeen = now?.segmentsCommitted ?? 0;
+          result = await apply({ stored: now });
+        }
+      } else {
+        result = await apply({ stored: rec });
+      }
       // Applied: from here the session's next request may start (the gap metric counts from now).
       this.lastDone.set(sessionId, performance.now());
       await this.promoteNext(sessionId, seq);
@@ -167,9 +192,27 @@ export class SessionWorker {
       }
       throw err;
     } finally {
+      this.handoffs.close(sessionId, seq);
       here.delete(seq);
       if (here.size === 0 && this.local.get(sessionId) === here) this.local.delete(sessionId);
       finished();
+    }
+  }
+
+  /**
+   * An unscored ingest whose previous request runs in this process continues from that request's
+   * offer (handoff.ts): it need not wait for it to land. One waiter per session, as in waitForTurn.
+   */
+  private async awaitHandoff(job: Job<RequestJobData, RequestResult>): Promise<Handoff | undefined> {
+    const { sessionId, seq, request } = job.data;
+    if (request.kind !== 'ingest' || request.score) return undefined;
+    const offered = this.handoffs.take(sessionId, seq - 1);
+    if (!offered || this.waiting.has(sessionId)) return undefined;
+    this.waiting.add(sessionId);
+    try {
+      return await offered;
+    } finally {
+      this.waiting.delete(sessionId);
     }
   }
 

@@ -1,0 +1,72 @@
+// A session's next request may start before its previous one has landed in Redis. An ingest request
+// knows, as soon as it has its tokens, what the session will hold after it (tail, held-back text);
+// its memory comes when its last segment has run, a few milliseconds before its final commit lands.
+// It offers these to the session's next request waiting in the same process, which tokenizes
+// meanwhile and sends its segments to the engine the moment that memory exists: the session keeps its
+// place in the engine's batches instead of sitting out the commit, the job handoff and a session
+// read (BENCHMARKS.md, run 6). Its own commits wait for the previous request's last one (each is a
+// compare-and-set on the version that one wrote); if the previous request does not apply, the next
+// one starts again the ordinary way, from what Redis holds.
+import type { SessionRecord } from '../state/session-store.ts';
+
+export interface Handoff {
+  /** The request that offers it. */
+  seq: number;
+  /**
+   * The session as that request's final commit will leave it (tail, held-back text, counters, seqs),
+   * but for its version and its state (empty here: `memory` is the state).
+   */
+  record: SessionRecord;
+  /** Its last segment's memory (the state it will commit); rejects if it stops before. */
+  memory: Promise<Float32Array>;
+  /** The record its final commit wrote; rejects if the request did not apply. */
+  applied: Promise<SessionRecord>;
+  /** When the memory was made (performance.now()), for the turn-gap metric. */
+  memoryAt(): number | undefined;
+}
+
+/** Thrown by the next request when the one it continued from did not apply: it starts again from Redis. */
+export class HandoffLost extends Error {
+  constructor(seq: number, cause: unknown) {
+    super(`request ${seq}, continued from, did not apply: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.name = 'HandoffLost';
+  }
+}
+
+interface Slot {
+  seq: number;
+  /** Resolves with the offer, or undefined when the request ends without one. */
+  offered: Promise<Handoff | undefined>;
+  settle(h: Handoff | undefined): void;
+}
+
+/** Offers of the requests running in this process, one per session (its running request's). */
+export class HandoffBoard {
+  private readonly slots = new Map<string, Slot>();
+
+  /** A request of the session starts here: its offer (if any) goes into this slot. */
+  open(sessionId: string, seq: number): void {
+    let settle!: (h: Handoff | undefined) => void;
+    const offered = new Promise<Handoff | undefined>((resolve) => (settle = resolve));
+    this.slots.set(sessionId, { seq, offered, settle });
+  }
+
+  offer(sessionId: string, h: Handoff): void {
+    const slot = this.slots.get(sessionId);
+    if (slot?.seq === h.seq) slot.settle(h);
+  }
+
+  /** The request ended (offer or not): a waiter still waiting gets undefined. */
+  close(sessionId: string, seq: number): void {
+    const slot = this.slots.get(sessionId);
+    if (slot?.seq !== seq) return;
+    slot.settle(undefined);
+    this.slots.delete(sessionId);
+  }
+
+  /** What request `seq` of the session offers or will offer; undefined when it is not running here. */
+  take(sessionId: string, seq: number): Promise<Handoff | undefined> | undefined {
+    const slot = this.slots.get(sessionId);
+    return slot?.seq === seq ? slot.offered : undefined;
+  }
+}
