@@ -63,8 +63,8 @@ step_reference() {
 step_service() {
   # WORKER_PROCESSES (RMT_WORKER_PROCESSES) worker processes share the GPU; results per count.
   local w=${WORKER_PROCESSES:-1}
-  # RMT_ENGINE_THREADS (engine threads per worker process) and RMT_BATCH_WAIT_MS pass through.
-  local tag=w$w${RMT_ENGINE_THREADS:+-t$RMT_ENGINE_THREADS}
+  # RMT_ENGINE_THREADS (engine threads per worker process), RMT_ENGINE_PACK_SESSIONS and RMT_BATCH_WAIT_MS pass through.
+  local tag=w$w${RMT_ENGINE_THREADS:+-t$RMT_ENGINE_THREADS}${RMT_ENGINE_PACK_SESSIONS:+-p$RMT_ENGINE_PACK_SESSIONS}
   MODELS_DIR=$MODELS MODEL=${SERVICE_MODEL:-$FUSED} PRECISION=fp16 SESSIONS=${SESSIONS:-1,8,64,256} GEN=${GEN-1,8,64} GEN_MODEL=rmt-brown-small \
     TOTAL_TOKENS=${TOTAL_TOKENS:-2000000,4000000,8000000,8000000} \
     ONE_DOC_TOKENS=${ONE_DOC_TOKENS:-1000000} WORKER_PROCESSES=$w OUT_JSON=$OUT/service-$tag.json \

@@ -441,12 +441,12 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
     await Promise.all([one?.close(), two?.close()]);
   });
 
-  /** Four sessions stepping four segments each, concurrently. */
-  const fourSessions = (engine: Engine) =>
+  /** Four sessions stepping four segments each, concurrently (streams `${name}-0` .. `${name}-3`). */
+  const fourSessions = (engine: Engine, name = 'session') =>
     Promise.all(
       [0, 1, 2, 3].map(async (s) => {
         let state = engine.model(SMALL).initState;
-        for (let k = 0; k < 4; k++) state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `session-${s}`);
+        for (let k = 0; k < 4; k++) state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `${name}-${s}`);
         return state;
       }),
     );
@@ -469,6 +469,28 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       const early = prev.startedAt + prev.runMs - runs[i]!.startedAt;
       assert.ok(early <= 0.1, `run ${i} (thread ${runs[i]!.lane}) started ${early.toFixed(2)} ms before run ${i - 1} (thread ${prev.lane}) ended`);
     }
+  });
+
+  test('packStreams: new sessions fill one thread up to that many, then the next; results equal one thread\'s', async () => {
+    const packed = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, packStreams: 4 });
+    try {
+      const expected = await fourSessions(one);
+      for (const [name, lane] of [['first', 0], ['second', 1]] as const) {
+        const rec = recordStats(packed);
+        const states = await fourSessions(packed, name);
+        rec.stop();
+        for (let s = 0; s < 4; s++) assert.ok(maxAbsDiff(states[s]!, expected[s]!) === 0, `${name} four, session ${s}: the state differs from one thread's`);
+        // The first four fill thread 0 (runs of up to 4 rows, not 2 per thread); the next four find it full.
+        assert.deepEqual([...new Set(rec.stats.map((b) => b.lane))], [lane], `${name} four ran on threads ${rec.stats.map((b) => b.lane).join(' ')}`);
+        assert.ok(rec.stats.some((b) => b.rows > 2), `${name} four: rows per run ${rec.stats.map((b) => b.rows).join(' ')}`);
+      }
+    } finally {
+      await packed.close();
+    }
+    await assert.rejects(
+      startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', maxBatch: 4, maxBatchTokens: 512, threads: 2, packStreams: -1 }),
+      /packStreams must be a positive integer, found -1/,
+    );
   });
 
   test('KV caches stay on the thread that made them: generation equals one thread\'s; handles are unique', async () => {

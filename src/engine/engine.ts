@@ -57,6 +57,12 @@ export interface EngineOptions {
    * cohort while the others turn around.
    */
   threads?: number;
+  /**
+   * threads > 1: a new stream goes to the thread with the most streams among those holding fewer
+   * than this many (default 0: none), else to the one with the fewest. A few sessions then share one
+   * thread's runs (8 sessions as one run of 8 rows, not two of 4) and only many spread evenly.
+   */
+  packStreams?: number;
 }
 
 export interface ModelInfo {
@@ -169,7 +175,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number } {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; packStreams: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -201,6 +207,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
+    packStreams: opts.packStreams === undefined || opts.packStreams === 0 ? 0 : positiveInt(opts.packStreams, 'packStreams'),
     batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
     warmup: opts.warmup ?? opts.executionProvider === 'cuda',
   };
@@ -230,7 +237,7 @@ interface Lane {
 const STREAM_IDLE_MS = 60_000;
 
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
-  const { threads, ...config } = checkOptions(opts);
+  const { threads, packStreams, ...config } = checkOptions(opts);
   const turnLock = threads > 1 ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
   const workers = Array.from({ length: threads }, (_, lane) => {
     const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(turnLock ? { turnLock } : {}) };
@@ -285,9 +292,10 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     }
   };
 
-  // Which thread serves a stream: the one it was placed on, or for a new stream the one with the
-  // fewest, so sessions that start together split into even cohorts. Unnamed requests go to the
-  // least busy thread; a KV cache's steps to the thread that holds it.
+  // Which thread serves a stream: the one it was placed on, or for a new stream the fullest one
+  // below packStreams, else the one with the fewest, so sessions that start together split into even
+  // cohorts (after filling threads to packStreams one by one). Unnamed requests go to the least busy
+  // thread; a KV cache's steps to the thread that holds it.
   const placed = new Map<string, { lane: Lane; at: number }>();
   let pruneAt = 0;
   const leastBusy = () => lanes.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
@@ -309,7 +317,10 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       }
       pruneAt = now + STREAM_IDLE_MS;
     }
-    const lane = lanes.reduce((a, b) => (b.streams < a.streams || (b.streams === a.streams && b.inFlight < a.inFlight) ? b : a));
+    const open = lanes.filter((l) => l.streams < packStreams);
+    const lane = open.length > 0
+      ? open.reduce((a, b) => (b.streams > a.streams ? b : a))
+      : lanes.reduce((a, b) => (b.streams < a.streams || (b.streams === a.streams && b.inFlight < a.inFlight) ? b : a));
     lane.streams++;
     placed.set(stream, { lane, at: now });
     return lane;

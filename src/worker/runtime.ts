@@ -60,6 +60,7 @@ export async function startWorkerRuntime(
     maxBatchTokens: config.maxBatchTokens,
     batchWaitMs: config.batchWaitMs,
     threads: engineThreads(config),
+    packStreams: config.enginePackSessions,
   });
   const device = engine.device();
   if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
