@@ -252,6 +252,12 @@ function steadyState(runs: StreamResult[]): { seconds: number; tokPerS: number }
   return { seconds: (to - from) / 1000, tokPerS: tokens / ((to - from) / 1000) };
 }
 
+/** Min, median and max over sessions of `at(run)`, in seconds after `start` (ms). */
+function spread(runs: StreamResult[], start: number, at: (r: StreamResult) => number | undefined): [number, number, number] {
+  const xs = runs.map(at).filter((x): x is number => x !== undefined).map((x) => (x - start) / 1000).sort((a, b) => a - b);
+  return [xs[0] ?? NaN, percentile(xs, 50), xs[xs.length - 1] ?? NaN];
+}
+
 /** Streams `text` into one session and waits for the barrier generation. */
 function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: number) => void): Promise<StreamResult> {
   return new Promise((resolve, reject) => {
@@ -384,6 +390,8 @@ async function main(): Promise<void> {
         requests, requestMs: mean('request'), turnGapMs: mean('turnGap'), turnGaps: after.turnGap.count - before.turnGap.count,
         turnDelaysPerRequest: requests ? (after.turnDelays - before.turnDelays) / requests : NaN,
         handoffs: after.handoffs - before.handoffs, handoffsLost: after.handoffsLost - before.handoffsLost,
+        // When sessions joined and left: their first and last progress events, after the level's first append.
+        firstProgressS: spread(runs, start, (x) => x.timeline[0]?.[0]), lastProgressS: spread(runs, start, (x) => x.timeline[x.timeline.length - 1]?.[0]),
       };
       results.push(r);
       console.log(
@@ -396,6 +404,8 @@ async function main(): Promise<void> {
           `${r.handoffs} continued from the previous request (${r.handoffsLost} started again)`,
       );
       console.log(`       | all ${n} sessions streaming for ${r.steadySeconds.toFixed(2)} of ${r.seconds.toFixed(2)} s: ${Math.round(r.steadyTokPerS)} tok/s`);
+      const s3 = (x: number[]) => x.map((v) => v.toFixed(2)).join(' / ');
+      console.log(`       | sessions' first progress at ${s3(r.firstProgressS)} s (min / p50 / max), last at ${s3(r.lastProgressS)} s`);
       await Promise.all(ids.map((id) => fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE' })));
     }
     const gen: Record<string, unknown>[] = [];

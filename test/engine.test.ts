@@ -471,19 +471,26 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
     }
   });
 
-  test('packStreams: new sessions fill one thread up to that many, then the next; results equal one thread\'s', async () => {
-    const packed = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, packStreams: 4 });
+  test('packStreams: new sessions fill one thread up to that many, then the next; idle ones stop counting; results equal one thread\'s', async () => {
+    const packed = await startEngine({
+      modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, packStreams: 4, streamIdleMs: 300,
+    });
     try {
       const expected = await fourSessions(one);
-      for (const [name, lane] of [['first', 0], ['second', 1]] as const) {
+      const runFour = async (name: string, lane: number) => {
         const rec = recordStats(packed);
         const states = await fourSessions(packed, name);
         rec.stop();
         for (let s = 0; s < 4; s++) assert.ok(maxAbsDiff(states[s]!, expected[s]!) === 0, `${name} four, session ${s}: the state differs from one thread's`);
-        // The first four fill thread 0 (runs of up to 4 rows, not 2 per thread); the next four find it full.
         assert.deepEqual([...new Set(rec.stats.map((b) => b.lane))], [lane], `${name} four ran on threads ${rec.stats.map((b) => b.lane).join(' ')}`);
         assert.ok(rec.stats.some((b) => b.rows > 2), `${name} four: rows per run ${rec.stats.map((b) => b.rows).join(' ')}`);
-      }
+      };
+      // The first four fill thread 0 (runs of up to 4 rows, not 2 per thread); the next four find it full.
+      await runFour('first', 0);
+      await runFour('second', 1);
+      // Once idle for streamIdleMs, sessions no longer count: thread 0 takes new ones again.
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      await runFour('third', 0);
     } finally {
       await packed.close();
     }

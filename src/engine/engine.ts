@@ -63,6 +63,8 @@ export interface EngineOptions {
    * thread's runs (8 sessions as one run of 8 rows, not two of 4) and only many spread evenly.
    */
   packStreams?: number;
+  /** A stream keeps its thread this long after its last request, then counts no more and may be placed anew (default 2000). */
+  streamIdleMs?: number;
 }
 
 export interface ModelInfo {
@@ -158,6 +160,8 @@ interface Pending {
   reject: (err: Error) => void;
   /** A chained advance's memory after each segment but the last ('step' replies). */
   onStep?: (index: number, state: Float32Array) => void;
+  /** The stream it was placed for, if any. */
+  stream?: string;
 }
 
 /** How long close() waits for the thread to release its sessions before terminating it. */
@@ -175,7 +179,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; packStreams: number } {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; packStreams: number; streamIdleMs: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -208,6 +212,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
     packStreams: opts.packStreams === undefined || opts.packStreams === 0 ? 0 : positiveInt(opts.packStreams, 'packStreams'),
+    streamIdleMs: nonNegative(opts.streamIdleMs ?? STREAM_IDLE_MS, 'streamIdleMs'),
     batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
     warmup: opts.warmup ?? opts.executionProvider === 'cuda',
   };
@@ -233,11 +238,15 @@ interface Lane {
   inFlight: number;
 }
 
-/** A stream keeps its thread this long after its last request, then may be placed anew. */
-const STREAM_IDLE_MS = 60_000;
+/**
+ * Default streamIdleMs. A session streaming a document sends its next request within milliseconds
+ * (worker/handoff.ts); one that waited longer has left its cohort's step anyway, and counting the
+ * sessions that stopped would place new ones by a load long gone (BENCHMARKS.md, run 6).
+ */
+const STREAM_IDLE_MS = 2000;
 
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
-  const { threads, packStreams, ...config } = checkOptions(opts);
+  const { threads, packStreams, streamIdleMs, ...config } = checkOptions(opts);
   const turnLock = threads > 1 ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
   const workers = Array.from({ length: threads }, (_, lane) => {
     const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(turnLock ? { turnLock } : {}) };
@@ -296,7 +305,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   // below packStreams, else the one with the fewest, so sessions that start together split into even
   // cohorts (after filling threads to packStreams one by one). Unnamed requests go to the least busy
   // thread; a KV cache's steps to the thread that holds it.
-  const placed = new Map<string, { lane: Lane; at: number }>();
+  /** Per stream: its thread, its requests in flight, and when it last sent or was answered. */
+  const placed = new Map<string, { lane: Lane; busy: number; at: number }>();
   let pruneAt = 0;
   const leastBusy = () => lanes.reduce((a, b) => (b.inFlight < a.inFlight ? b : a));
   const laneFor = (stream: string | undefined): Lane => {
@@ -306,24 +316,32 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     const known = placed.get(stream);
     if (known) {
       known.at = now;
+      known.busy++;
       return known.lane;
     }
     if (now >= pruneAt) {
       for (const [s, p] of placed) {
-        if (now - p.at > STREAM_IDLE_MS) {
+        if (p.busy === 0 && now - p.at > streamIdleMs) {
           placed.delete(s);
           p.lane.streams--;
         }
       }
-      pruneAt = now + STREAM_IDLE_MS;
+      pruneAt = now + streamIdleMs;
     }
     const open = lanes.filter((l) => l.streams < packStreams);
     const lane = open.length > 0
       ? open.reduce((a, b) => (b.streams > a.streams ? b : a))
       : lanes.reduce((a, b) => (b.streams < a.streams || (b.streams === a.streams && b.inFlight < a.inFlight) ? b : a));
     lane.streams++;
-    placed.set(stream, { lane, at: now });
+    placed.set(stream, { lane, busy: 1, at: now });
     return lane;
+  };
+  /** A stream's request is over (answered, failed or aborted): its idle time counts from now. */
+  const streamDone = (stream: string | undefined) => {
+    const p = stream === undefined ? undefined : placed.get(stream);
+    if (!p) return;
+    p.busy--;
+    p.at = performance.now();
   };
   const laneOfKv = (kv: KvHandle): Lane => lanes[(kv - 1) % lanes.length]!;
 
@@ -375,6 +393,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         }
         pending.delete(r.id);
         p.lane.inFlight--;
+        streamDone(p.stream);
         if (r.ok) p.resolve(r);
         else p.reject(new Error(r.message));
       }
@@ -438,7 +457,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     lane: Lane, request: EngineRequest, buffers: ArrayBuffer[], extra: Pick<Pending, 'onStep'> = {},
   ): Promise<T> =>
     new Promise<T>((resolve, reject) => {
-      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane, ...extra });
+      const stream = request.op === 'decode' ? undefined : request.stream;
+      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane, ...extra, ...(stream !== undefined ? { stream } : {}) });
       lane.inFlight++;
       updateRef();
       send(lane, { kind: 'request', request }, buffers);
@@ -478,6 +498,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       if (!p) return;
       pending.delete(request.id);
       lane.inFlight--;
+      streamDone(stream);
       updateRef();
       if (dead === undefined) send(lane, { kind: 'cancel', id: request.id });
       p.reject(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
