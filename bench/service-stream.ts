@@ -11,7 +11,7 @@
 // amortise the start and the end of a level, when not every session is streaming yet or any more),
 // DOC_TOKENS per session (instead: TOTAL_TOKENS / N, at least 8 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
-// (default MODEL), MAX_BATCH (256), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1; RMT_ENGINE_THREADS and
+// (default MODEL), MAX_BATCH (256), WORKER_CONCURRENCY (RMT_WORKER_CONCURRENCY, 2 × MAX_BATCH), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1; RMT_ENGINE_THREADS and
 // RMT_BATCH_WAIT_MS and RMT_ENGINE_PACK_SESSIONS pass through to the worker), SERVICE_NODE_FLAGS (node flags for the
 // api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), LEVEL_TIMEOUT_S (240), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
@@ -60,6 +60,8 @@ const GEN_MODEL = process.env.GEN_MODEL ?? MODEL;
 const MAX_BATCH = Number(process.env.MAX_BATCH ?? 256);
 const ONE_DOC_TOKENS = Number(process.env.ONE_DOC_TOKENS ?? 0);
 const WORKER_PROCESSES = Number(process.env.WORKER_PROCESSES ?? 1);
+/** Requests a worker process takes from the queue at once (RMT_WORKER_CONCURRENCY). */
+const WORKER_CONCURRENCY = Number(process.env.WORKER_CONCURRENCY ?? Math.max(64, 2 * MAX_BATCH));
 /** The worker's engine threads per process, as it resolves RMT_ENGINE_THREADS (0 or unset: 2 on cuda, 1 on cpu). */
 const ENGINE_THREADS = engineThreads({ engineThreads: Number(process.env.RMT_ENGINE_THREADS ?? 0), executionProvider: PROVIDER === 'cuda' ? 'cuda' : 'cpu' });
 const OUT_JSON = process.env.OUT_JSON;
@@ -341,7 +343,7 @@ async function main(): Promise<void> {
   const common = { REDIS_URL: redis.url, RMT_MODELS: models, RMT_MODELS_DIR: MODELS_DIR, LOG_LEVEL: 'warn', RMT_PREFIX: prefix };
   const worker = rmtServe('worker', {
     ...common, RMT_EXECUTION_PROVIDER: PROVIDER, RMT_PRECISION: PRECISION, RMT_MAX_BATCH: String(MAX_BATCH),
-    RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(Math.max(64, 2 * MAX_BATCH)),
+    RMT_MAX_BATCH_TOKENS: String(MAX_BATCH * 1024), RMT_WORKER_CONCURRENCY: String(WORKER_CONCURRENCY),
     RMT_WORKER_METRICS_PORT: String(metricsPort), RMT_WORKER_PROCESSES: String(WORKER_PROCESSES),
   });
   const api = rmtServe('api', { ...common, PORT: String(port), RMT_TOKENIZER_THREADS: String(TOKENIZER_THREADS) });
@@ -352,7 +354,7 @@ async function main(): Promise<void> {
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? 0}; api tokenizer threads ${TOKENIZER_THREADS}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? 0}; api tokenizer threads ${TOKENIZER_THREADS}; worker concurrency ${WORKER_CONCURRENCY}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
@@ -392,6 +394,8 @@ async function main(): Promise<void> {
         handoffs: after.handoffs - before.handoffs, handoffsLost: after.handoffsLost - before.handoffsLost,
         // When sessions joined and left: their first and last progress events, after the level's first append.
         firstProgressS: spread(runs, start, (x) => x.timeline[0]?.[0]), lastProgressS: spread(runs, start, (x) => x.timeline[x.timeline.length - 1]?.[0]),
+        // Per session, in the order they were created and started: first and last progress (s after the level's first append).
+        sessionSpans: runs.map((x) => [x.timeline[0]?.[0], x.timeline[x.timeline.length - 1]?.[0]].map((t) => (t === undefined ? null : +((t - start) / 1000).toFixed(3)))),
       };
       results.push(r);
       console.log(
