@@ -2,8 +2,8 @@
 // it, so all inference happens in worker threads (engine-thread.ts) that own the sessions and batch
 // concurrent requests into one run per (model, graph). This module never imports onnxruntime: it
 // validates requests, ships them to a thread and resolves their promises.
-// With threads > 1 each thread loads every model and a session (stream) stays on one thread, so the
-// sessions form cohorts that take turns on the device (see engine-thread.ts): while one cohort's run
+// With threads > 1 each thread loads every model and a session (stream) stays on one thread while it
+// streams, so the sessions form cohorts that take turns on the device (see engine-thread.ts): while one cohort's run
 // executes, the others' results go back and their next segments come in.
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
