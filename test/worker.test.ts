@@ -15,7 +15,7 @@ import { redisKeys } from '../src/state/keys.ts';
 import { SessionStore, type CommitUpdate, type SessionRecord } from '../src/state/session-store.ts';
 import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
-import { SessionWorker } from '../src/worker/session-worker.ts';
+import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-worker.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
@@ -245,25 +245,44 @@ describe('workers over Redis and BullMQ', () => {
     assert.ok(Number(/rmt_tokens_ingested_total (\d+)/.exec(body)?.[1]) > 1000, 'tokens ingested not counted');
   });
 
-  test('queued requests of a session hand over inside the worker: the next one waits here, not in the delayed set', async () => {
-    // A worker of its own whose fallback re-check of parked requests is far off (30 s): every park
-    // counted is a hand-over that did not happen in-process, and a broken hand-over shows as a stall.
+  /**
+   * A SessionWorker of its own (its own prefix and metrics) on the suite's engine; `store` (default: a
+   * plain one) and the worker options given (e.g. commitEvery, turnDelayMs).
+   */
+  async function ownWorker(opts: { makeStore?: (p: string) => SessionStore } & Partial<Pick<SessionWorkerOptions, 'commitEvery' | 'turnDelayMs'>> = {}) {
+    const { makeStore, ...options } = opts;
     const p = newPrefix();
     const metrics = new WorkerMetrics();
-    const store = new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
+    const store = makeStore?.(p) ?? new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
     const own = new SessionWorker({
       redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, concurrency: 64,
-      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, turnDelayMs: 600_000,
+      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, ...options,
     });
     await own.start();
     const ownClient = startClientRuntime(configFor(p));
+    const m = worker.engine.model(MODEL);
+    return {
+      store, client: ownClient,
+      newSession: () => store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState),
+      metrics: () => metrics.registry.metrics(),
+      count: async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await metrics.registry.metrics())?.[1] ?? NaN),
+      close: async () => {
+        await ownClient.close();
+        await own.close(0);
+      },
+    };
+  }
+
+  test('queued requests of a session hand over inside the worker: the next one waits here, not in the delayed set', async () => {
+    // A worker of its own whose fallback re-check of parked requests is far off (30 s): every park
+    // counted is a hand-over that did not happen in-process, and a broken hand-over shows as a stall.
+    const own = await ownWorker({ turnDelayMs: 600_000 });
     try {
-      const m = worker.engine.model(MODEL);
-      const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      const s = await own.newSession();
       const chunks = randomChunks(noise(6000, 50_000), 6, 1500);
       const n = chunks.length;
-      await ingestAll(ownClient, s.id, chunks);
-      const body = await metrics.registry.metrics();
+      await ingestAll(own.client, s.id, chunks);
+      const body = await own.metrics();
       const num = (re: RegExp) => Number(re.exec(body)?.[1] ?? NaN);
       assert.equal(num(/^rmt_worker_request_seconds_count\{kind="ingest"\} (\d+)/m), n);
       // Each request after the first started once its predecessor finished in this process. One fewer
@@ -275,35 +294,11 @@ describe('workers over Redis and BullMQ', () => {
       // until the request before it gets its turn and promotes it (n - 2). Parking every later request is n - 1.
       const parked = num(/^rmt_worker_turn_delays_total (\d+)/m);
       assert.ok(parked <= n - 2, `parked ${parked} times for ${n} requests`);
-      assert.equal((await store.get(s.id))!.appliedSeq, n);
+      assert.equal((await own.store.get(s.id))!.appliedSeq, n);
     } finally {
-      await ownClient.close();
-      await own.close(0);
+      await own.close();
     }
   });
-
-  /** A SessionWorker of its own (its own prefix and metrics) on the suite's engine, with `store` (default: a plain one). */
-  async function ownWorker(makeStore?: (p: string) => SessionStore) {
-    const p = newPrefix();
-    const metrics = new WorkerMetrics();
-    const store = makeStore?.(p) ?? new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
-    const own = new SessionWorker({
-      redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, concurrency: 64,
-      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, commitEvery: { segments: 2, ms: 250 },
-    });
-    await own.start();
-    const ownClient = startClientRuntime(configFor(p));
-    const m = worker.engine.model(MODEL);
-    return {
-      store, client: ownClient,
-      newSession: () => store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState),
-      count: async (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await metrics.registry.metrics())?.[1] ?? NaN),
-      close: async () => {
-        await ownClient.close();
-        await own.close(0);
-      },
-    };
-  }
 
   /** The same appends, each sent once the one before it is applied: nothing to continue from. */
   async function oneAtATime(c: ClientRuntime, sessionId: string, chunks: string[]): Promise<void> {
@@ -323,7 +318,7 @@ describe('workers over Redis and BullMQ', () => {
   }
 
   test('a queued append continues from the one before it before that one has landed: same session as one at a time', async () => {
-    const own = await ownWorker();
+    const own = await ownWorker({ commitEvery: { segments: 2, ms: 250 } });
     try {
       // Appends of several segments each, so each request chains and commits (every 2 segments).
       const chunks = randomChunks(noise(12 * 128 * 5, 90_000), 6, 3000);
@@ -352,7 +347,7 @@ describe('workers over Redis and BullMQ', () => {
         return super.commit(id, expectedVersion, u);
       }
     }
-    const own = await ownWorker((p) => new FlakyStore(worker.redis, { prefix: p, ttlSeconds: 3600 }));
+    const own = await ownWorker({ makeStore: (p) => new FlakyStore(worker.redis, { prefix: p, ttlSeconds: 3600 }), commitEvery: { segments: 2, ms: 250 } });
     try {
       const chunks = randomChunks(noise(12 * 128 * 5, 110_000), 5, 3000);
       const queued = await own.newSession();

@@ -283,12 +283,11 @@ function offerNext(
   offer: (h: Handoff) => void, rec: SessionRecord, seq: number,
   after: { tail: number[]; pendingText: string; consumed: number; addSegments: number; addTokens: number },
 ): { memory(state: Float32Array): void; applied(r: SessionRecord): void; lost(err: unknown): void } {
-  let memoryAt: number | undefined;
-  let setMemory!: (s: Float32Array) => void;
+  let setMemory!: (m: { state: Float32Array; at: number }) => void;
   let failMemory!: (e: unknown) => void;
   let setApplied!: (r: SessionRecord) => void;
   let failApplied!: (e: unknown) => void;
-  const memory = new Promise<Float32Array>((res, rej) => ((setMemory = res), (failMemory = rej)));
+  const memory = new Promise<{ state: Float32Array; at: number }>((res, rej) => ((setMemory = res), (failMemory = rej)));
   const applied = new Promise<SessionRecord>((res, rej) => ((setApplied = res), (failApplied = rej)));
   // Nobody may take the offer: its rejections must not count as unhandled.
   memory.catch(() => undefined);
@@ -302,13 +301,9 @@ function offerNext(
     },
     memory,
     applied,
-    memoryAt: () => memoryAt,
   });
   return {
-    memory: (state) => {
-      memoryAt = performance.now();
-      setMemory(state);
-    },
+    memory: (state) => setMemory({ state, at: performance.now() }),
     applied: (r) => setApplied(r),
     lost: (err) => {
       const lost = new HandoffLost(seq, err);
@@ -365,9 +360,8 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   }
   if (handoff) {
     // Tokenized while the previous request ran; its memory is the state this one starts from.
-    const state = await handoff.memory;
-    const at = handoff.memoryAt();
-    if (at !== undefined) hooks.continued?.(performance.now() - at);
+    const { state, at } = await handoff.memory;
+    hooks.continued?.(performance.now() - at);
     rec = { ...rec, state };
   }
   const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied);

@@ -17,12 +17,13 @@ export interface Handoff {
    * but for its version and its state (empty here: `memory` is the state).
    */
   record: SessionRecord;
-  /** Its last segment's memory (the state it will commit); rejects if it stops before. */
-  memory: Promise<Float32Array>;
+  /**
+   * Its last segment's memory (the state it will commit) and when it was made (performance.now(), for
+   * the turn-gap metric); rejects if the request stops before.
+   */
+  memory: Promise<{ state: Float32Array; at: number }>;
   /** The record its final commit wrote; rejects if the request did not apply. */
   applied: Promise<SessionRecord>;
-  /** When the memory was made (performance.now()), for the turn-gap metric. */
-  memoryAt(): number | undefined;
 }
 
 /** Thrown by the next request when the one it continued from did not apply: it starts again from Redis. */

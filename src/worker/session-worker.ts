@@ -67,10 +67,23 @@ export class SessionWorker {
   /** When each session's last request finished here (for rmt_worker_turn_gap_seconds); pruned on the heartbeat. */
   private readonly lastDone = new Map<string, number>();
   private conn?: import('ioredis').Redis;
+  /** What applyRequest needs of this worker: the same for every request. */
+  private readonly ctx: ApplyContext;
   readonly id = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
   constructor(private readonly o: SessionWorkerOptions) {
     this.keys = redisKeys(o.prefix);
+    this.ctx = {
+      engine: o.engine,
+      store: o.store,
+      tokenizer: (m) => {
+        const t = o.tokenizers.get(m);
+        if (!t) throw new RequestError('model_not_loaded', `model ${m} is not loaded by this worker`);
+        return t;
+      },
+      maxPendingTextChars: o.maxPendingTextChars,
+      ...(o.commitEvery ? { commitEvery: o.commitEvery } : {}),
+    };
     this.worker = new Worker<RequestJobData, RequestResult>(QUEUE_NAME, (job, token) => this.process(job, token), {
       connection: (this.conn = quiet(o.redis.duplicate({ maxRetriesPerRequest: null }))),
       prefix: this.keys.queuePrefix(),
@@ -113,17 +126,6 @@ export class SessionWorker {
       const prev = this.lastDone.get(sessionId);
       if (!handoff && prev !== undefined && started - prev < TURN_GAP_HORIZON_MS) this.o.metrics?.turnGapSeconds.observe((started - prev) / 1000);
       let segmentsSeen = rec?.segmentsCommitted ?? 0;
-      const ctx: ApplyContext = {
-        engine: this.o.engine,
-        store: this.o.store,
-        tokenizer: (m) => {
-          const t = this.o.tokenizers.get(m);
-          if (!t) throw new RequestError('model_not_loaded', `model ${m} is not loaded by this worker`);
-          return t;
-        },
-        maxPendingTextChars: this.o.maxPendingTextChars,
-        ...(this.o.commitEvery ? { commitEvery: this.o.commitEvery } : {}),
-      };
       const hooks: ApplyHooks = {
         progress: (ev) => {
           if (ev.type === 'segment') {
@@ -141,7 +143,7 @@ export class SessionWorker {
       };
       const apply = (start: RequestStart) => {
         this.handoffs.open(sessionId, seq);
-        return applyRequest(ctx, job.data, hooks, start);
+        return applyRequest(this.ctx, job.data, hooks, start);
       };
       let result: RequestResult;
       if (handoff) {
@@ -207,10 +209,18 @@ export class SessionWorker {
     const { sessionId, seq, request } = job.data;
     if (request.kind !== 'ingest' || request.score) return undefined;
     const offered = this.handoffs.take(sessionId, seq - 1);
-    if (!offered || this.waiting.has(sessionId)) return undefined;
+    return offered && (await this.waitAsTheWaiter(sessionId, offered));
+  }
+
+  /**
+   * Awaits `p` as the session's one waiter in this process (so a client that queued many requests
+   * ahead holds at most a few concurrency slots); undefined at once when another request waits.
+   */
+  private async waitAsTheWaiter<T>(sessionId: string, p: Promise<T>): Promise<T | undefined> {
+    if (this.waiting.has(sessionId)) return undefined;
     this.waiting.add(sessionId);
     try {
-      return await offered;
+      return await p;
     } finally {
       this.waiting.delete(sessionId);
     }
@@ -220,17 +230,10 @@ export class SessionWorker {
   private async waitForTurn(job: Job<RequestJobData, RequestResult>, token?: string): Promise<SessionRecord | null> {
     const { sessionId, seq } = job.data;
     let rec = await this.o.store.get(sessionId);
-    // The previous request is in this process: wait for it here, so the session goes on without a
-    // park, a promotion and a fetch in between. One waiter per session, so a client that queued many
-    // requests ahead holds at most two of this worker's concurrency slots.
+    // The previous request is in this process: wait for it here (as the session's one waiter), so the
+    // session goes on without a park, a promotion and a fetch in between.
     const prev = this.local.get(sessionId)?.get(seq - 1);
-    if (rec && rec.appliedSeq < seq - 1 && prev && !this.waiting.has(sessionId)) {
-      this.waiting.add(sessionId);
-      try {
-        await prev;
-      } finally {
-        this.waiting.delete(sessionId);
-      }
+    if (rec && rec.appliedSeq < seq - 1 && prev && (await this.waitAsTheWaiter(sessionId, prev.then(() => true)))) {
       rec = await this.o.store.get(sessionId);
     }
     if (rec && rec.appliedSeq < seq - 1) {
