@@ -20,7 +20,7 @@ import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } fro
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type GrowableKvCache } from './rmt-runner.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type GrowableKvCache, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
@@ -292,10 +292,10 @@ interface RunOutcome {
 }
 
 /** The rows of a segment, advance or prefill batch. */
-function segmentRows(reqs: EngineRequest[], graph: Graph): { ids: number[]; state: Float32Array }[] {
+function segmentRows(reqs: EngineRequest[], graph: Graph): SegmentRow[] {
   return reqs.map((r) => {
     if (r.op === 'decode') throw new Error(`internal: decode request in a ${graph} batch`);
-    return { ids: Array.from(segmentIds(r)), state: r.state };
+    return { ids: segmentIds(r), state: r.state };
   });
 }
 

@@ -7,7 +7,8 @@ import { float16, float32, int64, type Tensor } from './onnx-runtime.ts';
 export type KvArray = Float32Array | Uint16Array;
 
 export interface SegmentRow {
-  ids: readonly number[];
+  /** Token ids (an Int32Array from the engine thread, or a plain array). */
+  ids: ArrayLike<number>;
   state: Float32Array;
 }
 
@@ -30,7 +31,7 @@ export interface DecodeResult {
   kv: KvCache;
 }
 
-function memoryState(pkg: ModelPackage, state: Float32Array): Float32Array {
+function memoryState(pkg: Pick<ModelPackage, 'memoryTokens' | 'dModel'>, state: Float32Array): Float32Array {
   const expected = pkg.memoryTokens * pkg.dModel;
   if (state.length !== expected) {
     throw new Error(`memory state has ${state.length} values, expected ${expected} ([${pkg.memoryTokens}, ${pkg.dModel}])`);
@@ -52,8 +53,35 @@ export interface SegmentOptions {
   width?: number;
 }
 
+// int64 feeds are written through an Int32Array view of their buffer (low word, high word): a BigInt
+// per element took about 3x as long (bench/segment-feeds.ts), on the engine thread, between a
+// session's dependent runs, while the device waits for the next run.
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** Writes `values` (non-negative, < 2^31) at `at` as int64, then `pad` up to `width` values. */
+function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, width: number, pad: number): void {
+  if (!LITTLE_ENDIAN) {
+    for (let t = 0; t < width; t++) out[at + t] = BigInt(t < values.length ? values[t]! : pad);
+    return;
+  }
+  const words = new Int32Array(out.buffer, out.byteOffset + at * 8, width * 2);
+  const n = values.length;
+  for (let t = 0; t < n; t++) words[2 * t] = values[t]!;
+  if (pad !== 0) for (let t = n; t < width; t++) words[2 * t] = pad;
+}
+
+/** Sets `count` int64 values from `at` to `value` (non-negative, < 2^31). */
+function fillInt64(out: BigInt64Array, at: number, count: number, value: number): void {
+  if (!LITTLE_ENDIAN) {
+    out.fill(BigInt(value), at, at + count);
+    return;
+  }
+  const words = new Int32Array(out.buffer, out.byteOffset + at * 8, count * 2);
+  for (let t = 0; t < count; t++) words[2 * t] = value;
+}
+
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
-function segmentFeeds(pkg: ModelPackage, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
+export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
   const longest = Math.max(...rows.map((r) => r.ids.length));
   for (const [i, r] of rows.entries()) {
     if (r.ids.length === 0 || r.ids.length > pkg.segmentLength) {
@@ -67,14 +95,12 @@ function segmentFeeds(pkg: ModelPackage, rows: readonly SegmentRow[], options: S
   }
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
-  const ids = new BigInt64Array(batch * width).fill(BigInt(pkg.specialTokens.pad));
+  const ids = new BigInt64Array(batch * width);
   const mask = new BigInt64Array(batch * width);
   const states = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
-    r.ids.forEach((id, t) => {
-      ids[b * width + t] = BigInt(id);
-      mask[b * width + t] = 1n;
-    });
+    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
+    fillInt64(mask, b * width, r.ids.length, 1);
     states.set(r.state, b * stateSize);
   });
   const feeds = {
@@ -283,14 +309,12 @@ export async function prefillBatch(
   const batch = rows.length;
   const width = Math.max(...rows.map((r) => r.ids.length));
   const stateSize = M * pkg.dModel;
-  const ids = new BigInt64Array(batch * width).fill(BigInt(pkg.specialTokens.pad));
+  const ids = new BigInt64Array(batch * width);
   const mask = new BigInt64Array(batch * (M + width));
   const memory = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
-    r.ids.forEach((id, t) => {
-      ids[b * width + t] = BigInt(id);
-    });
-    mask.fill(1n, b * (M + width), b * (M + width) + M + r.ids.length);
+    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
+    fillInt64(mask, b * (M + width), M + r.ids.length, 1);
     memory.set(r.state, b * stateSize);
   });
   const { layers, heads, headDim } = pkg.kv;
