@@ -244,6 +244,27 @@ describe('SessionStore', () => {
     assert.equal(await redis.exists(store.keys.session('missing')), 0, 'acceptRequest must not create a key');
   });
 
+  test('accept says how far the session has started: markStarted only grows, counts applied seqs, never creates a session', async () => {
+    const store = newStore();
+    const s = await store.create(SPEC, randomState());
+    assert.deepEqual(await store.accept(s.id), { seq: 1, started: 0 });
+    assert.deepEqual(await store.accept(s.id), { seq: 2, started: 0 });
+    assert.equal(await store.markStarted(s.id, 1), true);
+    assert.deepEqual(await store.accept(s.id), { seq: 3, started: 1 });
+    await store.markStarted(s.id, 3);
+    await store.markStarted(s.id, 2); // a late retry of an earlier request does not move it back
+    assert.equal(await store.startedSeq(s.id), 3);
+    // A tagged retry gets its first seq again, and the current started.
+    const tagged = await store.accept(s.id, { field: 'ws_pending', value: '9' });
+    assert.deepEqual(await store.accept(s.id, { field: 'ws_pending', value: '9' }), { seq: tagged.seq, started: 3 });
+    // An applied seq counts as started, whether or not it was marked.
+    const r = (await store.get(s.id))!;
+    await store.commit(s.id, r.version, { state: r.state, tail: [], pendingText: '', addTokensIngested: 0, addSegments: 0, addTokensGenerated: 0, curSeq: 5, curOffset: 0, appliedSeq: 5 });
+    assert.equal(await store.startedSeq(s.id), 5);
+    assert.equal(await store.markStarted('missing', 1), false);
+    assert.equal(await redis.exists(store.keys.session('missing')), 0, 'markStarted must not create a key');
+  });
+
   test('idle TTL: get() refreshes it, and an idle session disappears', async () => {
     const store = newStore(1);
     const s = await store.create(SPEC, randomState());

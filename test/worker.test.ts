@@ -16,6 +16,7 @@ import { SessionStore, type CommitUpdate, type SessionRecord } from '../src/stat
 import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-worker.ts';
+import { RequestQueue } from '../src/queue/request-queue.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
@@ -249,9 +250,9 @@ describe('workers over Redis and BullMQ', () => {
    * A SessionWorker of its own (its own prefix and metrics) on the suite's engine; `store` (default: a
    * plain one) and the worker options given (e.g. commitEvery, turnDelayMs).
    */
-  async function ownWorker(opts: { makeStore?: (p: string) => SessionStore } & Partial<Pick<SessionWorkerOptions, 'commitEvery' | 'turnDelayMs'>> = {}) {
-    const { makeStore, ...options } = opts;
-    const p = newPrefix();
+  async function ownWorker(opts: { makeStore?: (p: string) => SessionStore; prefix?: string } & Partial<Pick<SessionWorkerOptions, 'commitEvery' | 'turnDelayMs'>> = {}) {
+    const { makeStore, prefix: given, ...options } = opts;
+    const p = given ?? newPrefix();
     const metrics = new WorkerMetrics();
     const store = makeStore?.(p) ?? new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
     const own = new SessionWorker({
@@ -297,6 +298,57 @@ describe('workers over Redis and BullMQ', () => {
       assert.equal((await own.store.get(s.id))!.appliedSeq, n);
     } finally {
       await own.close();
+    }
+  });
+
+  test('a session\'s queued requests are held back until the one before starts: no worker fetches one early', { timeout: 180_000 }, async () => {
+    const p = newPrefix();
+    const store = new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
+    // Fallback delays far off (here and in the worker): only promotions can move a held-back request on.
+    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, turnRecheckMs: 600_000 });
+    const m = worker.engine.model(MODEL);
+    const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+    const chunks = randomChunks(noise(6000, 70_000), 6, 1500);
+    const n = chunks.length;
+    const jobs = [];
+    for (let i = 0; i < n; i++) jobs.push(await queue.submit(s.id, { kind: 'ingest', text: chunks[i]!, flush: i === n - 1 }));
+    // No worker yet: the first is ready to run, every later one held back behind it.
+    const counts = await queue.queue.getJobCounts('waiting', 'delayed');
+    assert.deepEqual([counts.waiting, counts.delayed], [1, n - 1]);
+    const own = await ownWorker({ prefix: p, turnDelayMs: 600_000 });
+    try {
+      for (const j of jobs) assert.equal((await queue.result(j.jobId, 120_000)).error, undefined);
+      // Each was promoted when the one before it started, and waited for it in the worker: none parked.
+      assert.equal(await own.count('rmt_worker_turn_delays_total'), 0);
+      assert.equal((await store.get(s.id))!.appliedSeq, n);
+    } finally {
+      await own.close();
+      await queue.close();
+    }
+  });
+
+  test('a request whose predecessor starts between its seq and its job is promoted by its submitter', async () => {
+    const p = newPrefix();
+    // The real store, with the race forced: the predecessor starts right after accept() read startedSeq.
+    class RacingStore extends SessionStore {
+      override async accept(id: string, tag?: { field: string; value: string }) {
+        const r = await super.accept(id, tag);
+        if (r.seq > 1) await this.markStarted(id, r.seq - 1);
+        return r;
+      }
+    }
+    const store = new RacingStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
+    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, turnRecheckMs: 600_000 });
+    try {
+      const m = worker.engine.model(MODEL);
+      const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      const first = await queue.submit(s.id, { kind: 'ingest', text: 'one two', flush: false });
+      const second = await queue.submit(s.id, { kind: 'ingest', text: ' three', flush: true });
+      assert.equal(await queue.queue.getJobState(first.jobId), 'waiting');
+      // Accepted as held back (1 had not started), then seen started: moved to the wait list at once.
+      assert.equal(await queue.queue.getJobState(second.jobId), 'waiting');
+    } finally {
+      await queue.close();
     }
   });
 

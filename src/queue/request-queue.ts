@@ -1,5 +1,10 @@
 // Accepting requests: each gets the session's next sequence number (atomically, in Redis) and one
 // BullMQ job whose id is derived from it, so a request can never be enqueued twice.
+// A request whose predecessor has not started yet is added delayed (held back): the worker that
+// starts the predecessor promotes it (session-worker.ts). So the wait list holds at most a session's
+// next request, and workers never fetch, parse and park a client's whole backlog of appends (with
+// 64 sessions each sending a whole document at once, that flood took the worker's main thread for
+// the first seconds: BENCHMARKS.md, run 7). The delay is only the fallback should a promotion be lost.
 import { Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { redisKeys } from '../state/keys.ts';
@@ -17,7 +22,12 @@ export interface RequestQueueOptions {
   store: SessionStore;
   prefix: string;
   attempts: number;
+  /** Fallback delay of a held-back request per request ahead of it, ms (default 1000; at most 30 s). */
+  turnRecheckMs?: number;
 }
+
+/** Longest fallback delay of a held-back request. */
+const MAX_HOLD_MS = 30_000;
 
 export class RequestQueue {
   readonly queue: Queue<RequestJobData, RequestResult>;
@@ -38,15 +48,20 @@ export class RequestQueue {
    * job ids are unique), and a worker never applies a seq twice.
    */
   async submit(sessionId: string, request: SessionRequest, tag?: { field: string; value: string }): Promise<{ seq: number; jobId: string }> {
-    const seq = await this.o.store.acceptRequest(sessionId, tag);
+    const { seq, started } = await this.o.store.accept(sessionId, tag);
     const jobId = jobIdFor(sessionId, seq);
-    await this.queue.add(request.kind, { sessionId, seq, request }, {
+    const behind = seq - 1 - started;
+    const job = await this.queue.add(request.kind, { sessionId, seq, request }, {
       jobId,
       attempts: this.o.attempts,
       backoff: { type: 'exponential', delay: 200 },
       removeOnComplete: { age: 3600, count: 10000 },
       removeOnFail: { age: 86400 },
+      ...(behind > 0 ? { delay: Math.min(MAX_HOLD_MS, (this.o.turnRecheckMs ?? 1000) * behind) } : {}),
     });
+    // The predecessor may have started between accept and add: its worker then found no job to
+    // promote, so promote it here (one of the two always sees the other's write).
+    if (behind > 0 && (await this.o.store.startedSeq(sessionId)) >= seq - 1) await job.promote().catch(() => undefined);
     return { seq, jobId };
   }
 

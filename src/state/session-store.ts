@@ -108,6 +108,7 @@ const SCRIPTS = {
   create: loadScript('create'),
   get: loadScript('get'),
   acceptRequest: loadScript('accept-request'),
+  markStarted: loadScript('mark-started'),
   commit: loadScript('commit'),
 };
 
@@ -292,13 +293,35 @@ export class SessionStore {
 
   /** tag: the same {field, value} again returns the seq it got the first time (a retried request). */
   async acceptRequest(id: string, tag?: { field: string; value: string }): Promise<number> {
+    return (await this.accept(id, tag)).seq;
+  }
+
+  /**
+   * acceptRequest, and whether the request's predecessor has started (or been applied) already:
+   * `started` is the highest seq a worker started (markStarted) or applied.
+   */
+  async accept(id: string, tag?: { field: string; value: string }): Promise<{ seq: number; started: number }> {
     const key = this.keys.session(id);
     try {
       const args = [SESSION_LAYOUT, Date.now(), this.ttlMs, ...(tag ? [tag.field, tag.value] : [])];
-      return Number(await runScript(this.redis, SCRIPTS.acceptRequest, [key], args));
+      const [seq, started] = (await runScript(this.redis, SCRIPTS.acceptRequest, [key], args)) as [number, number];
+      return { seq: Number(seq), started: Number(started) };
     } catch (err) {
       throw this.mapError(err, id);
     }
+  }
+
+  /** A worker starts applying request `seq`: startedSeq becomes at least `seq` (mark-started.lua). False when the session is gone. */
+  async markStarted(id: string, seq: number): Promise<boolean> {
+    assertCount('seq', seq);
+    const r = await runScript(this.redis, SCRIPTS.markStarted, [this.keys.session(id)], [SESSION_LAYOUT, seq]);
+    return Number(r) >= 0;
+  }
+
+  /** The highest request seq started (markStarted) or applied; 0 for a missing session. */
+  async startedSeq(id: string): Promise<number> {
+    const [started, applied] = await this.redis.hmget(this.keys.session(id), 'startedSeq', 'appliedSeq');
+    return Math.max(Number(started ?? 0) || 0, Number(applied ?? 0) || 0);
   }
 
   async commit(id: string, expectedVersion: number, u: CommitUpdate): Promise<number> {

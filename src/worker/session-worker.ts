@@ -1,7 +1,9 @@
 // BullMQ worker that advances sessions. Requests of one session apply strictly in the order they were
-// accepted (their seq): open-source BullMQ has no per-key groups, so a job whose predecessor has not
-// been applied yet goes back to the delayed set and is retried shortly; many sessions' jobs run
-// concurrently in one process and their segments meet in the engine's batches.
+// accepted (their seq): open-source BullMQ has no per-key groups, so a request is queued held back
+// (delayed) until its predecessor starts, when the worker starting that one promotes it; one fetched
+// before its predecessor is applied waits here for it (the predecessor runs in this process) or goes
+// back to the delayed set. Many sessions' jobs run concurrently in one process and their segments
+// meet in the engine's batches.
 import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Engine } from '../engine/engine.ts';
@@ -121,8 +123,10 @@ export class SessionWorker {
       const handoff = await this.awaitHandoff(job);
       const rec = handoff ? undefined : await this.waitForTurn(job, token);
       const started = performance.now();
-      // Let the session's next request be fetched now, to wait in this process while this one runs.
-      void this.promoteNext(sessionId, seq);
+      // Let the session's next request be fetched now, to wait in this process while this one runs:
+      // once startedSeq says so, a request accepted later is queued at once (request-queue.ts), and
+      // one held back already is promoted here.
+      void this.o.store.markStarted(sessionId, seq).then(() => this.promoteNext(sessionId, seq)).catch(() => undefined);
       const prev = this.lastDone.get(sessionId);
       if (!handoff && prev !== undefined && started - prev < TURN_GAP_HORIZON_MS) this.o.metrics?.turnGapSeconds.observe((started - prev) / 1000);
       let segmentsSeen = rec?.segmentsCommitted ?? 0;

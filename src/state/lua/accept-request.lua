@@ -11,7 +11,10 @@
            this script and enqueuing it can be re-enqueued under the same job id, exactly once
   ARGV[5]  tag value
 
-  Returns the acceptedSeq (new, or the tagged one); error reply "NOTFOUND" or "LAYOUT <found>".
+  Returns {acceptedSeq (new, or the tagged one), the highest seq started or applied so far}: the
+  request's predecessor has started when the second is >= acceptedSeq - 1 (then it is queued to run
+  now, else held back until its predecessor starts: request-queue.ts). Error reply "NOTFOUND" or
+  "LAYOUT <found>".
 ]]
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then
@@ -21,13 +24,17 @@ local layout = redis.call('HGET', key, 'layout')
 if layout ~= ARGV[1] then
   return redis.error_reply('LAYOUT ' .. tostring(layout))
 end
+local function started()
+  local f = redis.call('HMGET', key, 'startedSeq', 'appliedSeq')
+  return math.max(tonumber(f[1] or '0') or 0, tonumber(f[2] or '0') or 0)
+end
 local tagField, tagValue = ARGV[4], ARGV[5]
 if tagField and tagField ~= '' then
   local tagged = redis.call('HGET', key, tagField)
   if tagged then
     local value, seq = string.match(tagged, '^(.*):(%d+)$')
     if value == tagValue then
-      return tonumber(seq)
+      return { tonumber(seq), started() }
     end
   end
 end
@@ -37,4 +44,4 @@ if tagField and tagField ~= '' then
 end
 redis.call('HSET', key, 'lastUsedAt', ARGV[2])
 redis.call('PEXPIRE', key, ARGV[3])
-return seq
+return { seq, started() }
