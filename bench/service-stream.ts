@@ -226,6 +226,8 @@ interface StreamResult {
   end: number;
   /** [time, tokens ingested] at each progress event. */
   timeline: [number, number][];
+  /** When each append was acknowledged (durably queued by the API). */
+  acks: number[];
 }
 
 /** Tokens ingested at time t, read off a timeline by linear interpolation (flat outside it). */
@@ -267,6 +269,7 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
     const chunks = chunksOf(text, CHUNK);
     const segGaps: number[] = [];
     const timeline: [number, number][] = [];
+    const acks: number[] = [];
     let lastT = 0;
     let lastSeg = 0;
     let sendStart = 0;
@@ -283,6 +286,8 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
           }
           ws.send(JSON.stringify({ type: 'generate', max_tokens: 1, temperature: 0 }));
         })();
+      } else if (m.type === 'ack') {
+        acks.push(performance.now());
       } else if (m.type === 'progress') {
         const t = performance.now();
         const n = m.segments_committed - lastSeg;
@@ -295,7 +300,7 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
         onProgress?.(m.tokens_ingested);
       } else if (m.type === 'done') {
         ws.close();
-        resolve({ segGaps, sendStart, end: performance.now(), timeline });
+        resolve({ segGaps, sendStart, end: performance.now(), timeline, acks });
       } else if (m.type === 'error') {
         reject(new Error(`session ${id}: ${m.code}: ${m.message}`));
       }
@@ -396,6 +401,14 @@ async function main(): Promise<void> {
         firstProgressS: spread(runs, start, (x) => x.timeline[0]?.[0]), lastProgressS: spread(runs, start, (x) => x.timeline[x.timeline.length - 1]?.[0]),
         // Per session, in the order they were created and started: first and last progress (s after the level's first append).
         sessionSpans: runs.map((x) => [x.timeline[0]?.[0], x.timeline[x.timeline.length - 1]?.[0]].map((t) => (t === undefined ? null : +((t - start) / 1000).toFixed(3)))),
+        // Per session, likewise: when its first and its last append were acknowledged (tokenized and queued by the API).
+        ackSpans: runs.map((x) => [x.acks[0], x.acks[x.acks.length - 1]].map((t) => (t === undefined ? null : +((t - start) / 1000).toFixed(3)))),
+        // Per session: every append's ack and every progress event [s, tokens ingested], to set what the API had
+        // queued for a session against what the workers had applied of it.
+        timelines: runs.map((x) => ({
+          acks: x.acks.map((t) => +((t - start) / 1000).toFixed(3)),
+          progress: x.timeline.map(([t, k]) => [+((t - start) / 1000).toFixed(3), k]),
+        })),
       };
       results.push(r);
       console.log(
