@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
-import { IncrementalDetokenizer, loadTokenizer, type TextTokenizer } from '../src/engine/tokenizer.ts';
+import { readFileSync } from 'node:fs';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { IncrementalDetokenizer, WORD_CACHE_SIZE, loadTokenizer, type TextTokenizer } from '../src/engine/tokenizer.ts';
+import { heldOutText } from './support/brown.ts';
+import { randomChunks } from './support/chunks.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 
 describe('tokenizer', () => {
@@ -29,5 +33,23 @@ describe('tokenizer', () => {
     assert.ok(chunks.includes(''), 'some pushes must be held back');
     assert.equal(chunks.join(''), text);
     assert.ok(chunks.some((c) => c.includes('\u{1F600}')), 'the emoji is emitted whole');
+  });
+
+  test('remembered words give exactly the library\'s ids: held-out Brown text in random chunks, unicode, spacing, added tokens', () => {
+    const lib = new Tokenizer(
+      JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer.json'), 'utf8')),
+      JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer_config.json'), 'utf8')),
+    );
+    const plain = (t: string) => lib.encode(t, { add_special_tokens: false }).ids;
+    const brown = heldOutText().slice(0, 400_000);
+    const odd = [
+      'caf\u00e9 \u{1F600} ok', '\u4e2d\u6587\u5b57 and \u0915\u094d\u0937 mixed', 'e\u0301 combining', "it's they're we've I'm you'll he'd O'Neil's",
+      'tabs\tand\nnewlines\n\n\nand   runs   of  spaces  ', '  leading', 'trailing  ', ' ', '', '\r\n', '1,234.56 + 7e-3 = x', '<|endoftext|> after',
+      'in <|pad|> the middle', '\u00a0non-breaking\u2003em space', 'a\u200bzero width', '\ud83d lone surrogate', '!!!???...', "'''quotes'''",
+    ];
+    for (const t of [...odd, ...randomChunks(brown, 7, 5000), brown]) assert.deepEqual(tok.encode(t), plain(t), `ids differ for ${JSON.stringify(t.slice(0, 60))}`);
+    // Again with a warm cache, in other chunks: pieces seen before, now at other offsets.
+    for (const t of randomChunks(brown, 11, 3000)) assert.deepEqual(tok.encode(t), plain(t));
+    assert.ok(WORD_CACHE_SIZE >= 1024);
   });
 });
