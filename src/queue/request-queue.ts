@@ -22,11 +22,15 @@ export interface RequestQueueOptions {
   store: SessionStore;
   prefix: string;
   attempts: number;
-  /** Fallback delay of a held-back request per request ahead of it, ms (default 1000; at most 30 s). */
+  /**
+   * Fallback delay of a held-back request, ms (default 30 s): only a lost promotion waits this long.
+   * Shorter (it was 1 s per request ahead) fired before busy sessions' predecessors started, at 256
+   * sessions about once per request, each a fetch, a parse and a park (BENCHMARKS.md, run 7).
+   */
   turnRecheckMs?: number;
 }
 
-/** Longest fallback delay of a held-back request. */
+/** Fallback delay of a held-back request. */
 const MAX_HOLD_MS = 30_000;
 
 export class RequestQueue {
@@ -57,7 +61,7 @@ export class RequestQueue {
       backoff: { type: 'exponential', delay: 200 },
       removeOnComplete: { age: 3600, count: 10000 },
       removeOnFail: { age: 86400 },
-      ...(behind > 0 ? { delay: Math.min(MAX_HOLD_MS, (this.o.turnRecheckMs ?? 1000) * behind) } : {}),
+      ...(behind > 0 ? { delay: this.o.turnRecheckMs ?? MAX_HOLD_MS } : {}),
     });
     // The predecessor may have started between accept and add: its worker then found no job to
     // promote, so promote it here (one of the two always sees the other's write).
