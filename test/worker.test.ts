@@ -305,7 +305,7 @@ describe('workers over Redis and BullMQ', () => {
     const p = newPrefix();
     const store = new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
     // Fallback delays far off (here and in the worker): only promotions can move a held-back request on.
-    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, turnRecheckMs: 600_000 });
+    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, holdMs: 600_000 });
     const m = worker.engine.model(MODEL);
     const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
     const chunks = randomChunks(noise(6000, 70_000), 6, 1500);
@@ -338,7 +338,7 @@ describe('workers over Redis and BullMQ', () => {
       }
     }
     const store = new RacingStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
-    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, turnRecheckMs: 600_000 });
+    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, holdMs: 600_000 });
     try {
       const m = worker.engine.model(MODEL);
       const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);

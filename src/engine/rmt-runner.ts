@@ -54,11 +54,11 @@ export interface SegmentOptions {
 }
 
 // int64 feeds are written through an Int32Array view of their buffer (low word, high word): a BigInt
-// per element took about 3x as long (bench/segment-feeds.ts), on the engine thread, between a
+// per element took 2-4x as long (bench/segment-feeds.ts), on the engine thread, between a
 // session's dependent runs, while the device waits for the next run.
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-/** Writes `values` (non-negative, < 2^31) at `at` as int64, then `pad` up to `width` values. */
+/** Writes `values` (non-negative, < 2^31) at `at` as int64, then `pad` up to `width` values (no values: a fill). */
 function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, width: number, pad: number): void {
   if (!LITTLE_ENDIAN) {
     for (let t = 0; t < width; t++) out[at + t] = BigInt(t < values.length ? values[t]! : pad);
@@ -68,16 +68,6 @@ function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, w
   const n = values.length;
   for (let t = 0; t < n; t++) words[2 * t] = values[t]!;
   if (pad !== 0) for (let t = n; t < width; t++) words[2 * t] = pad;
-}
-
-/** Sets `count` int64 values from `at` to `value` (non-negative, < 2^31). */
-function fillInt64(out: BigInt64Array, at: number, count: number, value: number): void {
-  if (!LITTLE_ENDIAN) {
-    out.fill(BigInt(value), at, at + count);
-    return;
-  }
-  const words = new Int32Array(out.buffer, out.byteOffset + at * 8, count * 2);
-  for (let t = 0; t < count; t++) words[2 * t] = value;
 }
 
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
@@ -100,7 +90,7 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
   const states = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
     writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
-    fillInt64(mask, b * width, r.ids.length, 1);
+    writeInt64(mask, b * width, [], r.ids.length, 1);
     states.set(r.state, b * stateSize);
   });
   const feeds = {
@@ -314,7 +304,7 @@ export async function prefillBatch(
   const memory = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
     writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
-    fillInt64(mask, b * (M + width), M + r.ids.length, 1);
+    writeInt64(mask, b * (M + width), [], M + r.ids.length, 1);
     memory.set(r.state, b * stateSize);
   });
   const { layers, heads, headDim } = pkg.kv;

@@ -16,9 +16,8 @@ export async function loadTokenizer(tokenizerFile: string): Promise<TextTokenize
   const config = existsSync(configFile) ? (JSON.parse(await readFile(configFile, 'utf8')) as object) : {};
   const tok = new Tokenizer(json, config);
   const plain = (text: string) => tok.encode(text, { add_special_tokens: false }).ids;
-  const words = wordCacheFor(json);
   return {
-    encode: words ? (text) => words.encode(text, plain) : plain,
+    encode: rememberingWords(json, plain) ?? plain,
     decode: (ids) => tok.decode([...ids], { skip_special_tokens: false }),
   };
 }
@@ -42,19 +41,19 @@ export const WORD_CACHE_SIZE = 65536;
 
 /**
  * Byte-level BPE encodes each pre-tokenizer piece on its own, so a piece's ids can be remembered:
- * running text repeats its words (Zipf), and most of the library's time per token went to mapping
- * each piece's bytes and merging them again (CPU profile: bench/results/cpu-3/tokenizer.txt).
+ * running text repeats its words (Zipf), so most pieces skip the library's byte mapping and merges
+ * (about 3x on the Brown corpus read once: bench/tokenizer-throughput.ts).
  * Only for tokenizers whose output is that concatenation: no normalizer, a ByteLevel pre-tokenizer
  * with its regex and without a prefix space, a BPE model without dropout. A text holding an added
  * token, or a piece that the split would not give back whole on its own, goes the plain way.
  */
-function wordCacheFor(json: TokenizerJson): { encode(text: string, plain: (t: string) => number[]): number[] } | undefined {
+function rememberingWords(json: TokenizerJson, plain: (text: string) => number[]): ((text: string) => number[]) | undefined {
   const pre = json.pre_tokenizer;
   if (json.normalizer || !pre || pre.type !== 'ByteLevel' || pre.add_prefix_space || pre.use_regex === false) return undefined;
   if (json.model?.type !== 'BPE' || json.model.dropout) return undefined;
   const added = (json.added_tokens ?? []).map((t) => t.content).filter((c) => c.length > 0);
   let cache = new Map<string, readonly number[]>();
-  const piece = (p: string, plain: (t: string) => number[]): readonly number[] | undefined => {
+  const piece = (p: string): readonly number[] | undefined => {
     const hit = cache.get(p);
     if (hit) return hit;
     // A piece is cached only if the split gives it back whole when it stands alone.
@@ -65,17 +64,15 @@ function wordCacheFor(json: TokenizerJson): { encode(text: string, plain: (t: st
     cache.set(p, ids);
     return ids;
   };
-  return {
-    encode(text, plain) {
-      if (added.some((a) => text.includes(a))) return plain(text);
-      const out: number[] = [];
-      for (const m of text.matchAll(GPT2_SPLIT)) {
-        const ids = piece(m[0], plain);
-        if (!ids) return plain(text);
-        for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
-      }
-      return out;
-    },
+  return (text) => {
+    if (added.some((a) => text.includes(a))) return plain(text);
+    const out: number[] = [];
+    for (const m of text.matchAll(GPT2_SPLIT)) {
+      const ids = piece(m[0]);
+      if (!ids) return plain(text);
+      for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
+    }
+    return out;
   };
 }
 

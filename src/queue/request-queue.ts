@@ -27,11 +27,11 @@ export interface RequestQueueOptions {
    * Shorter (it was 1 s per request ahead) fired before busy sessions' predecessors started, at 256
    * sessions about once per request, each a fetch, a parse and a park (BENCHMARKS.md, run 7).
    */
-  turnRecheckMs?: number;
+  holdMs?: number;
 }
 
 /** Fallback delay of a held-back request. */
-const MAX_HOLD_MS = 30_000;
+const HOLD_MS = 30_000;
 
 export class RequestQueue {
   readonly queue: Queue<RequestJobData, RequestResult>;
@@ -61,7 +61,7 @@ export class RequestQueue {
       backoff: { type: 'exponential', delay: 200 },
       removeOnComplete: { age: 3600, count: 10000 },
       removeOnFail: { age: 86400 },
-      ...(behind > 0 ? { delay: this.o.turnRecheckMs ?? MAX_HOLD_MS } : {}),
+      ...(behind > 0 ? { delay: this.o.holdMs ?? HOLD_MS } : {}),
     });
     // The predecessor may have started between accept and add: its worker then found no job to
     // promote, so promote it here (one of the two always sees the other's write).
