@@ -34,7 +34,7 @@ interface TokenizerJson {
  * GPT-2's pre-tokenizer split, as @huggingface/tokenizers' ByteLevel pre-tokenizer applies it
  * (use_regex): byte-level BPE then encodes each piece on its own.
  */
-const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+export const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
 /** Distinct pieces remembered per tokenizer (about 100 bytes each); the cache starts over when full. */
 export const WORD_CACHE_SIZE = 65536;
