@@ -3,7 +3,7 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { readFileSync } from 'node:fs';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { IncrementalDetokenizer, WORD_CACHE_SIZE, loadTokenizer, type TextTokenizer } from '../src/engine/tokenizer.ts';
+import { GPT2_SPLIT, IncrementalDetokenizer, WORD_CACHE_SIZE, bytePairEncoder, loadTokenizer, type TextTokenizer, type TokenizerJson } from '../src/engine/tokenizer.ts';
 import { heldOutText } from './support/brown.ts';
 import { randomChunks } from './support/chunks.ts';
 import { PACKAGE_DIR } from './helpers.ts';
@@ -51,5 +51,16 @@ describe('tokenizer', () => {
     // Again with a warm cache, in other chunks: pieces seen before, now at other offsets.
     for (const t of randomChunks(brown, 11, 3000)) assert.deepEqual(tok.encode(t), plain(t));
     assert.ok(WORD_CACHE_SIZE >= 1024);
+  });
+
+  test('the byte-pair encoder gives every piece the library\'s ids itself (no piece left to the library)', () => {
+    const json = JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer.json'), 'utf8')) as TokenizerJson;
+    const lib = new Tokenizer(json, JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer_config.json'), 'utf8')));
+    const bpe = bytePairEncoder(json.model!);
+    assert.ok(bpe, 'this package\'s BPE model is one the encoder follows');
+    const text = heldOutText().slice(0, 200_000) + ' caf\u00e9 \u{1F600} \u4e2d\u6587 aaaa !!!???... 1,234.56 e\u0301 \u00a0x';
+    const pieces = new Set(text.match(GPT2_SPLIT));
+    assert.ok(pieces.size > 5000);
+    for (const p of pieces) assert.deepEqual(bpe(p), lib.encode(p, { add_special_tokens: false }).ids, `ids differ for ${JSON.stringify(p)}`);
   });
 });

@@ -23,11 +23,74 @@ export async function loadTokenizer(tokenizerFile: string): Promise<TextTokenize
 }
 
 /** The parts of a tokenizer.json that decide whether words can be encoded one at a time. */
-interface TokenizerJson {
+export interface TokenizerJson {
   normalizer?: unknown;
   pre_tokenizer?: { type?: string; add_prefix_space?: boolean; use_regex?: boolean } | null;
-  model?: { type?: string; dropout?: number | null };
+  model?: {
+    type?: string;
+    dropout?: number | null;
+    vocab?: Record<string, number>;
+    merges?: (string | [string, string])[];
+    continuing_subword_prefix?: string | null;
+    end_of_word_suffix?: string | null;
+    byte_fallback?: boolean;
+    ignore_merges?: boolean;
+  };
   added_tokens?: { content: string }[];
+}
+
+/** GPT-2's byte-level alphabet: each byte as a printable character (bytes_to_unicode). */
+function byteAlphabet(): string[] {
+  const out = new Array<string>(256);
+  let extra = 0;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    out[b] = String.fromCharCode(printable ? b : 256 + extra++);
+  }
+  return out;
+}
+
+/**
+ * Byte-level BPE of one pre-tokenizer piece: the piece's UTF-8 bytes as the byte alphabet, then the
+ * lowest-ranked adjacent pair merged (leftmost first) until no pair has a merge; the library does the
+ * same, but through its general pipeline (normalizer, offsets, an Encoding object) for every call,
+ * which made a word not seen before cost about 10x one remembered. Undefined for a model with options
+ * this does not follow (the library encodes then), and for a piece whose symbols are not all in the vocab.
+ */
+export function bytePairEncoder(model: NonNullable<TokenizerJson['model']>): ((piece: string) => number[] | undefined) | undefined {
+  if (!model.vocab || !model.merges || model.continuing_subword_prefix || model.end_of_word_suffix || model.byte_fallback || model.ignore_merges) return undefined;
+  const vocab = new Map(Object.entries(model.vocab));
+  const ranks = new Map<string, number>();
+  model.merges.forEach((m, rank) => {
+    const [a, b] = typeof m === 'string' ? m.split(' ') : m;
+    // Byte-level symbols never hold a space, so "a b" is an unambiguous pair key.
+    if (a !== undefined && b !== undefined && !ranks.has(`${a} ${b}`)) ranks.set(`${a} ${b}`, rank);
+  });
+  const alphabet = byteAlphabet();
+  const utf8 = new TextEncoder();
+  return (piece) => {
+    const symbols = Array.from(utf8.encode(piece), (b) => alphabet[b]!);
+    for (;;) {
+      let best = -1;
+      let bestRank = Infinity;
+      for (let i = 0; i + 1 < symbols.length; i++) {
+        const r = ranks.get(`${symbols[i]} ${symbols[i + 1]}`);
+        if (r !== undefined && r < bestRank) {
+          bestRank = r;
+          best = i;
+        }
+      }
+      if (best < 0) break;
+      symbols.splice(best, 2, symbols[best]! + symbols[best + 1]!);
+    }
+    const ids = new Array<number>(symbols.length);
+    for (let i = 0; i < symbols.length; i++) {
+      const id = vocab.get(symbols[i]!);
+      if (id === undefined) return undefined;
+      ids[i] = id;
+    }
+    return ids;
+  };
 }
 
 /**
@@ -52,6 +115,7 @@ function rememberingWords(json: TokenizerJson, plain: (text: string) => number[]
   if (json.normalizer || !pre || pre.type !== 'ByteLevel' || pre.add_prefix_space || pre.use_regex === false) return undefined;
   if (json.model?.type !== 'BPE' || json.model.dropout) return undefined;
   const added = (json.added_tokens ?? []).map((t) => t.content).filter((c) => c.length > 0);
+  const bpe = bytePairEncoder(json.model);
   let cache = new Map<string, readonly number[]>();
   const piece = (p: string): readonly number[] | undefined => {
     const hit = cache.get(p);
@@ -59,7 +123,7 @@ function rememberingWords(json: TokenizerJson, plain: (text: string) => number[]
     // A piece is cached only if the split gives it back whole when it stands alone.
     const alone = p.match(GPT2_SPLIT);
     if (!alone || alone.length !== 1 || alone[0] !== p) return undefined;
-    const ids = plain(p);
+    const ids = bpe?.(p) ?? plain(p);
     if (cache.size >= WORD_CACHE_SIZE) cache = new Map();
     cache.set(p, ids);
     return ids;
