@@ -8,7 +8,7 @@
 //
 // Environment: MODEL_DIR (a package folder; default models/rmt-brown-small), PROVIDER (cuda | cpu,
 // default cuda), DEVICE_ID (0), PRECISIONS ("fp32,fp16"), BATCHES ("1,2,4,8,16,32,64,128,256"),
-// SECONDS per point (2), PEAK_TFLOPS (798: the dense bf16 matrix rate measured on the H100 used),
+// SECONDS per point (2), INTRA_OP_THREADS (0 = onnxruntime's default), PEAK_TFLOPS (798: the dense bf16 matrix rate measured on the H100 used),
 // PROFILE_BATCH (a batch size to profile with onnxruntime's profiler, per precision; empty = none),
 // PROFILE_ONLY=1 (skip the sweep), OUT_JSON (write the results there too), COMPARE_DIR (another package
 // with the same weights, e.g. masked vs fused attention: the largest |difference| of their next
@@ -39,6 +39,8 @@ const PRECISIONS = (process.env.PRECISIONS ?? 'fp32,fp16').split(',') as Precisi
 const BATCHES = (process.env.BATCHES ?? '1,2,4,8,16,32,64,128,256').split(',').map(Number);
 const SECONDS = Number(process.env.SECONDS ?? 2);
 const PEAK_TFLOPS = Number(process.env.PEAK_TFLOPS ?? 798);
+/** onnxruntime intra-op threads for the sweep (0: onnxruntime's default, one per core; the service's workers use 1 on CUDA). */
+const INTRA_OP_THREADS = Number(process.env.INTRA_OP_THREADS ?? 0);
 const PROFILE_BATCH = process.env.PROFILE_BATCH ? Number(process.env.PROFILE_BATCH) : undefined;
 const OUT_JSON = process.env.OUT_JSON;
 
@@ -116,14 +118,14 @@ async function main(): Promise<void> {
   console.log(
     `engine limit bench: ${manifest.name} (${manifest.config.n_layers} layers, d=${manifest.config.d_model}, S=${manifest.config.segment_length}, M=${manifest.config.memory_tokens}), ` +
       `${PROVIDER}${PROVIDER === 'cuda' ? `:${DEVICE_ID}` : ''}, ${os.cpus().length} CPUs, node ${process.version}; ${(perRow / 1e9).toFixed(2)} GFLOP per row-segment; ` +
-      `MFU against ${PEAK_TFLOPS} TFLOP/s; ${SECONDS} s per point`,
+      `MFU against ${PEAK_TFLOPS} TFLOP/s; ${SECONDS} s per point; intra-op threads ${INTRA_OP_THREADS || 'default'}`,
   );
   const points: LimitPoint[] = [];
   const profiles: Record<string, unknown> = {};
   const compare: Record<string, number> = {};
   for (const precision of PRECISIONS) {
     const t0 = performance.now();
-    const pkg = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision });
+    const pkg = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision, ...(INTRA_OP_THREADS ? { intraOpThreads: INTRA_OP_THREADS } : {}) });
     const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
     console.log(`${precision}: loaded in ${(performance.now() - t0).toFixed(0)} ms, graph ${path.basename(session.file)}`);
     try {
