@@ -45,8 +45,13 @@ interface Slot {
 export class HandoffBoard {
   private readonly slots = new Map<string, Slot>();
 
-  /** A request of the session starts here: its offer (if any) goes into this slot. */
+  /**
+   * A request of the session starts here: its offer (if any) goes into this slot. A request opens it
+   * again when it starts over (its handoff was lost): a waiter that took the first slot gets undefined
+   * and goes the ordinary way, instead of waiting on a slot nothing settles any more.
+   */
   open(sessionId: string, seq: number): void {
+    this.slots.get(sessionId)?.settle(undefined);
     let settle!: (h: Handoff | undefined) => void;
     const offered = new Promise<Handoff | undefined>((resolve) => (settle = resolve));
     this.slots.set(sessionId, { seq, offered, settle });
