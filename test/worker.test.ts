@@ -453,6 +453,50 @@ describe('workers over Redis and BullMQ', () => {
   });
 });
 
+describe('shutdown', () => {
+  test('close(grace) lets an in-flight request finish; close(0) returns at once, and another worker finishes the request', async () => {
+    const p = newPrefix();
+    const client = startClientRuntime(configFor(p));
+    const a = await startWorkerRuntime(loadConfig({ ...env(p), RMT_WORKER_METRICS_PORT: '0' }));
+    const m = a.engine.model(MODEL);
+    const started = (sessionId: string) =>
+      new Promise<Redis>((resolve) => {
+        const sub = subscribe(p, sessionId, (ev) => ev.type === 'segment' && void sub.then(resolve));
+      });
+    try {
+      // Within the grace: the request is applied when close returns.
+      const s1 = await client.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      const sub1 = started(s1.id);
+      await client.queue.submit(s1.id, { kind: 'ingest', text: noise(20 * 128 * 5), flush: true });
+      (await sub1).disconnect();
+      const b = await startWorkerRuntime(loadConfig({ ...env(p), RMT_WORKER_METRICS_PORT: '0' }));
+      await a.close(60_000);
+      assert.equal((await client.store.get(s1.id))!.appliedSeq, 1, 'the request finished within the grace');
+
+      // No grace: close returns while the request runs (BullMQ's close(true) after a graceful close()
+      // had waited for it, however long); its lock lapses and worker b finishes it.
+      const s2 = await client.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+      const c = await startWorkerRuntime(loadConfig({ ...env(p), RMT_WORKER_METRICS_PORT: '0' }));
+      await b.close(0); // only c takes s2's request
+      const sub2 = started(s2.id);
+      const job = await client.queue.submit(s2.id, { kind: 'ingest', text: noise(300 * 128 * 5), flush: true });
+      (await sub2).disconnect();
+      const d = await startWorkerRuntime(loadConfig({ ...env(p), RMT_WORKER_METRICS_PORT: '0' }));
+      try {
+        await c.close(0);
+        assert.equal((await client.store.get(s2.id))!.appliedSeq, 0, 'close(0) waited for the request');
+        const r = await client.queue.result(job.jobId, 120_000);
+        assert.equal(r.error, undefined, JSON.stringify(r.error));
+        assert.equal((await client.store.get(s2.id))!.appliedSeq, 1);
+      } finally {
+        await d.close(0);
+      }
+    } finally {
+      await client.close();
+    }
+  });
+});
+
 describe('command line', () => {
   async function run(args: string[], prefix: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
     const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), ...args], { env: { ...process.env, ...env(prefix), RMT_MODELS: 'rmt-brown-lm,rmt-brown-small' } });

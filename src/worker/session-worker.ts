@@ -298,14 +298,18 @@ export class SessionWorker {
   async close(graceMs: number): Promise<void> {
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.o.redis.zrem(this.keys.workers(), this.id).catch(() => undefined);
-    const closing = this.worker.close();
+    // BullMQ's close() keeps its first call's promise, so a graceful close() followed by close(true)
+    // still waits for every active job (a request that never ends held shutdown forever). Wait for
+    // them here instead (pause: no new request is taken), then close once, forced if the grace ran out.
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      closing.then(() => false),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
-    ]);
+    const finished =
+      graceMs > 0 &&
+      (await Promise.race([
+        this.worker.pause().then(() => true, () => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
+      ]));
     clearTimeout(timer);
-    if (timedOut) await this.worker.close(true);
+    await this.worker.close(!finished);
     await this.queue.close();
     this.conn?.disconnect();
   }
