@@ -3,7 +3,7 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { readFileSync } from 'node:fs';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { GPT2_SPLIT, IncrementalDetokenizer, WORD_CACHE_SIZE, bytePairEncoder, loadTokenizer, type TextTokenizer, type TokenizerJson } from '../src/engine/tokenizer.ts';
+import { GPT2_SPLIT, IncrementalDetokenizer, MAX_REMEMBERED_CHARS, WORD_CACHE_SIZE, bytePairEncoder, loadTokenizer, type TextTokenizer, type TokenizerJson } from '../src/engine/tokenizer.ts';
 import { heldOutText } from './support/brown.ts';
 import { randomChunks } from './support/chunks.ts';
 import { PACKAGE_DIR } from './helpers.ts';
@@ -51,6 +51,26 @@ describe('tokenizer', () => {
     // Again with a warm cache, in other chunks: pieces seen before, now at other offsets.
     for (const t of randomChunks(brown, 11, 3000)) assert.deepEqual(tok.encode(t), plain(t));
     assert.ok(WORD_CACHE_SIZE >= 1024);
+  });
+
+  test('a long piece (letters or digits with no space) gets the library\'s ids without the quadratic merge loop', () => {
+    const lib = new Tokenizer(
+      JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer.json'), 'utf8')),
+      JSON.parse(readFileSync(path.join(PACKAGE_DIR, 'tokenizer_config.json'), 'utf8')),
+    );
+    const plain = (t: string) => lib.encode(t, { add_special_tokens: false }).ids;
+    const letters = 'ab'.repeat(20_000);
+    // A guard against a blow-up, not a speed goal: 40,000 letters through the merge loop took about
+    // 18 s on the development VM, the library about 50 ms; the bound leaves a 100x margin.
+    const t0 = performance.now();
+    const ids = tok.encode(letters);
+    const ms = performance.now() - t0;
+    assert.deepEqual(ids, plain(letters));
+    assert.ok(ms < 5000, `a 40,000-letter piece took ${ms.toFixed(0)} ms`);
+    const digits = '31415926535'.repeat(5000);
+    for (const t of [` x ${letters} y`, digits, 'w'.repeat(MAX_REMEMBERED_CHARS), 'w'.repeat(MAX_REMEMBERED_CHARS + 1)]) {
+      assert.deepEqual(tok.encode(t), plain(t), `ids differ for a text of ${t.length} chars`);
+    }
   });
 
   test('the byte-pair encoder gives every piece the library\'s ids itself (no piece left to the library)', () => {

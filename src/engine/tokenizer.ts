@@ -103,6 +103,14 @@ export const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}
 export const WORD_CACHE_SIZE = 65536;
 
 /**
+ * Longer pieces (a run of letters or digits with no space: a URL, base64, a long number) go to the
+ * library and are not remembered: our merge loop is quadratic in a piece's length (a 16,000-letter
+ * piece took 2.9 s, the library 38 ms), and such pieces rarely repeat, so remembering them would only
+ * let one client fill the cache with megabytes.
+ */
+export const MAX_REMEMBERED_CHARS = 64;
+
+/**
  * Byte-level BPE encodes each pre-tokenizer piece on its own, so a piece's ids can be remembered:
  * running text repeats its words (Zipf), so most pieces skip the library's byte mapping and merges
  * (about 3x on the Brown corpus read once: bench/tokenizer-throughput.ts).
@@ -120,9 +128,10 @@ function rememberingWords(json: TokenizerJson, plain: (text: string) => number[]
   const piece = (p: string): readonly number[] | undefined => {
     const hit = cache.get(p);
     if (hit) return hit;
-    // A piece is cached only if the split gives it back whole when it stands alone.
+    // A piece is encoded alone only if the split gives it back whole when it stands alone.
     const alone = p.match(GPT2_SPLIT);
     if (!alone || alone.length !== 1 || alone[0] !== p) return undefined;
+    if (p.length > MAX_REMEMBERED_CHARS) return plain(p);
     const ids = bpe?.(p) ?? plain(p);
     if (cache.size >= WORD_CACHE_SIZE) cache = new Map();
     cache.set(p, ids);
