@@ -42,6 +42,7 @@ import { percentile } from './bench-support.ts';
 import { engineThreads } from '../src/worker/runtime.ts';
 import { SETTINGS } from '../src/config/config.ts';
 import { GPT2_SPLIT, loadTokenizer } from '../src/engine/tokenizer.ts';
+import { loadCatalog } from '../src/engine/model-catalog.ts';
 
 interface Ws {
   readyState: number;
@@ -105,8 +106,7 @@ const corpus = TEXT_FILE ? readFileSync(TEXT_FILE, 'utf8') : undefined;
 let corpusPieces: { text: string[]; tokens: Uint16Array } | undefined;
 async function piecesOf(text: string): Promise<{ text: string[]; tokens: Uint16Array }> {
   if (corpusPieces) return corpusPieces;
-  const manifest = JSON.parse(readFileSync(path.join(MODELS_DIR, MODEL, 'model.json'), 'utf8')) as { tokenizer: string };
-  const tok = await loadTokenizer(path.join(MODELS_DIR, MODEL, manifest.tokenizer));
+  const tok = await loadTokenizer((await loadCatalog(MODELS_DIR, [MODEL])).get(MODEL)!.tokenizerFile);
   const pieces = text.match(GPT2_SPLIT) ?? [];
   corpusPieces = { text: pieces, tokens: Uint16Array.from(pieces, (p) => tok.encode(p).length) };
   return corpusPieces;

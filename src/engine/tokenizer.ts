@@ -53,8 +53,8 @@ function byteAlphabet(): string[] {
 /**
  * Byte-level BPE of one pre-tokenizer piece: the piece's UTF-8 bytes as the byte alphabet, then the
  * lowest-ranked adjacent pair merged (leftmost first) until no pair has a merge; the library does the
- * same, but through its general pipeline (normalizer, offsets, an Encoding object) for every call,
- * which made a word not seen before cost about 10x one remembered. Undefined for a model with options
+ * same, but through its general pipeline (normalizer, offsets, an Encoding object) for every call
+ * (with this, 2.3x on the Brown corpus read once: bench/results/cpu-4/tokenizer-throughput.txt). Undefined for a model with options
  * this does not follow (the library encodes then), and for a piece whose symbols are not all in the vocab.
  */
 export function bytePairEncoder(model: NonNullable<TokenizerJson['model']>): ((piece: string) => number[] | undefined) | undefined {
@@ -104,8 +104,8 @@ export const WORD_CACHE_SIZE = 65536;
 
 /**
  * Longer pieces (a run of letters or digits with no space: a URL, base64, a long number) go to the
- * library and are not remembered: our merge loop is quadratic in a piece's length (a 16,000-letter
- * piece took 2.9 s, the library 38 ms), and such pieces rarely repeat, so remembering them would only
+ * library and are not remembered: our merge loop is quadratic in a piece's length (40,000 letters took
+ * 18.7 s with this cap lifted: the bound in test/tokenizer.test.ts), and such pieces rarely repeat, so remembering them would only
  * let one client fill the cache with megabytes.
  */
 export const MAX_REMEMBERED_CHARS = 64;
