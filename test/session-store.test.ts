@@ -232,16 +232,16 @@ describe('SessionStore', () => {
     }
   });
 
-  test('acceptRequest increments atomically under 50 concurrent calls', async () => {
+  test('accept increments atomically under 50 concurrent calls', async () => {
     const store = newStore();
     const s = await store.create(SPEC, randomState());
     const other = new SessionStore(client(), { prefix: store.keys.prefix, ttlSeconds: 60 });
-    const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? store : other).acceptRequest(s.id)));
+    const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? store : other).accept(s.id).then((a) => a.seq)));
     assert.deepEqual([...seqs].sort((x, y) => x - y), Array.from({ length: 50 }, (_, i) => i + 1));
     const r = await store.get(s.id);
     assert.equal(r?.acceptedSeq, 50);
-    await rejectsWith(store.acceptRequest('missing'), 'not_found');
-    assert.equal(await redis.exists(store.keys.session('missing')), 0, 'acceptRequest must not create a key');
+    await rejectsWith(store.accept('missing'), 'not_found');
+    assert.equal(await redis.exists(store.keys.session('missing')), 0, 'accept must not create a key');
   });
 
   test('accept says how far the session has started: markStarted only grows, counts applied seqs, never creates a session', async () => {
@@ -313,7 +313,7 @@ describe('SessionStore', () => {
     await redis.hset(key, 'layout', '2');
     await rejectsWith(store.get(s.id), 'state_mismatch', /layout 2, this build reads layout 1/);
     await rejectsWith(store.commit(s.id, 0, update()), 'state_mismatch', /layout 2/);
-    await rejectsWith(store.acceptRequest(s.id), 'state_mismatch', /layout 2/);
+    await rejectsWith(store.accept(s.id), 'state_mismatch', /layout 2/);
   });
 
   test('commit refuses a state of the wrong size without writing anything', async () => {
@@ -357,7 +357,7 @@ describe('SessionStore', () => {
   test('fork copies state, tail, text and counters into an independent session', async () => {
     const store = newStore();
     const s = await store.create(SPEC, randomState(), { owner: 'alice' });
-    await store.acceptRequest(s.id);
+    await store.accept(s.id);
     const u = update({ tail: [5, 6], pendingText: 'par', appliedSeq: 1, addTokensGenerated: 3 });
     await store.commit(s.id, 0, u);
 
@@ -420,6 +420,6 @@ describe('SessionStore', () => {
     const s = await store.create(SPEC, randomState());
     await redis.script('FLUSH');
     assert.equal(await store.commit(s.id, 0, update()), 1);
-    assert.equal(await store.acceptRequest(s.id), 1);
+    assert.equal((await store.accept(s.id)).seq, 1);
   });
 });

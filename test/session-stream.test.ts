@@ -158,7 +158,7 @@ describe('session stream (websocket)', { timeout: 120_000 }, () => {
       // What a process that died mid-append left behind: the tagged seq taken (and maybe the job
       // enqueued), ws_last_seq not moved, no ack sent.
       if (stage === 'after-enqueue') await h.deps.queue.submit(id, { kind: 'ingest', text, flush: false }, { field: 'ws_pending', value: '1' });
-      else await h.deps.store.acceptRequest(id, { field: 'ws_pending', value: '1' });
+      else await h.deps.store.accept(id, { field: 'ws_pending', value: '1' });
       const { c, hello } = await connect(id);
       assert.equal(hello.last_seq, 0, stage);
       c.send({ type: 'append', seq: 1, text });

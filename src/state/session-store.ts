@@ -32,7 +32,7 @@ export interface SessionRecord {
   tokensIngested: number;
   segmentsCommitted: number;
   tokensGenerated: number;
-  /** Last request sequence number handed out (acceptRequest). */
+  /** Last request sequence number handed out (accept). */
   acceptedSeq: number;
   /** Last request fully applied. */
   appliedSeq: number;
@@ -291,14 +291,10 @@ export class SessionStore {
     return rec;
   }
 
-  /** tag: the same {field, value} again returns the seq it got the first time (a retried request). */
-  async acceptRequest(id: string, tag?: { field: string; value: string }): Promise<number> {
-    return (await this.accept(id, tag)).seq;
-  }
-
   /**
-   * acceptRequest, and whether the request's predecessor has started (or been applied) already:
-   * `started` is the highest seq a worker started (markStarted) or applied.
+   * The request's seq, and whether its predecessor has started (or been applied) already: `started`
+   * is the highest seq a worker started (markStarted) or applied. tag: the same {field, value} again
+   * returns the seq it got the first time (a retried request).
    */
   async accept(id: string, tag?: { field: string; value: string }): Promise<{ seq: number; started: number }> {
     const key = this.keys.session(id);
