@@ -14,7 +14,10 @@
 // with the same weights, e.g. masked vs fused attention: the largest |difference| of their next
 // memory on one batch with padded rows is printed per precision), VARY ("lo,hi": after the sweep, runs
 // whose batch size changes every run, uniformly in lo..hi, as a server's batches do; reported as ms per
-// row beside the fixed-size runs at (lo+hi)/2). Profile in a process
+// row beside the fixed-size runs at (lo+hi)/2), FEEDS (fixed: one set of feeds for every run; chained:
+// each run's feeds built as the engine thread builds them, from int32 ids and the previous run's next
+// memory, dependent runs as one session's; the build is timed apart), LIMIT_THREAD (main; worker: the
+// sweep runs in a worker thread, as the engine's runs do). Profile in a process
 // started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
 //
 // FLOPs per row and segment (what the architecture needs; the memory positions included):
@@ -24,11 +27,13 @@
 // counted. No vocabulary projection: the segment_state graph has none.
 // MFU = FLOPs per step / step time / PEAK_TFLOPS.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isMainThread, Worker, workerData } from 'node:worker_threads';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadModelPackage, type ModelPackage, type Precision } from '../src/engine/model-package.ts';
 import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
+import { segmentFeeds, type SegmentRow } from '../src/engine/rmt-runner.ts';
 import { percentile, tokens } from './bench-support.ts';
 import { summariseProfile } from './ort-profile.ts';
 
@@ -43,6 +48,10 @@ const PEAK_TFLOPS = Number(process.env.PEAK_TFLOPS ?? 798);
 const INTRA_OP_THREADS = Number(process.env.INTRA_OP_THREADS ?? 0);
 const PROFILE_BATCH = process.env.PROFILE_BATCH ? Number(process.env.PROFILE_BATCH) : undefined;
 const OUT_JSON = process.env.OUT_JSON;
+const FEEDS = (process.env.FEEDS ?? 'fixed') as 'fixed' | 'chained';
+if (FEEDS !== 'fixed' && FEEDS !== 'chained') throw new Error(`FEEDS must be fixed or chained, found ${FEEDS}`);
+/** Feed building per run (FEEDS=chained), ms: not part of the run's time. */
+const buildMs: number[] = [];
 
 export interface LimitPoint {
   precision: Precision;
@@ -100,13 +109,43 @@ async function compareWith(pkg: ModelPackage, precision: Precision): Promise<num
   }
 }
 
-async function timeRuns(session: Session, f: Record<string, Tensor>): Promise<number[]> {
-  for (let i = 0; i < 3; i++) await session.run(f, ['next_state.memory']); // first runs allocate and tune
+/**
+ * FEEDS=chained: the next run's feeds as the engine thread makes them (segmentFeeds over int32 ids),
+ * each row's memory the one the previous run made for it.
+ */
+function chainedFeeds(pkg: ModelPackage, batch: number): (previous?: Float32Array) => Record<string, Tensor> {
+  const S = pkg.segmentLength;
+  const size = pkg.memoryTokens * pkg.dModel;
+  const rows: SegmentRow[] = Array.from({ length: batch }, (_, b) => ({ ids: Int32Array.from(tokens(b + 1, S, Math.min(pkg.vocabSize, 4096))), state: pkg.initState.memory! }));
+  return (previous) => {
+    if (previous) rows.forEach((r, b) => (r.state = previous.slice(b * size, (b + 1) * size)));
+    return segmentFeeds(pkg, rows, { width: S }).feeds;
+  };
+}
+
+async function timeRuns(session: Session, pkg: ModelPackage, batch: number): Promise<number[]> {
+  const fixed = FEEDS === 'fixed' ? feeds(pkg, batch) : undefined;
+  const chain = FEEDS === 'chained' ? chainedFeeds(pkg, batch) : undefined;
+  let previous: Float32Array | undefined;
+  const next = (): Record<string, Tensor> => {
+    if (fixed) return fixed;
+    const t0 = performance.now();
+    const f = chain!(previous);
+    buildMs.push(performance.now() - t0);
+    return f;
+  };
+  const run = async (f: Record<string, Tensor>) => {
+    const out = await session.run(f, ['next_state.memory']);
+    previous = out['next_state.memory']!.data as Float32Array;
+  };
+  for (let i = 0; i < 3; i++) await run(next()); // first runs allocate and tune
+  buildMs.length = 0;
   const times: number[] = [];
   const end = performance.now() + SECONDS * 1000;
   while (performance.now() < end || times.length < 5) {
+    const f = next();
     const t0 = performance.now();
-    await session.run(f, ['next_state.memory']);
+    await run(f);
     times.push(performance.now() - t0);
   }
   return times.sort((a, b) => a - b);
@@ -118,7 +157,7 @@ async function main(): Promise<void> {
   console.log(
     `engine limit bench: ${manifest.name} (${manifest.config.n_layers} layers, d=${manifest.config.d_model}, S=${manifest.config.segment_length}, M=${manifest.config.memory_tokens}), ` +
       `${PROVIDER}${PROVIDER === 'cuda' ? `:${DEVICE_ID}` : ''}, ${os.cpus().length} CPUs, node ${process.version}; ${(perRow / 1e9).toFixed(2)} GFLOP per row-segment; ` +
-      `MFU against ${PEAK_TFLOPS} TFLOP/s; ${SECONDS} s per point; intra-op threads ${INTRA_OP_THREADS || 'default'}`,
+      `MFU against ${PEAK_TFLOPS} TFLOP/s; ${SECONDS} s per point; intra-op threads ${INTRA_OP_THREADS || 'default'}; feeds ${FEEDS}; ${isMainThread ? 'main thread' : 'worker thread'}`,
   );
   const points: LimitPoint[] = [];
   const profiles: Record<string, unknown> = {};
@@ -136,7 +175,7 @@ async function main(): Promise<void> {
       for (const batch of process.env.PROFILE_ONLY ? [] : BATCHES) {
         let times: number[];
         try {
-          times = await timeRuns(session, feeds(pkg, batch));
+          times = await timeRuns(session, pkg, batch);
         } catch (err) {
           console.log(`${precision} batch ${batch}: failed: ${(err as Error).message.slice(0, 300)}`);
           break;
@@ -152,7 +191,8 @@ async function main(): Promise<void> {
         points.push(p);
         console.log(
           `${precision} batch ${String(batch).padStart(3)} | step p50 ${p50.toFixed(2)} ms (min ${p.stepMsMin.toFixed(2)}, max ${p.stepMsMax.toFixed(2)}, ${p.runs} runs) | ` +
-            `${Math.round(p.tokPerS)} tok/s (sustained ${Math.round(p.sustainedTokPerS)}) | ${p.tflops.toFixed(1)} TFLOP/s | MFU ${(p.mfu * 100).toFixed(1)} %`,
+            `${Math.round(p.tokPerS)} tok/s (sustained ${Math.round(p.sustainedTokPerS)}) | ${p.tflops.toFixed(1)} TFLOP/s | MFU ${(p.mfu * 100).toFixed(1)} %` +
+            (buildMs.length ? ` | feeds built in ${percentile(buildMs.sort((a, b) => a - b), 50).toFixed(3)} ms (p50, not in the run)` : ''),
         );
       }
       if (process.env.VARY) {
@@ -170,7 +210,7 @@ async function main(): Promise<void> {
         }
         const varied = (performance.now() - t1) / rows;
         const mid = Math.round((lo + hi) / 2);
-        const fixed = percentile(await timeRuns(session, feeds(pkg, mid)), 50) / mid;
+        const fixed = percentile(await timeRuns(session, pkg, mid), 50) / mid;
         console.log(`${precision}: batch size varying in ${lo}..${hi}: ${varied.toFixed(3)} ms per row; fixed at ${mid}: ${fixed.toFixed(3)} ms per row`);
       }
     } finally {
@@ -198,4 +238,20 @@ async function main(): Promise<void> {
   if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify({ model: manifest.name, config: manifest.config, provider: PROVIDER, peakTflops: PEAK_TFLOPS, flopsPerRow: perRow, points, profiles, compare }, null, 1));
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) await main();
+/** LIMIT_THREAD=worker: the same sweep inside a worker thread (it imports this file, whose main() then runs there). */
+async function mainInWorker(): Promise<void> {
+  const api = import.meta.resolve('tsx/esm/api');
+  const code = `import(${JSON.stringify(api)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(import.meta.url)}); })`;
+  const worker = new Worker(code, { eval: true, workerData: { engineLimitSweep: true } });
+  await new Promise<void>((resolve, reject) => {
+    worker.on('error', reject);
+    worker.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`limit worker exited with code ${code}`))));
+  });
+}
+
+if (isMainThread && import.meta.url === `file://${process.argv[1]}`) {
+  if (process.env.LIMIT_THREAD === 'worker') await mainInWorker();
+  else await main();
+} else if (!isMainThread && (workerData as { engineLimitSweep?: boolean } | undefined)?.engineLimitSweep) {
+  await main();
+}
