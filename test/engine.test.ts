@@ -430,6 +430,58 @@ describe('batch window (batchWaitMs)', () => {
   });
 });
 
+describe('batch window with several engine threads', () => {
+  const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2 };
+
+  test('a run is not held back while the device is idle (sessions packed on one thread, the other idle)', async () => {
+    // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device.
+    const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 5000 });
+    try {
+      const init = engine.model(SMALL).initState;
+      await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone'); // 'gone' never sends again
+      const t0 = performance.now();
+      await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
+      const ms = performance.now() - t0;
+      // Waiting for 'gone' would take the whole 5 s window: the device would sit idle through it.
+      assert.ok(ms < 2500, `the run waited ${ms.toFixed(0)} ms for a stream with the device idle`);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("sessions answered moments ago are waited for while the other thread's run has the device", async () => {
+    // Four sessions on thread 0 (packStreams 4: the first four streams fill it), each sending its next
+    // segment 0-9 ms after its reply; thread 1 meanwhile runs chains of 4 sessions (the next four streams), so whenever
+    // thread 0 plans, the device is busy and the window waits for its sessions.
+    const engine = await startEngine({ ...base, packStreams: 4, batchWaitMs: 1000 });
+    const rows: number[] = [];
+    const stop = engine.onBatch((s) => s.lane === 0 && rows.push(s.rows));
+    try {
+      const init = engine.model(SMALL).initState;
+      const cohort = [0, 3, 6, 9].map(async (delay, s) => {
+        let state = init;
+        for (let k = 0; k < 4; k++) {
+          state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `cohort-${s}`);
+          await new Promise((resolve) => setTimeout(resolve, delay));
+        }
+      });
+      let cohortDone = false;
+      const busy = Array.from({ length: 4 }, async (_, s) => {
+        let state = init;
+        // Chains of 8 segments until the cohort is done: thread 1 always has the next run queued.
+        while (!cohortDone) state = await engine.advanceMany(SMALL, Array.from({ length: 8 }, (_, k) => corpus.slice(128 * k + s, 128 * k + s + 128)), state, { stream: `busy-${s}` });
+      });
+      await Promise.all(cohort);
+      cohortDone = true;
+      await Promise.all(busy);
+      assert.deepEqual(rows, [4, 4, 4, 4], `thread 0's runs: ${rows.join(', ')}`);
+    } finally {
+      stop();
+      await engine.close();
+    }
+  });
+});
+
 describe('engine threads (threads > 1), and chained advances on one and on two', () => {
   let one: Engine;
   let two: Engine;

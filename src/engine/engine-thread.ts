@@ -25,6 +25,8 @@ import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, typ
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
 const config = workerData as WorkerConfig;
+/** The ticket lock the engine's threads take turns on the device with: [next ticket, ticket served]. */
+const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
 
 interface Loaded {
   pkg: ModelPackage;
@@ -119,22 +121,44 @@ function noteAnswered(requests: EngineRequest[]): void {
 /** Set while gatherBatch sleeps: new requests (onOps) end the sleep early. */
 let wake: (() => void) | undefined;
 
-/** Sleeps until `ms` passed or requests arrive, whichever is first. */
+/** Sleeps until `ms` passed, requests arrive or (several threads) the device's turn passes on, whichever is first. */
 function sleepUntilOps(ms: number): Promise<void> {
   return new Promise((resolve) => {
+    let settled = false;
     const done = () => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       wake = undefined;
       resolve();
     };
     const timer = setTimeout(done, ms);
     wake = done;
+    if (turn) {
+      // Resolves when the run holding the device ends (or after `ms`): the thread then looks again.
+      const w = Atomics.waitAsync(turn, 1, Atomics.load(turn, 1), ms);
+      if (w.async) void w.value.then(done);
+      else done();
+    }
   });
 }
 
 /**
+ * With several engine threads: whether another thread's run holds the device or waits for it (tickets
+ * handed out beyond the one being served). Undefined with one thread, which cannot tell (other
+ * processes may share the device).
+ */
+function deviceBusy(): boolean | undefined {
+  if (!turn) return undefined;
+  return Atomics.load(turn, 0) !== Atomics.load(turn, 1);
+}
+
+/**
  * Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. It
- * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits.
+ * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits. With several
+ * engine threads it waits only while another thread's run has the device: waiting then costs the
+ * device nothing, whereas waiting with the device idle (sessions packed on one thread, the other idle)
+ * made 8 chained sessions' runs 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
  */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;
@@ -142,6 +166,7 @@ async function gatherBatch(): Promise<void> {
   for (let now = performance.now(); now < limit && !closing; now = performance.now()) {
     const expected = expectedUntil(now);
     if (expected === undefined || expected <= now) return;
+    if (deviceBusy() === false) return;
     await sleepUntilOps(Math.min(limit, expected) - now);
   }
 }
@@ -441,8 +466,6 @@ async function runGroup(group: Group): Promise<void> {
     noteAnswered(group.requests.filter((r) => !goingOn.has(r.id)));
   }
 }
-
-const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
 
 /** Waits for this thread's turn on the device (first come, first served across threads), without blocking the thread. */
 async function acquireTurn(): Promise<void> {
