@@ -59,7 +59,7 @@ export const SETTINGS = {
   intraOpThreads: setting('RMT_INTRA_OP_THREADS', 0, int(0, 256), 'onnxruntime intra-op threads; 0 = onnxruntime\'s default on cpu (one per core), 1 on cuda'),
   maxBatch: setting('RMT_MAX_BATCH', 32, int(1, 4096), 'most rows in one onnxruntime run'),
   maxBatchTokens: setting('RMT_MAX_BATCH_TOKENS', 8192, int(1, 1 << 24), 'most tokens in one segment/prefill run'),
-  batchWaitMs: setting('RMT_BATCH_WAIT_MS', 0, int(0, 1000), 'most ms a batch waits for sessions the engine answered moments ago (their next segment) before it runs; with several engine threads only while another thread's run has the device; 0 = run what is queued'),
+  batchWaitMs: setting('RMT_BATCH_WAIT_MS', 0, int(0, 1000), 'most ms a batch waits for sessions the engine answered moments ago (their next segment) before it runs; with several engine threads only while another of them runs on the device; 0 = run what is queued'),
   enginePackSessions: setting('RMT_ENGINE_PACK_SESSIONS', 16, int(0, 4096), 'worker, engine threads > 1: a new session goes to the fullest thread holding fewer than this many, so a few sessions share one thread\'s runs instead of splitting into small ones; 0 (or every thread that full) = the thread with the fewest'),
   engineThreads: setting('RMT_ENGINE_THREADS', 0, int(0, 16), 'worker: engine threads per process, each with its own copy of the models; they take turns on the device, each on its own cohort of sessions, so one\'s run overlaps the others\' turnaround; 0 = 2 on cuda, 1 on cpu'),
   workerProcesses: setting('RMT_WORKER_PROCESSES', 1, int(1, 64), 'worker: processes sharing this device (each its own engine and queue consumer; their main threads tokenize and commit in parallel)'),
