@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { loadModelPackage, type ModelPackage } from '../src/engine/model-package.ts';
 import { float32, int64 } from '../src/engine/onnx-runtime.ts';
-import { greedyGenerate, runSegment } from '../src/engine/rmt-runner.ts';
+import { greedyGenerate, runSegment, runSegmentState, segmentFeeds, type FeedScratch } from '../src/engine/rmt-runner.ts';
 import { SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff, topK, type TopLogits } from './helpers.ts';
 
 function assertTop(actualLogits: Float32Array, expected: TopLogits, limit: number, label: string): void {
@@ -76,6 +76,30 @@ for (const shipped of SHIPPED_PACKAGES) describe(`golden: ${shipped.name} (fp32,
       assertClose(r.nextState, alone!.nextState, tol.state, `row ${b} batched vs unpadded state`);
       assertClose(r.logits, alone!.logits, tol.logits, `row ${b} batched vs unpadded logits`);
       assertClose(r.tokenLogprobs, alone!.tokenLogprobs, tol.token_logprobs, `row ${b} batched vs unpadded logprobs`);
+    }
+  });
+
+  test('feeds built in reused buffers (FeedScratch) equal new ones, and so do the runs', async () => {
+    const pb = golden.padded_batch;
+    const rows = pb.input_ids.map((ids, b) => ({ ids: ids.filter((_, t) => pb.attention_mask[b]![t] === 1), state: pkg.initState.memory! }));
+    const S = pkg.segmentLength;
+    const scratch: FeedScratch = {};
+    // Full rows first, so the buffers then hold stale ids and mask ones where the shorter rows pad;
+    // then fewer rows (views of the buffers' start), then more again.
+    const full = rows.map((r) => ({ ids: Array.from({ length: S }, (_, t) => 1 + ((t * 7 + r.ids.length) % 50)), state: r.state }));
+    const batches = [full, rows, rows.slice(1), full.slice(0, 1), [...rows, ...full]];
+    for (const [i, batch] of batches.entries()) {
+      for (const width of [S, undefined]) {
+        const fresh = segmentFeeds(pkg, batch, width === undefined ? {} : { width }).feeds;
+        const reused = segmentFeeds(pkg, batch, width === undefined ? { scratch } : { width, scratch }).feeds;
+        for (const name of Object.keys(fresh)) {
+          assert.deepEqual(reused[name]!.dims, fresh[name]!.dims, `batch ${i} width ${width}: ${name} dims`);
+          assert.deepEqual(Array.from(reused[name]!.data as ArrayLike<unknown>), Array.from(fresh[name]!.data as ArrayLike<unknown>), `batch ${i} width ${width}: ${name}`);
+        }
+      }
+      const a = await runSegmentState(pkg, batch, { width: S });
+      const b = await runSegmentState(pkg, batch, { width: S, scratch });
+      a.forEach((state, r) => assert.equal(maxAbsDiff(state, b[r]!), 0, `batch ${i} row ${r}: next memory differs with reused buffers`));
     }
   });
 

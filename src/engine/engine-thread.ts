@@ -20,7 +20,7 @@ import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } fro
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type GrowableKvCache, type SegmentRow } from './rmt-runner.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
@@ -331,7 +331,13 @@ function padToBucket<T>(rows: T[]): T[] {
   return b === rows.length ? rows : [...rows, ...new Array<T>(b - rows.length).fill(rows[rows.length - 1]!)];
 }
 
-const segmentOptions = (pkg: ModelPackage) => (config.batchInvariant ? { width: pkg.segmentLength } : {});
+/** Per model, the buffers its segment and advance runs build their feeds in (this thread runs one batch at a time). */
+const scratches = new Map<ModelPackage, FeedScratch>();
+const segmentOptions = (pkg: ModelPackage): SegmentOptions => {
+  let scratch = scratches.get(pkg);
+  if (!scratch) scratches.set(pkg, (scratch = {}));
+  return config.batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch };
+};
 
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
