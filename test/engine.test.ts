@@ -376,6 +376,15 @@ describe('engine (worker thread, fp32, cpu)', () => {
   });
 });
 
+/** Stream 'gone' runs a segment and never sends again; then stream 'other' runs one: how long that took (ms). */
+async function afterGone(engine: Engine): Promise<number> {
+  const init = engine.model(SMALL).initState;
+  await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone');
+  const t0 = performance.now();
+  await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
+  return performance.now() - t0;
+}
+
 describe('batch window (batchWaitMs)', () => {
   // Four sessions, each sending its next segment a different time after its reply (0 to 9 ms, as a
   // main thread busy with other work would): without a window the runs split into small batches; with
@@ -416,14 +425,10 @@ describe('batch window (batchWaitMs)', () => {
   test('a stream that does not come back costs at most the window', async () => {
     const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs: 300 });
     try {
-      const init = engine.model(SMALL).initState;
-      await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone'); // 'gone' never sends again
-      const t0 = performance.now();
-      await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
-      const first = performance.now() - t0;
+      const first = await afterGone(engine);
       // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it.
       assert.ok(first < 300 + 5000, `first call took ${first} ms`);
-      await engine.advance(SMALL, corpus.slice(256, 384), init, 'other');
+      await engine.advance(SMALL, corpus.slice(256, 384), engine.model(SMALL).initState, 'other');
     } finally {
       await engine.close();
     }
@@ -437,11 +442,7 @@ describe('batch window with several engine threads', () => {
     // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device.
     const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 5000 });
     try {
-      const init = engine.model(SMALL).initState;
-      await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone'); // 'gone' never sends again
-      const t0 = performance.now();
-      await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
-      const ms = performance.now() - t0;
+      const ms = await afterGone(engine);
       // Waiting for 'gone' would take the whole 5 s window: the device would sit idle through it.
       assert.ok(ms < 2500, `the run waited ${ms.toFixed(0)} ms for a stream with the device idle`);
     } finally {
