@@ -31,6 +31,8 @@ const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
 interface Loaded {
   pkg: ModelPackage;
   info: ModelInfo;
+  /** The buffers this model's segment and advance runs build their feeds in (this thread runs one batch at a time). */
+  scratch: FeedScratch;
 }
 
 interface KvEntry {
@@ -331,13 +333,7 @@ function padToBucket<T>(rows: T[]): T[] {
   return b === rows.length ? rows : [...rows, ...new Array<T>(b - rows.length).fill(rows[rows.length - 1]!)];
 }
 
-/** Per model, the buffers its segment and advance runs build their feeds in (this thread runs one batch at a time). */
-const scratches = new Map<ModelPackage, FeedScratch>();
-const segmentOptions = (pkg: ModelPackage): SegmentOptions => {
-  let scratch = scratches.get(pkg);
-  if (!scratch) scratches.set(pkg, (scratch = {}));
-  return config.batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch };
-};
+const segmentOptions = ({ pkg, scratch }: Loaded): SegmentOptions => (config.batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch });
 
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
@@ -348,7 +344,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
-    const out = (await runSegmentState(pkg, rows, segmentOptions(pkg))).slice(0, reqs.length);
+    const out = (await runSegmentState(pkg, rows, segmentOptions(loaded))).slice(0, reqs.length);
     out.forEach((nextState, i) => {
       const r = reqs[i]!;
       if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
@@ -372,7 +368,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   } else if (graph === 'segment') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
-    const out = (await runSegment(pkg, rows, segmentOptions(pkg))).slice(0, reqs.length);
+    const out = (await runSegment(pkg, rows, segmentOptions(loaded))).slice(0, reqs.length);
     out.forEach((o, i) => {
       replies.push({ id: reqs[i]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
       transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
@@ -585,7 +581,7 @@ async function loadAll(opts: LoadOptions): Promise<void> {
     const dir = path.resolve(config.modelsDir, name);
     try {
       const pkg = await loadModelPackage(dir, opts);
-      models.set(name, { pkg, info: await loadInfo(name, dir, pkg) });
+      models.set(name, { pkg, info: await loadInfo(name, dir, pkg), scratch: {} });
     } catch (err) {
       await releaseAll();
       throw new Error(`failed to load model '${name}' from ${dir}: ${errorMessage(err)}`, { cause: err });
@@ -655,9 +651,9 @@ async function loadModels(): Promise<EngineDevice> {
  */
 async function warmUp(): Promise<void> {
   if (!config.batchBuckets || !config.warmup) return;
-  for (const { pkg, info } of models.values()) {
-    const row = { ids: [info.specialTokens.pad], state: info.initState };
-    for (const b of bucketSizes(config.maxBatch)) await runSegmentState(pkg, new Array<typeof row>(b).fill(row), segmentOptions(pkg));
+  for (const loaded of models.values()) {
+    const row = { ids: [loaded.info.specialTokens.pad], state: loaded.info.initState };
+    for (const b of bucketSizes(config.maxBatch)) await runSegmentState(loaded.pkg, new Array<typeof row>(b).fill(row), segmentOptions(loaded));
   }
 }
 

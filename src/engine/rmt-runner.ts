@@ -76,10 +76,10 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
  * Writes `values` (non-negative, < 2^31) at `at` as int64, then `pad` up to `width` values (no values: a
- * fill). `zeroed`: the range holds zeros already (a new array), so a pad of 0 need not be written. High
- * words are never written: every value written is below 2^31, so they stay 0 in reused buffers too.
+ * fill). High words are never written: every value written is below 2^31, so they stay 0 in reused
+ * buffers too (FeedScratch); the padding is always written, so nothing of an earlier batch is left.
  */
-function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, width: number, pad: number, zeroed: boolean): void {
+function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, width: number, pad: number): void {
   if (!LITTLE_ENDIAN) {
     for (let t = 0; t < width; t++) out[at + t] = BigInt(t < values.length ? values[t]! : pad);
     return;
@@ -87,18 +87,18 @@ function writeInt64(out: BigInt64Array, at: number, values: ArrayLike<number>, w
   const words = new Int32Array(out.buffer, out.byteOffset + at * 8, width * 2);
   const n = values.length;
   for (let t = 0; t < n; t++) words[2 * t] = values[t]!;
-  if (pad !== 0 || !zeroed) for (let t = n; t < width; t++) words[2 * t] = pad;
+  for (let t = n; t < width; t++) words[2 * t] = pad;
 }
 
-/** Views of `n` int64 ids, `n` int64 mask values and `m` floats: fresh zeroed arrays, or the scratch's (grown as needed). */
-function feedArrays(scratch: FeedScratch | undefined, n: number, m: number): { ids: BigInt64Array; mask: BigInt64Array; states: Float32Array; zeroed: boolean } {
-  if (!scratch) return { ids: new BigInt64Array(n), mask: new BigInt64Array(n), states: new Float32Array(m), zeroed: true };
+/** Views of `n` int64 ids, `n` int64 mask values and `m` floats: new arrays, or the scratch's (grown as needed). */
+function feedArrays(scratch: FeedScratch | undefined, n: number, m: number): { ids: BigInt64Array; mask: BigInt64Array; states: Float32Array } {
+  if (!scratch) return { ids: new BigInt64Array(n), mask: new BigInt64Array(n), states: new Float32Array(m) };
   if (!scratch.ids || scratch.ids.length < n) {
     scratch.ids = new BigInt64Array(n);
     scratch.mask = new BigInt64Array(n);
   }
   if (!scratch.states || scratch.states.length < m) scratch.states = new Float32Array(m);
-  return { ids: scratch.ids.subarray(0, n), mask: scratch.mask!.subarray(0, n), states: scratch.states.subarray(0, m), zeroed: false };
+  return { ids: scratch.ids.subarray(0, n), mask: scratch.mask!.subarray(0, n), states: scratch.states.subarray(0, m) };
 }
 
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
@@ -116,13 +116,13 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
   }
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
-  const { ids, mask, states, zeroed } = feedArrays(options.scratch, batch * width, batch * stateSize);
+  const { ids, mask, states } = feedArrays(options.scratch, batch * width, batch * stateSize);
   const none: number[] = [];
   rows.forEach((r, b) => {
-    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad, zeroed);
-    // The mask: 1 over the row's tokens, then 0 over its padding (written only in a reused buffer).
-    writeInt64(mask, b * width, none, r.ids.length, 1, zeroed);
-    if (!zeroed && r.ids.length < width) writeInt64(mask, b * width + r.ids.length, none, width - r.ids.length, 0, false);
+    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
+    // The mask: 1 over the row's tokens, 0 over its padding.
+    writeInt64(mask, b * width, none, r.ids.length, 1);
+    writeInt64(mask, b * width + r.ids.length, none, width - r.ids.length, 0);
     states.set(r.state, b * stateSize);
   });
   const feeds = {
@@ -335,8 +335,8 @@ export async function prefillBatch(
   const mask = new BigInt64Array(batch * (M + width));
   const memory = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
-    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad, true);
-    writeInt64(mask, b * (M + width), [], M + r.ids.length, 1, true);
+    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
+    writeInt64(mask, b * (M + width), [], M + r.ids.length, 1);
     memory.set(r.state, b * stateSize);
   });
   const { layers, heads, headDim } = pkg.kv;
