@@ -27,13 +27,14 @@
 // counted. No vocabulary projection: the segment_state graph has none.
 // MFU = FLOPs per step / step time / PEAK_TFLOPS.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { isMainThread, Worker, workerData } from 'node:worker_threads';
+import { isMainThread, workerData } from 'node:worker_threads';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadModelPackage, type ModelPackage, type Precision } from '../src/engine/model-package.ts';
 import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
 import { segmentFeeds, type SegmentRow } from '../src/engine/rmt-runner.ts';
+import { startModuleThread } from '../src/engine/thread-entry.ts';
 import { percentile, tokens } from './bench-support.ts';
 import { summariseProfile } from './ort-profile.ts';
 
@@ -240,9 +241,7 @@ async function main(): Promise<void> {
 
 /** LIMIT_THREAD=worker: the same sweep inside a worker thread (it imports this file, whose main() then runs there). */
 async function mainInWorker(): Promise<void> {
-  const api = import.meta.resolve('tsx/esm/api');
-  const code = `import(${JSON.stringify(api)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(import.meta.url)}); })`;
-  const worker = new Worker(code, { eval: true, workerData: { engineLimitSweep: true } });
+  const worker = startModuleThread(import.meta.url, { workerData: { engineLimitSweep: true } });
   await new Promise<void>((resolve, reject) => {
     worker.on('error', reject);
     worker.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`limit worker exited with code ${code}`))));

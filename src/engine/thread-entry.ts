@@ -2,21 +2,25 @@
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
 /**
- * Starts `./<name>.js` of this folder as a worker thread (the built .js), or `./<name>.ts` when this
- * file is .ts (under tsx): on Node 20 a worker does not get the loader hooks of `--import tsx`
- * (execArgv or inherited), so a small bootstrap registers tsx's ESM hooks inside the thread
- * (tsx/esm/api register()) and then imports the module.
+ * Starts the module at `url` as a worker thread: as it is when built (.js), or under tsx (.ts): on Node
+ * 20 a worker does not get the loader hooks of `--import tsx` (execArgv or inherited), so a small
+ * bootstrap registers tsx's ESM hooks inside the thread (tsx/esm/api register()) and then imports it.
  */
-export function startThread(name: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL(`./${name}.js`, import.meta.url), options);
-  const thread = new URL(`./${name}.ts`, import.meta.url).href;
+export function startModuleThread(url: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+  if (!url.endsWith('.ts')) return new Worker(new URL(url), options);
   const api = import.meta.resolve('tsx/esm/api');
   const code =
     `import(${JSON.stringify(api)})` +
-    `.then((tsx) => { tsx.register(); return import(${JSON.stringify(thread)}); })` +
+    `.then((tsx) => { tsx.register(); return import(${JSON.stringify(url)}); })` +
     // An import failure must surface as the worker's 'error' event, not a silent exit.
     `.catch((err) => { setImmediate(() => { throw err; }); });`;
   return new Worker(code, { ...options, eval: true });
+}
+
+/** Starts `./<name>.js` of this folder as a worker thread, or `./<name>.ts` when this file is .ts (under tsx). */
+export function startThread(name: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  return startModuleThread(new URL(`./${name}.${ext}`, import.meta.url).href, options);
 }
 
 /**
