@@ -160,7 +160,7 @@ function deviceBusy(): boolean | undefined {
  * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits. With several
  * engine threads it waits only while another thread's run has the device: waiting then costs the
  * device nothing, whereas waiting with the device idle (sessions packed on one thread, the other idle)
- * made 8 chained sessions' runs 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
+ * made the 8-session level 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
  */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;
