@@ -103,6 +103,31 @@ for (const shipped of SHIPPED_PACKAGES) describe(`golden: ${shipped.name} (fp32,
     }
   });
 
+  test("a chain's views feed its next run uncopied when in row order, and runs equal those of copies", async () => {
+    const pb = golden.padded_batch;
+    const rows = pb.input_ids.map((ids, b) => ({ ids: ids.filter((_, t) => pb.attention_mask[b]![t] === 1), state: pkg.initState.memory! }));
+    const S = pkg.segmentLength;
+    const views = await runSegmentState(pkg, rows, { width: S, views: true });
+    const copies = await runSegmentState(pkg, rows, { width: S });
+    const buffer = views[0]!.buffer;
+    assert.ok(views.every((v) => v.buffer === buffer), 'views: every row a view of the one output buffer');
+    assert.ok(copies.every((c) => c.buffer !== buffer && c.byteLength === c.buffer.byteLength), 'copies: each row its own buffer');
+    // In row order: the state feed is the output buffer itself; in another order, a copy.
+    const inOrder = rows.map((r, b) => ({ ids: r.ids, state: views[b]! }));
+    const reordered = [...inOrder].reverse();
+    const inOrderFeed = segmentFeeds(pkg, inOrder, { width: S }).feeds['state.memory']!.data as Float32Array;
+    const reorderedFeed = segmentFeeds(pkg, reordered, { width: S }).feeds['state.memory']!.data as Float32Array;
+    assert.equal(inOrderFeed.buffer, buffer);
+    assert.notEqual(reorderedFeed.buffer, buffer);
+    const fromViews = await runSegmentState(pkg, inOrder, { width: S });
+    const fromCopies = await runSegmentState(pkg, rows.map((r, b) => ({ ids: r.ids, state: copies[b]! })), { width: S });
+    const fromReordered = await runSegmentState(pkg, reordered, { width: S });
+    fromViews.forEach((st, b) => {
+      assert.equal(maxAbsDiff(st, fromCopies[b]!), 0, `row ${b}: fed from views vs copies`);
+      assert.equal(maxAbsDiff(st, fromReordered[rows.length - 1 - b]!), 0, `row ${b}: in order vs reordered`);
+    });
+  });
+
   test('padded_batch: token_logprobs are exactly 0 at padding (raw graph call)', async () => {
     const pb = golden.padded_batch;
     const [batch, width] = [pb.input_ids.length, pb.input_ids[0]!.length];

@@ -335,6 +335,20 @@ function padToBucket<T>(rows: T[]): T[] {
 
 const segmentOptions = ({ pkg, scratch }: Loaded): SegmentOptions => (config.batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch });
 
+/**
+ * Copies `states` (views of one run's output) into one new buffer and returns views of it: one buffer
+ * to transfer for all of a run's step replies instead of one per row.
+ */
+function packCopies(states: Float32Array[]): Float32Array[] {
+  if (states.length === 0) return [];
+  const size = states[0]!.length;
+  const all = new Float32Array(states.length * size);
+  return states.map((st, k) => {
+    all.set(st, k * size);
+    return all.subarray(k * size, (k + 1) * size);
+  });
+}
+
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
   const replies: Reply[] = [];
@@ -344,27 +358,31 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
-    const out = (await runSegmentState(pkg, rows, segmentOptions(loaded))).slice(0, reqs.length);
+    // Views of the run's output: a chain going on feeds its view to its next run as it is (in the
+    // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in rmt-runner.ts).
+    const out = (await runSegmentState(pkg, rows, { ...segmentOptions(loaded), views: true })).slice(0, reqs.length);
+    const steps: { id: number; index: number; state: Float32Array }[] = [];
     out.forEach((nextState, i) => {
       const r = reqs[i]!;
       if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
       const at = chainAt.get(r.id);
       if (r.lengths.length > 1 && !at) return; // cancelled during this run: its caller has gone
       if (at && at.index + 1 < r.lengths.length) {
-        if (r.steps) {
-          // A copy goes back; this thread keeps the memory for the next segment.
-          const copy = nextState.slice();
-          replies.push({ id: r.id, ok: true, op: 'step', index: at.index, nextState: copy });
-          transfer.push(copy.buffer as ArrayBuffer);
-        }
+        if (r.steps) steps.push({ id: r.id, index: at.index, state: nextState });
         chainAt.set(r.id, { index: at.index + 1, offset: at.offset + r.lengths[at.index]! });
         again.push({ ...r, state: nextState });
         return;
       }
       chainAt.delete(r.id);
-      replies.push({ id: r.id, ok: true, op: 'advance', nextState });
-      transfer.push(nextState.buffer as ArrayBuffer);
+      // Its own buffer: transferring the run's output would take the other rows' memory with it.
+      const own = nextState.slice();
+      replies.push({ id: r.id, ok: true, op: 'advance', nextState: own });
+      transfer.push(own.buffer as ArrayBuffer);
     });
+    // The steps' copies go back in one buffer; this thread keeps the run's output for the next segment.
+    const copies = packCopies(steps.map((st) => st.state));
+    steps.forEach((st, k) => replies.push({ id: st.id, ok: true, op: 'step', index: st.index, nextState: copies[k]! }));
+    if (copies.length > 0) transfer.push(copies[0]!.buffer as ArrayBuffer);
   } else if (graph === 'segment') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;

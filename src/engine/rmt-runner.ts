@@ -67,6 +67,12 @@ export interface SegmentOptions {
   width?: number;
   /** Reuse these buffers for the feeds (see FeedScratch). */
   scratch?: FeedScratch;
+  /**
+   * runSegmentState: each row's next memory is a view of the run's one output buffer instead of a
+   * copy. The engine thread feeds a chain's views straight into its next run (see rowsInPlace); a
+   * caller that transfers or keeps one must copy it (slice) first.
+   */
+  views?: boolean;
 }
 
 // int64 feeds are written through an Int32Array view of their buffer (low word, high word): a BigInt
@@ -101,6 +107,19 @@ function feedArrays(scratch: FeedScratch | undefined, n: number, m: number): { i
   return { ids: scratch.ids.subarray(0, n), mask: scratch.mask!.subarray(0, n), states: scratch.states.subarray(0, m) };
 }
 
+/**
+ * When the rows' states lie one after another in one buffer, in row order (a chain's views of the run
+ * before: SegmentOptions.views), that stretch of the buffer as the batch's state feed: no copy.
+ */
+function rowsInPlace(rows: readonly SegmentRow[], stateSize: number): Float32Array | undefined {
+  const first = rows[0]!.state;
+  for (let b = 1; b < rows.length; b++) {
+    const s = rows[b]!.state;
+    if (s.buffer !== first.buffer || s.byteOffset !== first.byteOffset + b * stateSize * 4) return undefined;
+  }
+  return new Float32Array(first.buffer, first.byteOffset, rows.length * stateSize);
+}
+
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
 export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
   const longest = Math.max(...rows.map((r) => r.ids.length));
@@ -116,14 +135,16 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
   }
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
-  const { ids, mask, states } = feedArrays(options.scratch, batch * width, batch * stateSize);
+  const inPlace = rowsInPlace(rows, stateSize);
+  const { ids, mask, states: scratchStates } = feedArrays(options.scratch, batch * width, inPlace ? 0 : batch * stateSize);
+  const states = inPlace ?? scratchStates;
   const none: number[] = [];
   rows.forEach((r, b) => {
     writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
     // The mask: 1 over the row's tokens, 0 over its padding.
     writeInt64(mask, b * width, none, r.ids.length, 1);
     writeInt64(mask, b * width + r.ids.length, none, width - r.ids.length, 0);
-    states.set(r.state, b * stateSize);
+    if (!inPlace) states.set(r.state, b * stateSize);
   });
   const feeds = {
     input_ids: int64(ids, [batch, width]),
@@ -133,10 +154,10 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
   return { feeds, width };
 }
 
-function splitStates(pkg: ModelPackage, next: Float32Array, batch: number): Float32Array[] {
+function splitStates(pkg: ModelPackage, next: Float32Array, batch: number, views = false): Float32Array[] {
   const stateSize = pkg.memoryTokens * pkg.dModel;
   // slice() copies, so results do not pin the whole batch buffer.
-  return Array.from({ length: batch }, (_, b) => next.slice(b * stateSize, (b + 1) * stateSize));
+  return Array.from({ length: batch }, (_, b) => (views ? next.subarray(b * stateSize, (b + 1) * stateSize) : next.slice(b * stateSize, (b + 1) * stateSize)));
 }
 
 /** Runs one batched segment call: next state, last-token logits and per-token log-probabilities. */
@@ -165,7 +186,7 @@ export async function runSegmentState(pkg: ModelPackage, rows: readonly SegmentR
   const { feeds } = segmentFeeds(pkg, rows, options);
   const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
   const out = await session.run(feeds, ['next_state.memory']);
-  return splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), rows.length);
+  return splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), rows.length, options.views);
 }
 
 function newKv(pkg: ModelPackage, n: number): KvArray {
