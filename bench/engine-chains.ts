@@ -8,7 +8,7 @@
 //   node --import tsx bench/engine-chains.ts
 //
 // Environment: N (8), K (30), ROUNDS (20), WAITS ("5,0": RMT_BATCH_WAIT_MS values to compare),
-// HANDOFF_MS ("0,1"), MODELS_DIR (test/fixtures), MODEL (rmt-tiny-fused), PROVIDER (cpu | cuda), PRECISION (fp32).
+// HANDOFF_MS ("0,1"), THREADS (1), PACK (0), TURNS (1), MODELS_DIR (test/fixtures), MODEL (rmt-tiny-fused), PROVIDER (cpu | cuda), PRECISION (fp32).
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { startEngine, type BatchStat } from '../src/engine/engine.ts';
@@ -22,11 +22,15 @@ const MODELS_DIR = process.env.MODELS_DIR ?? 'test/fixtures';
 const MODEL = process.env.MODEL ?? 'rmt-tiny-fused';
 const PROVIDER = (process.env.PROVIDER ?? 'cpu') as 'cpu' | 'cuda';
 const PRECISION = (process.env.PRECISION ?? 'fp32') as 'fp32' | 'fp16';
+// THREADS > 1: the sessions split evenly over the threads (PACK 0), taking turns on the device unless TURNS=0.
+const THREADS = Number(process.env.THREADS ?? 1);
+const PACK = Number(process.env.PACK ?? 0);
+const TURNS = process.env.TURNS !== '0';
 
-console.log(`engine chains bench: ${MODEL} (${PROVIDER}, ${PRECISION}), one engine thread, ${N} sessions × ${ROUNDS} requests of ${K - 5}..${K + 5} segments; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
+console.log(`engine chains bench: ${MODEL} (${PROVIDER}, ${PRECISION}), ${THREADS} engine thread(s)${THREADS > 1 ? ` (pack ${PACK}, ${TURNS ? 'taking turns' : 'runs overlapping'})` : ''}, ${N} sessions × ${ROUNDS} requests of ${K - 5}..${K + 5} segments; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
 for (const handoffMs of HANDOFFS) {
   for (const batchWaitMs of WAITS) {
-    const engine = await startEngine({ modelsDir: MODELS_DIR, models: [MODEL], executionProvider: PROVIDER, precision: PRECISION, intraOpThreads: 1, maxBatch: 256, maxBatchTokens: 262144, threads: 1, batchWaitMs });
+    const engine = await startEngine({ modelsDir: MODELS_DIR, models: [MODEL], executionProvider: PROVIDER, precision: PRECISION, intraOpThreads: 1, maxBatch: 256, maxBatchTokens: 262144, threads: THREADS, packStreams: PACK, deviceTurns: TURNS, batchWaitMs });
     const m = engine.model(MODEL);
     const seg = Array.from({ length: m.segmentLength }, (_, i) => 5 + (i % 50));
     const stats: BatchStat[] = [];

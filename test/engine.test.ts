@@ -504,6 +504,26 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       }),
     );
 
+  test('with deviceTurns false the threads run at once (runs overlap); results equal one thread\'s', async () => {
+    const overlapping = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, deviceTurns: false });
+    try {
+      const expected = await fourSessions(one, 'turns');
+      const rec = recordStats(overlapping);
+      // Rounds until the two threads' runs have overlapped at least once (the first round almost always does).
+      for (let round = 0; round < 20; round++) {
+        const states = await fourSessions(overlapping, `overlap${round}`);
+        for (let s = 0; s < 4; s++) assert.equal(maxAbsDiff(states[s]!, expected[s]!), 0, `round ${round} session ${s}: the state differs from one thread's`);
+        const runs = [...rec.stats].sort((a, b) => a.startedAt - b.startedAt);
+        if (runs.some((b, i) => i > 0 && b.lane !== runs[i - 1]!.lane && b.startedAt < runs[i - 1]!.startedAt + runs[i - 1]!.runMs - 0.1)) break;
+        assert.ok(round < 19, 'in 20 rounds no run of one thread started while the other thread ran');
+      }
+      rec.stop();
+      assert.deepEqual([...new Set(rec.stats.map((b) => b.lane))].sort(), [0, 1]);
+    } finally {
+      await overlapping.close();
+    }
+  });
+
   test('sessions split into one cohort per thread; the threads take turns; results equal one thread\'s', async () => {
     const expected = await fourSessions(one);
     const rec = recordStats(two);

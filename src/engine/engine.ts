@@ -58,6 +58,11 @@ export interface EngineOptions {
    */
   threads?: number;
   /**
+   * threads > 1: whether the threads take turns on the device, one onnxruntime run at a time (default
+   * true). false lets their runs overlap (each onnxruntime session has its own CUDA stream).
+   */
+  deviceTurns?: boolean;
+  /**
    * threads > 1: a new stream goes to the thread with the most streams among those holding fewer
    * than this many (default 0: none), else to the one with the fewest. A few sessions then share one
    * thread's runs (8 sessions as one run of 8 rows, not two of 4) and only many spread evenly.
@@ -179,7 +184,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; packStreams: number; streamIdleMs: number } {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; deviceTurns: boolean; packStreams: number; streamIdleMs: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -211,6 +216,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
+    deviceTurns: opts.deviceTurns ?? true,
     packStreams: opts.packStreams === undefined || opts.packStreams === 0 ? 0 : positiveInt(opts.packStreams, 'packStreams'),
     streamIdleMs: nonNegative(opts.streamIdleMs ?? STREAM_IDLE_MS, 'streamIdleMs'),
     batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
@@ -246,8 +252,8 @@ interface Lane {
 const STREAM_IDLE_MS = 2000;
 
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
-  const { threads, packStreams, streamIdleMs, ...config } = checkOptions(opts);
-  const turnLock = threads > 1 ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
+  const { threads, deviceTurns, packStreams, streamIdleMs, ...config } = checkOptions(opts);
+  const turnLock = threads > 1 && deviceTurns ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
   const workers = Array.from({ length: threads }, (_, lane) => {
     const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(turnLock ? { turnLock } : {}) };
     return startThread('engine-thread', { workerData });

@@ -60,6 +60,7 @@ export async function startWorkerRuntime(
     maxBatchTokens: config.maxBatchTokens,
     batchWaitMs: config.batchWaitMs,
     threads: engineThreads(config),
+    deviceTurns: config.engineTurns,
     packStreams: config.enginePackSessions,
   });
   const device = engine.device();
