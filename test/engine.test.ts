@@ -6,7 +6,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { bucketOf, bucketSizes } from '../src/engine/batch-buckets.ts';
-import { startEngine, type BatchStat, type Engine, type KvHandle } from '../src/engine/engine.ts';
+import { startEngine, type BatchStat, type ChainRef, type Engine, type KvHandle } from '../src/engine/engine.ts';
 import { PACKAGE_DIR, SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff } from './helpers.ts';
 
 const MODELS_DIR = path.dirname(PACKAGE_DIR);
@@ -655,6 +655,51 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
       assert.equal(rec.stats.length, 5);
       assert.equal(during.length, 5, `runs finished while the main thread was busy: ${during.length} of 5`);
+    });
+
+    test('a continuation sent while its chain runs starts in the run right after the chain\'s last, bit for bit as one chain', async () => {
+      const init = one.model(SMALL).initState;
+      const segs = segmentsOf(1);
+      for (const engine of [one, two]) {
+        const whole = await engine.advanceMany(SMALL, segs, init, { stream: `whole-${engine === one ? 1 : 2}` });
+        const rec = recordStats(engine);
+        const ref: ChainRef = {};
+        const stream = `continued-${engine === one ? 1 : 2}`;
+        const first = engine.advanceMany(SMALL, segs.slice(0, 2), init, { stream, chain: ref });
+        // Sent before the first chain has run: the thread holds it until that chain's last segment ran.
+        const steps: number[] = [];
+        const second = engine.advanceMany(SMALL, segs.slice(2), ref, { stream, onState: (i) => steps.push(i) });
+        const [a, b] = await Promise.all([first, second]);
+        rec.stop();
+        assert.equal(ref.continued, true, 'the continuation went to the thread before the first chain ended');
+        assert.equal(maxAbsDiff(a, ref.final!), 0);
+        assert.equal(maxAbsDiff(b, whole), 0, 'two chains, the second continuing the first, differ from one chain');
+        assert.deepEqual(steps, [0, 1, 2]);
+        // Five segments, one row each, in five runs on one thread: no run without the session.
+        assert.deepEqual(rec.stats.map((x) => x.rows), [1, 1, 1, 1, 1]);
+        assert.equal(new Set(rec.stats.map((x) => x.lane)).size, 1);
+        // Sent after the first chain's reply: it starts from ref.final, as any advanceMany from a state.
+        const later = await engine.advanceMany(SMALL, segs.slice(2), ref, { stream });
+        assert.equal(maxAbsDiff(later, whole), 0);
+      }
+    });
+
+    test('a continuation fails with its chain (aborted or failed); a ref never sent is refused', async () => {
+      const init = one.model(SMALL).initState;
+      await assert.rejects(one.advanceMany(SMALL, [[1, 2]], {}), /advanceMany\(rmt-brown-small\): the chain to continue from was never sent/);
+      const long = Array.from({ length: 20 }, (_, k) => corpus.slice(k * 37 % 1000, (k * 37 % 1000) + 128));
+      const stop = new AbortController();
+      const ref: ChainRef = {};
+      const chain = one.advanceMany(SMALL, long, init, { stream: 'doomed', chain: ref, signal: stop.signal, onState: (i) => {
+        if (i === 1) stop.abort(new Error('client went away'));
+      } });
+      const next = one.advanceMany(SMALL, [corpus.slice(0, 128)], ref, { stream: 'doomed' });
+      await assert.rejects(chain, /client went away/);
+      await assert.rejects(next, /request \d+, continued from, was cancelled/);
+      assert.equal(ref.failed, true);
+      await assert.rejects(one.advanceMany(SMALL, [[1, 2]], ref), /the chain to continue from failed/);
+      // The engine goes on: a fresh chain runs.
+      assert.equal((await one.advanceMany(SMALL, [corpus.slice(0, 128)], init)).length, init.length);
     });
 
     test('errors name the segment; aborting drops the segments not run yet and the engine carries on', async () => {

@@ -39,12 +39,29 @@ export type EngineRequest =
    * in between. With `steps`, every segment's memory is also sent back as it is made ('step' replies);
    * the last comes as the 'advance' reply.
    */
-  | { op: 'advance'; id: number; model: string; ids: Int32Array; lengths: Int32Array; state: Float32Array; stream?: string; steps?: boolean }
+  | {
+      op: 'advance'; id: number; model: string; ids: Int32Array; lengths: Int32Array; state: Float32Array; stream?: string; steps?: boolean;
+      /**
+       * Another may continue from this chain (keep its last memory until that one comes or the main
+       * thread says 'forget').
+       */
+      keep?: boolean;
+      /**
+       * Continues from this earlier chain (sent with `keep`): starts from its last memory, in the run
+       * right after that chain's last; `state` is then empty.
+       */
+      after?: number;
+    }
   | { op: 'prefill'; id: number; model: string; ids: Int32Array; state: Float32Array; stream?: string }
   | { op: 'decode'; id: number; model: string; kv: number; token: number };
 
 /** One item of the ordered stream the main thread sends; releases keep their place among requests. */
-export type Op = { kind: 'request'; request: EngineRequest } | { kind: 'release'; kv: number } | { kind: 'cancel'; id: number };
+export type Op =
+  | { kind: 'request'; request: EngineRequest }
+  | { kind: 'release'; kv: number }
+  | { kind: 'cancel'; id: number }
+  /** The main thread has a kept chain's last memory and no continuation was sent: drop the thread's. */
+  | { kind: 'forget'; id: number };
 
 export type ToWorker = { type: 'ops'; ops: Op[] } | { type: 'close' };
 

@@ -67,6 +67,18 @@ const awaited = new Map<string, Map<string, number>>();
  */
 const chainAt = new Map<number, { index: number; offset: number }>();
 
+type Advance = Extract<EngineRequest, { op: 'advance' }>;
+
+/** Chains sent with `keep` that have not ended yet: a continuation of one of them waits for it. */
+const keptLive = new Set<number>();
+/** Continuations waiting for the chain they continue from to end, by that chain's id. */
+const parked = new Map<number, Advance>();
+/**
+ * Last memory of kept chains that ended: a continuation sent before the main thread saw the end claims
+ * it; otherwise the main thread says 'forget' once it has the reply.
+ */
+const finals = new Map<number, Float32Array>();
+
 let running = false;
 let closing = false;
 
@@ -221,6 +233,10 @@ function validate(r: EngineRequest): string | undefined {
     if (!Number.isInteger(id) || id < 0 || id >= vocabSize) return `${where}: ids[${i}] = ${id} is not a token id in 0..${vocabSize - 1}`;
   }
   const expected = m.info.stateBytes / 4;
+  if (r.op === 'advance' && r.after !== undefined) {
+    if (r.state.length !== 0) return `${where}: a continuation (after request ${r.after}) carries no state, found ${r.state.length} values`;
+    return undefined;
+  }
   if (r.state.length !== expected) {
     return `${where}: state has ${r.state.length} float32 values, expected ${expected} ([${m.info.stateShape.join(', ')}])`;
   }
@@ -234,12 +250,34 @@ function dropKvRef(kv: number): void {
   if (e.released && e.queued <= 0) kvs.delete(kv);
 }
 
+/** Starts a continuation from `state`, the last memory of the chain it continues. */
+function startContinuation(r: Advance, state: Float32Array): void {
+  r.state = state;
+  if (r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
+}
+
+/** A chain ended without a last memory (failed, cancelled): its waiting continuation fails with it. */
+function endKept(id: number, why: string): Reply[] {
+  keptLive.delete(id);
+  const cont = parked.get(id);
+  if (!cont) return [];
+  parked.delete(id);
+  return [{ id: cont.id, ok: false, message: `advance(${cont.model}): request ${id}, continued from, ${why}` }];
+}
+
 function onOps(ops: Op[]): void {
   const rejected: Reply[] = [];
   for (const op of ops) {
     if (op.kind === 'cancel') {
       queue = queue.filter((r) => r.id !== op.id);
       chainAt.delete(op.id);
+      for (const [after, cont] of parked) if (cont.id === op.id) parked.delete(after);
+      rejected.push(...endKept(op.id, 'was cancelled'));
+      finals.delete(op.id);
+      continue;
+    }
+    if (op.kind === 'forget') {
+      finals.delete(op.id);
       continue;
     }
     if (op.kind === 'release') {
@@ -256,7 +294,21 @@ function onOps(ops: Op[]): void {
       continue;
     }
     if (r.op === 'decode') kvs.get(r.kv)!.queued++;
-    if (r.op === 'advance' && r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
+    if (r.op === 'advance' && r.keep) keptLive.add(r.id);
+    if (r.op === 'advance' && r.after !== undefined) {
+      const last = finals.get(r.after);
+      if (last) {
+        finals.delete(r.after);
+        startContinuation(r, last);
+      } else if (keptLive.has(r.after)) {
+        // Joins the runs when that chain ends, in its place (runBatch).
+        parked.set(r.after, r);
+        continue;
+      } else {
+        rejected.push({ id: r.id, ok: false, message: `advance(${r.model}): request ${r.after}, continued from, failed, was cancelled or was not sent to be continued` });
+        continue;
+      }
+    } else if (r.op === 'advance' && r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
     const stream = streamOf(r);
     if (stream !== undefined) awaited.get(groupKey(r))?.delete(stream);
     queue.push(r);
@@ -374,6 +426,16 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
         return;
       }
       chainAt.delete(r.id);
+      // (A kept chain cancelled during this run was ended by the cancel: nothing to keep.)
+      if (r.keep && keptLive.delete(r.id)) {
+        const cont = parked.get(r.id);
+        if (cont) {
+          // Its continuation takes its place in the next run, from this memory (not through the main thread).
+          parked.delete(r.id);
+          startContinuation(cont, nextState);
+          again.push(cont);
+        } else finals.set(r.id, nextState);
+      }
       // Its own buffer: transferring the run's output would take the other rows' memory with it.
       const own = nextState.slice();
       replies.push({ id: r.id, ok: true, op: 'advance', nextState: own });
@@ -457,12 +519,12 @@ async function runGroup(group: Group): Promise<void> {
   try {
     outcome = g.requests.length > 0 ? await timed(g.requests) : { replies: [], transfer: [], runRows: 0, again: [] };
   } catch (err) {
-    const failed = (r: EngineRequest, e: unknown): Reply => {
+    const failed = (r: EngineRequest, e: unknown): Reply[] => {
       chainAt.delete(r.id);
-      return { id: r.id, ok: false, message: errorMessage(e) };
+      return [{ id: r.id, ok: false, message: errorMessage(e) }, ...endKept(r.id, `failed: ${errorMessage(e)}`)];
     };
     if (g.requests.length === 1) {
-      outcome = { replies: [failed(g.requests[0]!, err)], transfer: [], runRows: 0, again: [] };
+      outcome = { replies: failed(g.requests[0]!, err), transfer: [], runRows: 0, again: [] };
     } else {
       outcome = { replies: [], transfer: [], runRows: 0, again: [] };
       for (const r of g.requests) {
@@ -472,7 +534,7 @@ async function runGroup(group: Group): Promise<void> {
           outcome.transfer.push(...one.transfer);
           outcome.again.push(...one.again);
         } catch (e) {
-          outcome.replies.push(failed(r, e));
+          outcome.replies.push(...failed(r, e));
         }
       }
     }
@@ -567,6 +629,9 @@ async function finishClose(): Promise<void> {
   closed = true;
   queue = [];
   chainAt.clear();
+  keptLive.clear();
+  parked.clear();
+  finals.clear();
   kvs.clear();
   await Promise.allSettled([...models.values()].map((m) => m.pkg.release()));
   post({ type: 'closed' });

@@ -125,6 +125,25 @@ export interface AdvanceOptions {
   stream?: string;
   onState?: (index: number, state: Float32Array) => void;
   signal?: AbortSignal;
+  /** Lets a later advanceMany continue from this chain before it ends (pass this ref as its state). */
+  chain?: ChainRef;
+}
+
+/**
+ * A chained advance a later one may continue from: advanceMany fills it in as the chain is sent and as
+ * it ends. Passed as a later advanceMany's state before the chain has ended, the engine thread starts
+ * that one from the chain's last memory in the run right after the chain's last, without a trip
+ * through the main thread (a session's next request keeps its place in the batches).
+ */
+export interface ChainRef {
+  /** The engine request and its thread, once sent. */
+  sent?: { id: number; lane: number };
+  /** Its last memory, once its reply is here. */
+  final?: Float32Array;
+  /** It failed or was aborted. */
+  failed?: boolean;
+  /** A continuation was sent before the reply came (the thread hands it the memory). */
+  continued?: boolean;
 }
 
 export interface Engine {
@@ -148,7 +167,7 @@ export interface Engine {
    * segment's memory, in order, as it is made (the last one too, just before the promise resolves).
    * Aborting `signal` drops the segments not run yet and rejects with the signal's reason.
    */
-  advanceMany(model: string, segments: readonly (readonly number[])[], state: Float32Array, opts?: AdvanceOptions): Promise<Float32Array>;
+  advanceMany(model: string, segments: readonly (readonly number[])[], state: Float32Array | ChainRef, opts?: AdvanceOptions): Promise<Float32Array>;
   /** Starts a KV cache holding [read memory; ids]. */
   prefill(model: string, ids: readonly number[], state: Float32Array): Promise<{ logits: Float32Array; kv: KvHandle }>;
   /** Appends one token to that cache (in place). */
@@ -482,7 +501,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   };
 
   /** A chained advance: every segment checked, the ids sent as one array split by `lengths`. */
-  const submitChain = async (name: string, segments: readonly (readonly number[])[], state: Float32Array, opts: AdvanceOptions): Promise<Float32Array> => {
+  const submitChain = async (name: string, segments: readonly (readonly number[])[], state: Float32Array | ChainRef, opts: AdvanceOptions): Promise<Float32Array> => {
     const where = `advanceMany(${name})`;
     const m = model(name);
     if (!Array.isArray(segments) || segments.length === 0) throw new Error(`${where}: segments must be a non-empty array of token id arrays`);
@@ -494,11 +513,23 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       ids.set(p, at);
       at += p.length;
     }
-    const st = checkState(where, m, state);
-    const { signal, onState, stream } = opts;
+    // From a chain still running (its reply not here yet): the thread that runs it continues it.
+    const from = state instanceof Float32Array ? undefined : state;
+    if (from && from.final === undefined && (from.failed || from.sent === undefined)) {
+      throw new Error(`${where}: the chain to continue from ${from.failed ? 'failed' : 'was never sent'}`);
+    }
+    const after = from && from.final === undefined ? from.sent! : undefined;
+    const st = after ? new Float32Array(0) : checkState(where, m, from ? from.final! : (state as Float32Array));
+    const { signal, onState, stream, chain } = opts;
     signal?.throwIfAborted();
-    const lane = laneFor(stream);
-    const request: EngineRequest = { op: 'advance', id: nextId++, model: name, ids, lengths, state: st, ...(stream !== undefined ? { stream } : {}), ...(onState ? { steps: true } : {}) };
+    const placedLane = laneFor(stream);
+    const lane = after ? lanes[after.lane]! : placedLane;
+    const request: EngineRequest = {
+      op: 'advance', id: nextId++, model: name, ids, lengths, state: st, ...(stream !== undefined ? { stream } : {}), ...(onState ? { steps: true } : {}),
+      ...(chain ? { keep: true } : {}), ...(after ? { after: after.id } : {}),
+    };
+    if (from && after) from.continued = true;
+    if (chain) chain.sent = { id: request.id, lane: lane.index };
     const onAbort = () => {
       const p = pending.get(request.id);
       if (!p) return;
@@ -511,7 +542,18 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(lane, request, [ids.buffer, st.buffer], onState ? { onStep: onState } : {});
+      let r: Extract<Reply, { op: 'advance'; ok: true }>;
+      try {
+        r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(lane, request, [ids.buffer, st.buffer], onState ? { onStep: onState } : {});
+      } catch (err) {
+        if (chain) chain.failed = true;
+        throw err;
+      }
+      if (chain) {
+        chain.final = r.nextState;
+        // No continuation came before the reply: a later one starts from `final`; the thread's copy can go.
+        if (!chain.continued && dead === undefined) send(lane, { kind: 'forget', id: request.id });
+      }
       onState?.(segments.length - 1, r.nextState);
       return r.nextState;
     } finally {
