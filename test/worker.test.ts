@@ -384,6 +384,10 @@ describe('workers over Redis and BullMQ', () => {
       assertSameSession((await own.store.get(queued.id))!, (await own.store.get(reference.id))!, 'queued vs one at a time');
       // The first has nothing before it; the second may have been fetched before the first offered.
       assert.ok(handoffs >= n - 2, `${handoffs} of ${n} requests continued from the one before`);
+      // Tokenized while the one before chained its segments, most were sent before its last memory
+      // existed: the engine thread started them from its chain.
+      const inEngine = await own.count('rmt_worker_engine_continuations_total');
+      assert.ok(inEngine >= 1 && inEngine <= handoffs, `${inEngine} of ${handoffs} continued inside the engine`);
       assert.equal(await own.count('rmt_worker_handoffs_lost_total'), 0);
     } finally {
       await own.close();

@@ -19,6 +19,7 @@ export class WorkerMetrics {
   readonly turnGapSeconds: Histogram;
   readonly turnDelays: Counter;
   readonly handoffs: Counter;
+  readonly engineContinuations: Counter;
   readonly handoffsLost: Counter;
   readonly requests: Counter<'kind' | 'outcome'>;
   readonly segments: Counter;
@@ -59,6 +60,9 @@ export class WorkerMetrics {
     }));
     this.handoffs = reuse(r, 'rmt_worker_handoffs_total', () => new Counter({
       name: 'rmt_worker_handoffs_total', help: 'requests that continued from their session\'s previous request before it had landed (handoff.ts)', registers: [r],
+    }));
+    this.engineContinuations = reuse(r, 'rmt_worker_engine_continuations_total', () => new Counter({
+      name: 'rmt_worker_engine_continuations_total', help: 'such requests whose segments the engine thread started from the previous request\'s chain itself, in the run after its last (sent before its last memory existed)', registers: [r],
     }));
     this.handoffsLost = reuse(r, 'rmt_worker_handoffs_lost_total', () => new Counter({
       name: 'rmt_worker_handoffs_lost_total', help: 'such requests that started again from Redis (the previous request did not apply, or this one failed)', registers: [r],

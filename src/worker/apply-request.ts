@@ -4,7 +4,7 @@
 // also records how far into this request it got, so a retry resumes at the last commit: no segment is
 // applied twice and none is skipped. Generation continues the same recurrence: when the tail is full,
 // it is committed and decoding goes on in the next segment.
-import type { Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
+import type { ChainRef, Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
 import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
 import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
@@ -31,6 +31,8 @@ export interface ApplyHooks {
   offer?(h: Handoff): void;
   /** A request that continued from an offer sent its segments after the session sat idle this long. */
   continued?(idleMs: number): void;
+  /** Its segments continued the previous request's chain inside the engine thread (engine.ts, ChainRef). */
+  continuedInEngine?(): void;
 }
 
 /** Where a request starts: the session as just read (undefined: read it here), or an offer of the request before it. */
@@ -161,7 +163,10 @@ class SessionCursor {
    * offset after segment j; `counted(end)` counts the request's tokens up to there. A failed commit
    * stops the chain and is what this throws.
    */
-  async chainSegments(segments: number[][], ends: number[], counted: (end: number) => void, after: (consumed: number) => void): Promise<void> {
+  async chainSegments(
+    segments: number[][], ends: number[], counted: (end: number) => void, after: (consumed: number) => void,
+    links: { from?: ChainRef; chain?: ChainRef } = {},
+  ): Promise<void> {
     const stop = new AbortController();
     let commitError: unknown;
     let latestEnd = 0;
@@ -192,9 +197,11 @@ class SessionCursor {
     // The previous request failing to apply makes this chain's work void: stop it at once.
     this.base?.catch((err: unknown) => stop.abort(err));
     try {
-      await this.ctx.engine.advanceMany(this.model.name, segments, this.latest, { stream: this.rec.id, onState, signal: stop.signal });
+      await this.ctx.engine.advanceMany(this.model.name, segments, links.from ?? this.latest, { stream: this.rec.id, onState, signal: stop.signal, ...(links.chain ? { chain: links.chain } : {}) });
     } catch (err) {
-      throw commitError ?? err;
+      // Continuing the previous request's chain, which failed: that request did not apply (HandoffLost).
+      const lost = links.from && this.base ? await this.base.then(() => undefined, (e: unknown) => e) : undefined;
+      throw commitError ?? lost ?? err;
     }
   }
 
@@ -282,6 +289,7 @@ class SessionCursor {
 function offerNext(
   offer: (h: Handoff) => void, rec: SessionRecord, seq: number,
   after: { tail: number[]; pendingText: string; consumed: number; addSegments: number; addTokens: number },
+  chain?: ChainRef,
 ): { memory(state: Float32Array): void; applied(r: SessionRecord): void; lost(err: unknown): void } {
   let setMemory!: (m: { state: Float32Array; at: number }) => void;
   let failMemory!: (e: unknown) => void;
@@ -301,6 +309,7 @@ function offerNext(
     },
     memory,
     applied,
+    ...(chain ? { chain } : {}),
   });
   return {
     memory: (state) => setMemory({ state, at: performance.now() }),
@@ -358,11 +367,23 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     }
     tail.push(ids[i]!);
   }
+  // Continuing the previous request's chain still in the engine: this one's segments go there now and
+  // start from its last memory in the run right after it (engine.ts, ChainRef), not a turn later.
+  let continueFrom: ChainRef | undefined;
   if (handoff) {
-    // Tokenized while the previous request ran; its memory is the state this one starts from.
-    const { state, at } = await handoff.memory;
-    hooks.continued?.(performance.now() - at);
-    rec = { ...rec, state };
+    const prev = handoff.chain;
+    const chained = segments.length > 0 && !(data.request.kind === 'ingest' && data.request.score);
+    if (chained && prev?.sent !== undefined && prev.final === undefined && !prev.failed) {
+      continueFrom = prev;
+      // Sent before the previous memory exists, the session sits no time idle: the gap is 0 unless that memory came first.
+      const sentAt = performance.now();
+      handoff.memory.then(({ at }) => hooks.continued?.(Math.max(0, sentAt - at)), () => undefined);
+    } else {
+      // Tokenized while the previous request ran; its memory is the state this one starts from.
+      const { state, at } = await handoff.memory;
+      hooks.continued?.(performance.now() - at);
+      rec = { ...rec, state };
+    }
   }
   const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied);
 
@@ -379,8 +400,10 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
 
   if (data.request.kind === 'ingest') {
     const scores: SegmentScore[] | undefined = data.request.score ? [] : undefined;
+    // The chain the session's next request may continue from inside the engine (before this one lands).
+    const chain: ChainRef | undefined = hooks.offer && !scores && segments.length > 0 ? {} : undefined;
     const offer = hooks.offer
-      ? offerNext(hooks.offer, rec, data.seq, { tail, pendingText: pendingAfter, consumed: ids.length, addSegments: segments.length, addTokens: ids.length - from })
+      ? offerNext(hooks.offer, rec, data.seq, { tail, pendingText: pendingAfter, consumed: ids.length, addSegments: segments.length, addTokens: ids.length - from }, chain)
       : undefined;
     try {
       if (scores) {
@@ -391,7 +414,8 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
           await cur.pipelineSegment(segments[j]!, consumed, scores, () => segmentProgress(consumed));
         }
       } else if (segments.length > 0) {
-        await cur.chainSegments(segments, ends, count, segmentProgress);
+        await cur.chainSegments(segments, ends, count, segmentProgress, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
+        if (continueFrom?.continued) hooks.continuedInEngine?.();
       }
       count(ids.length);
       offer?.memory(cur.memory);
@@ -407,7 +431,10 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     return result;
   }
 
-  if (segments.length > 0) await cur.chainSegments(segments, ends, count, segmentProgress);
+  if (segments.length > 0) {
+    await cur.chainSegments(segments, ends, count, segmentProgress, continueFrom ? { from: continueFrom } : {});
+    if (continueFrom?.continued) hooks.continuedInEngine?.();
+  }
   count(ids.length);
 
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last

@@ -7,6 +7,7 @@
 // read (BENCHMARKS.md, run 6). Its own commits wait for the previous request's last one (each is a
 // compare-and-set on the version that one wrote); if the previous request does not apply, the next
 // one starts again the ordinary way, from what Redis holds.
+import type { ChainRef } from '../engine/engine.ts';
 import type { SessionRecord } from '../state/session-store.ts';
 
 export interface Handoff {
@@ -24,6 +25,11 @@ export interface Handoff {
   memory: Promise<{ state: Float32Array; at: number }>;
   /** The record its final commit wrote; rejects if the request did not apply. */
   applied: Promise<SessionRecord>;
+  /**
+   * Its segments' chain in the engine (when it has one): the next request may continue from it before
+   * `memory` is here, inside the engine thread (engine.ts, ChainRef).
+   */
+  chain?: ChainRef;
 }
 
 /** Thrown by the next request when the one it continued from did not apply: it starts again from Redis. */

@@ -144,6 +144,7 @@ export class SessionWorker {
         },
         offer: (h) => this.handoffs.offer(sessionId, h),
         continued: (idleMs) => this.o.metrics?.turnGapSeconds.observe(idleMs / 1000),
+        continuedInEngine: () => this.o.metrics?.engineContinuations.inc(),
       };
       const apply = (start: RequestStart) => {
         this.handoffs.open(sessionId, seq);
