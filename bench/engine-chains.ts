@@ -8,10 +8,10 @@
 //   node --import tsx bench/engine-chains.ts
 //
 // Environment: N (8), K (30), ROUNDS (20), WAITS ("5,0": RMT_BATCH_WAIT_MS values to compare),
-// HANDOFF_MS ("0,1"), THREADS (1), PACK (0), TURNS (1), MODELS_DIR (test/fixtures), MODEL (rmt-tiny-fused), PROVIDER (cpu | cuda), PRECISION (fp32).
+// HANDOFF_MS ("0,1"), THREADS (1), PACK (0), TURNS (1), CONTINUE (0), MODELS_DIR (test/fixtures), MODEL (rmt-tiny-fused), PROVIDER (cpu | cuda), PRECISION (fp32).
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { startEngine, type BatchStat } from '../src/engine/engine.ts';
+import { startEngine, type BatchStat, type ChainRef } from '../src/engine/engine.ts';
 
 const N = Number(process.env.N ?? 8);
 const K = Number(process.env.K ?? 30);
@@ -26,8 +26,10 @@ const PRECISION = (process.env.PRECISION ?? 'fp32') as 'fp32' | 'fp16';
 const THREADS = Number(process.env.THREADS ?? 1);
 const PACK = Number(process.env.PACK ?? 0);
 const TURNS = process.env.TURNS !== '0';
+// CONTINUE=1: each session sends its next request while the one before runs, continuing its chain (ChainRef).
+const CONTINUE = process.env.CONTINUE === '1';
 
-console.log(`engine chains bench: ${MODEL} (${PROVIDER}, ${PRECISION}), ${THREADS} engine thread(s)${THREADS > 1 ? ` (pack ${PACK}, ${TURNS ? 'taking turns' : 'runs overlapping'})` : ''}, ${N} sessions × ${ROUNDS} requests of ${K - 5}..${K + 5} segments; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
+console.log(`engine chains bench: ${MODEL} (${PROVIDER}, ${PRECISION}), ${THREADS} engine thread(s)${THREADS > 1 ? ` (pack ${PACK}, ${TURNS ? 'taking turns' : 'runs overlapping'})` : ''}, ${N} sessions × ${ROUNDS} requests${CONTINUE ? ' (each sent while the one before runs, continuing its chain)' : ''} of ${K - 5}..${K + 5} segments; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
 for (const handoffMs of HANDOFFS) {
   for (const batchWaitMs of WAITS) {
     const engine = await startEngine({ modelsDir: MODELS_DIR, models: [MODEL], executionProvider: PROVIDER, precision: PRECISION, intraOpThreads: 1, maxBatch: 256, maxBatchTokens: 262144, threads: THREADS, packStreams: PACK, deviceTurns: TURNS, batchWaitMs });
@@ -38,12 +40,24 @@ for (const handoffMs of HANDOFFS) {
     const t0 = performance.now();
     await Promise.all(
       Array.from({ length: N }, async (_, s) => {
-        let state = m.initState;
+        let state: Float32Array | ChainRef = m.initState;
+        let previous: Promise<unknown> = Promise.resolve();
         for (let r = 0; r < ROUNDS; r++) {
           const segments = Array.from({ length: K + ((s * 7 + r * 3) % 11) - 5 }, () => seg);
+          if (CONTINUE) {
+            // As the worker's handoff does: the next request goes out while this one runs, continuing its chain.
+            const chain: ChainRef = {};
+            const sent = engine.advanceMany(MODEL, segments, state, { stream: `s${s}`, onState: () => {}, chain });
+            await previous;
+            for (const end = performance.now() + handoffMs; performance.now() < end; ); // the worker's turnaround, on the main thread
+            state = chain;
+            previous = sent;
+            continue;
+          }
           state = await engine.advanceMany(MODEL, segments, state, { stream: `s${s}`, onState: () => {} });
           for (const end = performance.now() + handoffMs; performance.now() < end; ); // the worker's turnaround, on the main thread
         }
+        await previous;
       }),
     );
     const wall = performance.now() - t0;

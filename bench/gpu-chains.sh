@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The engine alone on the GPU with chained appends (bench/engine-chains.ts): one or two engine threads,
-# the two taking turns on the device or overlapping their runs; with OLD=<dir> the same levels from an
-# older checkout's src/ beside this one's. Output: $OUT/chains-*.txt.
+# The engine alone on the GPU with chained appends (bench/engine-chains.ts): LEVELS with one thread,
+# each request sent after the one before (new-*) or while it runs, continuing its chain (cont-*); with
+# OLD=<dir> the same levels from an older checkout's src/ beside them; SPLIT_LEVELS with two threads
+# taking turns on the device or overlapping their runs (SPLIT_ENV: more settings, e.g. CONTINUE=1).
+# Output: $OUT/chains-*.txt.
 #
 #   BUNDLE=/opt/rmt OUT=/tmp/x [OLD=old] bash bench/gpu-chains.sh
 set -euo pipefail
@@ -24,12 +26,13 @@ for n in ${LEVELS:-1 8}; do
     chains "old-n$n" "$OLD" N=$n
   fi
   chains "new-n$n" . N=$n
+  chains "cont-n$n" . N=$n CONTINUE=1
 done
 for n in ${SPLIT_LEVELS:-8 64}; do
   r=$(( ROUNDS * 8 / (n > 8 ? n : 8) )); r=$(( r < 5 ? 5 : r ))
-  chains "t2-turns-n$n" . N=$n THREADS=2 TURNS=1 ROUNDS=$r
-  chains "t2-overlap-n$n" . N=$n THREADS=2 TURNS=0 ROUNDS=$r
-  chains "t1-n$n" . N=$n ROUNDS=$r
+  chains "t2-turns-n$n" . N=$n THREADS=2 TURNS=1 ROUNDS=$r ${SPLIT_ENV:-}
+  chains "t2-overlap-n$n" . N=$n THREADS=2 TURNS=0 ROUNDS=$r ${SPLIT_ENV:-}
+  chains "t1-n$n" . N=$n ROUNDS=$r ${SPLIT_ENV:-}
 done
 # The batch limit beside them (median run and sustained rate), batch sizes of the levels above.
 [ -n "${LIMIT_BATCHES:-1,4,8,32,64}" ] && MODEL_DIR=$MODELS_DIR/$MODEL PRECISIONS=fp16 PROVIDER=cuda BATCHES=${LIMIT_BATCHES:-1,4,8,32,64} \

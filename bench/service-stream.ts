@@ -12,7 +12,7 @@
 // DOC_TOKENS per session (instead: TOTAL_TOKENS / N, at least 8 segments; see docTokens),
 // CHUNK (chars per append, 65536), GEN ("1,8,64"; empty = skip), GEN_TOKENS (64), GEN_MODEL
 // (default MODEL), MAX_BATCH (256), WORKER_CONCURRENCY (RMT_WORKER_CONCURRENCY, 2 × MAX_BATCH), WORKER_PROCESSES (RMT_WORKER_PROCESSES, 1; RMT_ENGINE_THREADS and
-// RMT_BATCH_WAIT_MS and RMT_ENGINE_PACK_SESSIONS pass through to the worker), SERVICE_NODE_FLAGS (node flags for the
+// RMT_BATCH_WAIT_MS, RMT_ENGINE_TURNS and RMT_ENGINE_PACK_SESSIONS pass through to the worker), SERVICE_NODE_FLAGS (node flags for the
 // api and worker processes, e.g. --cpu-prof), TOKENIZER_THREADS (the api's RMT_TOKENIZER_THREADS, 8), LEVEL_TIMEOUT_S (240), ONE_DOC_TOKENS (0 = skip; else one session streams a document of
 // that many tokens and its Redis bytes are read after 1k tokens and at the end), OUT_JSON, TEXT_FILE (the
 // levels' documents are cut from this text, each session starting at its own offset and wrapping
@@ -195,6 +195,7 @@ interface Metrics {
   /** Requests that continued from their session's previous one before it landed (and of those, started again). */
   handoffs: number;
   handoffsLost: number;
+  inEngine: number;
 }
 
 /** Sums the metrics of every worker process (ports base, base + 1, ...). */
@@ -215,7 +216,7 @@ async function scrape(base: number): Promise<Metrics> {
   const total = (name: string) => text.split('\n').filter((l) => l.startsWith(`${name} `)).reduce((a, l) => a + Number(l.split(' ').pop()), 0);
   const delays = total('rmt_worker_turn_delays_total');
   return {
-    handoffs: total('rmt_worker_handoffs_total'), handoffsLost: total('rmt_worker_handoffs_lost_total'),
+    handoffs: total('rmt_worker_handoffs_total'), handoffsLost: total('rmt_worker_handoffs_lost_total'), inEngine: total('rmt_worker_engine_continuations_total'),
     rows: pick('rmt_engine_batch_rows'), step: pick('rmt_engine_step_seconds'), run: pick('rmt_engine_run_seconds'),
     request: pick('rmt_worker_request_seconds', any), turnGap: pick('rmt_worker_turn_gap_seconds', any), turnDelays: delays,
   };
@@ -400,7 +401,7 @@ async function main(): Promise<void> {
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? SETTINGS.enginePackSessions.default}; api tokenizer threads ${TOKENIZER_THREADS}; worker concurrency ${WORKER_CONCURRENCY}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_TURNS ${process.env.RMT_ENGINE_TURNS ?? 1}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? SETTINGS.enginePackSessions.default}; api tokenizer threads ${TOKENIZER_THREADS}; worker concurrency ${WORKER_CONCURRENCY}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
@@ -434,11 +435,11 @@ async function main(): Promise<void> {
         steadySeconds: steady?.seconds ?? NaN, steadyTokPerS: steady?.tokPerS ?? NaN,
         sessions: n, tokens, sessionTokens: [Math.min(...perSession), Math.max(...perSession)], seconds, tokPerS: tokens / seconds, segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
         rowsPerRun: rowsMean, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
-        // Device held: onnxruntime runs' own time over the level (runs of one process never overlap).
+        // Device held: onnxruntime runs' own time over the level (above 100 % when the engine threads' runs overlap: RMT_ENGINE_TURNS=0).
         runMs: mean('run'), deviceHeldPct: (100 * (after.run.sum - before.run.sum)) / seconds / WORKER_PROCESSES,
         requests, requestMs: mean('request'), turnGapMs: mean('turnGap'), turnGaps: after.turnGap.count - before.turnGap.count,
         turnDelaysPerRequest: requests ? (after.turnDelays - before.turnDelays) / requests : NaN,
-        handoffs: after.handoffs - before.handoffs, handoffsLost: after.handoffsLost - before.handoffsLost,
+        handoffs: after.handoffs - before.handoffs, handoffsLost: after.handoffsLost - before.handoffsLost, inEngine: after.inEngine - before.inEngine,
         // When sessions joined and left: their first and last progress events, after the level's first append.
         firstProgressS: spread(runs, start, (x) => x.timeline[0]?.[0]), lastProgressS: spread(runs, start, (x) => x.timeline[x.timeline.length - 1]?.[0]),
         // Per session, in the order they were created and started: first and last progress (s after the level's first append).
@@ -460,7 +461,7 @@ async function main(): Promise<void> {
       console.log(
         `       | run ${r.runMs.toFixed(2)} ms, device held ${r.deviceHeldPct.toFixed(0)} % per process | ${requests} requests, ${r.requestMs.toFixed(0)} ms each | ` +
           `turn gap mean ${r.turnGapMs.toFixed(1)} ms (${r.turnGaps}) | parked ${r.turnDelaysPerRequest.toFixed(2)} times per request | ` +
-          `${r.handoffs} continued from the previous request (${r.handoffsLost} started again)`,
+          `${r.handoffs} continued from the previous request (${r.inEngine} inside the engine, ${r.handoffsLost} started again)`,
       );
       console.log(`       | all ${n} sessions streaming for ${r.steadySeconds.toFixed(2)} of ${r.seconds.toFixed(2)} s: ${Math.round(r.steadyTokPerS)} tok/s`);
       const s3 = (x: number[]) => x.map((v) => v.toFixed(2)).join(' / ');
