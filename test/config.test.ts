@@ -35,8 +35,8 @@ test('RMT_ENGINE_THREADS: 0 means 2 on cuda and 1 on cpu; a number is taken as i
   assert.throws(() => loadConfig({ RMT_ENGINE_THREADS: '17' }), /RMT_ENGINE_THREADS/);
 });
 
-test('RMT_ENGINE_TURNS: the engine threads take turns on the device unless it is 0', () => {
-  assert.equal(loadConfig({}).engineTurns, true);
+test('RMT_ENGINE_TURNS: the engine threads take turns on the device only when it is 1', () => {
+  assert.equal(loadConfig({}).engineTurns, false);
   assert.equal(loadConfig({ RMT_ENGINE_TURNS: '0' }).engineTurns, false);
   assert.equal(loadConfig({ RMT_ENGINE_TURNS: '1' }).engineTurns, true);
   assert.throws(() => loadConfig({ RMT_ENGINE_TURNS: 'sometimes' }), /RMT_ENGINE_TURNS/);

@@ -435,8 +435,8 @@ describe('batch window (batchWaitMs)', () => {
   });
 });
 
-describe('batch window with several engine threads', () => {
-  const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2 };
+for (const deviceTurns of [true, false]) describe(`batch window with several engine threads (${deviceTurns ? 'taking turns' : 'runs overlapping'})`, () => {
+  const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, deviceTurns };
 
   test('a run is not held back while the device is idle (sessions packed on one thread, the other idle)', async () => {
     // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device.
@@ -488,7 +488,7 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
   let two: Engine;
   before(async () => {
     const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048 };
-    [one, two] = await Promise.all([startEngine(base), startEngine({ ...base, threads: 2 })]);
+    [one, two] = await Promise.all([startEngine(base), startEngine({ ...base, threads: 2, deviceTurns: true })]);
   });
   after(async () => {
     await Promise.all([one?.close(), two?.close()]);

@@ -25,10 +25,12 @@ export interface WorkerConfig {
   lane: number;
   lanes: number;
   /**
-   * With several threads: the ticket lock they share ([next ticket, now serving], Int32), so one runs
-   * onnxruntime at a time while the others take in their next batch.
+   * With several threads: what they share ([next ticket, now serving, runs on the device], Int32). With
+   * deviceTurns the first two are a ticket lock, so one runs onnxruntime at a time while the others take
+   * in their next batch; the count tells the batch window whether the device is busy.
    */
-  turnLock?: SharedArrayBuffer;
+  deviceState?: SharedArrayBuffer;
+  deviceTurns: boolean;
 }
 
 export type EngineRequest =

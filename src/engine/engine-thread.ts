@@ -25,8 +25,14 @@ import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, typ
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
 const config = workerData as WorkerConfig;
-/** The ticket lock the engine's threads take turns on the device with: [next ticket, ticket served]. */
-const turn = config.turnLock ? new Int32Array(config.turnLock) : undefined;
+/**
+ * Shared by the engine's threads (several only): [next ticket, ticket served, runs on the device]. The
+ * first two are the ticket lock they take turns with (deviceTurns); the count is kept either way, for
+ * the batch window.
+ */
+const device = config.deviceState ? new Int32Array(config.deviceState) : undefined;
+/** The ticket lock, when the threads take turns. */
+const turn = config.deviceTurns ? device : undefined;
 
 interface Loaded {
   pkg: ModelPackage;
@@ -135,7 +141,7 @@ function noteAnswered(requests: EngineRequest[]): void {
 /** Set while gatherBatch sleeps: new requests (onOps) end the sleep early. */
 let wake: (() => void) | undefined;
 
-/** Sleeps until `ms` passed, requests arrive or (several threads) the device's turn passes on, whichever is first. */
+/** Sleeps until `ms` passed, requests arrive or (several threads) a run on the device ends, whichever is first. */
 function sleepUntilOps(ms: number): Promise<void> {
   return new Promise((resolve) => {
     let settled = false;
@@ -148,23 +154,26 @@ function sleepUntilOps(ms: number): Promise<void> {
     };
     const timer = setTimeout(done, ms);
     wake = done;
-    if (turn) {
-      // Resolves when the run holding the device ends (or after `ms`): the thread then looks again.
-      const w = Atomics.waitAsync(turn, 1, Atomics.load(turn, 1), ms);
+    if (device) {
+      // Resolves when a run on the device ends (or after `ms`): the thread then looks again.
+      const w = Atomics.waitAsync(device, RUNNING, Atomics.load(device, RUNNING), ms);
       if (w.async) void w.value.then(done);
       else done();
     }
   });
 }
 
+/** Index of the count of runs on the device in `device`. */
+const RUNNING = 2;
+
 /**
- * With several engine threads: whether another thread's run holds the device or waits for it (tickets
- * handed out beyond the one being served). Undefined with one thread, which cannot tell (other
- * processes may share the device).
+ * With several engine threads: whether another thread's run is on the device (this one is not while
+ * it plans) or waits for its turn. Undefined with one thread, which cannot tell (other processes may
+ * share the device).
  */
 function deviceBusy(): boolean | undefined {
-  if (!turn) return undefined;
-  return Atomics.load(turn, 0) !== Atomics.load(turn, 1);
+  if (!device) return undefined;
+  return Atomics.load(device, RUNNING) > 0 || (turn !== undefined && Atomics.load(turn, 0) !== Atomics.load(turn, 1));
 }
 
 /**
@@ -578,16 +587,22 @@ let lastRun = { startedAt: 0, ms: 0, waitedMs: 0 };
 
 /**
  * Every onnxruntime run goes through here: only the run itself holds the turn, so a thread builds its
- * feeds and splits its results while another thread's run executes.
+ * feeds and splits its results while another thread's run executes; the shared count says a run is on
+ * the device.
  */
 async function exclusive<T>(run: () => Promise<T>): Promise<T> {
   const t0 = performance.now();
   await acquireTurn();
   const t1 = performance.now();
+  if (device) Atomics.add(device, RUNNING, 1);
   try {
     return await run();
   } finally {
     const t2 = performance.now();
+    if (device) {
+      Atomics.sub(device, RUNNING, 1);
+      Atomics.notify(device, RUNNING);
+    }
     releaseTurn();
     lastRun = { startedAt: performance.timeOrigin + t1, ms: t2 - t1, waitedMs: t1 - t0 };
   }

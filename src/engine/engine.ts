@@ -53,13 +53,14 @@ export interface EngineOptions {
   warmup?: boolean;
   /**
    * Engine threads (default 1), each with its own onnxruntime sessions (the models' weights once per
-   * thread). They run one at a time, each on its own cohort of sessions, so the device works on one
-   * cohort while the others turn around.
+   * thread) and its own cohort of sessions, so the device works on one cohort while the others turn
+   * around (see deviceTurns).
    */
   threads?: number;
   /**
    * threads > 1: whether the threads take turns on the device, one onnxruntime run at a time (default
-   * true). false lets their runs overlap (each onnxruntime session has its own CUDA stream).
+   * false: their runs overlap, each onnxruntime session on its own CUDA stream; on the H200 that did
+   * 1.58M tok/s at 64 sessions against 1.48M taking turns, BENCHMARKS.md run 12).
    */
   deviceTurns?: boolean;
   /**
@@ -203,7 +204,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'turnLock'> & { threads: number; deviceTurns: boolean; packStreams: number; streamIdleMs: number } {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'deviceState'> & { threads: number; packStreams: number; streamIdleMs: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -235,7 +236,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),
-    deviceTurns: opts.deviceTurns ?? true,
+    deviceTurns: opts.deviceTurns ?? false,
     packStreams: opts.packStreams === undefined || opts.packStreams === 0 ? 0 : positiveInt(opts.packStreams, 'packStreams'),
     streamIdleMs: nonNegative(opts.streamIdleMs ?? STREAM_IDLE_MS, 'streamIdleMs'),
     batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
@@ -271,10 +272,10 @@ interface Lane {
 const STREAM_IDLE_MS = 2000;
 
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
-  const { threads, deviceTurns, packStreams, streamIdleMs, ...config } = checkOptions(opts);
-  const turnLock = threads > 1 && deviceTurns ? new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT) : undefined;
+  const { threads, packStreams, streamIdleMs, ...config } = checkOptions(opts);
+  const deviceState = threads > 1 ? new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT) : undefined;
   const workers = Array.from({ length: threads }, (_, lane) => {
-    const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(turnLock ? { turnLock } : {}) };
+    const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(deviceState ? { deviceState } : {}) };
     return startThread('engine-thread', { workerData });
   });
 
