@@ -51,10 +51,12 @@ def service_plot(d, svcs, lim, ref):
     n = sorted({x["sessions"] for s in svcs for x in s["levels"]})
     for s in svcs:
         lv = s["levels"]
+        # Settings that differ between the runs drawn: the batch window and whether engine threads take turns.
+        extra = "" if len(svcs) == 1 else f", RMT_BATCH_WAIT_MS {s.get('batchWaitMs', 0)}, RMT_ENGINE_TURNS {int(s.get('engineTurns', 1))}"
         ax.plot([x["sessions"] for x in lv], [x["tokPerS"] / 1e3 for x in lv], "o-",
-                label=f"service, {s.get('workerProcesses', 1)} worker process(es)")
+                label=f"service, {s.get('workerProcesses', 1)} worker process(es){extra}")
         steady = [x for x in lv if x.get("steadyTokPerS") == x.get("steadyTokPerS") and x.get("steadyTokPerS")]
-        if steady:
+        if steady and len(svcs) == 1:
             ax.plot([x["sessions"] for x in steady], [x["steadyTokPerS"] / 1e3 for x in steady], "o:",
                     label=f"service while all sessions stream, {s.get('workerProcesses', 1)} process(es)")
     if lim:

@@ -395,7 +395,7 @@ async function main(): Promise<void> {
   });
   const api = rmtServe('api', { ...common, PORT: String(port), RMT_TOKENIZER_THREADS: String(TOKENIZER_THREADS) });
   const results: Record<string, unknown>[] = [];
-  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), engineThreads: ENGINE_THREADS, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
+  const out: Record<string, unknown> = { model: MODEL, provider: PROVIDER, precision: PRECISION, workerProcesses: WORKER_PROCESSES, tokenizerThreads: TOKENIZER_THREADS, batchWaitMs: Number(process.env.RMT_BATCH_WAIT_MS ?? 0), engineThreads: ENGINE_THREADS, engineTurns: /^(1|true)$/.test(process.env.RMT_ENGINE_TURNS ?? '0'), cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, levels: results };
   try {
     const t0 = performance.now();
     await waitReady(base, 300_000);

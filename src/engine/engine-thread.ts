@@ -5,9 +5,10 @@
 // With batchWaitMs, an iteration first waits (that long at most) for streams it answered within that
 // time: sessions in step then share one run instead of splitting into small ones.
 // KV caches live here, keyed by handle, and grow in place; the main thread only ever sees handles.
-// An engine may run several of these threads (engine.ts routes each session to one); they take turns
-// on the device through a shared ticket lock, so one thread's run overlaps the others' turnaround
-// (replies, the sessions' next requests, planning) instead of the device waiting through it.
+// An engine may run several of these threads (engine.ts routes each session to one); their runs overlap
+// on the device (or, with deviceTurns, take turns through a shared ticket lock), so one thread's run
+// covers the others' turnaround (replies, the sessions' next requests, planning) instead of the device
+// waiting through it.
 // With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
 // to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
 import { mkdir, readFile } from 'node:fs/promises';

@@ -3,8 +3,8 @@
 // concurrent requests into one run per (model, graph). This module never imports onnxruntime: it
 // validates requests, ships them to a thread and resolves their promises.
 // With threads > 1 each thread loads every model and a session (stream) stays on one thread while it
-// streams, so the sessions form cohorts that take turns on the device (see engine-thread.ts): while one cohort's run
-// executes, the others' results go back and their next segments come in.
+// streams, so the sessions form cohorts whose runs overlap on the device, or take turns on it with deviceTurns
+// (see engine-thread.ts): while one cohort's run executes, the others' results go back and their next segments come in.
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';

@@ -44,7 +44,7 @@ export class WorkerMetrics {
       buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
     }));
     this.runSeconds = reuse(r, 'rmt_engine_run_seconds', () => new Histogram({
-      name: 'rmt_engine_run_seconds', help: 'time the onnxruntime run itself held the device (engine threads take turns)', labelNames: labels,
+      name: 'rmt_engine_run_seconds', help: 'time of the onnxruntime run itself (engine threads\' runs overlap unless RMT_ENGINE_TURNS=1)', labelNames: labels,
       buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
     }));
     this.requestSeconds = reuse(r, 'rmt_worker_request_seconds', () => new Histogram({
