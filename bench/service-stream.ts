@@ -401,7 +401,7 @@ async function main(): Promise<void> {
     await waitReady(base, 300_000);
     console.log(
       `service stream bench: model ${MODEL} (${PROVIDER}, ${PRECISION}), api process + ${WORKER_PROCESSES} worker process(es), redis ${redis.url}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}); node ${process.version}; ` +
-        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_TURNS ${process.env.RMT_ENGINE_TURNS ?? 1}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? SETTINGS.enginePackSessions.default}; api tokenizer threads ${TOKENIZER_THREADS}; worker concurrency ${WORKER_CONCURRENCY}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+        `RMT_MAX_BATCH ${MAX_BATCH}; RMT_BATCH_WAIT_MS ${process.env.RMT_BATCH_WAIT_MS ?? 0}; engine threads ${ENGINE_THREADS}; RMT_ENGINE_TURNS ${process.env.RMT_ENGINE_TURNS ?? SETTINGS.engineTurns.default}; RMT_ENGINE_PACK_SESSIONS ${process.env.RMT_ENGINE_PACK_SESSIONS ?? SETTINGS.enginePackSessions.default}; api tokenizer threads ${TOKENIZER_THREADS}; worker concurrency ${WORKER_CONCURRENCY}; appends of ${CHUNK} chars; ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
     // Warm-up: every batch shape the levels will use allocates on first use.
     await Promise.all(Array.from({ length: Math.min(MAX_BATCH, Math.max(...LEVELS)) }, async (_, i) => stream(wsBase, await createSession(base, MODEL), syntheticText(10_000 + i, 2048))));
