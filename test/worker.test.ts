@@ -446,6 +446,40 @@ describe('workers over Redis and BullMQ', () => {
     assert.ok(rows.length - 3 < 50, `the chain ran ${rows.length - 3} more segments after the delete`);
   });
 
+  test('a session deleted while its next append waits inside the engine: both fail as not_found, nothing is left running', async () => {
+    const s = await newSession();
+    const rows: number[] = [];
+    // The real engine, watched: the second append is sent as a continuation of the first's chain.
+    const engine = worker.engine;
+    const advanceMany = engine.advanceMany;
+    let sentAsContinuation!: () => void;
+    const continued = new Promise<void>((resolve) => (sentAsContinuation = resolve));
+    engine.advanceMany = (model, segments, state, opts) => {
+      if (!(state instanceof Float32Array)) sentAsContinuation();
+      return advanceMany(model, segments, state, opts);
+    };
+    try {
+      // Two long appends queued together: the second is tokenized while the first chains its ~60 segments.
+      const first = await client.queue.submit(s.id, { kind: 'ingest', text: noise(60 * 128 * 5, 71_000), flush: false });
+      const second = await client.queue.submit(s.id, { kind: 'ingest', text: noise(60 * 128 * 5, 72_000), flush: true });
+      await Promise.race([continued, new Promise((_, reject) => setTimeout(() => reject(new Error('the second append was never sent as a continuation')), 60_000).unref())]);
+      const stop = engine.onBatch((b) => rows.push(b.rows));
+      assert.equal(await client.store.delete(s.id), true);
+      const [r1, r2] = await Promise.all([client.queue.result(first.jobId, 120_000), client.queue.result(second.jobId, 120_000)]);
+      // Found gone at a commit ('not_found') or, starting again from Redis, at the read ('session_not_found').
+      const gone = ['not_found', 'session_not_found'];
+      assert.ok(gone.includes(r1.error?.code ?? ''), JSON.stringify(r1));
+      assert.ok(gone.includes(r2.error?.code ?? ''), JSON.stringify(r2));
+      // The engine is idle: were either chain still running, these runs would carry its row.
+      const m = engine.model(MODEL);
+      for (let k = 0; k < 3; k++) await engine.advance(MODEL, [1, 2, 3], m.initState, 'marker');
+      stop();
+      assert.deepEqual(rows.slice(-3), [1, 1, 1], `rows per run: ${rows.join(' ')}`);
+    } finally {
+      engine.advanceMany = advanceMany;
+    }
+  });
+
   test('a state of the wrong shape is refused, never used', async () => {
     const s = await newSession();
     const r = new Redis(redis.url);
