@@ -450,10 +450,10 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
     }
   });
 
-  test("sessions answered moments ago are waited for while the other thread's run has the device", async () => {
+  test("sessions answered moments ago are waited for while the other thread has runs to do", async () => {
     // Four sessions on thread 0 (packStreams 4: the first four streams fill it), each sending its next
     // segment 0-9 ms after its reply; thread 1 meanwhile runs chains of 4 sessions (the next four streams), so whenever
-    // thread 0 plans, the device is busy and the window waits for its sessions.
+    // thread 0 plans, the other thread is ready to use the device and the window waits for its sessions.
     const engine = await startEngine({ ...base, packStreams: 4, batchWaitMs: 1000 });
     const rows: number[] = [];
     const stop = engine.onBatch((s) => s.lane === 0 && rows.push(s.rows));
@@ -468,9 +468,18 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
       });
       let cohortDone = false;
       const busy = Array.from({ length: 4 }, async (_, s) => {
-        let state = init;
-        // Chains of 8 segments until the cohort is done: thread 1 always has the next run queued.
-        while (!cohortDone) state = await engine.advanceMany(SMALL, Array.from({ length: 8 }, (_, k) => corpus.slice(128 * k + s, 128 * k + s + 128)), state, { stream: `busy-${s}` });
+        let from: Float32Array | ChainRef = init;
+        let previous: Promise<unknown> = Promise.resolve();
+        // Chains of 8 segments until the cohort is done, each sent while the one before runs (continuing
+        // it inside the engine): thread 1 always has the next run queued.
+        while (!cohortDone) {
+          const chain: ChainRef = {};
+          const sent = engine.advanceMany(SMALL, Array.from({ length: 8 }, (_, k) => corpus.slice(128 * k + s, 128 * k + s + 128)), from, { stream: `busy-${s}`, chain });
+          from = chain;
+          await previous;
+          previous = sent;
+        }
+        await previous;
       });
       await Promise.all(cohort);
       cohortDone = true;

@@ -25,9 +25,9 @@ export interface WorkerConfig {
   lane: number;
   lanes: number;
   /**
-   * With several threads: what they share ([next ticket, now serving, runs on the device], Int32). With
+   * With several threads: what they share ([next ticket, now serving, threads ready], Int32). With
    * deviceTurns the first two are a ticket lock, so one runs onnxruntime at a time while the others take
-   * in their next batch; the count tells the batch window whether the device is busy.
+   * in their next batch; the count tells the batch window whether another thread will use the device.
    */
   deviceState?: SharedArrayBuffer;
   deviceTurns: boolean;

@@ -27,9 +27,9 @@ if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (
 const port = parentPort;
 const config = workerData as WorkerConfig;
 /**
- * Shared by the engine's threads (several only): [next ticket, ticket served, runs on the device]. The
- * first two are the ticket lock they take turns with (deviceTurns); the count is kept either way, for
- * the batch window.
+ * Shared by the engine's threads (several only): [next ticket, ticket served, threads ready]. The first
+ * two are the ticket lock they take turns with (deviceTurns); the count (threads with work that are not
+ * waiting in the batch window) is kept either way, for the window.
  */
 const device = config.deviceState ? new Int32Array(config.deviceState) : undefined;
 /** The ticket lock, when the threads take turns. */
@@ -156,33 +156,39 @@ function sleepUntilOps(ms: number): Promise<void> {
     const timer = setTimeout(done, ms);
     wake = done;
     if (device) {
-      // Resolves when a run on the device ends (or after `ms`): the thread then looks again.
-      const w = Atomics.waitAsync(device, RUNNING, Atomics.load(device, RUNNING), ms);
+      // Resolves when another thread stops being ready (or after `ms`): the thread then looks again.
+      const w = Atomics.waitAsync(device, READY, Atomics.load(device, READY), ms);
       if (w.async) void w.value.then(done);
       else done();
     }
   });
 }
 
-/** Index of the count of runs on the device in `device`. */
-const RUNNING = 2;
+/** Index in `device` of the count of threads ready: with work queued or running, not waiting in the window. */
+const READY = 2;
+
+function setReady(delta: 1 | -1): void {
+  if (!device) return;
+  Atomics.add(device, READY, delta);
+  Atomics.notify(device, READY);
+}
 
 /**
- * With several engine threads: whether another thread's run is on the device (this one is not while
- * it plans) or waits for its turn. Undefined with one thread, which cannot tell (other processes may
- * share the device).
+ * With several engine threads: whether another thread is ready (it runs on the device now or next, so
+ * waiting here costs the device nothing). Called by a ready thread. Undefined with one thread, which
+ * cannot tell (other processes may share the device).
  */
 function deviceBusy(): boolean | undefined {
   if (!device) return undefined;
-  return Atomics.load(device, RUNNING) > 0 || (turn !== undefined && Atomics.load(turn, 0) !== Atomics.load(turn, 1));
+  return Atomics.load(device, READY) > 1;
 }
 
 /**
  * Waits (at most batchWaitMs) for the awaited streams' requests before an iteration is planned. It
  * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits. With several
- * engine threads it waits only while another thread's run has the device: waiting then costs the
- * device nothing, whereas waiting with the device idle (sessions packed on one thread, the other idle)
- * made the 8-session level 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
+ * engine threads it waits only while another thread is ready (has work and is not waiting itself):
+ * waiting then costs the device nothing, whereas waiting with the device idle (sessions packed on one
+ * thread, the other idle) made the 8-session level 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
  */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;
@@ -191,7 +197,13 @@ async function gatherBatch(): Promise<void> {
     const expected = expectedUntil(now);
     if (expected === undefined || expected <= now) return;
     if (deviceBusy() === false) return;
-    await sleepUntilOps(Math.min(limit, expected) - now);
+    // Not ready while waiting: a thread that waits in its window cannot make another one wait too.
+    setReady(-1);
+    try {
+      await sleepUntilOps(Math.min(limit, expected) - now);
+    } finally {
+      setReady(1);
+    }
   }
 }
 
@@ -588,22 +600,16 @@ let lastRun = { startedAt: 0, ms: 0, waitedMs: 0 };
 
 /**
  * Every onnxruntime run goes through here: only the run itself holds the turn, so a thread builds its
- * feeds and splits its results while another thread's run executes; the shared count says a run is on
- * the device.
+ * feeds and splits its results while another thread's run executes.
  */
 async function exclusive<T>(run: () => Promise<T>): Promise<T> {
   const t0 = performance.now();
   await acquireTurn();
   const t1 = performance.now();
-  if (device) Atomics.add(device, RUNNING, 1);
   try {
     return await run();
   } finally {
     const t2 = performance.now();
-    if (device) {
-      Atomics.sub(device, RUNNING, 1);
-      Atomics.notify(device, RUNNING);
-    }
     releaseTurn();
     lastRun = { startedAt: performance.timeOrigin + t1, ms: t2 - t1, waitedMs: t1 - t0 };
   }
@@ -617,6 +623,7 @@ function yieldToEventLoop(): Promise<void> {
 async function pump(): Promise<void> {
   if (running) return;
   running = true;
+  setReady(1);
   try {
     // Requests sent together arrive together: let the rest of a burst land before planning.
     await yieldToEventLoop();
@@ -635,6 +642,7 @@ async function pump(): Promise<void> {
     }
   } finally {
     running = false;
+    setReady(-1);
     if (closing) await finishClose();
   }
 }
