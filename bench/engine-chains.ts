@@ -49,12 +49,8 @@ for (const handoffMs of HANDOFFS) {
             const chain: ChainRef = {};
             const sent = engine.advanceMany(MODEL, segments, state, { stream: `s${s}`, onState: () => {}, chain });
             await previous;
-            for (const end = performance.now() + handoffMs; performance.now() < end; ); // the worker's turnaround, on the main thread
-            state = chain;
-            previous = sent;
-            continue;
-          }
-          state = await engine.advanceMany(MODEL, segments, state, { stream: `s${s}`, onState: () => {} });
+            [state, previous] = [chain, sent];
+          } else state = await engine.advanceMany(MODEL, segments, state, { stream: `s${s}`, onState: () => {} });
           for (const end = performance.now() + handoffMs; performance.now() < end; ); // the worker's turnaround, on the main thread
         }
         await previous;

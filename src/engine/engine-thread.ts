@@ -142,7 +142,7 @@ function noteAnswered(requests: EngineRequest[]): void {
 /** Set while gatherBatch sleeps: new requests (onOps) end the sleep early. */
 let wake: (() => void) | undefined;
 
-/** Sleeps until `ms` passed, requests arrive or (several threads) a run on the device ends, whichever is first. */
+/** Sleeps until `ms` passed, requests arrive or (several threads) another thread stops being ready, whichever is first. */
 function sleepUntilOps(ms: number): Promise<void> {
   return new Promise((resolve) => {
     let settled = false;

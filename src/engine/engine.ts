@@ -529,7 +529,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       op: 'advance', id: nextId++, model: name, ids, lengths, state: st, ...(stream !== undefined ? { stream } : {}), ...(onState ? { steps: true } : {}),
       ...(chain ? { keep: true } : {}), ...(after ? { after: after.id } : {}),
     };
-    if (from && after) from.continued = true;
+    if (after) from!.continued = true;
     if (chain) chain.sent = { id: request.id, lane: lane.index };
     const onAbort = () => {
       const p = pending.get(request.id);

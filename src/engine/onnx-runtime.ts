@@ -27,7 +27,7 @@ export interface SessionOptions {
   intraOpThreads?: number;
   /** Writes an onnxruntime profile (JSON, one event per node run) starting with this path; see Session.endProfiling. */
   profilePrefix?: string;
-  /** Wraps each onnxruntime run, inputs checked and converted (engine threads count their runs on the device, and may take turns). */
+  /** Wraps each onnxruntime run, inputs checked and converted (engine threads sharing a device may take turns). */
   exclusive?: RunGate;
 }
 

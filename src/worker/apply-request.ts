@@ -398,6 +398,12 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     countedTo = end;
   };
 
+  /** The request's segments as one chain in the engine (continuing the previous request's, when it can). */
+  const chainAll = async (chain?: ChainRef) => {
+    await cur.chainSegments(segments, ends, count, segmentProgress, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
+    if (continueFrom?.continued) hooks.continuedInEngine?.();
+  };
+
   if (data.request.kind === 'ingest') {
     const scores: SegmentScore[] | undefined = data.request.score ? [] : undefined;
     // The chain the session's next request may continue from inside the engine (before this one lands).
@@ -414,8 +420,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
           await cur.pipelineSegment(segments[j]!, consumed, scores, () => segmentProgress(consumed));
         }
       } else if (segments.length > 0) {
-        await cur.chainSegments(segments, ends, count, segmentProgress, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
-        if (continueFrom?.continued) hooks.continuedInEngine?.();
+        await chainAll(chain);
       }
       count(ids.length);
       offer?.memory(cur.memory);
@@ -432,8 +437,7 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   }
 
   if (segments.length > 0) {
-    await cur.chainSegments(segments, ends, count, segmentProgress, continueFrom ? { from: continueFrom } : {});
-    if (continueFrom?.continued) hooks.continuedInEngine?.();
+    await chainAll();
   }
   count(ids.length);
 
