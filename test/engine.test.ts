@@ -7,6 +7,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { bucketOf, bucketSizes } from '../src/engine/batch-buckets.ts';
 import { startEngine, type BatchStat, type ChainRef, type Engine, type KvHandle } from '../src/engine/engine.ts';
+import { createStateRing } from '../src/engine/state-ring.ts';
 import { PACKAGE_DIR, SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff } from './helpers.ts';
 
 const MODELS_DIR = path.dirname(PACKAGE_DIR);
@@ -664,6 +665,37 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
       assert.equal(rec.stats.length, 5);
       assert.equal(during.length, 5, `runs finished while the main thread was busy: ${during.length} of 5`);
+    });
+
+    test('memory handed back while the main thread is behind: the ring fills, the rest comes in buffers of its own, every state intact', async () => {
+      const init = one.model(SMALL).initState;
+      // More segments than the thread's ring holds states (one engine: maxBatch 8).
+      const ringStates = createStateRing(8, init.length).data.byteLength / 4 / init.length;
+      const segs = Array.from({ length: ringStates + 8 }, (_, k) => corpus.slice((64 * k) % (corpus.length - 128), ((64 * k) % (corpus.length - 128)) + 128));
+      const collect = async (block: boolean) => {
+        const states: { index: number; state: Float32Array }[] = [];
+        const rec = recordStats(one);
+        let busyEnd = 0;
+        const last = await one.advanceMany(SMALL, segs, init, { onState: (index, state) => {
+          states.push({ index, state });
+          if (!block || index !== 0) return;
+          // Busy once the first memory is back: the thread runs on and its replies wait here.
+          const until = performance.now() + 3000;
+          while (performance.now() < until) {
+            // busy
+          }
+          busyEnd = performance.timeOrigin + until;
+        } });
+        rec.stop();
+        return { states, last, during: rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd).length };
+      };
+      const free = await collect(false);
+      const behind = await collect(true);
+      assert.ok(behind.during > ringStates + 1, `runs done while the main thread was busy: ${behind.during}, the ring holds ${ringStates}`);
+      assert.deepEqual(behind.states.map((x) => x.index), segs.map((_, k) => k));
+      for (let k = 0; k < segs.length; k++) assert.ok(maxAbsDiff(behind.states[k]!.state, free.states[k]!.state) === 0, `segment ${k}: memory differs`);
+      assert.ok(maxAbsDiff(behind.last, free.last) === 0);
+      assert.equal(new Set(behind.states.map((x) => x.state.buffer)).size, segs.length, 'each memory in its own buffer');
     });
 
     test('a continuation sent while its chain runs starts in the run right after the chain\'s last, bit for bit as one chain', async () => {

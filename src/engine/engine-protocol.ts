@@ -1,6 +1,7 @@
 // Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
 // Types only: nothing here runs, so either side can import it.
 import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
+import type { RingSlice, StateRingShared } from './state-ring.ts';
 
 export interface WorkerConfig {
   modelsDir: string;
@@ -67,18 +68,27 @@ export type Op =
 
 export type ToWorker = { type: 'ops'; ops: Op[] } | { type: 'close' };
 
-export type Reply =
+/**
+ * A reply; `S` is how an advance's memory travels: as sent, its own buffer or a slice of the thread's
+ * state ring (Reply); as the main thread hands it on, its own buffer (Answer).
+ */
+type ReplyOf<S> =
   | { id: number; ok: true; op: 'segment'; nextState: Float32Array; logits: Float32Array; tokenLogprobs: Float32Array }
-  | { id: number; ok: true; op: 'advance'; nextState: Float32Array }
+  | { id: number; ok: true; op: 'advance'; nextState: S }
   /** A chained advance's memory after its segment `index` (0-based), before the request is done. */
-  | { id: number; ok: true; op: 'step'; index: number; nextState: Float32Array }
+  | { id: number; ok: true; op: 'step'; index: number; nextState: S }
   | { id: number; ok: true; op: 'prefill'; logits: Float32Array; kv: number }
   | { id: number; ok: true; op: 'decode'; logits: Float32Array }
   | { id: number; ok: false; message: string };
 
+export type Reply = ReplyOf<Float32Array | RingSlice>;
+export type Answer = ReplyOf<Float32Array>;
+
 export type FromWorker =
-  | { type: 'ready'; models: ModelInfo[]; device: EngineDevice }
+  /** `ring`: where the thread puts advances' memory for this side to copy out (state-ring.ts). */
+  | { type: 'ready'; models: ModelInfo[]; device: EngineDevice; ring: StateRingShared }
   | { type: 'loadError'; message: string }
   /** The replies of one onnxruntime run (or of requests rejected before any run), in one message. */
-  | { type: 'replies'; replies: Reply[]; stats: BatchStat[] }
+  /** `ringEnd`: the ring position after this message's slices, released once they are copied out. */
+  | { type: 'replies'; replies: Reply[]; stats: BatchStat[]; ringEnd?: number }
   | { type: 'closed' };

@@ -21,6 +21,7 @@ import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } fro
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
+import { createStateRing, StateRingWriter, type RingSlice, type StateRingShared } from './state-ring.ts';
 import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
@@ -85,6 +86,10 @@ const parked = new Map<number, Advance>();
  * it; otherwise the main thread says 'forget' once it has the reply.
  */
 const finals = new Map<number, Float32Array>();
+
+/** Where advances' memory goes to the main thread (made once the models are loaded: sized by their state). */
+let ringShared: StateRingShared;
+let ring: StateRingWriter;
 
 let running = false;
 let closing = false;
@@ -388,6 +393,8 @@ function planIteration(): Group[] {
 interface RunOutcome {
   replies: Reply[];
   transfer: ArrayBuffer[];
+  /** The ring position after this run's slices (see state-ring.ts). */
+  ringEnd?: number;
   runRows: number;
   again: EngineRequest[];
 }
@@ -411,7 +418,7 @@ const segmentOptions = ({ pkg, scratch }: Loaded): SegmentOptions => (config.bat
 
 /**
  * Copies `states` (views of one run's output) into one new buffer and returns views of it: one buffer
- * to transfer for all of a run's step replies instead of one per row.
+ * to transfer for all of a run's replies instead of one per row (when the ring is full).
  */
 function packCopies(states: Float32Array[]): Float32Array[] {
   if (states.length === 0) return [];
@@ -423,26 +430,40 @@ function packCopies(states: Float32Array[]): Float32Array[] {
   });
 }
 
+/**
+ * The memory of a run's step and advance replies, as the main thread will find it: slices of the ring,
+ * or (the ring full: the main thread is behind) copies in one buffer to transfer.
+ */
+function statesOut(states: Float32Array[]): { out: (Float32Array | RingSlice)[]; ringEnd?: number; transfer?: ArrayBuffer } {
+  if (states.length === 0) return { out: [] };
+  const written = ring.write(states);
+  if (written) return { out: written.slices, ringEnd: written.end };
+  const copies = packCopies(states);
+  return { out: copies, transfer: copies[0]!.buffer as ArrayBuffer };
+}
+
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
   const again: EngineRequest[] = [];
   let runRows = reqs.length;
+  let ringEnd: number | undefined;
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
     // Views of the run's output: a chain going on feeds its view to its next run as it is (in the
     // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in rmt-runner.ts).
     const out = (await runSegmentState(pkg, rows, { ...segmentOptions(loaded), views: true })).slice(0, reqs.length);
-    const steps: { id: number; index: number; state: Float32Array }[] = [];
+    // Every memory this run hands back: step replies (a chain going on) and advance replies (one ended).
+    const sends: { id: number; index?: number; state: Float32Array }[] = [];
     out.forEach((nextState, i) => {
       const r = reqs[i]!;
       if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
       const at = chainAt.get(r.id);
       if (r.lengths.length > 1 && !at) return; // cancelled during this run: its caller has gone
       if (at && at.index + 1 < r.lengths.length) {
-        if (r.steps) steps.push({ id: r.id, index: at.index, state: nextState });
+        if (r.steps) sends.push({ id: r.id, index: at.index, state: nextState });
         chainAt.set(r.id, { index: at.index + 1, offset: at.offset + r.lengths[at.index]! });
         again.push({ ...r, state: nextState });
         return;
@@ -458,15 +479,16 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
           again.push(cont);
         } else finals.set(r.id, nextState);
       }
-      // Its own buffer: transferring the run's output would take the other rows' memory with it.
-      const own = nextState.slice();
-      replies.push({ id: r.id, ok: true, op: 'advance', nextState: own });
-      transfer.push(own.buffer as ArrayBuffer);
+      sends.push({ id: r.id, state: nextState });
     });
-    // The steps' copies go back in one buffer; this thread keeps the run's output for the next segment.
-    const copies = packCopies(steps.map((st) => st.state));
-    steps.forEach((st, k) => replies.push({ id: st.id, ok: true, op: 'step', index: st.index, nextState: copies[k]! }));
-    if (copies.length > 0) transfer.push(copies[0]!.buffer as ArrayBuffer);
+    // Copies, not the run's output: this thread keeps it for the chains' next segment (and transferring it would take every row's memory).
+    const sent = statesOut(sends.map((x) => x.state));
+    ringEnd = sent.ringEnd;
+    if (sent.transfer) transfer.push(sent.transfer);
+    sends.forEach((x, k) => {
+      const nextState = sent.out[k]!;
+      replies.push(x.index === undefined ? { id: x.id, ok: true, op: 'advance', nextState } : { id: x.id, ok: true, op: 'step', index: x.index, nextState });
+    });
   } else if (graph === 'segment') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
@@ -499,7 +521,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       transfer.push(logits.buffer as ArrayBuffer);
     });
   }
-  return { replies, transfer, runRows, again };
+  return { replies, transfer, runRows, again, ...(ringEnd !== undefined ? { ringEnd } : {}) };
 }
 
 function precheck(loaded: Loaded, r: EngineRequest): string | undefined {
@@ -554,6 +576,7 @@ async function runGroup(group: Group): Promise<void> {
           const one = await timed([r]);
           outcome.replies.push(...one.replies);
           outcome.transfer.push(...one.transfer);
+          if (one.ringEnd !== undefined) outcome.ringEnd = one.ringEnd;
           outcome.again.push(...one.again);
         } catch (e) {
           outcome.replies.push(...failed(r, e));
@@ -562,7 +585,7 @@ async function runGroup(group: Group): Promise<void> {
     }
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
-  post({ type: 'replies', replies: [...early, ...outcome.replies], stats }, outcome.transfer);
+  post({ type: 'replies', replies: [...early, ...outcome.replies], stats, ...(outcome.ringEnd !== undefined ? { ringEnd: outcome.ringEnd } : {}) }, outcome.transfer);
   // Chains going on are the oldest requests: they lead the next iteration. They are not awaited streams.
   if (outcome.again.length > 0) queue = [...outcome.again, ...queue];
   if (config.batchWaitMs > 0) {
@@ -768,6 +791,8 @@ async function start(): Promise<void> {
   let device: EngineDevice;
   try {
     device = await loadModels();
+    ringShared = createStateRing(config.maxBatch, Math.max(...[...models.values()].map((m) => m.info.initState.length)));
+    ring = new StateRingWriter(ringShared);
     await warmUp();
   } catch (err) {
     post({ type: 'loadError', message: errorMessage(err) });
@@ -781,7 +806,7 @@ async function start(): Promise<void> {
       if (!running) void finishClose();
     }
   });
-  post({ type: 'ready', models: [...models.values()].map((m) => m.info), device });
+  post({ type: 'ready', models: [...models.values()].map((m) => m.info), device, ring: ringShared });
 }
 
 void start();

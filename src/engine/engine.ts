@@ -8,7 +8,8 @@
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import type { Answer, EngineRequest, FromWorker, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import { StateRingReader, type StateRingShared } from './state-ring.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
 
 export interface EngineOptions {
@@ -181,7 +182,7 @@ export interface Engine {
 }
 
 interface Pending {
-  resolve: (reply: Reply & { ok: true }) => void;
+  resolve: (reply: Answer & { ok: true }) => void;
   reject: (err: Error) => void;
   /** A chained advance's memory after each segment but the last ('step' replies). */
   onStep?: (index: number, state: Float32Array) => void;
@@ -254,6 +255,8 @@ function typeName(v: unknown): string {
 interface Lane {
   index: number;
   worker: Worker;
+  /** Where the thread puts advances' memory (copied out as each message arrives). */
+  ring: StateRingReader;
   /** Ops issued in the current macrotask, sent as one message. */
   outbox: Op[];
   transfer: ArrayBuffer[];
@@ -284,8 +287,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   // onnxruntime's session creation aborts the process.
   const started = await Promise.allSettled(
     workers.map((w, i) =>
-      awaitReady<{ infos: ModelInfo[]; device: EngineDevice }, FromWorker>(w, threads > 1 ? `engine thread ${i}` : 'engine thread', (msg) =>
-        msg.type === 'ready' ? { ready: { infos: msg.models, device: msg.device } } : msg.type === 'loadError' ? { refused: msg.message } : undefined,
+      awaitReady<{ infos: ModelInfo[]; device: EngineDevice; ring: StateRingShared }, FromWorker>(w, threads > 1 ? `engine thread ${i}` : 'engine thread', (msg) =>
+        msg.type === 'ready' ? { ready: { infos: msg.models, device: msg.device, ring: msg.ring } } : msg.type === 'loadError' ? { refused: msg.message } : undefined,
       ),
     ),
   );
@@ -294,7 +297,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     await Promise.allSettled(workers.map((w) => w.terminate()));
     throw failed.reason;
   }
-  const { infos, device } = (started[0] as PromiseFulfilledResult<{ infos: ModelInfo[]; device: EngineDevice }>).value;
+  const ready = started.map((r) => (r as PromiseFulfilledResult<{ infos: ModelInfo[]; device: EngineDevice; ring: StateRingShared }>).value);
+  const { infos, device } = ready[0]!;
 
   const byName = new Map(infos.map((m) => [m.name, m]));
   const pending = new Map<number, Pending & { lane: Lane }>();
@@ -306,7 +310,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
   let dead: string | undefined;
   let closing: Promise<void> | undefined;
 
-  const lanes: Lane[] = workers.map((worker, index) => ({ index, worker, outbox: [], transfer: [], flushScheduled: false, streams: 0, inFlight: 0 }));
+  const lanes: Lane[] = workers.map((worker, index) => ({ index, worker, ring: new StateRingReader(ready[index]!.ring), outbox: [], transfer: [], flushScheduled: false, streams: 0, inFlight: 0 }));
 
   // Requests issued in the same macrotask go out as one message per thread, so sessions that
   // continue from one batch's results arrive together and can share the next run.
@@ -406,9 +410,11 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
           }
         }
       }
-      for (const r of msg.replies) {
-        const p = pending.get(r.id);
+      for (const sent of msg.replies) {
+        const p = pending.get(sent.id);
         if (!p) continue;
+        // A memory in the ring is copied out now: its region is written again once released below.
+        const r: Answer = sent.ok && (sent.op === 'step' || sent.op === 'advance') && !(sent.nextState instanceof Float32Array) ? { ...sent, nextState: lane.ring.read(sent.nextState) } : (sent as Answer);
         if (r.ok && r.op === 'step') {
           try {
             p.onStep?.(r.index, r.nextState);
@@ -423,6 +429,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         if (r.ok) p.resolve(r);
         else p.reject(new Error(r.message));
       }
+      if (msg.ringEnd !== undefined) lane.ring.release(msg.ringEnd);
       updateRef();
     });
     // One thread lost fails the engine: its sessions' requests and KV caches are gone, and the others
@@ -479,12 +486,12 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     return state.slice();
   };
 
-  const submit = <T extends Reply & { ok: true }>(
+  const submit = <T extends Answer & { ok: true }>(
     lane: Lane, request: EngineRequest, buffers: ArrayBuffer[], extra: Pick<Pending, 'onStep'> = {},
   ): Promise<T> =>
     new Promise<T>((resolve, reject) => {
       const stream = request.op === 'decode' ? undefined : request.stream;
-      pending.set(request.id, { resolve: resolve as (r: Reply & { ok: true }) => void, reject, lane, ...extra, ...(stream !== undefined ? { stream } : {}) });
+      pending.set(request.id, { resolve: resolve as (r: Answer & { ok: true }) => void, reject, lane, ...extra, ...(stream !== undefined ? { stream } : {}) });
       lane.inFlight++;
       updateRef();
       send(lane, { kind: 'request', request }, buffers);
@@ -498,7 +505,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     const st = checkState(where, m, state);
     const lengths = op === 'advance' ? { lengths: Int32Array.of(idArr.length) } : {};
     const request = { op, id: nextId++, model: name, ids: idArr, ...lengths, state: st, ...(stream !== undefined ? { stream } : {}) } as EngineRequest;
-    return submit<Extract<Reply, { op: O; ok: true }>>(laneFor(stream), request, [idArr.buffer, st.buffer]);
+    return submit<Extract<Answer, { op: O; ok: true }>>(laneFor(stream), request, [idArr.buffer, st.buffer]);
   };
 
   /** A chained advance: every segment checked, the ids sent as one array split by `lengths`. */
@@ -543,9 +550,9 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      let r: Extract<Reply, { op: 'advance'; ok: true }>;
+      let r: Extract<Answer, { op: 'advance'; ok: true }>;
       try {
-        r = await submit<Extract<Reply, { op: 'advance'; ok: true }>>(lane, request, [ids.buffer, st.buffer], onState ? { onStep: onState } : {});
+        r = await submit<Extract<Answer, { op: 'advance'; ok: true }>>(lane, request, [ids.buffer, st.buffer], onState ? { onStep: onState } : {});
       } catch (err) {
         if (chain) chain.failed = true;
         throw err;
@@ -604,7 +611,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         if (typeof token !== 'number' || !Number.isInteger(token) || token < 0 || token >= m.vocabSize) {
           throw new Error(`${where}: token ${String(token)} is not a token id in 0..${m.vocabSize - 1}`);
         }
-        const r = await submit<Extract<Reply, { op: 'decode'; ok: true }>>(laneOfKv(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
+        const r = await submit<Extract<Answer, { op: 'decode'; ok: true }>>(laneOfKv(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
         return { logits: r.logits };
       }),
 
