@@ -618,6 +618,9 @@ function releaseTurn(): void {
   Atomics.notify(turn, 1);
 }
 
+/** onnxruntime runs so far (the loop yields to the event loop only after an iteration without one). */
+let runsDone = 0;
+
 /** The last onnxruntime run: when it started (ms since the epoch), how long it held the device, and how long it waited for it. */
 let lastRun = { startedAt: 0, ms: 0, waitedMs: 0 };
 
@@ -635,6 +638,7 @@ async function exclusive<T>(run: () => Promise<T>): Promise<T> {
     const t2 = performance.now();
     releaseTurn();
     lastRun = { startedAt: performance.timeOrigin + t1, ms: t2 - t1, waitedMs: t1 - t0 };
+    runsDone++;
   }
 }
 
@@ -651,6 +655,7 @@ async function pump(): Promise<void> {
     // Requests sent together arrive together: let the rest of a burst land before planning.
     await yieldToEventLoop();
     while (queue.length > 0 && !closing) {
+      const runsBefore = runsDone;
       await gatherBatch();
       for (const g of planIteration()) {
         if (closing) break;
@@ -661,7 +666,11 @@ async function pump(): Promise<void> {
           post({ type: 'replies', replies: g.requests.map((r) => ({ id: r.id, ok: false, message: errorMessage(err) })), stats: [] });
         }
       }
-      await yieldToEventLoop();
+      // onnxruntime-node starts each run from setImmediate (its backend's run()), so an iteration that ran
+      // one has let the event loop deliver what arrived meanwhile; another turn here would cost every
+      // dependent run its time (a few hundredths of a ms) while the device waits. Requests that arrived
+      // while the run was being planned join the next one.
+      if (runsDone === runsBefore) await yieldToEventLoop();
     }
   } finally {
     running = false;
