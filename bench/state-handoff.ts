@@ -6,7 +6,8 @@
 //
 //   node --import tsx bench/state-handoff.ts
 //
-// Environment: ROWS (8), STATE (12288: GPT-2 small's 16 x 768 memory), RUN_MS (0.5), RUNS (3000), REPEATS (5).
+// Environment: ROWS (8), STATE (12288: GPT-2 small's 16 x 768 memory), RING_ROWS (256: the ring is sized as
+// the engine sizes it, for runs of maxBatch rows), RUN_MS (0.5), RUNS (3000), REPEATS (5).
 import os from 'node:os';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { startModuleThread } from '../src/engine/thread-entry.ts';
@@ -14,6 +15,7 @@ import { createStateRing, StateRingReader, StateRingWriter, type RingSlice, type
 
 const ROWS = Number(process.env.ROWS ?? 8);
 const STATE = Number(process.env.STATE ?? 12288);
+const RING_ROWS = Number(process.env.RING_ROWS ?? 256);
 const RUN_MS = Number(process.env.RUN_MS ?? 0.5);
 const RUNS = Number(process.env.RUNS ?? 3000);
 const REPEATS = Number(process.env.REPEATS ?? 5);
@@ -21,11 +23,11 @@ const REPEATS = Number(process.env.REPEATS ?? 5);
 type Msg = { states: (Float32Array | RingSlice)[]; ringEnd?: number } | { done: number };
 
 if (isMainThread) {
-  console.log(`state handoff bench: ${ROWS} states of ${STATE} floats per run, ${RUN_MS} ms of work between runs, ${RUNS} runs x ${REPEATS}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
+  console.log(`state handoff bench: ${ROWS} states of ${STATE} floats per run (ring for ${RING_ROWS}), ${RUN_MS} ms of work between runs, ${RUNS} runs x ${REPEATS}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), node ${process.version}`);
   const results: Record<string, number[]> = { transfer: [], ring: [] };
   for (let r = 0; r < REPEATS; r++) {
     for (const mode of ['transfer', 'ring'] as const) {
-      const ring = createStateRing(ROWS, STATE);
+      const ring = createStateRing(RING_ROWS, STATE);
       const reader = new StateRingReader(ring);
       const w = startModuleThread(import.meta.url, { workerData: { mode, ring } });
       const perRun = await new Promise<number>((resolve, reject) => {

@@ -7,8 +7,15 @@ import { performance } from 'node:perf_hooks';
 const sums = new Map<string, { ms: number; n: number }>();
 let last: { name: string; at: number } | undefined;
 let runs = 0;
+let started = false;
 (globalThis as { __mark?: (name: string) => void }).__mark = (name) => {
   const at = performance.now();
+  // The warm-up's runs (every batch-size bucket, before the loop) are not the level's: count from the loop's first iteration.
+  if (!started && name === 'loop-top') {
+    started = true;
+    sums.clear();
+    runs = 0;
+  }
   if (name === 'run-end') runs++;
   if (last) {
     const key = `${last.name} -> ${name}`;

@@ -51,9 +51,35 @@ describe('state ring', () => {
     assert.deepEqual(c.slices, [{ ringAt: 30000, length: 10000 }]);
     assert.deepEqual(r.read(b.slices[0]!), state(30000, 2));
     r.release(b.end);
-    assert.deepEqual(w.write([state(25536, 4)])!.slices, [{ ringAt: 40000, length: 25536 }], 'the tail, free again');
-    assert.equal(w.write([state(30001, 5)]), undefined, 'c is not released: 30,000 free at 0');
-    assert.deepEqual(w.write([state(30000, 5)])!.slices, [{ ringAt: 0, length: 30000 }]);
+    // Only c (30,000..40,000) is held: the start is free again, and a region goes there.
+    assert.deepEqual(w.write([state(25536, 4)])!.slices, [{ ringAt: 0, length: 25536 }]);
+    // The tail skipped for it counts as used until it is released: 4,464 free, after it.
+    assert.deepEqual(w.write([state(4464, 5)])!.slices, [{ ringAt: 25536, length: 4464 }]);
+    assert.equal(w.write([state(1, 6)]), undefined);
+  });
+
+  test('while the reader keeps up, every region starts at 0 (the same stretch, still in the caches)', () => {
+    const shared = createStateRing(1, 1024);
+    const w = new StateRingWriter(shared);
+    const r = new StateRingReader(shared);
+    for (let k = 0; k < 5; k++) {
+      const got = w.write([state(3000, k), state(3000, k + 1)])!;
+      assert.deepEqual(got.slices, [{ ringAt: 0, length: 3000 }, { ringAt: 3000, length: 3000 }], `run ${k}`);
+      assert.deepEqual(r.read(got.slices[1]!), state(3000, k + 1));
+      r.release(got.end);
+    }
+    // Not released: the next region follows it; once the first is released (the second not yet), the
+    // third goes back to 0, in front of the second.
+    const first = w.write([state(3000, 9)])!;
+    assert.deepEqual(first.slices, [{ ringAt: 0, length: 3000 }]);
+    const second = w.write([state(3000, 10)])!;
+    assert.deepEqual(second.slices, [{ ringAt: 3000, length: 3000 }]);
+    r.release(first.end);
+    assert.equal(w.write([state(3001, 11)])!.slices[0]!.ringAt, 6000, 'does not fit in front of the second');
+    r.release((first.end + 3000) | 0); // the second
+    const third = w.write([state(3000, 12)])!;
+    assert.deepEqual(third.slices, [{ ringAt: 0, length: 3000 }], 'the start is free again (only 6000..9001 held)');
+    assert.deepEqual(r.read(third.slices[0]!), state(3000, 12));
   });
 
   test('positions wrap at 2^32 (int32 arithmetic) without losing track of what is free', () => {

@@ -1,8 +1,8 @@
 // A ring of memory states in shared memory, from an engine thread to the main thread. A chain's
 // memory after each segment goes to the main thread (step replies); copying a run's states into a new
-// buffer and transferring it cost the engine thread about 0.1 ms per 8-row run of a GPT-2-small-shaped
-// model (allocation, zeroing, the transfer), between dependent runs while the device waits
-// (BENCHMARKS.md, run 14). Written here, the states cost one copy; the main thread copies each out as
+// buffer and transferring it is the engine thread's time between dependent runs, while the device
+// waits (allocation, zeroing, the transfer: bench/state-handoff.ts, BENCHMARKS.md run 14). Written
+// here, the states cost one copy; the main thread copies each out as
 // its reply arrives and then frees the run's region. One writer (the engine thread), one reader (the
 // main thread, in message order); when the reader is behind and a run's states do not fit, the writer
 // says so and the caller sends its own buffer as before.
@@ -56,9 +56,13 @@ export class StateRingWriter {
     const size = this.data.length;
     const total = states.reduce((n, s) => n + s.length, 0);
     const at = this.written & this.mask;
-    // A region does not wrap: one that would starts at 0, the ring's tail left unused this round.
-    const skip = at + total > size ? size - at : 0;
     const used = (this.written - Atomics.load(this.released, 0)) | 0;
+    // A region does not wrap: one that would starts at 0, the ring's tail left unused this round. So
+    // does every region that finds the start free (what is not released yet lies in at-used..at): while
+    // the main thread keeps up, runs reuse the first stretches, still in the CPU's caches, instead of
+    // going round megabytes of a ring sized for the largest batch (the ring's copy took 0.069 ms per
+    // 8-row run of GPT-2-small states on the H200 going round, BENCHMARKS.md run 14).
+    const skip = at !== 0 && (at - used >= total || at + total > size) ? size - at : 0;
     if (total === 0 || used + skip + total > size) return undefined;
     let pos = skip === 0 ? at : 0;
     const slices = states.map((s) => {
