@@ -103,12 +103,16 @@ const corpus = TEXT_FILE ? readFileSync(TEXT_FILE, 'utf8') : undefined;
  * cut by characters, the sessions' documents differed by 7 % (64 sessions) and 12 % (256) in tokens,
  * and a level's end ran on the few longest (run 7: end time against tokens, correlation 0.97 at 64).
  */
-let corpusPieces: { text: string[]; tokens: Uint16Array } | undefined;
-async function piecesOf(text: string): Promise<{ text: string[]; tokens: Uint16Array }> {
-  if (corpusPieces) return corpusPieces;
-  const tok = await loadTokenizer((await loadCatalog(MODELS_DIR, [MODEL])).get(MODEL)!.tokenizerFile);
-  const pieces = text.match(GPT2_SPLIT) ?? [];
-  corpusPieces = { text: pieces, tokens: Uint16Array.from(pieces, (p) => tok.encode(p).length) };
+// The promise is kept, not its value: a level asks for all its documents at once, and every call made
+// before the first finished used to split and count the whole text again (n times at n sessions: 109 s
+// of a 64-session run on the development VM, and run 14's 256-session level did not start in its call).
+let corpusPieces: Promise<{ text: string[]; tokens: Uint16Array }> | undefined;
+function piecesOf(text: string): Promise<{ text: string[]; tokens: Uint16Array }> {
+  corpusPieces ??= (async () => {
+    const tok = await loadTokenizer((await loadCatalog(MODELS_DIR, [MODEL])).get(MODEL)!.tokenizerFile);
+    const pieces = text.match(GPT2_SPLIT) ?? [];
+    return { text: pieces, tokens: Uint16Array.from(pieces, (p) => tok.encode(p).length) };
+  })();
   return corpusPieces;
 }
 
