@@ -89,6 +89,6 @@ export type FromWorker =
   | { type: 'ready'; models: ModelInfo[]; device: EngineDevice; ring: StateRingShared }
   | { type: 'loadError'; message: string }
   /** The replies of one onnxruntime run (or of requests rejected before any run), in one message. */
-  /** `ringEnd`: the ring position after this message's slices, released once they are copied out. */
+  /** `ringEnd`: the ring position after every slice sent so far, released once this message's are copied out. */
   | { type: 'replies'; replies: Reply[]; stats: BatchStat[]; ringEnd?: number }
   | { type: 'closed' };

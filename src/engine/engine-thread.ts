@@ -21,7 +21,7 @@ import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } fro
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
-import { createStateRing, StateRingWriter, type RingSlice, type StateRingShared } from './state-ring.ts';
+import { createStateRing, StateRingWriter, type RingSlice } from './state-ring.ts';
 import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
@@ -88,7 +88,6 @@ const parked = new Map<number, Advance>();
 const finals = new Map<number, Float32Array>();
 
 /** Where advances' memory goes to the main thread (made once the models are loaded: sized by their state). */
-let ringShared: StateRingShared;
 let ring: StateRingWriter;
 
 let running = false;
@@ -277,10 +276,15 @@ function dropKvRef(kv: number): void {
   if (e.released && e.queued <= 0) kvs.delete(kv);
 }
 
+/** A chained advance of several segments starts at its first. */
+function startChain(r: Advance): void {
+  if (r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
+}
+
 /** Starts a continuation from `state`, the last memory of the chain it continues. */
 function startContinuation(r: Advance, state: Float32Array): void {
   r.state = state;
-  if (r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
+  startChain(r);
 }
 
 /** A chain ended without a last memory (failed, cancelled): its waiting continuation fails with it. */
@@ -335,7 +339,7 @@ function onOps(ops: Op[]): void {
         rejected.push({ id: r.id, ok: false, message: `advance(${r.model}): request ${r.after}, continued from, failed, was cancelled or was not sent to be continued` });
         continue;
       }
-    } else if (r.op === 'advance' && r.lengths.length > 1) chainAt.set(r.id, { index: 0, offset: 0 });
+    } else if (r.op === 'advance') startChain(r);
     const stream = streamOf(r);
     if (stream !== undefined) awaited.get(groupKey(r))?.delete(stream);
     queue.push(r);
@@ -393,8 +397,6 @@ function planIteration(): Group[] {
 interface RunOutcome {
   replies: Reply[];
   transfer: ArrayBuffer[];
-  /** The ring position after this run's slices (see state-ring.ts). */
-  ringEnd?: number;
   runRows: number;
   again: EngineRequest[];
 }
@@ -434,10 +436,10 @@ function packCopies(states: Float32Array[]): Float32Array[] {
  * The memory of a run's step and advance replies, as the main thread will find it: slices of the ring,
  * or (the ring full: the main thread is behind) copies in one buffer to transfer.
  */
-function statesOut(states: Float32Array[]): { out: (Float32Array | RingSlice)[]; ringEnd?: number; transfer?: ArrayBuffer } {
+function statesOut(states: Float32Array[]): { out: (Float32Array | RingSlice)[]; transfer?: ArrayBuffer } {
   if (states.length === 0) return { out: [] };
   const written = ring.write(states);
-  if (written) return { out: written.slices, ringEnd: written.end };
+  if (written) return { out: written.slices };
   const copies = packCopies(states);
   return { out: copies, transfer: copies[0]!.buffer as ArrayBuffer };
 }
@@ -448,7 +450,6 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   const transfer: ArrayBuffer[] = [];
   const again: EngineRequest[] = [];
   let runRows = reqs.length;
-  let ringEnd: number | undefined;
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
@@ -483,7 +484,6 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
     });
     // Copies, not the run's output: this thread keeps it for the chains' next segment (and transferring it would take every row's memory).
     const sent = statesOut(sends.map((x) => x.state));
-    ringEnd = sent.ringEnd;
     if (sent.transfer) transfer.push(sent.transfer);
     sends.forEach((x, k) => {
       const nextState = sent.out[k]!;
@@ -521,7 +521,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       transfer.push(logits.buffer as ArrayBuffer);
     });
   }
-  return { replies, transfer, runRows, again, ...(ringEnd !== undefined ? { ringEnd } : {}) };
+  return { replies, transfer, runRows, again };
 }
 
 function precheck(loaded: Loaded, r: EngineRequest): string | undefined {
@@ -576,7 +576,6 @@ async function runGroup(group: Group): Promise<void> {
           const one = await timed([r]);
           outcome.replies.push(...one.replies);
           outcome.transfer.push(...one.transfer);
-          if (one.ringEnd !== undefined) outcome.ringEnd = one.ringEnd;
           outcome.again.push(...one.again);
         } catch (e) {
           outcome.replies.push(...failed(r, e));
@@ -585,7 +584,8 @@ async function runGroup(group: Group): Promise<void> {
     }
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
-  post({ type: 'replies', replies: [...early, ...outcome.replies], stats, ...(outcome.ringEnd !== undefined ? { ringEnd: outcome.ringEnd } : {}) }, outcome.transfer);
+  // Every ring slice written so far is in this message or an earlier one (onOps' messages carry none).
+  post({ type: 'replies', replies: [...early, ...outcome.replies], stats, ringEnd: ring.end }, outcome.transfer);
   // Chains going on are the oldest requests: they lead the next iteration. They are not awaited streams.
   if (outcome.again.length > 0) queue = [...outcome.again, ...queue];
   if (config.batchWaitMs > 0) {
@@ -800,8 +800,7 @@ async function start(): Promise<void> {
   let device: EngineDevice;
   try {
     device = await loadModels();
-    ringShared = createStateRing(config.maxBatch, Math.max(...[...models.values()].map((m) => m.info.initState.length)));
-    ring = new StateRingWriter(ringShared);
+    ring = new StateRingWriter(createStateRing(config.maxBatch, Math.max(...[...models.values()].map((m) => m.info.initState.length))));
     await warmUp();
   } catch (err) {
     post({ type: 'loadError', message: errorMessage(err) });
@@ -815,7 +814,7 @@ async function start(): Promise<void> {
       if (!running) void finishClose();
     }
   });
-  post({ type: 'ready', models: [...models.values()].map((m) => m.info), device, ring: ringShared });
+  post({ type: 'ready', models: [...models.values()].map((m) => m.info), device, ring: ring.shared });
 }
 
 void start();

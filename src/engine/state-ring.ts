@@ -42,10 +42,15 @@ export class StateRingWriter {
   private readonly mask: number;
   private written = 0;
 
-  constructor(shared: StateRingShared) {
+  constructor(readonly shared: StateRingShared) {
     this.data = new Float32Array(shared.data);
     this.released = new Int32Array(shared.control);
     this.mask = this.data.length - 1;
+  }
+
+  /** The position after everything written so far: the reader may release up to it once it has every slice written before. */
+  get end(): number {
+    return this.written;
   }
 
   /**
