@@ -172,6 +172,13 @@ def cmd_state_graph(a):
         print(p, json.dumps(add_state_graph(a.package, p)))
 
 
+def cmd_steps_graph(a):
+    from .steps_graph import add_steps_graph
+
+    for p in a.precisions.split(","):
+        print(p, json.dumps(add_steps_graph(a.package, p, a.steps)))
+
+
 def cmd_convert(a):
     from .convert import convert
 
@@ -306,6 +313,12 @@ def main(argv=None):
     s.add_argument("--package", required=True)
     s.add_argument("--precisions", default="fp32,fp16")
     s.set_defaults(fn=cmd_state_graph)
+
+    s = sub.add_parser("steps-graph", help="add the segment_state_steps graph (K segments per run, unrolled) to an existing package")
+    s.add_argument("--package", required=True)
+    s.add_argument("--steps", type=int, default=4)
+    s.add_argument("--precisions", default="fp32,fp16")
+    s.set_defaults(fn=cmd_steps_graph)
 
     s = sub.add_parser("convert", help="Hugging Face GPT-2 RMT checkpoint (MemoryCell + RecurrentWrapper) -> checkpoint")
     s.add_argument("--checkpoint", required=True, help="pytorch_model.bin / model.safetensors / torch.save'd state dict")
