@@ -9,7 +9,7 @@ import { createSession, float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 
 // Only what an fp32 CPU load reads.
-const FILES = ['model.json', 'segment.onnx', 'segment.state.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
+const FILES = ['model.json', 'segment.onnx', 'segment.state.onnx', 'segment.state.x4.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
 
 const tempDirs: string[] = [];
 
@@ -85,6 +85,34 @@ describe('loadModelPackage', () => {
       m.graphs.fp32.segment_state = 'nope.onnx';
     });
     await assert.rejects(loadModelPackage(dir), /nope\.onnx: segment_state graph file not found/);
+  });
+
+  test('reads the segment_state_steps graph\'s K from its input; rejects another graph in its place, and a missing one', async () => {
+    const pkg = await loadModelPackage(PACKAGE_DIR);
+    try {
+      assert.equal(pkg.steps, 4);
+      assert.ok(pkg.sessions.segmentSteps);
+    } finally {
+      await pkg.release();
+    }
+    const dir = await copyPackage();
+    await editManifest(dir, (m) => {
+      m.graphs.fp32.segment_state_steps = 'segment.state.onnx';
+    });
+    await assert.rejects(loadModelPackage(dir), /segment\.state\.onnx: input 'input_ids' expected rank 3, found shape \[batch, tokens\]/);
+    await editManifest(dir, (m) => {
+      m.graphs.fp32.segment_state_steps = 'nope.onnx';
+    });
+    await assert.rejects(loadModelPackage(dir), /nope\.onnx: segment_state_steps graph file not found/);
+    await editManifest(dir, (m) => {
+      delete m.graphs.fp32.segment_state_steps;
+    });
+    const without = await loadModelPackage(dir);
+    try {
+      assert.equal(without.steps, undefined);
+    } finally {
+      await without.release();
+    }
   });
 
   test('rejects non-positive integers in model.json', async () => {

@@ -42,7 +42,14 @@ export interface ModelPackage {
    * segment graph projects every position onto the vocabulary for token_logprobs; a run that needs
    * only the next memory uses this one when the package has it.
    */
-  sessions: { segment: Session; decode: Session; segmentState?: Session };
+  sessions: { segment: Session; decode: Session; segmentState?: Session; segmentSteps?: Session };
+  /**
+   * Segments per run of sessions.segmentSteps (graphs.<precision>.segment_state_steps, axis 1 of its
+   * input_ids): the segment_state graph unrolled, each step's memory feeding the next inside the run, so
+   * the engine thread's turnaround between a session's dependent runs is paid once per that many
+   * segments. Absent without that graph.
+   */
+  steps?: number;
   tokenizer: TextTokenizer;
   release(): Promise<void>;
 }
@@ -83,6 +90,19 @@ const SEGMENT_IO = {
 const SEGMENT_STATE_IO = {
   inputs: SEGMENT_IO.inputs,
   outputs: [{ name: 'next_state.memory', dtype: 'float32', rank: 3 }],
+} satisfies Record<string, IoSpec[]>;
+
+// The segment_state graph unrolled over K segments (rmt_toolkit steps-graph): ids and mask [batch, K, tokens].
+const SEGMENT_STEPS_IO = {
+  inputs: [
+    { name: 'input_ids', dtype: 'int64', rank: 3 },
+    { name: 'attention_mask', dtype: 'int64', rank: 3 },
+    { name: 'state.memory', dtype: 'float32', rank: 3 },
+  ],
+  outputs: [
+    { name: 'next_state.memory', dtype: 'float32', rank: 3 },
+    { name: 'step_states.memory', dtype: 'float32', rank: 4 },
+  ],
 } satisfies Record<string, IoSpec[]>;
 
 /** State and logits are float32 in every precision; the KV cache has the graph's own dtype. */
@@ -255,6 +275,8 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   const segmentPath = requireFile(dir, segmentName, 'segment graph');
   const decodePath = requireFile(dir, decodeName, 'decode graph');
   const statePath = stateName === undefined ? undefined : requireFile(dir, stateName, 'segment_state graph');
+  const stepsName = graphs.segment_state_steps === undefined ? undefined : str(graphs, 'segment_state_steps', MJ, `${G}.segment_state_steps`);
+  const stepsPath = stepsName === undefined ? undefined : requireFile(dir, stepsName, 'segment_state_steps graph');
   if (typeof graphs.weights === 'string') requireFile(dir, graphs.weights, 'external weights');
   const kvDtype = precision === 'fp16' ? 'float16' : 'float32';
 
@@ -272,11 +294,13 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     opened.push(s);
     return s;
   };
-  let segment: Session, decode: Session, segmentState: Session | undefined;
+  let segment: Session, decode: Session, segmentState: Session | undefined, segmentSteps: Session | undefined;
+  let steps: number | undefined;
   try {
     segment = await open(segmentPath, 'segment');
     decode = await open(decodePath, 'decode');
     if (statePath !== undefined) segmentState = await open(statePath, 'segment_state');
+    if (stepsPath !== undefined) segmentSteps = await open(stepsPath, 'segment_state_steps');
     checkIo(segmentName, segment, SEGMENT_IO);
     checkDim(segmentName, segment, 'state.memory', 1, memoryTokens);
     checkDim(segmentName, segment, 'state.memory', 2, dModel);
@@ -284,6 +308,15 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
       checkIo(stateName!, segmentState, SEGMENT_STATE_IO);
       checkDim(stateName!, segmentState, 'state.memory', 1, memoryTokens);
       checkDim(stateName!, segmentState, 'state.memory', 2, dModel);
+    }
+    if (segmentSteps) {
+      checkIo(stepsName!, segmentSteps, SEGMENT_STEPS_IO);
+      const k = segmentSteps.inputs.find((i) => i.name === 'input_ids')!.shape[1];
+      if (typeof k !== 'number' || k < 2) fail(stepsName!, `input 'input_ids' axis 1 (segments per run) must be a fixed number >= 2, found ${JSON.stringify(k)}`);
+      checkDim(stepsName!, segmentSteps, 'attention_mask', 1, k);
+      checkDim(stepsName!, segmentSteps, 'state.memory', 1, memoryTokens);
+      checkDim(stepsName!, segmentSteps, 'state.memory', 2, dModel);
+      steps = k;
     }
     checkIo(decodeName, decode, decodeIo(kvDtype));
     checkDim(decodeName, decode, 'memory', 2, dModel);
@@ -295,7 +328,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     await Promise.all(opened.map((s) => s.release()));
     throw err;
   }
-  const sessions: ModelPackage['sessions'] = segmentState ? { segment, decode, segmentState } : { segment, decode };
+  const sessions: ModelPackage['sessions'] = { segment, decode, ...(segmentState ? { segmentState } : {}), ...(segmentSteps ? { segmentSteps } : {}) };
 
   return {
     dir,
@@ -311,6 +344,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     precision,
     kvDtype,
     sessions,
+    ...(steps !== undefined ? { steps } : {}),
     tokenizer,
     release: async () => {
       await Promise.all(opened.map((s) => s.release()));

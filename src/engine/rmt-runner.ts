@@ -111,7 +111,7 @@ function feedArrays(scratch: FeedScratch | undefined, n: number, m: number): { i
  * When the rows' states lie one after another in one buffer, in row order (a chain's views of the run
  * before: SegmentOptions.views), that stretch of the buffer as the batch's state feed: no copy.
  */
-function rowsInPlace(rows: readonly SegmentRow[], stateSize: number): Float32Array | undefined {
+function rowsInPlace(rows: readonly { state: Float32Array }[], stateSize: number): Float32Array | undefined {
   const first = rows[0]!.state;
   for (let b = 1; b < rows.length; b++) {
     const s = rows[b]!.state;
@@ -122,12 +122,29 @@ function rowsInPlace(rows: readonly SegmentRow[], stateSize: number): Float32Arr
 
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
 export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>, rows: readonly SegmentRow[], options: SegmentOptions): { feeds: Record<string, Tensor>; width: number } {
-  const longest = Math.max(...rows.map((r) => r.ids.length));
-  for (const [i, r] of rows.entries()) {
-    if (r.ids.length === 0 || r.ids.length > pkg.segmentLength) {
-      throw new Error(`segment row ${i} has ${r.ids.length} tokens, expected 1..${pkg.segmentLength}`);
+  return feedsOf(pkg, rows.map((r) => [r.ids]), rows, options, false);
+}
+
+/**
+ * Feeds of a batched call over `segments[b]` of row b (all rows the same count K): ids and mask
+ * [batch, width] (`stepped` false, K = 1) or [batch, K, width] (the segment_state_steps graph), every
+ * segment right-padded to the same width and masked.
+ */
+function feedsOf(
+  pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>,
+  segments: readonly (readonly ArrayLike<number>[])[], rows: readonly { state: Float32Array }[], options: SegmentOptions, stepped: boolean,
+): { feeds: Record<string, Tensor>; width: number } {
+  const k = segments[0]!.length;
+  let longest = 0;
+  for (const [i, segs] of segments.entries()) {
+    if (segs.length !== k) throw new Error(`row ${i} has ${segs.length} segments, expected ${k} (every row of a run the same)`);
+    for (const [j, ids] of segs.entries()) {
+      if (ids.length === 0 || ids.length > pkg.segmentLength) {
+        throw new Error(`segment row ${i}${stepped ? ` step ${j}` : ''} has ${ids.length} tokens, expected 1..${pkg.segmentLength}`);
+      }
+      longest = Math.max(longest, ids.length);
     }
-    memoryState(pkg, r.state);
+    memoryState(pkg, rows[i]!.state);
   }
   const width = options.width ?? longest;
   if (!Number.isInteger(width) || width < longest || width > pkg.segmentLength) {
@@ -136,19 +153,23 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
   const inPlace = rowsInPlace(rows, stateSize);
-  const { ids, mask, states: scratchStates } = feedArrays(options.scratch, batch * width, inPlace ? 0 : batch * stateSize);
+  const { ids, mask, states: scratchStates } = feedArrays(options.scratch, batch * k * width, inPlace ? 0 : batch * stateSize);
   const states = inPlace ?? scratchStates;
   const none: number[] = [];
-  rows.forEach((r, b) => {
-    writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
-    // The mask: 1 over the row's tokens, 0 over its padding.
-    writeInt64(mask, b * width, none, r.ids.length, 1);
-    writeInt64(mask, b * width + r.ids.length, none, width - r.ids.length, 0);
-    if (!inPlace) states.set(r.state, b * stateSize);
+  segments.forEach((segs, b) => {
+    segs.forEach((seg, j) => {
+      const at = (b * k + j) * width;
+      writeInt64(ids, at, seg, width, pkg.specialTokens.pad);
+      // The mask: 1 over the segment's tokens, 0 over its padding.
+      writeInt64(mask, at, none, seg.length, 1);
+      writeInt64(mask, at + seg.length, none, width - seg.length, 0);
+    });
+    if (!inPlace) states.set(rows[b]!.state, b * stateSize);
   });
+  const dims = stepped ? [batch, k, width] : [batch, width];
   const feeds = {
-    input_ids: int64(ids, [batch, width]),
-    attention_mask: int64(mask, [batch, width]),
+    input_ids: int64(ids, dims),
+    attention_mask: int64(mask, dims),
     'state.memory': float32(states, [batch, pkg.memoryTokens, pkg.dModel]),
   };
   return { feeds, width };
@@ -187,6 +208,45 @@ export async function runSegmentState(pkg: ModelPackage, rows: readonly SegmentR
   const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
   const out = await session.run(feeds, ['next_state.memory']);
   return splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), rows.length, options.views);
+}
+
+/** A row of a segment_state_steps run: its next `pkg.steps` segments, and the memory before the first. */
+export interface StepsRow {
+  segments: readonly ArrayLike<number>[];
+  state: Float32Array;
+}
+
+export interface StepsResult {
+  /** Per row, the memory after each of its segments. */
+  steps: Float32Array[][];
+  /** Per row, the memory after its last segment (equal to its last step's; with views, rows lie one after another). */
+  last: Float32Array[];
+}
+
+/**
+ * Runs `pkg.steps` segments of every row in one call of the segment_state_steps graph, each segment's
+ * memory feeding the next inside the graph. With options.views the memories are views of the run's
+ * output buffers (see SegmentOptions.views).
+ */
+export async function runSegmentSteps(pkg: ModelPackage, rows: readonly StepsRow[], options: SegmentOptions = {}): Promise<StepsResult> {
+  const session = pkg.sessions.segmentSteps;
+  if (!session || pkg.steps === undefined) throw new Error(`model '${pkg.name}' has no segment_state_steps graph (${pkg.precision})`);
+  if (rows.length === 0) return { steps: [], last: [] };
+  const K = pkg.steps;
+  for (const [i, r] of rows.entries()) if (r.segments.length !== K) throw new Error(`steps row ${i} has ${r.segments.length} segments, expected ${K} (the graph's steps per run)`);
+  const { feeds } = feedsOf(pkg, rows.map((r) => r.segments), rows, options, true);
+  const out = await session.run(feeds, ['next_state.memory', 'step_states.memory']);
+  const batch = rows.length;
+  const all = asFloat32(out['step_states.memory'], 'step_states.memory');
+  const stateSize = pkg.memoryTokens * pkg.dModel;
+  if (all.length !== batch * K * stateSize) {
+    throw new Error(`step_states.memory has ${all.length} values, expected [${batch}, ${K}, ${pkg.memoryTokens}, ${pkg.dModel}]`);
+  }
+  const flat = splitStates(pkg, all, batch * K, options.views);
+  return {
+    steps: Array.from({ length: batch }, (_, b) => flat.slice(b * K, (b + 1) * K)),
+    last: splitStates(pkg, asFloat32(out['next_state.memory'], 'next_state.memory'), batch, options.views),
+  };
 }
 
 function newKv(pkg: ModelPackage, n: number): KvArray {
