@@ -422,8 +422,12 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
       } else if (segments.length > 0) {
         await chainAll(chain);
       }
-      count(ids.length);
       offer?.memory(cur.memory);
+      // The request's last tokens count only once no commit can start any more: a commit the chain's
+      // commits started as they landed records its own offset, and must not take tokens past it (a retry
+      // after a failed final commit resumes there and counts them again).
+      await cur.settle();
+      count(ids.length);
       // Segments of the last, partial batch are committed with the request: report them too.
       if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq })) > 0) segmentProgress(ids.length);
       offer?.applied(cur.rec);
@@ -439,6 +443,8 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
   if (segments.length > 0) {
     await chainAll();
   }
+  // As for ingest: after the commits in flight, which record their own offsets.
+  await cur.settle();
   count(ids.length);
 
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
