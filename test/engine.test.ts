@@ -640,10 +640,11 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
           assert.ok(maxAbsDiff(last, expected[s]![4]!) === 0, `session ${s}: the result is not the last memory`);
         }
         // The chains go back to the front of the queue after each run: a thread's sessions run together
-        // in every one of its five runs (4 sessions on one thread; 2 per thread on two).
+        // in every one of its runs (4 sessions on one thread; 2 per thread on two): the first four
+        // segments in one run of the package's 4-step graph, the fifth in a run of its own.
         const perThread = 4 / (engine === one ? 1 : 2);
         assert.deepEqual(rec.stats.map((b) => b.rows), new Array(rec.stats.length).fill(perThread), `rows per run: ${rec.stats.map((b) => b.rows).join(' ')}`);
-        assert.equal(rec.stats.length, 5 * (4 / perThread));
+        assert.deepEqual(rec.stats.map((b) => b.steps).sort(), new Array(4 / perThread).fill([1, 4]).flat().sort());
       }
     });
 
@@ -663,14 +664,15 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       } });
       rec.stop();
       const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
-      assert.equal(rec.stats.length, 5);
-      assert.equal(during.length, 5, `runs finished while the main thread was busy: ${during.length} of 5`);
+      // Segments 0-3 in one 4-step run, segment 4 in the next: both while this thread was blocked.
+      assert.deepEqual(rec.stats.map((b) => b.steps), [4, 1]);
+      assert.equal(during.length, 2, `runs finished while the main thread was busy: ${during.length} of 2`);
     });
 
     test('memory handed back while the main thread is behind: the ring fills, the rest comes in buffers of its own, every state intact', async () => {
       const init = one.model(SMALL).initState;
-      // More segments than the thread's ring holds states (one engine: maxBatch 8).
-      const ringStates = createStateRing(8, init.length).data.byteLength / 4 / init.length;
+      // More segments than the thread's ring holds states (one engine: maxBatch 8, runs of 4 steps).
+      const ringStates = createStateRing(8 * 4, init.length).data.byteLength / 4 / init.length;
       const segs = Array.from({ length: ringStates + 8 }, (_, k) => corpus.slice((64 * k) % (corpus.length - 128), ((64 * k) % (corpus.length - 128)) + 128));
       const collect = async (block: boolean) => {
         const states: { index: number; state: Float32Array }[] = [];
@@ -687,15 +689,17 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
           busyEnd = performance.timeOrigin + until;
         } });
         rec.stop();
-        return { states, last, during: rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd).length };
+        // Segments run while this thread was busy (4 per run of the 4-step graph).
+        return { states, last, during: rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd).reduce((n, b) => n + b.steps, 0) };
       };
       const free = await collect(false);
       const behind = await collect(true);
-      assert.ok(behind.during > ringStates + 1, `runs done while the main thread was busy: ${behind.during}, the ring holds ${ringStates}`);
+      assert.ok(behind.during > ringStates + 1, `segments run while the main thread was busy: ${behind.during}, the ring holds ${ringStates}`);
       assert.deepEqual(behind.states.map((x) => x.index), segs.map((_, k) => k));
       for (let k = 0; k < segs.length; k++) assert.ok(maxAbsDiff(behind.states[k]!.state, free.states[k]!.state) === 0, `segment ${k}: memory differs`);
       assert.ok(maxAbsDiff(behind.last, free.last) === 0);
-      assert.equal(new Set(behind.states.map((x) => x.state.buffer)).size, segs.length, 'each memory in its own buffer');
+      // Copied out of the ring on arrival (a later run may write over its region), never views of it.
+      assert.ok(behind.states.every((x) => !(x.state.buffer instanceof SharedArrayBuffer)), 'a memory handed on is a view of the ring');
     });
 
     test('a continuation sent while its chain runs starts in the run right after the chain\'s last, bit for bit as one chain', async () => {
@@ -716,8 +720,9 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
         assert.equal(maxAbsDiff(a, ref.final!), 0);
         assert.equal(maxAbsDiff(b, whole), 0, 'two chains, the second continuing the first, differ from one chain');
         assert.deepEqual(steps, [0, 1, 2]);
-        // Five segments, one row each, in five runs on one thread: no run without the session.
-        assert.deepEqual(rec.stats.map((x) => x.rows), [1, 1, 1, 1, 1]);
+        // Five segments, one row each, on one thread: the chain's two and the continuation's first two
+        // in one run of the 4-step graph, the last in the next run.
+        assert.deepEqual(rec.stats.map((x) => [x.rows, x.steps]), [[1, 4], [1, 1]]);
         assert.equal(new Set(rec.stats.map((x) => x.lane)).size, 1);
         // Sent after the first chain's reply: it starts from ref.final, as any advanceMany from a state.
         const later = await engine.advanceMany(SMALL, segs.slice(2), ref, { stream });
@@ -773,6 +778,87 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       assert.ok(chainRows >= 2 && chainRows <= 4, `the chain ran ${chainRows} of its 40 segments after an abort at its second`);
       assert.deepEqual(indices.slice(0, 2), [0, 1]);
     });
+  });
+});
+
+describe('segment_state_steps runs (segmentSteps)', () => {
+  // The shipped package's 4-step graph against one segment per run, on the same thread and batch size.
+  let stepped: Engine;
+  let plain: Engine;
+  before(async () => {
+    const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 4096 };
+    [stepped, plain] = await Promise.all([startEngine(base), startEngine({ ...base, segmentSteps: false })]);
+  });
+  after(async () => {
+    await Promise.all([stepped?.close(), plain?.close()]);
+  });
+
+  /** Segment k of session s: full, except every chain's last (short). */
+  const seg = (s: number, k: number, short: boolean) => corpus.slice((53 * s + 29 * k) % 900, ((53 * s + 29 * k) % 900) + (short ? 17 + s : 128));
+
+  /**
+   * Six sessions, each sending three chains at once (the second and third continuing the one before),
+   * of 1..7 segments: chains end inside runs, continuations take over mid-run, a session's last run
+   * has fewer than 4 segments to go. Every memory each chain hands back, in order, and the stats.
+   */
+  const sessions = async (engine: Engine) => {
+    const rec = recordStats(engine);
+    const init = engine.model(SMALL).initState;
+    const out = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map(async (s) => {
+        const lengths = [1 + (s % 3), 1 + ((s * 5) % 7), 2 + s];
+        let k = 0;
+        const chains = lengths.map((n) => Array.from({ length: n }, (_, j) => seg(s, k++, j === n - 1)));
+        const refs: ChainRef[] = [{}, {}, {}];
+        const seen: [number, number, Float32Array][] = [];
+        const done = chains.map((segments, c) =>
+          engine.advanceMany(SMALL, segments, c === 0 ? init : refs[c - 1]!, {
+            stream: `steps-${s}`, chain: refs[c]!, onState: (i, st) => seen.push([c, i, st]),
+          }),
+        );
+        return { seen, results: await Promise.all(done), lengths };
+      }),
+    );
+    rec.stop();
+    return { out, stats: rec.stats };
+  };
+
+  test('equal one segment per run bit for bit: every memory handed back, in order, across chain ends and continuations', async () => {
+    const a = await sessions(stepped);
+    const b = await sessions(plain);
+    for (let s = 0; s < 6; s++) {
+      const x = a.out[s]!;
+      const y = b.out[s]!;
+      // Each chain's memories in order (a chain's last comes as its promise resolves, so after the next
+      // chain's first ones when one run held both).
+      const byChain = (seen: typeof x.seen) => [0, 1, 2].map((c) => seen.filter(([cc]) => cc === c));
+      const [xs, ys] = [byChain(x.seen), byChain(y.seen)];
+      for (let c = 0; c < 3; c++) {
+        assert.deepEqual(xs[c]!.map(([, i]) => i), Array.from({ length: x.lengths[c]! }, (_, i) => i), `session ${s} chain ${c}: onState indices`);
+        assert.deepEqual(ys[c]!.map(([, i]) => i), xs[c]!.map(([, i]) => i));
+        xs[c]!.forEach(([, i, st], n) => assert.equal(maxAbsDiff(st, ys[c]![n]![2]), 0, `session ${s} chain ${c} segment ${i}`));
+      }
+      x.results.forEach((st, c) => assert.equal(maxAbsDiff(st, y.results[c]!), 0, `session ${s} chain ${c}: result`));
+    }
+    const segments = (stats: BatchStat[]) => stats.reduce((n, st) => n + st.rows * st.steps, 0);
+    const total = a.out.reduce((n, x) => n + x.lengths.reduce((p, q) => p + q, 0), 0);
+    assert.equal(segments(a.stats), total);
+    assert.equal(segments(b.stats), total);
+    assert.ok(b.stats.every((st) => st.steps === 1));
+    // The steps runs did most of the work, in fewer runs; their tokens count all four segments of a row.
+    const fours = a.stats.filter((st) => st.steps === 4);
+    assert.ok(fours.reduce((n, st) => n + st.rows * 4, 0) > total / 2, `segments in 4-step runs: ${fours.map((st) => st.rows).join(' ')}`);
+    assert.ok(a.stats.length < b.stats.length);
+    const tokens = (stats: BatchStat[]) => stats.reduce((n, st) => n + st.tokens, 0);
+    assert.equal(tokens(a.stats), tokens(b.stats));
+  });
+
+  test('a package without the graph, or segmentSteps false, runs one segment per run', async () => {
+    const init = plain.model(SMALL).initState;
+    const rec = recordStats(plain);
+    await plain.advanceMany(SMALL, [0, 1, 2, 3, 4, 5, 6, 7].map((k) => seg(0, k, false)), init);
+    rec.stop();
+    assert.deepEqual(rec.stats.map((st) => st.steps), new Array(8).fill(1));
   });
 });
 

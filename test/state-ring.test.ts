@@ -8,11 +8,12 @@ import { createStateRing, StateRingReader, StateRingWriter } from '../src/engine
 const state = (n: number, v: number) => Float32Array.from({ length: n }, (_, i) => v + i / 1000);
 
 describe('state ring', () => {
-  test('sized for two runs of the largest batch, a power of two between 256 KiB and 32 MiB', () => {
+  test('sized for two runs of the largest batch, a power of two between 256 KiB and 128 MiB', () => {
     assert.equal(createStateRing(8, 4096).data.byteLength, 256 * 1024);
     assert.equal(createStateRing(8, 12288).data.byteLength, 1 << 20); // 196,608 floats -> 2^18
     assert.equal(createStateRing(256, 12288).data.byteLength, 32 << 20);
-    assert.equal(createStateRing(4096, 12288).data.byteLength, 32 << 20);
+    assert.equal(createStateRing(256 * 4, 12288).data.byteLength, 128 << 20);
+    assert.equal(createStateRing(4096 * 4, 12288).data.byteLength, 128 << 20);
   });
 
   test('states come out as written, each its own array; a full ring is refused until the reader releases', () => {

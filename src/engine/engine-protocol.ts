@@ -32,6 +32,8 @@ export interface WorkerConfig {
    */
   deviceState?: SharedArrayBuffer;
   deviceTurns: boolean;
+  /** Run chained advances K segments per run through a package's segment_state_steps graph when every row has K to go. */
+  segmentSteps: boolean;
 }
 
 export type EngineRequest =

@@ -22,7 +22,7 @@ import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
 import { createStateRing, StateRingWriter, type RingSlice } from './state-ring.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
@@ -399,6 +399,50 @@ interface RunOutcome {
   transfer: ArrayBuffer[];
   runRows: number;
   again: EngineRequest[];
+  /** Segments per row (a segment_state_steps run: its K) and the tokens run, when not one segment per row. */
+  steps?: { k: number; tokens: number };
+}
+
+/** One of the segments a steps run gives a row: the chain it belongs to, its index there, where its ids start. */
+interface Slot {
+  r: Advance;
+  index: number;
+  offset: number;
+}
+
+/**
+ * A row's next `k` segments at most: its chain from where it is, then, when the chain is kept, the
+ * continuation parked after it (and after that one, the next). Fewer when no more are here yet.
+ */
+function slotsOf(r: Advance, k: number): Slot[] {
+  const slots: Slot[] = [];
+  let cur: Advance | undefined = r;
+  let { index, offset } = chainAt.get(r.id) ?? { index: 0, offset: 0 };
+  while (cur && slots.length < k) {
+    for (; index < cur.lengths.length && slots.length < k; offset += cur.lengths[index]!, index++) slots.push({ r: cur, index, offset });
+    if (index < cur.lengths.length) break;
+    cur = cur.keep ? parked.get(cur.id) : undefined;
+    index = 0;
+    offset = 0;
+  }
+  return slots;
+}
+
+/**
+ * With the segment_state_steps graph: every row's next K segments (slotsOf), when every row has K to
+ * go; otherwise undefined (the batch runs one segment per row, as the graph takes K for all rows).
+ */
+function stepsPlan(loaded: Loaded, reqs: EngineRequest[]): Slot[][] | undefined {
+  const k = loaded.pkg.steps;
+  if (!config.segmentSteps || k === undefined) return undefined;
+  const plan: Slot[][] = [];
+  for (const r of reqs) {
+    if (r.op !== 'advance') return undefined;
+    const slots = slotsOf(r, k);
+    if (slots.length < k) return undefined;
+    plan.push(slots);
+  }
+  return plan;
 }
 
 /** The rows of a segment, advance or prefill batch. */
@@ -444,12 +488,73 @@ function statesOut(states: Float32Array[]): { out: (Float32Array | RingSlice)[];
   return { out: copies, transfer: copies[0]!.buffer as ArrayBuffer };
 }
 
+/**
+ * A batch of chained advances, K segments per row in one run of the segment_state_steps graph (`plan`:
+ * each row's K segments, which may run past its chain's end into the continuation parked after it).
+ * Afterwards each row's segments are walked as single runs would have: a step reply per segment, an
+ * advance reply where a chain ends, the continuation taking over from that memory; what was cancelled
+ * during the run is dropped from there on.
+ */
+async function runSteps(loaded: Loaded, reqs: EngineRequest[], plan: Slot[][]): Promise<RunOutcome> {
+  const k = plan[0]!.length;
+  const segmentOf = ({ r, index, offset }: Slot) => r.ids.subarray(offset, offset + r.lengths[index]!);
+  const rows = padToBucket(plan.map((slots, i) => ({ segments: slots.map(segmentOf), state: (reqs[i] as Advance).state })));
+  // Views, as in runBatch: a row going on feeds its last memory to its next run uncopied.
+  const out = await runSegmentSteps(loaded.pkg, rows, { ...segmentOptions(loaded), views: true });
+  const again: EngineRequest[] = [];
+  const sends: { id: number; index?: number; state: Float32Array }[] = [];
+  let tokens = 0;
+  plan.forEach((slots, i) => {
+    const first = reqs[i] as Advance;
+    for (const s of slots) tokens += s.r.lengths[s.index]!;
+    if (first.lengths.length > 1 && !chainAt.has(first.id)) return; // cancelled during this run: its caller has gone
+    for (let j = 0; j < k; j++) {
+      const { r, index, offset } = slots[j]!;
+      const state = out.steps[i]![j]!;
+      if (index + 1 < r.lengths.length) {
+        if (r.steps) sends.push({ id: r.id, index, state });
+        if (j === k - 1) {
+          chainAt.set(r.id, { index: index + 1, offset: offset + r.lengths[index]! });
+          again.push({ ...r, state: out.last[i]! });
+        }
+        continue;
+      }
+      chainAt.delete(r.id);
+      sends.push({ id: r.id, state });
+      // Not kept, or kept and cancelled during this run (the cancel ended it): nothing goes on from here.
+      if (!(r.keep && keptLive.delete(r.id))) break;
+      const cont = parked.get(r.id);
+      if (!cont) {
+        finals.set(r.id, state);
+        break;
+      }
+      parked.delete(r.id);
+      if (j === k - 1 || slots[j + 1]!.r !== cont) {
+        // Parked during this run: it starts in the next, from this memory.
+        startContinuation(cont, state);
+        again.push(cont);
+        break;
+      }
+      // Its first segments ran in this run, right after this chain's last.
+      startChain(cont);
+    }
+  });
+  const sent = statesOut(sends.map((x) => x.state));
+  const replies: Reply[] = sends.map((x, n) => {
+    const nextState = sent.out[n]!;
+    return x.index === undefined ? { id: x.id, ok: true, op: 'advance', nextState } : { id: x.id, ok: true, op: 'step', index: x.index, nextState };
+  });
+  return { replies, transfer: sent.transfer ? [sent.transfer] : [], runRows: rows.length, again, steps: { k, tokens } };
+}
+
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
   const again: EngineRequest[] = [];
   let runRows = reqs.length;
+  const plan = graph === 'advance' ? stepsPlan(loaded, reqs) : undefined;
+  if (plan) return runSteps(loaded, reqs, plan);
   if (graph === 'advance') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
@@ -556,7 +661,10 @@ async function runGroup(group: Group): Promise<void> {
     const out = await runBatch(loaded, g.graph, reqs);
     // Waiting for another thread's run is not this batch's work.
     const ms = performance.now() - t0 - lastRun.waitedMs;
-    stats.push({ graph: g.graph, model: g.model, rows: reqs.length, runRows: out.runRows, tokens, ms, lane: config.lane, startedAt: lastRun.startedAt, runMs: lastRun.ms });
+    stats.push({
+      graph: g.graph, model: g.model, rows: reqs.length, runRows: out.runRows, tokens: out.steps?.tokens ?? tokens, ms, lane: config.lane,
+      startedAt: lastRun.startedAt, runMs: lastRun.ms, steps: out.steps?.k ?? 1,
+    });
     return out;
   };
   let outcome: RunOutcome;
@@ -792,7 +900,14 @@ async function warmUp(): Promise<void> {
   if (!config.batchBuckets || !config.warmup) return;
   for (const loaded of models.values()) {
     const row = { ids: [loaded.info.specialTokens.pad], state: loaded.info.initState };
-    for (const b of bucketSizes(config.maxBatch)) await runSegmentState(loaded.pkg, new Array<typeof row>(b).fill(row), segmentOptions(loaded));
+    const { steps } = loaded.pkg;
+    for (const b of bucketSizes(config.maxBatch)) {
+      await runSegmentState(loaded.pkg, new Array<typeof row>(b).fill(row), segmentOptions(loaded));
+      if (config.segmentSteps && steps !== undefined) {
+        const stepsRow = { segments: new Array<number[]>(steps).fill(row.ids), state: row.state };
+        await runSegmentSteps(loaded.pkg, new Array<typeof stepsRow>(b).fill(stepsRow), segmentOptions(loaded));
+      }
+    }
   }
 }
 
@@ -800,7 +915,9 @@ async function start(): Promise<void> {
   let device: EngineDevice;
   try {
     device = await loadModels();
-    ring = new StateRingWriter(createStateRing(config.maxBatch, Math.max(...[...models.values()].map((m) => m.info.initState.length))));
+    // A steps run hands back K memories per row.
+    const perRun = config.maxBatch * Math.max(...[...models.values()].map((m) => (config.segmentSteps ? (m.pkg.steps ?? 1) : 1)));
+    ring = new StateRingWriter(createStateRing(perRun, Math.max(...[...models.values()].map((m) => m.info.initState.length))));
     await warmUp();
   } catch (err) {
     post({ type: 'loadError', message: errorMessage(err) });

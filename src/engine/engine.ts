@@ -53,6 +53,13 @@ export interface EngineOptions {
   /** Run every bucket once per segment graph before the engine is ready (default: true on cuda). */
   warmup?: boolean;
   /**
+   * Default true: when a package ships a segment_state_steps graph (K segments per run), a batch of
+   * chained advances whose rows all have K segments to go (their chain, then the continuations queued
+   * after it) runs them in one onnxruntime run, so the engine thread turns around once per K segments.
+   * Same results in fp32 (bit for bit); fp16 graphs round differently by a few half-float units.
+   */
+  segmentSteps?: boolean;
+  /**
    * Engine threads (default 1), each with its own onnxruntime sessions (the models' weights once per
    * thread) and its own cohort of sessions, so the device works on one cohort while the others turn
    * around (see deviceTurns).
@@ -120,6 +127,8 @@ export interface BatchStat {
   /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
   startedAt: number;
   runMs: number;
+  /** Segments per row in the run: the segment_state_steps graph's K, else 1. */
+  steps: number;
 }
 
 export interface AdvanceOptions {
@@ -242,6 +251,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     streamIdleMs: nonNegative(opts.streamIdleMs ?? STREAM_IDLE_MS, 'streamIdleMs'),
     batchBuckets: opts.batchBuckets ?? opts.executionProvider === 'cuda',
     warmup: opts.warmup ?? opts.executionProvider === 'cuda',
+    segmentSteps: opts.segmentSteps ?? true,
   };
 }
 

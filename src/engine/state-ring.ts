@@ -20,11 +20,13 @@ export interface RingSlice {
 }
 
 const MIN_FLOATS = 1 << 16;
-const MAX_FLOATS = 1 << 23; // 32 MiB
+// 128 MiB: two runs of 256 rows × 4 steps of a GPT-2-small memory (48 KiB). Pages the ring never reaches
+// are never touched (a region goes back to the start whenever that is free).
+const MAX_FLOATS = 1 << 25;
 
 /**
  * A ring for runs of up to `rows` states of `stateFloats` floats: room for two such runs (the reader
- * frees one as soon as its message is handled), as a power of two between 256 KiB and 32 MiB.
+ * frees one as soon as its message is handled), as a power of two between 256 KiB and 128 MiB.
  */
 export function createStateRing(rows: number, stateFloats: number): StateRingShared {
   let floats = MIN_FLOATS;

@@ -13,6 +13,7 @@ export class WorkerMetrics {
   readonly registry: Registry;
   readonly batchRows: Histogram<'graph' | 'model'>;
   readonly batchTokens: Histogram<'graph' | 'model'>;
+  readonly batchSteps: Histogram<'graph' | 'model'>;
   readonly stepSeconds: Histogram<'graph' | 'model'>;
   readonly runSeconds: Histogram<'graph' | 'model'>;
   readonly requestSeconds: Histogram<'kind'>;
@@ -38,6 +39,10 @@ export class WorkerMetrics {
     this.batchTokens = reuse(r, 'rmt_engine_batch_tokens', () => new Histogram({
       name: 'rmt_engine_batch_tokens', help: 'real tokens in one onnxruntime run', labelNames: labels,
       buckets: [1, 16, 128, 512, 1024, 4096, 16384, 65536], registers: [r],
+    }));
+    this.batchSteps = reuse(r, 'rmt_engine_batch_steps', () => new Histogram({
+      name: 'rmt_engine_batch_steps', help: 'segments per row in one onnxruntime run (the segment_state_steps graph\'s K, else 1)', labelNames: labels,
+      buckets: [1, 2, 4, 8, 16], registers: [r],
     }));
     this.stepSeconds = reuse(r, 'rmt_engine_step_seconds', () => new Histogram({
       name: 'rmt_engine_step_seconds', help: 'time of one onnxruntime run (segment step, prefill or decode)', labelNames: labels,
@@ -79,6 +84,7 @@ export class WorkerMetrics {
     const labels = { graph: s.graph, model: s.model };
     this.batchRows.observe(labels, s.rows);
     this.batchTokens.observe(labels, s.tokens);
+    this.batchSteps.observe(labels, s.steps);
     this.stepSeconds.observe(labels, s.ms / 1000);
     this.runSeconds.observe(labels, s.runMs / 1000);
   }

@@ -62,6 +62,7 @@ export async function startWorkerRuntime(
     threads: engineThreads(config),
     deviceTurns: config.engineTurns,
     packStreams: config.enginePackSessions,
+    segmentSteps: config.segmentSteps,
   });
   const device = engine.device();
   if (device.fallbackReason !== undefined) log?.({ fallbackReason: device.fallbackReason }, 'CUDA unavailable: running on the CPU (RMT_CPU_FALLBACK)');
