@@ -17,7 +17,9 @@
 // row beside the fixed-size runs at (lo+hi)/2), FEEDS (fixed: one set of feeds for every run; chained:
 // each run's feeds built as the engine thread builds them, from int32 ids and the previous run's next
 // memory, dependent runs as one session's; the build is timed apart), LIMIT_THREAD (main; worker: the
-// sweep runs in a worker thread, as the engine's runs do). Profile in a process
+// sweep runs in a worker thread, as the engine's runs do), GRAPHS ("state"; "state,steps" also times the
+// package's segment_state_steps graph, K segments per run: lines "<precision> steps<K> batch", tokens and
+// FLOPs of all K segments, its two outputs fetched as the engine does; fixed feeds only). Profile in a process
 // started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
 //
 // FLOPs per row and segment (what the architecture needs; the memory positions included):
@@ -50,12 +52,17 @@ const INTRA_OP_THREADS = Number(process.env.INTRA_OP_THREADS ?? 0);
 const PROFILE_BATCH = process.env.PROFILE_BATCH ? Number(process.env.PROFILE_BATCH) : undefined;
 const OUT_JSON = process.env.OUT_JSON;
 const FEEDS = (process.env.FEEDS ?? 'fixed') as 'fixed' | 'chained';
+const GRAPHS = (process.env.GRAPHS ?? 'state').split(',') as ('state' | 'steps')[];
+for (const g of GRAPHS) if (g !== 'state' && g !== 'steps') throw new Error(`GRAPHS: state or steps, found ${g}`);
+if (GRAPHS.includes('steps') && FEEDS !== 'fixed') throw new Error('GRAPHS=steps times fixed feeds only');
 if (FEEDS !== 'fixed' && FEEDS !== 'chained') throw new Error(`FEEDS must be fixed or chained, found ${FEEDS}`);
 /** Feed building per run (FEEDS=chained), ms: not part of the run's time. */
 const buildMs: number[] = [];
 
 export interface LimitPoint {
   precision: Precision;
+  /** Segments per run: 1 (segment_state graph) or the segment_state_steps graph's K. */
+  steps: number;
   batch: number;
   runs: number;
   stepMsP50: number;
@@ -74,15 +81,18 @@ export function flopsPerRow(cfg: { n_layers: number; d_model: number; segment_le
   return cfg.n_layers * (24 * T * d * d + 4 * T * T * d);
 }
 
-function feeds(pkg: ModelPackage, batch: number): Record<string, Tensor> {
+/** Full segments of fixed ids, for the segment_state graph ([batch, S]) or, with k, the steps graph ([batch, k, S]). */
+function feeds(pkg: ModelPackage, batch: number, k?: number): Record<string, Tensor> {
   const S = pkg.segmentLength;
-  const ids = new BigInt64Array(batch * S);
-  for (let b = 0; b < batch; b++) tokens(b + 1, S, Math.min(pkg.vocabSize, 4096)).forEach((t, i) => (ids[b * S + i] = BigInt(t)));
+  const per = S * (k ?? 1);
+  const ids = new BigInt64Array(batch * per);
+  for (let b = 0; b < batch; b++) tokens(b + 1, per, Math.min(pkg.vocabSize, 4096)).forEach((t, i) => (ids[b * per + i] = BigInt(t)));
+  const dims = k === undefined ? [batch, S] : [batch, k, S];
   const state = new Float32Array(batch * pkg.memoryTokens * pkg.dModel);
   for (let b = 0; b < batch; b++) state.set(pkg.initState.memory!, b * pkg.memoryTokens * pkg.dModel);
   return {
-    input_ids: int64(ids, [batch, S]),
-    attention_mask: int64(new BigInt64Array(batch * S).fill(1n), [batch, S]),
+    input_ids: int64(ids, dims),
+    attention_mask: int64(new BigInt64Array(batch * per).fill(1n), dims),
     'state.memory': float32(state, [batch, pkg.memoryTokens, pkg.dModel]),
   };
 }
@@ -124,8 +134,9 @@ function chainedFeeds(pkg: ModelPackage, batch: number): (previous?: Float32Arra
   };
 }
 
-async function timeRuns(session: Session, pkg: ModelPackage, batch: number): Promise<number[]> {
-  const fixed = FEEDS === 'fixed' ? feeds(pkg, batch) : undefined;
+async function timeRuns(session: Session, pkg: ModelPackage, batch: number, k?: number): Promise<number[]> {
+  const fixed = FEEDS === 'fixed' ? feeds(pkg, batch, k) : undefined;
+  const fetch = k === undefined ? ['next_state.memory'] : ['next_state.memory', 'step_states.memory'];
   const chain = FEEDS === 'chained' ? chainedFeeds(pkg, batch) : undefined;
   let previous: Float32Array | undefined;
   const next = (): Record<string, Tensor> => {
@@ -136,7 +147,7 @@ async function timeRuns(session: Session, pkg: ModelPackage, batch: number): Pro
     return f;
   };
   const run = async (f: Record<string, Tensor>) => {
-    const out = await session.run(f, ['next_state.memory']);
+    const out = await session.run(f, fetch);
     previous = out['next_state.memory']!.data as Float32Array;
   };
   for (let i = 0; i < 3; i++) await run(next()); // first runs allocate and tune
@@ -168,30 +179,34 @@ async function main(): Promise<void> {
     const pkg = await loadModelPackage(MODEL_DIR, { executionProvider: PROVIDER, deviceId: DEVICE_ID, precision, ...(INTRA_OP_THREADS ? { intraOpThreads: INTRA_OP_THREADS } : {}) });
     const session = pkg.sessions.segmentState ?? pkg.sessions.segment;
     console.log(`${precision}: loaded in ${(performance.now() - t0).toFixed(0)} ms, graph ${path.basename(session.file)}`);
+    if (GRAPHS.includes('steps') && !pkg.sessions.segmentSteps) throw new Error(`${MODEL_DIR} (${precision}) has no segment_state_steps graph (rmt_toolkit steps-graph)`);
     try {
       if (process.env.COMPARE_DIR) {
         compare[precision] = await compareWith(pkg, precision);
         console.log(`${precision}: next memory vs ${path.basename(process.env.COMPARE_DIR)}, 4 rows of lengths S, S/2, 1, S-1: max |diff| ${compare[precision]!.toExponential(2)}`);
       }
-      for (const batch of process.env.PROFILE_ONLY ? [] : BATCHES) {
+      for (const graph of GRAPHS) for (const batch of process.env.PROFILE_ONLY ? [] : BATCHES) {
+        const k = graph === 'steps' ? pkg.steps! : undefined;
+        const label = k === undefined ? `${precision} batch` : `${precision} steps${k} batch`;
         let times: number[];
         try {
-          times = await timeRuns(session, pkg, batch);
+          times = await timeRuns(k === undefined ? session : pkg.sessions.segmentSteps!, pkg, batch, k);
         } catch (err) {
-          console.log(`${precision} batch ${batch}: failed: ${(err as Error).message.slice(0, 300)}`);
+          console.log(`${label} ${batch}: failed: ${(err as Error).message.slice(0, 300)}`);
           break;
         }
         const p50 = percentile(times, 50);
-        const flops = perRow * batch;
+        const segs = batch * (k ?? 1);
+        const flops = perRow * segs;
         const p: LimitPoint = {
-          precision, batch, runs: times.length, stepMsP50: p50, stepMsMin: times[0]!, stepMsMax: times[times.length - 1]!,
-          tokPerS: (batch * pkg.segmentLength) / (p50 / 1000),
-          sustainedTokPerS: (batch * pkg.segmentLength * times.length) / (times.reduce((a, b) => a + b, 0) / 1000),
+          precision, steps: k ?? 1, batch, runs: times.length, stepMsP50: p50, stepMsMin: times[0]!, stepMsMax: times[times.length - 1]!,
+          tokPerS: (segs * pkg.segmentLength) / (p50 / 1000),
+          sustainedTokPerS: (segs * pkg.segmentLength * times.length) / (times.reduce((a, b) => a + b, 0) / 1000),
           tflops: flops / (p50 / 1000) / 1e12, mfu: flops / (p50 / 1000) / (PEAK_TFLOPS * 1e12),
         };
         points.push(p);
         console.log(
-          `${precision} batch ${String(batch).padStart(3)} | step p50 ${p50.toFixed(2)} ms (min ${p.stepMsMin.toFixed(2)}, max ${p.stepMsMax.toFixed(2)}, ${p.runs} runs) | ` +
+          `${label} ${String(batch).padStart(3)} | ${k === undefined ? 'step' : 'run'} p50 ${p50.toFixed(2)} ms (min ${p.stepMsMin.toFixed(2)}, max ${p.stepMsMax.toFixed(2)}, ${p.runs} runs) | ` +
             `${Math.round(p.tokPerS)} tok/s (sustained ${Math.round(p.sustainedTokPerS)}) | ${p.tflops.toFixed(1)} TFLOP/s | MFU ${(p.mfu * 100).toFixed(1)} %` +
             (buildMs.length ? ` | feeds built in ${percentile(buildMs.sort((a, b) => a - b), 50).toFixed(3)} ms (p50, not in the run)` : ''),
         );

@@ -7,7 +7,9 @@
 #   BUNDLE=/opt/rmt OUT=/tmp/p TEXT_FILE=$PWD/bench/out/brown.txt bash bench/gpu-paired.sh
 #
 # Environment: ROUNDS (3), SESSIONS (8) and TOTAL_TOKENS (8000000) of each service run, LIMIT_BATCHES (8),
-# LIMIT_SECONDS (3 per point); the service's own settings (RMT_*) pass through to gpu-suite.sh.
+# LIMIT_SECONDS (3 per point), LIMIT_GRAPHS ("state,steps": each reading times the one-segment graph and,
+# on the same batch, the package's segment_state_steps graph; "state" for a package without it); the
+# service's own settings (RMT_*) pass through to gpu-suite.sh.
 # Output: $OUT/limit-0..ROUNDS.txt, $OUT/svc-1..ROUNDS/service-*.txt, and the levels beside their limits in $OUT/summary.txt.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,7 +20,7 @@ export LD_LIBRARY_PATH=${CUDA_LIB_DIR:-/usr/local/cuda-13.0/targets/x86_64-linux
 mkdir -p "$OUT"
 [ -e node_modules ] || ln -s "$BUNDLE/node_modules" node_modules
 limit() {
-  MODEL_DIR=$BUNDLE/models/rmt-gpt2-small-fused PRECISIONS=fp16 PROVIDER=cuda BATCHES=${LIMIT_BATCHES:-8} SECONDS=${LIMIT_SECONDS:-3} \
+  MODEL_DIR=$BUNDLE/models/rmt-gpt2-small-fused PRECISIONS=fp16 PROVIDER=cuda GRAPHS=${LIMIT_GRAPHS:-state,steps} BATCHES=${LIMIT_BATCHES:-8} SECONDS=${LIMIT_SECONDS:-3} \
     OUT_JSON=$OUT/limit-$1.json "$BUNDLE/bin/node" --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/limit-$1.txt"
 }
 limit 0
@@ -29,6 +31,6 @@ for i in $(seq 1 "$ROUNDS"); do
 done
 # Each limit reading's lines, then each level's result lines, in the order they ran.
 for i in $(seq 0 "$ROUNDS"); do
-  grep -h 'fp16 batch' "$OUT/limit-$i.txt" | sed "s/^/limit-$i: /"
+  grep -hE '^fp16 (steps[0-9]+ )?batch' "$OUT/limit-$i.txt" | sed "s/^/limit-$i: /"
   [ "$i" -lt "$ROUNDS" ] && grep -hE '^N= *[0-9]+ \|' "$OUT"/svc-$((i + 1))/service-*.txt | sed "s/^/svc-$((i + 1)): /" || true
 done | tee "$OUT/summary.txt"

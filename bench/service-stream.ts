@@ -27,7 +27,9 @@
 //   seg latency  per session, the gap between consecutive `progress` events divided by the segments
 //                they advanced: how long one segment of that session took, queueing included.
 //   rows/run     the worker's rmt_engine_batch_rows histogram (scraped from its /metrics port).
-//   step ms      the worker's rmt_engine_step_seconds: mean onnxruntime run time per segment batch.
+//   step ms      the worker's rmt_engine_step_seconds: mean onnxruntime run time per segment batch,
+//                per segment of a row (a run of the segment_state_steps graph counts its K: rmt_engine_batch_steps).
+//   seg/run      segments per row in a run (rmt_engine_batch_steps: 1, or K for the steps graph).
 //   overhead     seg latency p50 − step ms: time a segment spends outside onnxruntime.
 //   gpu %        nvidia-smi utilization.gpu sampled every 100 ms during the level (mean).
 //   TTFT / ITL   generate sent → first token message; gaps between token messages.
@@ -191,6 +193,7 @@ interface SumCount {
 
 interface Metrics {
   rows: SumCount;
+  steps: SumCount;
   step: SumCount;
   run: SumCount;
   request: SumCount;
@@ -221,7 +224,7 @@ async function scrape(base: number): Promise<Metrics> {
   const delays = total('rmt_worker_turn_delays_total');
   return {
     handoffs: total('rmt_worker_handoffs_total'), handoffsLost: total('rmt_worker_handoffs_lost_total'), inEngine: total('rmt_worker_engine_continuations_total'),
-    rows: pick('rmt_engine_batch_rows'), step: pick('rmt_engine_step_seconds'), run: pick('rmt_engine_run_seconds'),
+    rows: pick('rmt_engine_batch_rows'), steps: pick('rmt_engine_batch_steps'), step: pick('rmt_engine_step_seconds'), run: pick('rmt_engine_run_seconds'),
     request: pick('rmt_worker_request_seconds', any), turnGap: pick('rmt_worker_turn_gap_seconds', any), turnDelays: delays,
   };
 }
@@ -426,7 +429,10 @@ async function main(): Promise<void> {
       const gaps = runs.flatMap((r) => r.segGaps).sort((a, b) => a - b);
       const batches = after.rows.count - before.rows.count;
       const rowsMean = batches ? (after.rows.sum - before.rows.sum) / batches : NaN;
-      const stepMs = batches ? ((after.step.sum - before.step.sum) / batches) * 1000 : NaN;
+      // Per segment step: a run of K segments per row counts K.
+      const runSteps = after.steps.sum - before.steps.sum;
+      const stepsPerRun = batches ? runSteps / batches : NaN;
+      const stepMs = runSteps ? ((after.step.sum - before.step.sum) / runSteps) * 1000 : NaN;
       const p50 = percentile(gaps, 50);
       const mean = (k: 'run' | 'request' | 'turnGap') => {
         const c = after[k].count - before[k].count;
@@ -438,7 +444,7 @@ async function main(): Promise<void> {
       const r = {
         steadySeconds: steady?.seconds ?? NaN, steadyTokPerS: steady?.tokPerS ?? NaN,
         sessions: n, tokens, sessionTokens: [Math.min(...perSession), Math.max(...perSession)], seconds, tokPerS: tokens / seconds, segLatencyP50: p50, segLatencyP99: percentile(gaps, 99),
-        rowsPerRun: rowsMean, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
+        rowsPerRun: rowsMean, stepsPerRun, stepMs, overheadMs: p50 - stepMs, gpuUtil: gpuPct,
         // Device held: onnxruntime runs' own time over the level (above 100 % when the engine threads' runs overlap: RMT_ENGINE_TURNS=0).
         runMs: mean('run'), deviceHeldPct: (100 * (after.run.sum - before.run.sum)) / seconds / WORKER_PROCESSES,
         requests, requestMs: mean('request'), turnGapMs: mean('turnGap'), turnGaps: after.turnGap.count - before.turnGap.count,
@@ -460,7 +466,7 @@ async function main(): Promise<void> {
       results.push(r);
       console.log(
         `N=${String(n).padStart(3)} | ${Math.round(r.tokPerS)} tok/s (${tokens} tokens in ${r.seconds.toFixed(2)} s) | seg latency p50 ${p50.toFixed(1)} ms p99 ${r.segLatencyP99.toFixed(1)} ms | ` +
-          `rows/run ${rowsMean.toFixed(1)} | step ${stepMs.toFixed(2)} ms | overhead ${r.overheadMs.toFixed(1)} ms | gpu ${gpuPct?.toFixed(0) ?? '-'} %`,
+          `rows/run ${rowsMean.toFixed(1)} | seg/run ${stepsPerRun.toFixed(2)} | step ${stepMs.toFixed(2)} ms | overhead ${r.overheadMs.toFixed(1)} ms | gpu ${gpuPct?.toFixed(0) ?? '-'} %`,
       );
       console.log(
         `       | run ${r.runMs.toFixed(2)} ms, device held ${r.deviceHeldPct.toFixed(0)} % per process | ${requests} requests, ${r.requestMs.toFixed(0)} ms each | ` +
