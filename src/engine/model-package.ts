@@ -73,36 +73,26 @@ interface IoSpec {
   rank: number;
 }
 
-// The graph contract the runner relies on (names, dtypes, ranks).
+// The graph contract the runner relies on (names, dtypes, ranks). Segment graphs take ids and mask of
+// rank 2 ([batch, tokens]); the segment_state graph unrolled over K segments (rmt_toolkit steps-graph)
+// takes them as [batch, K, tokens].
+const segmentInputs = (idsRank: number): IoSpec[] => [
+  { name: 'input_ids', dtype: 'int64', rank: idsRank },
+  { name: 'attention_mask', dtype: 'int64', rank: idsRank },
+  { name: 'state.memory', dtype: 'float32', rank: 3 },
+];
+const NEXT_STATE: IoSpec = { name: 'next_state.memory', dtype: 'float32', rank: 3 };
+
 const SEGMENT_IO = {
-  inputs: [
-    { name: 'input_ids', dtype: 'int64', rank: 2 },
-    { name: 'attention_mask', dtype: 'int64', rank: 2 },
-    { name: 'state.memory', dtype: 'float32', rank: 3 },
-  ],
-  outputs: [
-    { name: 'next_state.memory', dtype: 'float32', rank: 3 },
-    { name: 'logits', dtype: 'float32', rank: 2 },
-    { name: 'token_logprobs', dtype: 'float32', rank: 2 },
-  ],
+  inputs: segmentInputs(2),
+  outputs: [NEXT_STATE, { name: 'logits', dtype: 'float32', rank: 2 }, { name: 'token_logprobs', dtype: 'float32', rank: 2 }],
 } satisfies Record<string, IoSpec[]>;
 
-const SEGMENT_STATE_IO = {
-  inputs: SEGMENT_IO.inputs,
-  outputs: [{ name: 'next_state.memory', dtype: 'float32', rank: 3 }],
-} satisfies Record<string, IoSpec[]>;
+const SEGMENT_STATE_IO = { inputs: segmentInputs(2), outputs: [NEXT_STATE] } satisfies Record<string, IoSpec[]>;
 
-// The segment_state graph unrolled over K segments (rmt_toolkit steps-graph): ids and mask [batch, K, tokens].
 const SEGMENT_STEPS_IO = {
-  inputs: [
-    { name: 'input_ids', dtype: 'int64', rank: 3 },
-    { name: 'attention_mask', dtype: 'int64', rank: 3 },
-    { name: 'state.memory', dtype: 'float32', rank: 3 },
-  ],
-  outputs: [
-    { name: 'next_state.memory', dtype: 'float32', rank: 3 },
-    { name: 'step_states.memory', dtype: 'float32', rank: 4 },
-  ],
+  inputs: segmentInputs(3),
+  outputs: [NEXT_STATE, { name: 'step_states.memory', dtype: 'float32', rank: 4 }],
 } satisfies Record<string, IoSpec[]>;
 
 /** State and logits are float32 in every precision; the KV cache has the graph's own dtype. */
