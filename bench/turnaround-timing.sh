@@ -19,16 +19,17 @@ E=$T/src/engine
 sed -i "1i import '../../bench/turnaround-tracer.ts';" "$E/engine-thread.ts"
 sed -i "s|^      await gatherBatch();|      $(m loop-top) await gatherBatch(); $(m gathered)|" "$E/engine-thread.ts"
 sed -i "s|^  const loaded = models.get(group.model)!;|  $(m group-start) const loaded = models.get(group.model)!;|" "$E/engine-thread.ts"
-sed -i "s|^    const sent = statesOut(|    $(m results) const sent = statesOut(|" "$E/engine-thread.ts"
-sed -i "s|^    if (sent.transfer) transfer.push(sent.transfer);|    $(m ring) if (sent.transfer) transfer.push(sent.transfer);|" "$E/engine-thread.ts"
+sed -i "s|^  const sent = statesOut(|  $(m results) const sent = statesOut(|" "$E/engine-thread.ts"
+sed -i "s|^  const replies: Reply\[\] = sends.map(|  $(m ring) const replies: Reply[] = sends.map(|" "$E/engine-thread.ts"
 sed -i "s|^  post({ type: 'replies', replies: \[...early|  $(m post-start) post({ type: 'replies', replies: [...early|" "$E/engine-thread.ts"
 sed -i "s|^  if (outcome.again.length > 0) queue = |  $(m post-end) if (outcome.again.length > 0) queue = |" "$E/engine-thread.ts"
 sed -i "s|^    return await run();|    $(m run-start) return await run();|" "$E/engine-thread.ts"
 sed -i "s|^    const t2 = performance.now();|    $(m run-end) const t2 = performance.now();|" "$E/engine-thread.ts"
 sed -i "s|^  const { feeds } = segmentFeeds(pkg, rows, options);|  $(m feeds-start) const { feeds } = segmentFeeds(pkg, rows, options); $(m feeds-end)|" "$E/rmt-runner.ts"
+sed -i "s|^  const { feeds } = feedsOf(pkg, rows.map((r) => r.segments), rows, options, true);|  $(m feeds-start) const { feeds } = feedsOf(pkg, rows.map((r) => r.segments), rows, options, true); $(m feeds-end)|" "$E/rmt-runner.ts"
 sed -i "s|^      checkFeeds(label, inputs, feeds);|      $(m wrapper-in) checkFeeds(label, inputs, feeds);|" "$E/onnx-runtime.ts"
 sed -i "s|^      const out: Record<string, Tensor> = {};|      $(m wrapper-out) const out: Record<string, Tensor> = {};|" "$E/onnx-runtime.ts"
 sed -i "s|^  closed = true;|  closed = true; globalThis.__dump?.();|" "$E/engine-thread.ts"
 n=$(cat "$E/engine-thread.ts" "$E/rmt-runner.ts" "$E/onnx-runtime.ts" | grep -oE "__(mark|dump)" | wc -l)
-[ "$n" = 14 ] || { echo "turnaround-timing: expected 14 marks in the copy, found $n (the engine changed: update the patterns)" >&2; exit 1; }
+[ "$n" = 16 ] || { echo "turnaround-timing: expected 16 marks in the copy, found $n (the engine changed: update the patterns)" >&2; exit 1; }
 (cd "$T" && ${NODE:-node} --import tsx bench/engine-chains.ts)

@@ -399,7 +399,7 @@ interface RunOutcome {
   transfer: ArrayBuffer[];
   runRows: number;
   again: EngineRequest[];
-  /** Segments per row (a segment_state_steps run: its K) and the tokens run, when not one segment per row. */
+  /** Advance runs: segments per row (1, or the segment_state_steps graph's K) and the tokens run. */
   steps?: { k: number; tokens: number };
 }
 
@@ -489,19 +489,36 @@ function statesOut(states: Float32Array[]): { out: (Float32Array | RingSlice)[];
 }
 
 /**
- * A batch of chained advances, K segments per row in one run of the segment_state_steps graph (`plan`:
- * each row's K segments, which may run past its chain's end into the continuation parked after it).
- * Afterwards each row's segments are walked as single runs would have: a step reply per segment, an
- * advance reply where a chain ends, the continuation taking over from that memory; what was cancelled
- * during the run is dropped from there on.
+ * A batch of chained advances: one segment per row through the segment_state graph, or (`stepsPlan`)
+ * K per row in one run of the segment_state_steps graph, which may run past a chain's end into the
+ * continuation parked after it. Afterwards each row's segments are walked in order: a step reply per
+ * segment, an advance reply where a chain ends, the continuation taking over from that memory; what was
+ * cancelled during the run is dropped from there on.
  */
-async function runSteps(loaded: Loaded, reqs: EngineRequest[], plan: Slot[][]): Promise<RunOutcome> {
+async function runAdvances(loaded: Loaded, reqs: EngineRequest[]): Promise<RunOutcome> {
+  const plan = stepsPlan(loaded, reqs) ?? reqs.map((r) => {
+    if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
+    return slotsOf(r, 1);
+  });
   const k = plan[0]!.length;
   const segmentOf = ({ r, index, offset }: Slot) => r.ids.subarray(offset, offset + r.lengths[index]!);
-  const rows = padToBucket(plan.map((slots, i) => ({ segments: slots.map(segmentOf), state: (reqs[i] as Advance).state })));
-  // Views, as in runBatch: a row going on feeds its last memory to its next run uncopied.
-  const out = await runSegmentSteps(loaded.pkg, rows, { ...segmentOptions(loaded), views: true });
+  const options = { ...segmentOptions(loaded), views: true };
+  // Views of the run's output: a row going on feeds its last memory to its next run as it is (in the
+  // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in rmt-runner.ts).
+  let out: { steps: Float32Array[][]; last: Float32Array[] };
+  let runRows: number;
+  if (k > 1) {
+    const rows = padToBucket(plan.map((slots, i) => ({ segments: slots.map(segmentOf), state: (reqs[i] as Advance).state })));
+    runRows = rows.length;
+    out = await runSegmentSteps(loaded.pkg, rows, options);
+  } else {
+    const rows = padToBucket(plan.map(([slot], i) => ({ ids: segmentOf(slot!), state: (reqs[i] as Advance).state })));
+    runRows = rows.length;
+    const last = await runSegmentState(loaded.pkg, rows, options);
+    out = { steps: last.map((st) => [st]), last };
+  }
   const again: EngineRequest[] = [];
+  // Every memory this run hands back: step replies (a chain going on) and advance replies (one ended).
   const sends: { id: number; index?: number; state: Float32Array }[] = [];
   let tokens = 0;
   plan.forEach((slots, i) => {
@@ -530,7 +547,7 @@ async function runSteps(loaded: Loaded, reqs: EngineRequest[], plan: Slot[][]): 
       }
       parked.delete(r.id);
       if (j === k - 1 || slots[j + 1]!.r !== cont) {
-        // Parked during this run: it starts in the next, from this memory.
+        // It takes this chain's place in the next run, from this memory (not through the main thread).
         startContinuation(cont, state);
         again.push(cont);
         break;
@@ -539,62 +556,22 @@ async function runSteps(loaded: Loaded, reqs: EngineRequest[], plan: Slot[][]): 
       startChain(cont);
     }
   });
+  // Copies, not the run's output: this thread keeps it for the chains' next segment (and transferring it would take every row's memory).
   const sent = statesOut(sends.map((x) => x.state));
   const replies: Reply[] = sends.map((x, n) => {
     const nextState = sent.out[n]!;
     return x.index === undefined ? { id: x.id, ok: true, op: 'advance', nextState } : { id: x.id, ok: true, op: 'step', index: x.index, nextState };
   });
-  return { replies, transfer: sent.transfer ? [sent.transfer] : [], runRows: rows.length, again, steps: { k, tokens } };
+  return { replies, transfer: sent.transfer ? [sent.transfer] : [], runRows, again, steps: { k, tokens } };
 }
 
 async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Promise<RunOutcome> {
+  if (graph === 'advance') return runAdvances(loaded, reqs);
   const { pkg } = loaded;
   const replies: Reply[] = [];
   const transfer: ArrayBuffer[] = [];
-  const again: EngineRequest[] = [];
   let runRows = reqs.length;
-  const plan = graph === 'advance' ? stepsPlan(loaded, reqs) : undefined;
-  if (plan) return runSteps(loaded, reqs, plan);
-  if (graph === 'advance') {
-    const rows = padToBucket(segmentRows(reqs, graph));
-    runRows = rows.length;
-    // Views of the run's output: a chain going on feeds its view to its next run as it is (in the
-    // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in rmt-runner.ts).
-    const out = (await runSegmentState(pkg, rows, { ...segmentOptions(loaded), views: true })).slice(0, reqs.length);
-    // Every memory this run hands back: step replies (a chain going on) and advance replies (one ended).
-    const sends: { id: number; index?: number; state: Float32Array }[] = [];
-    out.forEach((nextState, i) => {
-      const r = reqs[i]!;
-      if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
-      const at = chainAt.get(r.id);
-      if (r.lengths.length > 1 && !at) return; // cancelled during this run: its caller has gone
-      if (at && at.index + 1 < r.lengths.length) {
-        if (r.steps) sends.push({ id: r.id, index: at.index, state: nextState });
-        chainAt.set(r.id, { index: at.index + 1, offset: at.offset + r.lengths[at.index]! });
-        again.push({ ...r, state: nextState });
-        return;
-      }
-      chainAt.delete(r.id);
-      // (A kept chain cancelled during this run was ended by the cancel: nothing to keep.)
-      if (r.keep && keptLive.delete(r.id)) {
-        const cont = parked.get(r.id);
-        if (cont) {
-          // Its continuation takes its place in the next run, from this memory (not through the main thread).
-          parked.delete(r.id);
-          startContinuation(cont, nextState);
-          again.push(cont);
-        } else finals.set(r.id, nextState);
-      }
-      sends.push({ id: r.id, state: nextState });
-    });
-    // Copies, not the run's output: this thread keeps it for the chains' next segment (and transferring it would take every row's memory).
-    const sent = statesOut(sends.map((x) => x.state));
-    if (sent.transfer) transfer.push(sent.transfer);
-    sends.forEach((x, k) => {
-      const nextState = sent.out[k]!;
-      replies.push(x.index === undefined ? { id: x.id, ok: true, op: 'advance', nextState } : { id: x.id, ok: true, op: 'step', index: x.index, nextState });
-    });
-  } else if (graph === 'segment') {
+  if (graph === 'segment') {
     const rows = padToBucket(segmentRows(reqs, graph));
     runRows = rows.length;
     const out = (await runSegment(pkg, rows, segmentOptions(loaded))).slice(0, reqs.length);
@@ -626,7 +603,7 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
       transfer.push(logits.buffer as ArrayBuffer);
     });
   }
-  return { replies, transfer, runRows, again };
+  return { replies, transfer, runRows, again: [] };
 }
 
 function precheck(loaded: Loaded, r: EngineRequest): string | undefined {

@@ -20,8 +20,9 @@ import os
 
 import numpy as np
 
+from .state_graph import STATE_OUTPUT
+
 STATE_INPUT = "state.memory"
-STATE_OUTPUT = "next_state.memory"
 STEPS_OUTPUT = "step_states.memory"
 
 
