@@ -7,8 +7,7 @@ import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import { PRETOKENIZE_MIN_CHARS } from '../src/api/pretokenizer.ts';
 import { splitAtBoundaries } from '../src/engine/text-stream.ts';
-import { jobIdFor } from '../src/queue/request-queue.ts';
-import type { IngestRequest } from '../src/queue/request.ts';
+import type { IngestRequest, SessionRequest } from '../src/queue/request.ts';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 
@@ -41,11 +40,20 @@ const APPENDS: { text: string; flush: boolean }[] = [
 interface Side {
   h: ApiHarness;
   ws: string;
+  /** Every request the API submitted, by session (what it accepted into the session's log). */
+  submitted: Map<string, SessionRequest[]>;
 }
 
 async function startSide(threads: number): Promise<Side> {
   const h = await startApiHarness({}, { RMT_MODELS: MODEL, RMT_MAX_PENDING_TEXT: String(MAX_PENDING), RMT_TOKENIZER_THREADS: String(threads) });
-  return { h, ws: (await h.listen()).replace(/^http/, 'ws') };
+  // The real queue, watched: what each append was accepted as.
+  const submitted = new Map<string, SessionRequest[]>();
+  const submit = h.deps.queue.submit.bind(h.deps.queue);
+  h.deps.queue.submit = (id, request, opts) => {
+    submitted.set(id, [...(submitted.get(id) ?? []), request]);
+    return submit(id, request, opts);
+  };
+  return { h, ws: (await h.listen()).replace(/^http/, 'ws'), submitted };
 }
 
 async function createSession(s: Side): Promise<string> {
@@ -54,13 +62,13 @@ async function createSession(s: Side): Promise<string> {
   return res.json().id as string;
 }
 
-/** How each append was queued (what the job carried). */
+/** How each append was queued (what the API accepted into the session's log). */
 async function queuedAs(s: Side, id: string, seqs: number): Promise<('text' | 'pieces')[]> {
   const out: ('text' | 'pieces')[] = [];
-  for (let q = 1; q <= seqs; q++) {
-    const job = await s.h.deps.queue.queue.getJob(jobIdFor(id, q));
-    assert.ok(job, `job ${q}`);
-    const r = job.data.request as IngestRequest;
+  const all = s.submitted.get(id) ?? [];
+  assert.equal(all.length, seqs);
+  for (const r0 of all) {
+    const r = r0 as IngestRequest;
     assert.equal([r.text, r.pieces, r.ids].filter((x) => x !== undefined).length, 1, 'exactly one of text, ids, pieces');
     out.push(r.pieces ? 'pieces' : 'text');
   }
@@ -101,7 +109,7 @@ async function streamAppends(s: Side, id: string): Promise<void> {
   ws.close();
   await closed;
   // A session's requests apply in order: the last one done, all are.
-  const last = await s.h.deps.queue.result(jobIdFor(id, APPENDS.length), 60_000);
+  const last = await s.h.deps.queue.result({ sessionId: id, seq: APPENDS.length }, 60_000);
   assert.equal(last.error, undefined);
 }
 

@@ -106,7 +106,9 @@ describe('startRedis', () => {
 describe('redisKeys', () => {
   test('builds every key under the prefix', () => {
     const k = redisKeys('rmt');
-    assert.equal(k.session('abc_-1'), 'rmt:session:abc_-1');
+    assert.equal(k.session('abc_-1'), 'rmt:session:{abc_-1}');
+    // One hash tag: on a Redis Cluster a session's keys share a slot, so one script can touch them all.
+    assert.deepEqual(k.sessionKeys('abc'), { session: 'rmt:session:{abc}', log: 'rmt:log:{abc}', results: 'rmt:results:{abc}' });
     assert.equal(k.queuePrefix(), 'rmt:q');
     assert.equal(k.progressChannel('abc'), 'rmt:progress:abc');
     assert.equal(k.workers(), 'rmt:workers');
@@ -115,6 +117,7 @@ describe('redisKeys', () => {
   test('rejects bad prefixes and ids with clear errors', () => {
     assert.throws(() => redisKeys(''), /prefix must be a non-empty string/);
     assert.throws(() => redisKeys('a b'), /prefix must not contain whitespace/);
+    assert.throws(() => redisKeys('a{b}'), /or braces/);
     const k = redisKeys('rmt');
     assert.throws(() => k.session(''), /invalid session id/);
     assert.throws(() => k.session('a:b'), /invalid session id "a:b"/);
@@ -232,39 +235,6 @@ describe('SessionStore', () => {
     }
   });
 
-  test('accept increments atomically under 50 concurrent calls', async () => {
-    const store = newStore();
-    const s = await store.create(SPEC, randomState());
-    const other = new SessionStore(client(), { prefix: store.keys.prefix, ttlSeconds: 60 });
-    const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? store : other).accept(s.id).then((a) => a.seq)));
-    assert.deepEqual([...seqs].sort((x, y) => x - y), Array.from({ length: 50 }, (_, i) => i + 1));
-    const r = await store.get(s.id);
-    assert.equal(r?.acceptedSeq, 50);
-    await rejectsWith(store.accept('missing'), 'not_found');
-    assert.equal(await redis.exists(store.keys.session('missing')), 0, 'accept must not create a key');
-  });
-
-  test('accept says how far the session has started: markStarted only grows, counts applied seqs, never creates a session', async () => {
-    const store = newStore();
-    const s = await store.create(SPEC, randomState());
-    assert.deepEqual(await store.accept(s.id), { seq: 1, started: 0 });
-    assert.deepEqual(await store.accept(s.id), { seq: 2, started: 0 });
-    assert.equal(await store.markStarted(s.id, 1), true);
-    assert.deepEqual(await store.accept(s.id), { seq: 3, started: 1 });
-    await store.markStarted(s.id, 3);
-    await store.markStarted(s.id, 2); // a late retry of an earlier request does not move it back
-    assert.equal(await store.startedSeq(s.id), 3);
-    // A tagged retry gets its first seq again, and the current started.
-    const tagged = await store.accept(s.id, { field: 'ws_pending', value: '9' });
-    assert.deepEqual(await store.accept(s.id, { field: 'ws_pending', value: '9' }), { seq: tagged.seq, started: 3 });
-    // An applied seq counts as started, whether or not it was marked.
-    const r = (await store.get(s.id))!;
-    await store.commit(s.id, r.version, { state: r.state, tail: [], pendingText: '', addTokensIngested: 0, addSegments: 0, addTokensGenerated: 0, curSeq: 5, curOffset: 0, appliedSeq: 5 });
-    assert.equal(await store.startedSeq(s.id), 5);
-    assert.equal(await store.markStarted('missing', 1), false);
-    assert.equal(await redis.exists(store.keys.session('missing')), 0, 'markStarted must not create a key');
-  });
-
   test('idle TTL: get() refreshes it, and an idle session disappears', async () => {
     const store = newStore(1);
     const s = await store.create(SPEC, randomState());
@@ -310,10 +280,9 @@ describe('SessionStore', () => {
     // get() never hands out a state of the wrong size either
     await rejectsWith(store.get(s.id), 'state_mismatch', /found 1000 bytes/);
 
-    await redis.hset(key, 'layout', '2');
-    await rejectsWith(store.get(s.id), 'state_mismatch', /layout 2, this build reads layout 1/);
-    await rejectsWith(store.commit(s.id, 0, update()), 'state_mismatch', /layout 2/);
-    await rejectsWith(store.accept(s.id), 'state_mismatch', /layout 2/);
+    await redis.hset(key, 'layout', '99');
+    await rejectsWith(store.get(s.id), 'state_mismatch', /layout 99, this build reads layout 2/);
+    await rejectsWith(store.commit(s.id, 0, update()), 'state_mismatch', /layout 99/);
   });
 
   test('commit refuses a state of the wrong size without writing anything', async () => {
@@ -357,7 +326,7 @@ describe('SessionStore', () => {
   test('fork copies state, tail, text and counters into an independent session', async () => {
     const store = newStore();
     const s = await store.create(SPEC, randomState(), { owner: 'alice' });
-    await store.accept(s.id);
+    await redis.hset(store.keys.session(s.id), 'acceptedSeq', 1);
     const u = update({ tail: [5, 6], pendingText: 'par', appliedSeq: 1, addTokensGenerated: 3 });
     await store.commit(s.id, 0, u);
 
@@ -393,10 +362,19 @@ describe('SessionStore', () => {
     await rejectsWith(store.fork('missing'), 'not_found');
   });
 
-  test('delete removes the session', async () => {
+  test('delete removes the session, its log and its results; owner() reads nothing else', async () => {
     const store = newStore();
-    const s = await store.create(SPEC, randomState());
+    const s = await store.create(SPEC, randomState(), { owner: 'carol' });
+    const k = store.keys.sessionKeys(s.id);
+    await redis.hset(k.log, '1', '{}');
+    await redis.hset(k.results, '1', '{}');
+    // A session this build refuses to read still has an owner to check before deleting it.
+    await redis.hset(k.session, 'state', Buffer.alloc(3));
+    await rejectsWith(store.get(s.id), 'state_mismatch');
+    assert.equal(await store.owner(s.id), 'carol');
     assert.equal(await store.delete(s.id), true);
+    assert.equal(await redis.exists(k.session, k.log, k.results), 0);
+    assert.equal(await store.owner(s.id), undefined);
     assert.equal(await store.get(s.id), null);
     assert.equal(await store.delete(s.id), false);
     await rejectsWith(store.commit(s.id, 0, update()), 'not_found');
@@ -420,6 +398,6 @@ describe('SessionStore', () => {
     const s = await store.create(SPEC, randomState());
     await redis.script('FLUSH');
     assert.equal(await store.commit(s.id, 0, update()), 1);
-    assert.equal((await store.accept(s.id)).seq, 1);
+    assert.ok(await store.get(s.id));
   });
 });

@@ -151,22 +151,25 @@ describe('session stream (websocket)', { timeout: 120_000 }, () => {
     assert.equal(JSON.parse(res.body).error.code, 'session_not_found');
   });
 
-  test('an API crash between submit and last_seq: the client resend is applied exactly once', async () => {
+  test('an API crash around an append: the resend is applied exactly once, and accepted work is woken on the next hello', async () => {
     const text = 'The jury said the election was conducted well. '.repeat(20);
-    for (const stage of ['after-enqueue', 'before-enqueue'] as const) {
+    for (const stage of ['before-accept', 'after-accept'] as const) {
       const id = await newSession();
-      // What a process that died mid-append left behind: the tagged seq taken (and maybe the job
-      // enqueued), ws_last_seq not moved, no ack sent.
-      if (stage === 'after-enqueue') await h.deps.queue.submit(id, { kind: 'ingest', text, flush: false }, { field: 'ws_pending', value: '1' });
-      else await h.deps.store.accept(id, { field: 'ws_pending', value: '1' });
+      // What a process that died mid-append left behind: nothing (before the accept script), or the
+      // append accepted with its client seq but its session never woken and no ack sent.
+      if (stage === 'after-accept') await h.deps.queue.log.accept(id, { kind: 'ingest', text, flush: false }, { clientSeq: 1, wantResult: false });
       const { c, hello } = await connect(id);
-      assert.equal(hello.last_seq, 0, stage);
-      c.send({ type: 'append', seq: 1, text });
-      const ack = await c.next((m) => m.type === 'ack' || m.type === 'error');
-      assert.deepEqual([ack.type, ack.seq, ack.duplicate], ['ack', 1, undefined], `${stage}: ${JSON.stringify(ack)}`);
+      assert.equal(hello.last_seq, stage === 'after-accept' ? 1 : 0, stage);
+      // The client resends from last_seq + 1, as the protocol says: the accepted append is not sent again.
+      if (stage === 'before-accept') {
+        c.send({ type: 'append', seq: 1, text });
+        const ack = await c.next((m) => m.type === 'ack' || m.type === 'error');
+        assert.deepEqual([ack.type, ack.seq, ack.duplicate], ['ack', 1, undefined], `${stage}: ${JSON.stringify(ack)}`);
+      }
       await c.close();
       const rec = await settled(id);
       assert.equal(rec.acceptedSeq, 1, `${stage}: the resend took a new request seq`);
+      assert.equal(rec.appliedSeq, 1, `${stage}: the accepted append was never applied`);
       const once = h.deps.tokenizers.get(MODEL)!.encode(text.trimEnd()).length;
       assert.ok(rec.tokensIngested < 2 * once - 5 && rec.tokensIngested > 0.8 * once, `${stage}: ${rec.tokensIngested} tokens ingested for one copy of ${once}`);
     }

@@ -12,11 +12,11 @@ import { loadConfig, type Config } from '../src/config/config.ts';
 import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
 import type { ProgressEvent, SessionRequest } from '../src/queue/request.ts';
 import { redisKeys } from '../src/state/keys.ts';
-import { SessionStore, type CommitUpdate, type SessionRecord } from '../src/state/session-store.ts';
+import { SessionError, SessionStore, type CommitUpdate, type SessionRecord } from '../src/state/session-store.ts';
+import { OrderError } from '../src/queue/session-log.ts';
 import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-worker.ts';
-import { RequestQueue } from '../src/queue/request-queue.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
@@ -67,6 +67,14 @@ async function waitReady(child: ChildProcess): Promise<void> {
 }
 
 
+async function pollUntil(what: string, check: () => Promise<boolean>, deadlineMs = 60_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 /** Text of about `segments` segments of held-out Brown prose. */
 const NOISE = heldOutText();
 function noise(chars: number, from = 0): string {
@@ -86,7 +94,7 @@ async function ingestAll(client: ClientRuntime, sessionId: string, chunks: strin
   const jobs = [];
   for (const r of reqs) jobs.push(await client.queue.submit(sessionId, r));
   for (const j of jobs) {
-    const r = await client.queue.result(j.jobId, 120_000);
+    const r = await client.queue.result(j, 120_000);
     assert.equal(r.error, undefined, JSON.stringify(r.error));
   }
 }
@@ -139,7 +147,7 @@ describe('workers over Redis and BullMQ', () => {
 
   test('scoring returns per-segment perplexity of the ingested text', async () => {
     const s = await newSession('rmt-brown-small');
-    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(6000), flush: true, score: true });
+    const jobId = await client.queue.submit(s.id, { kind: 'ingest', text: noise(6000), flush: true, score: true });
     const r = await client.queue.result(jobId, 60_000);
     assert.ok(r.scores && r.scores.length === r.segmentsCommitted && r.scores.length >= 5, JSON.stringify(r.scores?.length));
     for (const sc of r.scores!) assert.ok(sc.perplexity > 1 && Number.isFinite(sc.perplexity) && Math.abs(Math.exp(sc.nll) - sc.perplexity) < 1e-6 * sc.perplexity, JSON.stringify(sc));
@@ -165,13 +173,13 @@ describe('workers over Redis and BullMQ', () => {
       jobs.push(await client.queue.submit(s.id, { kind: 'ingest', ids: ids.slice(i, i + n) }));
       i += n;
     }
-    for (const j of jobs) assert.equal((await client.queue.result(j.jobId, 120_000)).error, undefined);
+    for (const j of jobs) assert.equal((await client.queue.result(j, 120_000)).error, undefined);
     const rec = (await client.store.get(s.id))!;
     assert.equal(rec.segmentsCommitted, 54); // the 55th waits in the tail until the next token arrives
     assert.equal(rec.tail.length, S);
     for (const [name, place] of [['Mary', 'kitchen'], ['Daniel', 'garden']] as const) {
       const fork = await client.store.fork(s.id);
-      const { jobId } = await client.queue.submit(fork.id, {
+      const jobId = await client.queue.submit(fork.id, {
         kind: 'generate', text: `\nQuestion: Where is ${name}?\nAnswer: ${name} is in the`, maxTokens: 2,
         sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [],
       });
@@ -200,7 +208,7 @@ describe('workers over Redis and BullMQ', () => {
     };
     const params = { ...DEFAULT_SAMPLING, temperature: 0.9, topP: 0.95, seed: 42 };
     const run = async (id: string, maxTokens: number, stop: string[] = []) => {
-      const { jobId } = await client.queue.submit(id, { kind: 'generate', text: noise(700, 5000), maxTokens, sampling: params, stop });
+      const jobId = await client.queue.submit(id, { kind: 'generate', text: noise(700, 5000), maxTokens, sampling: params, stop });
       return client.queue.result(jobId, 60_000);
     };
     const a = await run(await mk(), 300);
@@ -227,8 +235,8 @@ describe('workers over Redis and BullMQ', () => {
     const a = await client.queue.submit(small.id, { kind: 'ingest', ids: ids.slice(0, 1000) });
     const chunks = [];
     for (let i = 0; i < 99_944; i += 20_000) chunks.push(await client.queue.submit(big.id, { kind: 'ingest', ids: ids.slice(i, Math.min(i + 20_000, 99_944)) }));
-    await client.queue.result(a.jobId, 60_000);
-    for (const c of chunks) await client.queue.result(c.jobId, 300_000);
+    await client.queue.result(a, 60_000);
+    for (const c of chunks) await client.queue.result(c, 300_000);
     const bs = (await client.store.get(big.id))!;
     assert.equal(bs.tokensIngested, 99_944);
     const [sb, bb] = [await client.store.storedBytes(small.id), await client.store.storedBytes(big.id)];
@@ -250,14 +258,14 @@ describe('workers over Redis and BullMQ', () => {
    * A SessionWorker of its own (its own prefix and metrics) on the suite's engine; `store` (default: a
    * plain one) and the worker options given (e.g. commitEvery, turnDelayMs).
    */
-  async function ownWorker(opts: { makeStore?: (p: string) => SessionStore; prefix?: string } & Partial<Pick<SessionWorkerOptions, 'commitEvery' | 'turnDelayMs'>> = {}) {
+  async function ownWorker(opts: { makeStore?: (p: string) => SessionStore; prefix?: string } & Partial<Pick<SessionWorkerOptions, 'commitEvery' | 'lockDurationMs' | 'stalledIntervalMs'>> = {}) {
     const { makeStore, prefix: given, ...options } = opts;
     const p = given ?? newPrefix();
     const metrics = new WorkerMetrics();
     const store = makeStore?.(p) ?? new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
     const own = new SessionWorker({
-      redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, concurrency: 64,
-      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxPendingTextChars: 4096, ...options,
+      redis: worker.redis, store, engine: worker.engine, tokenizers: worker.tokenizers, metrics, prefix: p, ttlSeconds: 3600, concurrency: 64,
+      lockDurationMs: 30_000, stalledIntervalMs: 30_000, maxAttempts: 5, maxPendingTextChars: 4096, ...options,
     });
     await own.start();
     const ownClient = startClientRuntime(configFor(p));
@@ -274,88 +282,34 @@ describe('workers over Redis and BullMQ', () => {
     };
   }
 
-  test('queued requests of a session hand over inside the worker: the next one waits here, not in the delayed set', async () => {
-    // A worker of its own whose fallback re-check of parked requests is far off (30 s): every park
-    // counted is a hand-over that did not happen in-process, and a broken hand-over shows as a stall.
-    const own = await ownWorker({ turnDelayMs: 600_000 });
-    try {
-      const s = await own.newSession();
-      const chunks = randomChunks(noise(6000, 50_000), 6, 1500);
-      const n = chunks.length;
-      await ingestAll(own.client, s.id, chunks);
-      const body = await own.metrics();
-      const num = (re: RegExp) => Number(re.exec(body)?.[1] ?? NaN);
-      assert.equal(num(/^rmt_worker_request_seconds_count\{kind="ingest"\} (\d+)/m), n);
-      // Each request after the first started once its predecessor finished in this process. One fewer
-      // was seen once in CI (a successor that read the session between its predecessor's last commit and
-      // the predecessor's bookkeeping is not counted), so one may be missing.
-      const gaps = num(/^rmt_worker_turn_gap_seconds_count (\d+)/m);
-      assert.ok(gaps >= n - 2 && gaps <= n - 1, `${gaps} turn gaps for ${n} requests`);
-      // All n were queued at once: the first applies, the second waits for it here, each later one parks
-      // until the request before it gets its turn and promotes it (n - 2). Parking every later request is n - 1.
-      const parked = num(/^rmt_worker_turn_delays_total (\d+)/m);
-      assert.ok(parked <= n - 2, `parked ${parked} times for ${n} requests`);
-      assert.equal((await own.store.get(s.id))!.appliedSeq, n);
-    } finally {
-      await own.close();
-    }
-  });
-
-  test('a session\'s queued requests are held back until the one before starts: no worker fetches one early', { timeout: 180_000 }, async () => {
+  test('a session\'s backlog is one job: all its queued requests apply in one turn, in order', async () => {
     const p = newPrefix();
-    const store = new SessionStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
-    // Fallback delays far off (here and in the worker): only promotions can move a held-back request on.
-    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, holdMs: 600_000 });
+    const c = startClientRuntime(configFor(p));
     const m = worker.engine.model(MODEL);
-    const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
-    const chunks = randomChunks(noise(6000, 70_000), 6, 1500);
+    const s = await c.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
+    const chunks = randomChunks(noise(6000, 50_000), 6, 1500);
     const n = chunks.length;
-    const jobs = [];
-    for (let i = 0; i < n; i++) jobs.push(await queue.submit(s.id, { kind: 'ingest', text: chunks[i]!, flush: i === n - 1 }));
-    // No worker yet: the first is ready to run, every later one held back behind it.
-    const counts = await queue.queue.getJobCounts('waiting', 'delayed');
-    assert.deepEqual([counts.waiting, counts.delayed], [1, n - 1]);
-    const own = await ownWorker({ prefix: p, turnDelayMs: 600_000 });
+    const submitted = [];
+    for (let i = 0; i < n; i++) submitted.push(await c.queue.submit(s.id, { kind: 'ingest', text: chunks[i]!, flush: i === n - 1 }));
+    // No worker yet: one job says the session has work, however many requests it queued.
+    const counts = await c.queue.work.queue.getJobCounts('waiting', 'delayed', 'active');
+    assert.deepEqual([counts.waiting, counts.delayed, counts.active], [1, 0, 0]);
+    assert.equal(await c.queue.depth(), 1);
+    const own = await ownWorker({ prefix: p });
     try {
-      for (const j of jobs) assert.equal((await queue.result(j.jobId, 120_000)).error, undefined);
-      // Each was promoted when the one before it started, and waited for it in the worker: none parked.
-      assert.equal(await own.count('rmt_worker_turn_delays_total'), 0);
-      assert.equal((await store.get(s.id))!.appliedSeq, n);
+      for (const j of submitted) assert.equal((await c.queue.result(j, 120_000)).error, undefined);
+      assert.equal((await c.store.get(s.id))!.appliedSeq, n);
+      assert.equal(await own.count('rmt_worker_turns_total{outcome="ok"}'), 1, 'the backlog took more than one turn');
     } finally {
       await own.close();
-      await queue.close();
-    }
-  });
-
-  test('a request whose predecessor starts between its seq and its job is promoted by its submitter', async () => {
-    const p = newPrefix();
-    // The real store, with the race forced: the predecessor starts right after accept() read startedSeq.
-    class RacingStore extends SessionStore {
-      override async accept(id: string, tag?: { field: string; value: string }) {
-        const r = await super.accept(id, tag);
-        if (r.seq > 1) await this.markStarted(id, r.seq - 1);
-        return r;
-      }
-    }
-    const store = new RacingStore(worker.redis, { prefix: p, ttlSeconds: 3600 });
-    const queue = new RequestQueue({ redis: worker.redis, store, prefix: p, attempts: 3, holdMs: 600_000 });
-    try {
-      const m = worker.engine.model(MODEL);
-      const s = await store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
-      const first = await queue.submit(s.id, { kind: 'ingest', text: 'one two', flush: false });
-      const second = await queue.submit(s.id, { kind: 'ingest', text: ' three', flush: true });
-      assert.equal(await queue.queue.getJobState(first.jobId), 'waiting');
-      // Accepted as held back (1 had not started), then seen started: moved to the wait list at once.
-      assert.equal(await queue.queue.getJobState(second.jobId), 'waiting');
-    } finally {
-      await queue.close();
+      await c.close();
     }
   });
 
   /** The same appends, each sent once the one before it is applied: nothing to continue from. */
   async function oneAtATime(c: ClientRuntime, sessionId: string, chunks: string[]): Promise<void> {
     for (let i = 0; i < chunks.length; i++) {
-      const { jobId } = await c.queue.submit(sessionId, { kind: 'ingest', text: chunks[i]!, flush: i === chunks.length - 1 });
+      const jobId = await c.queue.submit(sessionId, { kind: 'ingest', text: chunks[i]!, flush: i === chunks.length - 1 });
       assert.equal((await c.queue.result(jobId, 120_000)).error, undefined);
     }
   }
@@ -388,13 +342,12 @@ describe('workers over Redis and BullMQ', () => {
       // existed: the engine thread started them from its chain.
       const inEngine = await own.count('rmt_worker_engine_continuations_total');
       assert.ok(inEngine >= 1 && inEngine <= handoffs, `${inEngine} of ${handoffs} continued inside the engine`);
-      assert.equal(await own.count('rmt_worker_handoffs_lost_total'), 0);
     } finally {
       await own.close();
     }
   });
 
-  test('a request continued from one whose final commit failed starts again from Redis: nothing lost, nothing twice', async () => {
+  test('a request whose final commit failed (and the one continuing from it) start again from Redis: nothing lost, nothing twice', async () => {
     let failed = 0;
     // The real store, with one fault: request 2's final commit fails once (as a lost Redis reply would).
     class FlakyStore extends SessionStore {
@@ -409,9 +362,8 @@ describe('workers over Redis and BullMQ', () => {
       const queued = await own.newSession();
       await ingestAll(own.client, queued.id, chunks);
       assert.equal(failed, 2, 'request 2 was not retried after its failed final commit');
-      // Request 3 had continued from request 2, and any later one from request 3: they all start again.
-      const lost = await own.count('rmt_worker_handoffs_lost_total');
-      assert.ok(lost >= 1, `no request started again (handoffs ${await own.count('rmt_worker_handoffs_total')}, ${chunks.length} requests)`);
+      // The turn ended with the fault; the next one started again from Redis, at request 2's last commit.
+      assert.ok(await own.count('rmt_worker_turns_total{outcome="ok"}') >= 2, 'no second turn');
       const reference = await own.newSession();
       await oneAtATime(own.client, reference.id, chunks);
       assertSameSession((await own.store.get(queued.id))!, (await own.store.get(reference.id))!, 'with the fault vs one at a time');
@@ -431,13 +383,14 @@ describe('workers over Redis and BullMQ', () => {
     });
     while (sub === undefined) await new Promise((resolve) => setImmediate(resolve));
     // About 60 segments, run as one chain in the engine; commits every 8 segments or 250 ms.
-    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(60 * 128 * 5, 70_000), flush: true });
+    const jobId = await client.queue.submit(s.id, { kind: 'ingest', text: noise(60 * 128 * 5, 70_000), flush: true });
     await firstCommit;
     const stop = worker.engine.onBatch((b) => rows.push(b.rows));
     assert.equal(await client.store.delete(s.id), true);
-    const r = await client.queue.result(jobId, 120_000);
+    await assert.rejects(client.queue.result(jobId, 120_000), (e: unknown) => e instanceof SessionError && e.code === 'not_found');
     await sub!.quit();
-    assert.equal(r.error?.code, 'not_found', JSON.stringify(r));
+    // The worker stops at its next commit (the session is gone): wait for its turn to end.
+    await pollUntil('the turn to end', async () => (await client.queue.work.queue.getActiveCount()) === 0);
     // The worker's engine is idle now: were the chain still running, these runs would carry its row.
     const m = worker.engine.model(MODEL);
     for (let k = 0; k < 3; k++) await worker.engine.advance(MODEL, [1, 2, 3], m.initState, 'marker');
@@ -465,11 +418,9 @@ describe('workers over Redis and BullMQ', () => {
       await Promise.race([continued, new Promise((_, reject) => setTimeout(() => reject(new Error('the second append was never sent as a continuation')), 60_000).unref())]);
       const stop = engine.onBatch((b) => rows.push(b.rows));
       assert.equal(await client.store.delete(s.id), true);
-      const [r1, r2] = await Promise.all([client.queue.result(first.jobId, 120_000), client.queue.result(second.jobId, 120_000)]);
-      // Found gone at a commit ('not_found') or, starting again from Redis, at the read ('session_not_found').
-      const gone = ['not_found', 'session_not_found'];
-      assert.ok(gone.includes(r1.error?.code ?? ''), JSON.stringify(r1));
-      assert.ok(gone.includes(r2.error?.code ?? ''), JSON.stringify(r2));
+      const gone = (e: unknown) => e instanceof SessionError && e.code === 'not_found';
+      await Promise.all([assert.rejects(client.queue.result(first, 120_000), gone), assert.rejects(client.queue.result(second, 120_000), gone)]);
+      await pollUntil('the turn to end', async () => (await client.queue.work.queue.getActiveCount()) === 0);
       // The engine is idle: were either chain still running, these runs would carry its row.
       const m = engine.model(MODEL);
       for (let k = 0; k < 3; k++) await engine.advance(MODEL, [1, 2, 3], m.initState, 'marker');
@@ -480,14 +431,28 @@ describe('workers over Redis and BullMQ', () => {
     }
   });
 
-  test('a state of the wrong shape is refused, never used', async () => {
+  test('a state of the wrong shape is refused, never used: the session fails visibly, and the owner can drop the request', async () => {
     const s = await newSession();
     const r = new Redis(redis.url);
-    await r.hset(redisKeys(prefix).session(s.id), 'state', Buffer.alloc(100));
+    const key = redisKeys(prefix).session(s.id);
+    const good = await r.hgetBuffer(key, 'state');
+    await r.hset(key, 'state', Buffer.alloc(100));
+    const events: ProgressEvent[] = [];
+    const sub = await subscribe(prefix, s.id, (ev) => events.push(ev));
+    const jobId = await client.queue.submit(s.id, { kind: 'ingest', text: 'hello there', flush: true });
+    await assert.rejects(client.queue.result(jobId, 30_000), (e: unknown) => e instanceof OrderError && e.code === 'session_failed' && e.at === 1);
+    await pollUntil('the failed event', async () => events.some((e) => e.type === 'failed'));
+    const failed = events.find((e) => e.type === 'failed');
+    assert.deepEqual(failed?.type === 'failed' && [failed.failure.seq, failed.failure.code], [1, 'state_mismatch']);
+    // Refused from now on, until the owner resets it.
+    await assert.rejects(client.queue.submit(s.id, { kind: 'ingest', text: 'more', flush: true }), (e: unknown) => e instanceof OrderError && e.code === 'session_failed');
+    await r.hset(key, 'state', good!);
+    await client.queue.log.reset(s.id, 'retry');
+    await client.queue.wake(s.id);
+    await pollUntil('the retried request to apply', async () => (await client.store.get(s.id))!.appliedSeq === 1);
+    assert.equal((await client.store.get(s.id))!.status, 'ok');
+    await sub.quit();
     r.disconnect();
-    const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: 'hello there', flush: true });
-    const res = await client.queue.result(jobId, 30_000);
-    assert.equal(res.error?.code, 'state_mismatch', JSON.stringify(res));
   });
 });
 
@@ -523,7 +488,7 @@ describe('shutdown', () => {
       try {
         await c.close(0);
         assert.equal((await client.store.get(s2.id))!.appliedSeq, 0, 'close(0) waited for the request');
-        const r = await client.queue.result(job.jobId, 120_000);
+        const r = await client.queue.result(job, 120_000);
         assert.equal(r.error, undefined, JSON.stringify(r.error));
         assert.equal((await client.store.get(s2.id))!.appliedSeq, 1);
       } finally {
@@ -598,7 +563,7 @@ describe('worker processes', () => {
           a.kill('SIGKILL');
         }
       });
-      const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text, flush: true });
+      const jobId = await client.queue.submit(s.id, { kind: 'ingest', text, flush: true });
       await once(a, 'exit');
       assert.ok(killedAt > 0, 'never killed');
       const mid = (await client.store.get(s.id))!;
@@ -618,14 +583,14 @@ describe('worker processes', () => {
       const s2 = await client.store.create(spec, m.initState);
       const half = Math.floor(text.length / 2);
       const j1 = await client.queue.submit(s2.id, { kind: 'ingest', text: text.slice(0, half) });
-      await client.queue.result(j1.jobId, 60_000);
+      await client.queue.result(j1, 60_000);
       b.kill('SIGTERM');
       const [code] = await once(b, 'exit');
       assert.equal(code, 0, 'worker did not exit cleanly on SIGTERM');
       const c = spawnWorker(prefix);
       await waitReady(c);
       const j2 = await client.queue.submit(s2.id, { kind: 'ingest', text: text.slice(half), flush: true });
-      await client.queue.result(j2.jobId, 60_000);
+      await client.queue.result(j2, 60_000);
       const got2 = (await client.store.get(s2.id))!;
       assert.ok(bytesOf(got2.state).equals(bytesOf(want.state)), 'two-worker state differs');
       c.kill('SIGTERM');
@@ -671,7 +636,7 @@ describe('worker processes', () => {
       const spec = { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
       const sessions = await Promise.all(Array.from({ length: 6 }, () => client.store.create(spec, m.initState)));
       const jobs = await Promise.all(sessions.map((s, i) => client.queue.submit(s.id, { kind: 'ingest', text: noise(3 * 128 * 5, i * 5000), flush: true })));
-      const results = await Promise.all(jobs.map((j) => client.queue.result(j.jobId, 60_000)));
+      const results = await Promise.all(jobs.map((j) => client.queue.result(j, 60_000)));
       for (const r of results) assert.equal(r.error, undefined);
       sup.kill('SIGTERM');
       const [code] = await once(sup, 'exit');
@@ -707,7 +672,7 @@ describe('worker processes', () => {
           w.kill('SIGTERM');
         }
       });
-      const { jobId } = await client.queue.submit(s.id, { kind: 'ingest', text: noise(40 * 128 * 5), flush: true });
+      const jobId = await client.queue.submit(s.id, { kind: 'ingest', text: noise(40 * 128 * 5), flush: true });
       const [code] = await once(w, 'exit');
       assert.equal(code, 0);
       const r = await client.queue.result(jobId, 5_000);

@@ -57,8 +57,33 @@ export const SessionSchema = Type.Object({
   pending_tokens: Type.Integer(),
   version: Type.Integer(),
   state_bytes: Type.Integer(),
+  /** Requests accepted and not applied yet (appends, completions). */
+  pending_requests: Type.Integer(),
+  /** The last websocket append accepted (the client's numbering; 0: none). */
+  last_seq: Type.Integer(),
+  /** 'failed': a request could not be applied; nothing more is until POST /v1/sessions/{id}/reset. */
+  status: Type.Union([Type.Literal('ok'), Type.Literal('failed')]),
+  failure: Type.Optional(Type.Object({
+    /** The request that failed: the first one not applied (later ones wait behind it). */
+    seq: Type.Integer(),
+    /** Its websocket append number, when it came over the websocket. */
+    client_seq: Type.Optional(Type.Integer()),
+    code: Type.String(),
+    message: Type.String(),
+    /** unix seconds */
+    failed_at: Type.Integer(),
+  })),
 });
 export type SessionObject = Static<typeof SessionSchema>;
+
+export const ResetBodySchema = Type.Object(
+  {
+    /** 'retry': apply the failed request again; 'drop': discard it and every later request. */
+    action: Type.Union([Type.Literal('retry'), Type.Literal('drop')]),
+  },
+  { additionalProperties: false },
+);
+export type ResetBody = Static<typeof ResetBodySchema>;
 
 export const CreateSessionBodySchema = Type.Object(
   { model: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })) },
@@ -107,6 +132,8 @@ export const ReadySchema = Type.Object({
     redis: Type.String(),
     models: Type.String(),
     workers: Type.String(),
+    /** Sessions waiting for a worker against RMT_MAX_QUEUE_DEPTH: 'saturated' turns readiness off. */
+    queue: Type.String(),
   }),
 });
 export type ReadyBody = Static<typeof ReadySchema>;

@@ -8,7 +8,8 @@ import { DEFAULT_SAMPLING, validateSampling } from '../engine/sampling.ts';
 import { redisKeys } from '../state/keys.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from '../queue/request.ts';
 import { spawn } from 'node:child_process';
-import { startClientRuntime, startWorkerRuntime, redisUrl, type WorkerRuntime } from '../worker/runtime.ts';
+import { startClientRuntime, startWorkerRuntime, type WorkerRuntime } from '../worker/runtime.ts';
+import { redisUrl } from '../state/redis-connection.ts';
 import { ProgressBar } from './progress-bar.ts';
 import { resolveRedis } from './embedded-redis.ts';
 import { startApiServer } from '../api/server.ts';
@@ -166,14 +167,17 @@ async function openSession(config: Config, modelArg: string | undefined, session
   return { rt, sessionId, events, onEvent: (fn) => listeners.push(fn) };
 }
 
+/** The CLI waits for each request as long as it takes (an hour bounds a wait that never ends). */
+const RESULT_WAIT_MS = 3_600_000;
+
 async function submitAndWait(config: Config, s: Streamed, requests: SessionRequest[], onDone?: (r: RequestResult) => void): Promise<RequestResult> {
   const client = startClientRuntime(config);
   try {
-    const jobs = [];
-    for (const r of requests) jobs.push(await client.queue.submit(s.sessionId, r));
+    const submitted = [];
+    for (const r of requests) submitted.push(await client.queue.submit(s.sessionId, r, { wantResult: true }));
     let last: RequestResult | undefined;
-    for (const j of jobs) {
-      last = await client.queue.result(j.jobId);
+    for (const j of submitted) {
+      last = await client.queue.result(j, RESULT_WAIT_MS);
       if (last.error) throw new Error(`${last.error.code}: ${last.error.message}`);
       onDone?.(last);
     }

@@ -1,4 +1,4 @@
-// Requests as they travel through the queue: validated before they are enqueued, plain JSON in Redis.
+// Requests as they travel through a session's log: validated before they are accepted, plain JSON in Redis.
 import type { SamplingParams } from '../engine/sampling.ts';
 
 /**
@@ -48,11 +48,18 @@ export interface TokenLogprob {
 
 export type SessionRequest = IngestRequest | GenerateRequest;
 
-export interface RequestJobData {
+/** An accepted request as a worker reads it from the session's log (session-log.ts). */
+export interface LoggedRequest {
   sessionId: string;
   seq: number;
   request: SessionRequest;
-  /** Ids generated before the last commit, kept so a retried generation returns the whole text. */
+  /** The websocket append number it was accepted as, if any. */
+  clientSeq?: number;
+  /** Its submitter waits for the result: the final commit keeps it in the session's results. */
+  wantResult?: boolean;
+  /** Its submitter went away before it ran: it is completed without running (a generation stops). */
+  cancelled?: boolean;
+  /** Ids generated before the last commit, kept so a resumed generation returns the whole text. */
   generated?: number[];
   /** Their log-probabilities, when the request asked for them. */
   generatedLogprobs?: TokenLogprob[];
@@ -65,7 +72,8 @@ export interface SegmentScore {
   perplexity: number;
 }
 
-export type FinishReason = 'length' | 'stop' | 'eos';
+/** 'cancelled': the submitter went away and the generation stopped between tokens. */
+export type FinishReason = 'length' | 'stop' | 'eos' | 'cancelled';
 
 export interface RequestResult {
   sessionId: string;
@@ -86,7 +94,11 @@ export interface RequestResult {
 export type ProgressEvent =
   | { type: 'segment'; seq: number; segmentsCommitted: number; tokensIngested: number; requestTokens: number; requestConsumed: number }
   | { type: 'token'; seq: number; index: number; id: number; text: string; logprob?: TokenLogprob }
-  | { type: 'done'; seq: number; result: RequestResult };
+  | { type: 'done'; seq: number; result: RequestResult }
+  /** The session failed at request `seq`: it and every later request wait until the owner resets the session. */
+  | { type: 'failed'; seq: number; failure: { seq: number; code: string; message: string; clientSeq?: number } }
+  /** The owner reset a failed session: 'drop' discarded requests from..to (none for 'retry'). */
+  | { type: 'reset'; seq: number; action: 'retry' | 'drop'; from: number; to: number };
 
 export class RequestError extends Error {
   constructor(

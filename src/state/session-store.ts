@@ -2,11 +2,11 @@
 // meta fields as decimal strings, `state` as raw little-endian float32 bytes and `tail` as uint32
 // LE token ids. One hash means one Lua script can compare-and-set and write all of it atomically,
 // and the stored size stays constant however many tokens a session has read.
-import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { endianness } from 'node:os';
 import type { Redis } from 'ioredis';
 import { assertSessionId, redisKeys, type RedisKeys } from './keys.ts';
+import { loadScript, runScript, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
 
 export type StateDtype = 'float32';
 
@@ -32,10 +32,17 @@ export interface SessionRecord {
   tokensIngested: number;
   segmentsCommitted: number;
   tokensGenerated: number;
-  /** Last request sequence number handed out (accept). */
+  /** Last request sequence number handed out (session-log.ts accept). */
   acceptedSeq: number;
   /** Last request fully applied. */
   appliedSeq: number;
+  /** The last websocket append accepted (the client's own numbering). */
+  clientSeq: number;
+  /** 'failed': a request could not be applied; nothing more is until the owner resets the session. */
+  status: SessionStatus;
+  failure?: SessionFailure;
+  /** The seqs the last reset dropped (0, 0: none). */
+  dropped: { from: number; to: number };
   /** Request curSeq has consumed curOffset of its tokens. */
   curSeq: number;
   curOffset: number;
@@ -44,6 +51,23 @@ export interface SessionRecord {
   lastUsedAt: number;
   /** Opaque (API key hash) or ''. */
   owner: string;
+}
+
+export type SessionStatus = 'ok' | 'failed';
+
+export interface SessionFailure {
+  /** The request that could not be applied (every later one waits behind it). */
+  seq: number;
+  code: string;
+  message: string;
+  /** ms epoch */
+  at: number;
+}
+
+/** A worker's lease on the session (session-log.ts): its commits are refused once another holds it. */
+export interface CommitLease {
+  owner: string;
+  ms: number;
 }
 
 export interface CommitUpdate {
@@ -57,9 +81,14 @@ export interface CommitUpdate {
   curOffset: number;
   /** Set when the request finished. */
   appliedSeq?: number;
+  /** With appliedSeq: the request's result (JSON), kept for its submitter. */
+  result?: string;
 }
 
-export type SessionErrorCode = 'not_found' | 'model_mismatch' | 'state_mismatch' | 'conflict';
+/** Results kept per session: a submitter reads its own long before this many later requests apply. */
+export const RESULTS_KEPT = 1024;
+
+export type SessionErrorCode = 'not_found' | 'model_mismatch' | 'state_mismatch' | 'conflict' | 'lease_lost';
 
 export class SessionError extends Error {
   readonly code: SessionErrorCode;
@@ -71,7 +100,7 @@ export class SessionError extends Error {
 }
 
 /** Hash layout version; bump when fields change meaning so old code refuses new hashes. */
-export const SESSION_LAYOUT = 1;
+export const SESSION_LAYOUT = 2;
 
 const DTYPE_BYTES: Record<StateDtype, number> = { float32: 4 };
 
@@ -89,47 +118,11 @@ const INT_FIELDS = [
   'lastUsedAt',
 ] as const;
 
-// ---------------------------------------------------------------------------------------------
-// Lua scripts: one file each under ./lua, run by EVALSHA with an EVAL fallback on NOSCRIPT
-// (a restarted or failed-over Redis has an empty script cache).
-
-interface LuaScript {
-  name: string;
-  lua: string;
-  sha: string;
-}
-
-function loadScript(name: string): LuaScript {
-  const lua = readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8');
-  return { name, lua, sha: createHash('sha1').update(lua).digest('hex') };
-}
-
 const SCRIPTS = {
   create: loadScript('create'),
   get: loadScript('get'),
-  acceptRequest: loadScript('accept-request'),
-  markStarted: loadScript('mark-started'),
   commit: loadScript('commit'),
 };
-
-type Arg = string | Buffer | number;
-
-async function runScript(redis: Redis, script: LuaScript, keys: string[], args: Arg[]): Promise<unknown> {
-  // callBuffer so binary fields come back as Buffers, not lossy UTF-8 strings.
-  try {
-    return await redis.callBuffer('evalsha', [script.sha, keys.length, ...keys, ...args]);
-  } catch (err) {
-    if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-    return await redis.callBuffer('eval', [script.lua, keys.length, ...keys, ...args]);
-  }
-}
-
-/** Splits a script's error reply "CODE rest" (see the lua headers); null for other errors. */
-function scriptError(err: unknown): { code: string; rest: string } | null {
-  if (!(err instanceof Error)) return null;
-  const m = /^(EXISTS|NOTFOUND|LAYOUT|CONFLICT|STATE)\b ?(.*)$/s.exec(err.message);
-  return m ? { code: m[1]!, rest: m[2] ?? '' } : null;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Binary encodings. Bytes are copied and swapped on big-endian hosts, never converted through
@@ -238,6 +231,9 @@ export class SessionStore {
       tokensGenerated: 0,
       acceptedSeq: 0,
       appliedSeq: 0,
+      clientSeq: 0,
+      status: 'ok',
+      dropped: { from: 0, to: 0 },
       curSeq: 0,
       curOffset: 0,
       createdAt: now,
@@ -249,10 +245,9 @@ export class SessionStore {
   }
 
   async get(id: string): Promise<SessionRecord | null> {
-    const key = this.keys.session(id);
     let reply: unknown;
     try {
-      reply = await runScript(this.redis, SCRIPTS.get, [key], [SESSION_LAYOUT, Date.now(), this.ttlMs]);
+      reply = await runScript(this.redis, SCRIPTS.get, this.keyList(id), [SESSION_LAYOUT, this.ttlMs]);
     } catch (err) {
       throw this.mapError(err, id);
     }
@@ -292,36 +287,11 @@ export class SessionStore {
   }
 
   /**
-   * The request's seq, and whether its predecessor has started (or been applied) already: `started`
-   * is the highest seq a worker started (markStarted) or applied. tag: the same {field, value} again
-   * returns the seq it got the first time (a retried request).
+   * Commits (part of) a request: a compare-and-set on the version the writer loaded (commit.lua).
+   * With `lease`, only while the caller holds the session's lease (a worker); without, any time (a
+   * snapshot import).
    */
-  async accept(id: string, tag?: { field: string; value: string }): Promise<{ seq: number; started: number }> {
-    const key = this.keys.session(id);
-    try {
-      const args = [SESSION_LAYOUT, Date.now(), this.ttlMs, ...(tag ? [tag.field, tag.value] : [])];
-      const [seq, started] = (await runScript(this.redis, SCRIPTS.acceptRequest, [key], args)) as [number, number];
-      return { seq: Number(seq), started: Number(started) };
-    } catch (err) {
-      throw this.mapError(err, id);
-    }
-  }
-
-  /** A worker starts applying request `seq`: startedSeq becomes at least `seq` (mark-started.lua). False when the session is gone. */
-  async markStarted(id: string, seq: number): Promise<boolean> {
-    assertCount('seq', seq);
-    const r = await runScript(this.redis, SCRIPTS.markStarted, [this.keys.session(id)], [SESSION_LAYOUT, seq]);
-    return Number(r) >= 0;
-  }
-
-  /** The highest request seq started (markStarted) or applied; 0 for a missing session. */
-  async startedSeq(id: string): Promise<number> {
-    const [started, applied] = await this.redis.hmget(this.keys.session(id), 'startedSeq', 'appliedSeq');
-    return Math.max(Number(started ?? 0) || 0, Number(applied ?? 0) || 0);
-  }
-
-  async commit(id: string, expectedVersion: number, u: CommitUpdate): Promise<number> {
-    const key = this.keys.session(id);
+  async commit(id: string, expectedVersion: number, u: CommitUpdate, lease?: CommitLease): Promise<number> {
     assertCount('expectedVersion', expectedVersion);
     if (!(u.state instanceof Float32Array)) throw new TypeError('commit state must be a Float32Array');
     assertCount('addTokensIngested', u.addTokensIngested);
@@ -343,11 +313,14 @@ export class SessionStore {
       u.curSeq,
       u.curOffset,
       u.appliedSeq === undefined ? '' : u.appliedSeq,
-      Date.now(),
       this.ttlMs,
+      lease?.owner ?? '',
+      lease?.ms ?? 0,
+      u.appliedSeq !== undefined && u.result !== undefined ? u.result : '',
+      RESULTS_KEPT,
     ];
     try {
-      return Number(await runScript(this.redis, SCRIPTS.commit, [key], args));
+      return Number(await runScript(this.redis, SCRIPTS.commit, this.keyList(id), args));
     } catch (err) {
       throw this.mapError(err, id, expectedVersion);
     }
@@ -373,6 +346,9 @@ export class SessionStore {
       tail: [...src.tail],
       acceptedSeq: 0,
       appliedSeq: 0,
+      clientSeq: 0,
+      status: 'ok',
+      dropped: { from: 0, to: 0 },
       curSeq: 0,
       curOffset: 0,
       createdAt: now,
@@ -395,8 +371,22 @@ export class SessionStore {
     return n;
   }
 
+  /** Deletes the session and its request log and results; true if it existed. */
   async delete(id: string): Promise<boolean> {
-    return (await this.redis.del(this.keys.session(id))) > 0;
+    const [session, ...rest] = this.keyList(id);
+    const removed = await this.redis.del(session!);
+    if (rest.length > 0) await this.redis.del(...rest);
+    return removed > 0;
+  }
+
+  /**
+   * The session's owner as stored, without reading (or judging) anything else of it: undefined when
+   * there is no such session. Deleting a session needs only this, so even a session whose state or
+   * counters this build refuses can always be deleted by its owner.
+   */
+  async owner(id: string): Promise<string | undefined> {
+    const v = await this.redis.hget(this.keys.session(id), 'owner');
+    return v ?? undefined;
   }
 
   /** Bytes Redis uses for the session (MEMORY USAGE over every field, not a sample); 0 if gone. */
@@ -426,10 +416,16 @@ export class SessionStore {
     ];
     for (const f of INT_FIELDS) fields.push(f, rec[f]);
     try {
-      await runScript(this.redis, SCRIPTS.create, [this.keys.session(rec.id)], [this.ttlMs, ...fields]);
+      await runScript(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields]);
     } catch (err) {
       throw this.mapError(err, rec.id);
     }
+  }
+
+  /** KEYS of the session scripts: hash, log, results (one cluster slot). */
+  private keyList(id: string): string[] {
+    const k = this.keys.sessionKeys(id);
+    return [k.session, k.log, k.results];
   }
 
   private parse(id: string, flat: Buffer[]): SessionRecord {
@@ -446,6 +442,10 @@ export class SessionStore {
       if (!/^-?\d+$/.test(s) || !Number.isSafeInteger(n)) throw new SessionError('state_mismatch', `session ${id} is corrupt: field ${f} = ${JSON.stringify(s)}`);
       return n;
     };
+
+    // Fields a session gains as it is used (absent: 0).
+    const opt = (f: string): number => (h.has(f) ? int(f) : 0);
+    const status: SessionStatus = h.get('status')?.toString('utf8') === 'failed' ? 'failed' : 'ok';
 
     const dtype = str('stateDtype');
     if (!(dtype in DTYPE_BYTES)) {
@@ -484,6 +484,12 @@ export class SessionStore {
       tokensGenerated: int('tokensGenerated'),
       acceptedSeq: int('acceptedSeq'),
       appliedSeq: int('appliedSeq'),
+      clientSeq: opt('clientSeq'),
+      status,
+      ...(status === 'failed'
+        ? { failure: { seq: opt('failedSeq'), code: h.get('failCode')?.toString('utf8') ?? 'failed', message: h.get('failMessage')?.toString('utf8') ?? '', at: opt('failedAt') } }
+        : {}),
+      dropped: { from: opt('droppedFrom'), to: opt('droppedTo') },
       curSeq: int('curSeq'),
       curOffset: int('curOffset'),
       createdAt: int('createdAt'),
@@ -502,6 +508,8 @@ export class SessionStore {
         return new SessionError('not_found', `session ${id} not found (never created, deleted or expired)`);
       case 'CONFLICT':
         return new SessionError('conflict', `session ${id}: commit expected version ${expectedVersion}, stored version is ${e.rest}`);
+      case 'LEASE':
+        return new SessionError('lease_lost', `session ${id}: this worker no longer holds its lease (held by ${e.rest || 'nobody'})`);
       case 'LAYOUT':
         // A hash written by another (newer?) build: refuse rather than misread it.
         return new SessionError('state_mismatch', `session ${id}: stored hash layout ${e.rest}, this build reads layout ${SESSION_LAYOUT}`);

@@ -18,10 +18,10 @@ export class WorkerMetrics {
   readonly runSeconds: Histogram<'graph' | 'model'>;
   readonly requestSeconds: Histogram<'kind'>;
   readonly turnGapSeconds: Histogram;
-  readonly turnDelays: Counter;
+  readonly turns: Counter<'outcome'>;
+  readonly sessionsFailed: Counter<'code'>;
   readonly handoffs: Counter;
   readonly engineContinuations: Counter;
-  readonly handoffsLost: Counter;
   readonly requests: Counter<'kind' | 'outcome'>;
   readonly segments: Counter;
   readonly tokensIngested: Counter;
@@ -60,17 +60,17 @@ export class WorkerMetrics {
       name: 'rmt_worker_turn_gap_seconds', help: 'a session idle between two of its requests applied by this process (the second already queued)',
       buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
     }));
-    this.turnDelays = reuse(r, 'rmt_worker_turn_delays_total', () => new Counter({
-      name: 'rmt_worker_turn_delays_total', help: 'requests parked in the delayed set because their session\'s previous request was not applied yet', registers: [r],
+    this.turns = reuse(r, 'rmt_worker_turns_total', () => new Counter({
+      name: 'rmt_worker_turns_total', help: 'turns on a session by outcome of taking its lease: ok (applied its requests), idle, busy (another worker\'s lease), failed, gone', labelNames: ['outcome'] as const, registers: [r],
+    }));
+    this.sessionsFailed = reuse(r, 'rmt_worker_sessions_failed_total', () => new Counter({
+      name: 'rmt_worker_sessions_failed_total', help: 'sessions that entered their failed state (by error code)', labelNames: ['code'] as const, registers: [r],
     }));
     this.handoffs = reuse(r, 'rmt_worker_handoffs_total', () => new Counter({
       name: 'rmt_worker_handoffs_total', help: 'requests that continued from their session\'s previous request before it had landed (handoff.ts)', registers: [r],
     }));
     this.engineContinuations = reuse(r, 'rmt_worker_engine_continuations_total', () => new Counter({
       name: 'rmt_worker_engine_continuations_total', help: 'such requests whose segments the engine thread started from the previous request\'s chain itself, in the run after its last (sent before its last memory existed)', registers: [r],
-    }));
-    this.handoffsLost = reuse(r, 'rmt_worker_handoffs_lost_total', () => new Counter({
-      name: 'rmt_worker_handoffs_lost_total', help: 'such requests that started again from Redis (the previous request did not apply, or this one failed)', registers: [r],
     }));
     this.requests = reuse(r, 'rmt_worker_requests_total', () => new Counter({
       name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process', labelNames: ['kind', 'outcome'] as const, registers: [r],

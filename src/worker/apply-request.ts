@@ -8,8 +8,8 @@ import type { ChainRef, Engine, KvHandle, ModelInfo } from '../engine/engine.ts'
 import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
 import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
-import type { SessionRecord, SessionStore } from '../state/session-store.ts';
-import type { ProgressEvent, RequestJobData, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
+import type { CommitLease, SessionRecord, SessionStore } from '../state/session-store.ts';
+import type { ProgressEvent, LoggedRequest, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 import { performance } from 'node:perf_hooks';
 import { HandoffLost, type Handoff } from './handoff.ts';
@@ -21,6 +21,8 @@ export interface ApplyContext {
   maxPendingTextChars: number;
   /** Ingest commits at most every this many segments or milliseconds (default: every segment). */
   commitEvery?: { segments: number; ms: number };
+  /** The worker turn's lease on the session: every commit is refused once another worker holds it. */
+  lease?: CommitLease;
 }
 
 export interface ApplyHooks {
@@ -33,7 +35,12 @@ export interface ApplyHooks {
   continued?(idleMs: number): void;
   /** Its segments continued the previous request's chain inside the engine thread (engine.ts, ChainRef). */
   continuedInEngine?(): void;
+  /** True once the submitter went away: a generation stops before its next token (finish reason 'cancelled'). */
+  cancelled?(): boolean;
 }
+
+/** A request's result from the session as its final commit leaves it (kept for its submitter when it waits). */
+type ResultOf = (after: SessionRecord) => RequestResult;
 
 /** Where a request starts: the session as just read (undefined: read it here), or an offer of the request before it. */
 export type RequestStart = { stored?: SessionRecord | null } | { handoff: Handoff };
@@ -209,12 +216,12 @@ class SessionCursor {
    * Waits for the commit in flight, then commits what is still uncommitted (the newest state, `tail`
    * and the other fields given): afterwards rec is the latest state.
    */
-  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false): Promise<number> {
+  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false, result?: ResultOf): Promise<number> {
     await this.settle();
     if (onlyIfUncommitted && this.uncommitted === 0) return 0;
     const addSegments = this.uncommitted;
     this.uncommitted = 0;
-    await this.commit({ state: this.latest, addSegments, ...u });
+    await this.commit({ state: this.latest, addSegments, ...u }, result);
     return addSegments;
   }
 
@@ -243,7 +250,8 @@ class SessionCursor {
   /** The newest state: ahead of rec.state while segments are uncommitted or a commit is in flight. */
   private latest: Float32Array;
 
-  async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }): Promise<void> {
+  /** Commits `u`; with appliedSeq and `result`, the request's result is kept with the same commit. */
+  async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }, result?: ResultOf): Promise<void> {
     const ingested = this.ingestedSinceCommit;
     const generated = this.generatedSinceCommit;
     this.ingestedSinceCommit = 0;
@@ -253,20 +261,8 @@ class SessionCursor {
       this.rec = await this.base;
       this.base = undefined;
     }
-    const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
-      state: u.state,
-      tail: u.tail,
-      pendingText: u.pendingText,
-      addTokensIngested: ingested,
-      addSegments: u.addSegments,
-      addTokensGenerated: generated,
-      curSeq: this.seq,
-      curOffset: u.curOffset,
-      ...(u.appliedSeq !== undefined ? { appliedSeq: u.appliedSeq } : {}),
-    });
-    this.rec = {
+    const next: SessionRecord = {
       ...this.rec,
-      version,
       state: u.state,
       tail: u.tail,
       pendingText: u.pendingText,
@@ -277,6 +273,19 @@ class SessionCursor {
       curOffset: u.curOffset,
       appliedSeq: u.appliedSeq ?? this.rec.appliedSeq,
     };
+    const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
+      state: u.state,
+      tail: u.tail,
+      pendingText: u.pendingText,
+      addTokensIngested: ingested,
+      addSegments: u.addSegments,
+      addTokensGenerated: generated,
+      curSeq: this.seq,
+      curOffset: u.curOffset,
+      ...(u.appliedSeq !== undefined ? { appliedSeq: u.appliedSeq } : {}),
+      ...(u.appliedSeq !== undefined && result ? { result: JSON.stringify(result(next)) } : {}),
+    }, this.ctx.lease);
+    this.rec = { ...next, version };
     this.ahead -= u.addSegments;
     this.lastCommitAt = performance.now();
   }
@@ -326,7 +335,7 @@ function offerNext(
  * `start`: the session as the caller just read it (one read per request; undefined: read here), or an
  * offer of the session's previous request, still landing (handoff.ts), to continue from.
  */
-export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hooks: ApplyHooks, start: RequestStart = {}): Promise<RequestResult> {
+export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks: ApplyHooks, start: RequestStart = {}): Promise<RequestResult> {
   const handoff = 'handoff' in start ? start.handoff : undefined;
   const stored = 'stored' in start ? start.stored : undefined;
   let rec: SessionRecord;
@@ -429,7 +438,8 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
       await cur.settle();
       count(ids.length);
       // Segments of the last, partial batch are committed with the request: report them too.
-      if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq })) > 0) segmentProgress(ids.length);
+      const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), ...(scores ? { scores } : {}) });
+      if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq }, false, data.wantResult ? resultOf : undefined)) > 0) segmentProgress(ids.length);
       offer?.applied(cur.rec);
     } catch (err) {
       offer?.lost(err);
@@ -472,6 +482,11 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     let { logits, kv: k } = await ctx.engine.prefill(model.name, tail, cur.rec.state);
     kv = k;
     while (generated.length < req.maxTokens) {
+      // Every generated token is in `tail` here: stopping now leaves the session consistent.
+      if (hooks.cancelled?.()) {
+        finish = 'cancelled';
+        break;
+      }
       const next = sampleNext(logits, req.sampling, counts, generated.length);
       if (next === model.specialTokens.eos) {
         finish = 'eos';
@@ -513,8 +528,10 @@ export async function applyRequest(ctx: ApplyContext, data: RequestJobData, hook
     if (kv !== undefined) ctx.engine.releaseKv(kv);
   }
   if (finish !== 'stop') text += stops.flush();
-  await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq });
-  const result: RequestResult = { ...base(cur.rec, ids.length), completion: { ids: generated, text, finishReason: finish, ...(wantLogprobs ? { logprobs } : {}) } };
+  const completion = { ids: generated, text, finishReason: finish, ...(wantLogprobs ? { logprobs } : {}) };
+  const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), completion });
+  await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq }, data.wantResult ? resultOf : undefined);
+  const result: RequestResult = resultOf(cur.rec);
   hooks.progress({ type: 'done', seq: data.seq, result });
   return result;
 }

@@ -1,26 +1,15 @@
 // Assembles a worker process: Redis connection, session store, engine thread, tokenizers, BullMQ worker.
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
 import { startEngine, type Engine } from '../engine/engine.ts';
 import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
 import { SessionStore } from '../state/session-store.ts';
 import { RequestQueue } from '../queue/request-queue.ts';
+import { ProgressHub } from '../queue/progress-hub.ts';
+import { connectRedis } from '../state/redis-connection.ts';
 import { SessionWorker } from './session-worker.ts';
 import { WorkerMetrics } from '../telemetry/metrics.ts';
 import type { Registry } from 'prom-client';
-
-export function redisUrl(config: Config): string {
-  return config.redisUrl || 'redis://127.0.0.1:6379';
-}
-
-export function connectRedis(config: Config): Redis {
-  // maxRetriesPerRequest null: BullMQ's blocking connections require it, and a brief Redis restart
-  // should delay requests, not fail them.
-  const redis = new Redis(redisUrl(config), { maxRetriesPerRequest: null, lazyConnect: false });
-  // ioredis reconnects by itself; without a listener every failed attempt is an "unhandled error".
-  redis.on('error', () => undefined);
-  return redis;
-}
 
 export interface WorkerRuntime {
   redis: Redis;
@@ -72,8 +61,8 @@ export async function startWorkerRuntime(
   engine.onBatch((b) => metrics.observeBatch(b));
   const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort) : undefined;
   const worker = new SessionWorker({
-    redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, concurrency: config.workerConcurrency,
-    lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs,
+    redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, concurrency: config.workerConcurrency,
+    lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs, maxAttempts: config.requestAttempts,
     maxPendingTextChars: config.maxPendingTextChars, commitEvery: { segments: config.commitSegments, ms: config.commitMs }, ...(log ? { log } : {}),
   });
   await worker.start();
@@ -89,21 +78,25 @@ export async function startWorkerRuntime(
   };
 }
 
+/** What submitters (the API, the CLI) use: the store, the request queue and the progress channel. */
 export interface ClientRuntime {
   redis: Redis;
   store: SessionStore;
   queue: RequestQueue;
+  progress: ProgressHub;
   close(): Promise<void>;
 }
 
 export function startClientRuntime(config: Config): ClientRuntime {
   const redis = connectRedis(config);
   const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
-  const queue = new RequestQueue({ redis, store, prefix: config.keyPrefix, attempts: config.jobAttempts });
+  const progress = new ProgressHub(redis, config.keyPrefix);
+  const queue = new RequestQueue({ redis, store, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, progress });
   return {
-    redis, store, queue,
+    redis, store, queue, progress,
     async close() {
       await queue.close();
+      await progress.close();
       redis.disconnect();
     },
   };

@@ -13,6 +13,8 @@ import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult, Token
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
 import { apiMetrics, observeRequests } from '../metrics.ts';
+import { admit, fromQueueError } from '../queue-errors.ts';
+import type { Submitted } from '../../queue/request-queue.ts';
 
 /** Longest a request waits for its result before answering 503 (the worker still finishes it). */
 const RESULT_TIMEOUT_MS = 10 * 60_000;
@@ -134,6 +136,7 @@ function openAiLogprobs(ids: readonly number[], lps: readonly TokenLogprob[], te
 }
 
 function openAiFinish(f: FinishReason): 'stop' | 'length' {
+  // 'cancelled' reaches no client: its submitter is gone.
   return f === 'length' ? 'length' : 'stop';
 }
 
@@ -189,10 +192,17 @@ function countTokens(r: RequestResult): void {
 }
 
 function jobFailure(err: unknown): ApiError {
-  if (err instanceof ApiError) return err;
+  const mapped = fromQueueError(err);
+  if (mapped instanceof ApiError) return mapped;
   const msg = err instanceof Error ? err.message : String(err);
-  if (/timed? ?out/i.test(msg)) return new ApiError('unavailable', 'timed out waiting for the worker; try again later', null, 'timeout');
   return new ApiError('internal', `generation failed: ${msg}`, null, 'generation_failed');
+}
+
+/** The client went away before its answer: the request is cancelled (not run, or stopped between tokens). */
+function cancelOnDisconnect(deps: ApiDeps, reply: FastifyReply, s: Submitted): void {
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableEnded) void deps.queue.cancel(s).catch(() => undefined);
+  });
 }
 
 export default async function completionsRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
@@ -212,6 +222,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
 
     const prompt = normalizePrompt(body.prompt, model);
     const sampling = samplingOf(body);
+    await admit(deps, reply);
     const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
     const request: GenerateRequest = {
       kind: 'generate', ...prompt, maxTokens: body.max_tokens ?? 16, sampling, stop,
@@ -248,10 +259,13 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
 
     if (!body.stream) {
       try {
-        const { jobId } = await deps.queue.submit(sessionId, request);
+        const submitted = await deps.queue.submit(sessionId, request, { wantResult: true }).catch((err: unknown) => {
+          throw fromQueueError(err);
+        });
+        cancelOnDisconnect(deps, reply, submitted);
         let result: RequestResult;
         try {
-          result = await deps.queue.result(jobId, RESULT_TIMEOUT_MS);
+          result = await deps.queue.result(submitted, RESULT_TIMEOUT_MS);
         } catch (err) {
           throw jobFailure(err);
         }
@@ -303,20 +317,21 @@ async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply: Fasti
   let onEvent: ((ev: ProgressEvent) => void) | null = null;
   let over = false;
   let unsubscribe: (() => Promise<void>) | undefined;
-  let jobId: string;
-  let seq: number;
+  let submitted: Submitted;
   try {
     unsubscribe = await deps.progress.subscribe(j.sessionId, (ev) => {
       if (over) return;
       if (onEvent) onEvent(ev);
       else early.push(ev);
     });
-    ({ seq, jobId } = await deps.queue.submit(j.sessionId, j.request));
+    submitted = await deps.queue.submit(j.sessionId, j.request, { wantResult: true });
   } catch (err) {
     await unsubscribe?.();
     await j.cleanup();
-    throw err;
+    throw fromQueueError(err);
   }
+  const seq = submitted.seq;
+  cancelOnDisconnect(deps, reply, submitted);
 
   // Everything from here on is reported inside the stream.
   const out = new PassThrough();
@@ -380,7 +395,7 @@ async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply: Fasti
       let result: RequestResult;
       try {
         result = await Promise.race([
-          deps.queue.result(jobId, RESULT_TIMEOUT_MS),
+          deps.queue.result(submitted, RESULT_TIMEOUT_MS),
           donePromise.then(() => doneEvent!),
         ]);
       } catch (err) {

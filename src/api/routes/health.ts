@@ -1,11 +1,12 @@
 // Liveness (/healthz: the process answers), readiness (/readyz: Redis answers PING, models are
-// configured, a worker heartbeat is fresh) and Prometheus /metrics.
+// configured, a worker heartbeat is fresh, the queue is not saturated) and Prometheus /metrics.
 import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { ApiDeps } from '../deps.ts';
 import { redisKeys } from '../../state/keys.ts';
 import { apiMetrics, apiRegistry, observeRequests } from '../metrics.ts';
 import { ErrorResponses, HealthSchema, ReadySchema, type ReadyBody } from '../schemas.ts';
+import { saturated } from '../queue-errors.ts';
 
 /** A worker heartbeat older than this does not count (workers beat every 2 s). */
 export const WORKER_FRESH_MS = 10_000;
@@ -20,7 +21,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
-  const checks = { redis: 'ok', models: 'ok', workers: 'ok' };
+  const checks = { redis: 'ok', models: 'ok', workers: 'ok', queue: 'ok' };
   try {
     const pong = await withTimeout(deps.redis.ping(), CHECK_TIMEOUT_MS, 'redis PING');
     if (pong !== 'PONG') checks.redis = `unexpected PING reply ${JSON.stringify(pong)}`;
@@ -31,7 +32,16 @@ export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
   if (n === 0) checks.models = 'failed: no models configured';
   if (checks.redis !== 'ok') {
     checks.workers = 'unknown: redis is not answering';
+    checks.queue = 'unknown: redis is not answering';
   } else {
+    try {
+      const q = await withTimeout(saturated(deps), CHECK_TIMEOUT_MS, 'queue depth');
+      checks.queue = q.saturated
+        ? `saturated: ${q.depth} sessions waiting for a worker (limit ${deps.config.maxQueueDepth})`
+        : `ok: ${q.depth} sessions waiting (limit ${deps.config.maxQueueDepth})`;
+    } catch (err) {
+      checks.queue = `failed: ${(err as Error).message}`;
+    }
     try {
       const fresh = await withTimeout(
         deps.redis.zcount(redisKeys(deps.config.keyPrefix).workers(), Date.now() - WORKER_FRESH_MS, '+inf'), CHECK_TIMEOUT_MS, 'worker lookup',

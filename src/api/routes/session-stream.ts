@@ -9,23 +9,21 @@
 //   server -> {type:'token', text, index} ... {type:'done', finish_reason, text, usage:{prompt_tokens, completion_tokens}}
 //   server -> {type:'error', code, message[, seq]}     recoverable unless the server closes the socket after it
 //
-// Exactly-once appends: the session hash holds `ws_last_seq`, the client's last durably accepted
-// append. An append with seq <= last_seq is acknowledged as a duplicate and not applied; seq >
-// last_seq + 1 is refused (seq_gap). Otherwise it is submitted to the request queue and, once the
-// submit resolved (the ingest request is durably in Redis and will be applied in order), ws_last_seq
-// is moved from seq-1 to seq by a compare-and-set script, and only then is the append acknowledged.
+// Exactly-once appends: the session hash holds `clientSeq`, the client's last accepted append. An
+// append with seq <= last_seq is acknowledged as a duplicate and not applied; seq > last_seq + 1 is
+// refused (seq_gap). Otherwise it is accepted into the session's log by one Lua script that also
+// moves clientSeq from seq - 1 to seq (session-log.ts, accept.lua), and only then acknowledged. So a
+// crash at any point neither doubles nor loses an append: before the script the append was never
+// accepted (the client, never acked, resends it); after it, the hello's last_seq says it was. A
+// concurrent writer on another connection (another API process) is detected by the compare-and-set
+// (code 'conflict', socket closed); within one process a new connection first closes the previous one
+// and waits for the append it may be submitting before it reads last_seq for its hello.
 //
-// Crash window: the submit and the ws_last_seq update are two Redis operations. If this process dies
-// between them, the client (never acked) resends the append; the submit is tagged with the client's
-// seq (field ws_pending), so the resend gets the same request seq and job id as the first try: the job
-// is enqueued if the first try never got that far and ignored if it did, and a worker never applies a
-// request seq twice. So a crash neither doubles nor loses an append, provided the client resends
-// within 30 s (after that, workers skip a request seq whose job never appeared: session-worker.ts). Everything else is exact too: a
-// dropped connection never doubles or loses an append, because
-//   - within one process, a new connection to a session first closes the previous one and waits for
-//     the append it may be submitting to settle before it reads last_seq for its hello;
-//   - across processes, the compare-and-set detects a concurrent writer (code 'conflict', socket
-//     closed) instead of silently moving last_seq.
+// A failed session (GET /v1/sessions/{id}: status 'failed') refuses appends with 'session_failed'
+// and tells every connected client when it fails; after the owner resets it, a 'reset' message gives
+// the new last_seq to resend from. Overload (RMT_MAX_QUEUE_DEPTH): an append is refused with
+// 'overloaded' (retry_after_ms, last_seq) and the socket is not read for that long; the client resends
+// from last_seq + 1.
 //
 // Backpressure: bytes of messages received but not yet applied by a worker (or rejected) are
 // counted per connection; over MAX_UNAPPLIED_BYTES the socket is paused (ws pause(): the TCP socket
@@ -42,13 +40,13 @@ import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../e
 import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
+import { OrderError } from '../../queue/session-log.ts';
+import { RETRY_AFTER_S, saturated } from '../queue-errors.ts';
 
 /** Per connection: bytes received and not yet applied before reading from the socket pauses. */
 export const MAX_UNAPPLIED_BYTES = 8 * 1024 * 1024;
-/** Hash field on the session (keys.ts session(id)) holding the last acknowledged client seq. */
-export const LAST_SEQ_FIELD = 'ws_last_seq';
-/** Hash field tagging the request seq that the client's latest append was given (see the header). */
-export const WS_PENDING_FIELD = 'ws_pending';
+/** Hash field on the session (keys.ts session(id)) holding the last accepted client seq (accept.lua). */
+export const LAST_SEQ_FIELD = 'clientSeq';
 const MAX_GENERATE_TOKENS = 8192;
 const MAX_STOPS = 16;
 const POLL_MS = 500;
@@ -66,19 +64,8 @@ interface WsLike {
   on(ev: 'error', fn: (err: Error) => void): void;
 }
 
-/** Counters for tests and metrics: connections currently paused, and pauses so far. */
-export const streamStats = { open: 0, paused: 0, pausesTotal: 0 };
-
-// compare-and-set ws_last_seq: ARGV[1] = seq; -1 when the session is gone, else the stored value
-// after the call (== seq on success).
-const CAS_LAST_SEQ = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local cur = tonumber(redis.call('HGET', KEYS[1], '${LAST_SEQ_FIELD}') or '0')
-local want = tonumber(ARGV[1])
-if cur ~= want - 1 then return cur end
-redis.call('HSET', KEYS[1], '${LAST_SEQ_FIELD}', want)
-return want
-`;
+/** Counters for tests and metrics: connections currently paused, pauses so far, overload refusals so far. */
+export const streamStats = { open: 0, paused: 0, pausesTotal: 0, overloaded: 0 };
 
 const OPEN = 1;
 const LONE_SURROGATE = /\p{Cs}/u;
@@ -245,6 +232,8 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       let unappliedChars = 0;
       let paused = false;
       let poll: NodeJS.Timeout | undefined;
+      /** Appends are refused until then (performance.now()): the service was overloaded. */
+      let overloadedUntil = 0;
       // Generation in progress: its queue seq once known; events seen before it is known are held.
       let gen: { q: number | undefined; held: ProgressEvent[] } | undefined;
       let unsubscribe: (() => Promise<void>) | undefined;
@@ -322,6 +311,22 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           }
           applied(ev.seq);
         }
+        if (ev.type === 'failed') {
+          const f = ev.failure;
+          sendError('session_failed', `session ${sessionId} failed at request ${f.seq} (${f.code}): ${f.message}; nothing more is applied until its owner resets it (POST /v1/sessions/${sessionId}/reset)`,
+            { request_seq: f.seq, ...(f.clientSeq !== undefined ? { seq: f.clientSeq } : {}) });
+          if (gen) {
+            gen = undefined;
+          }
+          return;
+        }
+        if (ev.type === 'reset') {
+          void readLastSeq(sessionId).then((v) => {
+            lastSeq = v;
+            send({ type: 'reset', action: ev.action, last_seq: v });
+          }, () => undefined);
+          return;
+        }
         if (gen && ev.type !== 'segment') {
           if (gen.q === undefined) gen.held.push(ev);
           else if (ev.seq === gen.q) sendGenerationEvent(ev);
@@ -345,21 +350,45 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (seq !== lastSeq + 1) {
           throw new ProtocolError('seq_gap', `append.seq ${seq} skips ahead: the next expected seq is ${lastSeq + 1}`);
         }
+        if (performance.now() < overloadedUntil || (await saturated(deps).catch(() => ({ saturated: false }))).saturated) {
+          // Not accepted: the client resends from last_seq + 1 once retry_after_ms passed.
+          overloaded(seq);
+          return;
+        }
         const req: IngestRequest = { kind: 'ingest', ...(ingestText ? await ingestText : { text }), flush: m.flush === true };
-        const { seq: q } = await queue.submit(sessionId, req, { field: WS_PENDING_FIELD, value: String(seq) });
-        // Durable from here on; hand the bytes over to the applied-tracking before anything else.
+        let q: number;
+        try {
+          ({ seq: q } = await queue.submit(sessionId, req, { clientSeq: seq, wantResult: false }));
+        } catch (err) {
+          if (err instanceof OrderError && err.code === 'client_seq') {
+            throw new ProtocolError('conflict', `another connection is appending to session ${sessionId} (stored last_seq ${err.at})`);
+          }
+          if (err instanceof OrderError && err.code === 'session_failed') {
+            throw new ProtocolError('session_failed', `${err.message}; append ${seq} was not accepted`);
+          }
+          throw err;
+        }
+        // Durable from here on; hand the bytes over to the applied-tracking.
         inflight.push({ q, bytes, chars: text.length });
         unappliedChars += text.length;
         tracked.yes = true;
-        const stored = Number(await redis.eval(CAS_LAST_SEQ, 1, sessionKey, seq));
-        if (stored !== seq) {
-          applied(appliedQ);
-          if (stored === -1) throw new ProtocolError('session_not_found', `session ${sessionId} was deleted`);
-          throw new ProtocolError('conflict', `another connection is appending to session ${sessionId} (stored last_seq ${stored})`);
-        }
         lastSeq = seq;
         applied(appliedQ); // a done event may have raced ahead of the submit's reply
         send({ type: 'ack', seq, ...counters() });
+      };
+
+      /** Refuses append `seq` (overload) and stops reading for the retry time: TCP holds the client back. */
+      const overloaded = (seq: number): void => {
+        const ms = RETRY_AFTER_S * 1000;
+        const fresh = performance.now() >= overloadedUntil;
+        sendError('overloaded', `the service is overloaded; resend from last_seq + 1 after retry_after_ms`, { seq, last_seq: lastSeq, retry_after_ms: ms });
+        if (!fresh) return;
+        overloadedUntil = performance.now() + ms;
+        streamStats.overloaded++;
+        socket.pause();
+        setTimeout(() => {
+          if (!closed && !paused) socket.resume();
+        }, ms).unref();
       };
 
       const handleGenerate = async (m: Record<string, unknown>): Promise<void> => {
@@ -378,10 +407,11 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         const g: { q: number | undefined; held: ProgressEvent[] } = { q: undefined, held: [] };
         gen = g;
         try {
-          const { seq: q } = await queue.submit(sessionId, req);
+          const { seq: q } = await queue.submit(sessionId, req, { wantResult: false });
           g.q = q;
         } catch (err) {
           gen = undefined;
+          if (err instanceof OrderError && err.code === 'session_failed') throw new ProtocolError('session_failed', err.message);
           throw err;
         }
         for (const ev of g.held.splice(0)) if (ev.seq === g.q && gen === g) sendGenerationEvent(ev);
@@ -472,15 +502,23 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         }
         const rec = await store.get(sessionId);
         if (!rec) throw new ProtocolError('session_not_found', `session ${sessionId} was deleted`);
-        lastSeq = await readLastSeq(sessionId);
+        lastSeq = rec.clientSeq;
         tokens = rec.tokensIngested;
         segments = rec.segmentsCommitted;
         pendingTokens = rec.tail.length;
         appliedQ = Math.max(appliedQ, rec.appliedSeq);
         send({
           type: 'hello', session_id: sessionId, last_seq: lastSeq, segment_length: catalog.get(rec.model)?.segmentLength ?? null,
-          tokens_ingested: rec.tokensIngested, segments_committed: rec.segmentsCommitted, model: rec.model,
+          tokens_ingested: rec.tokensIngested, segments_committed: rec.segmentsCommitted, model: rec.model, status: rec.status,
         });
+        if (rec.failure) {
+          const client = await queue.log.clientSeqOf(sessionId, rec.failure.seq);
+          sendError('session_failed', `session ${sessionId} failed at request ${rec.failure.seq} (${rec.failure.code}): ${rec.failure.message}; reset it (POST /v1/sessions/${sessionId}/reset)`,
+            { request_seq: rec.failure.seq, ...(client !== undefined ? { seq: client } : {}) });
+        } else if (rec.acceptedSeq > rec.appliedSeq) {
+          // Accepted work of an earlier connection: make sure a worker has it (its API may have died before waking it).
+          await queue.wake(sessionId);
+        }
       };
 
       // Messages are handled strictly one after another, in arrival order (acks stay in order and

@@ -7,17 +7,18 @@ import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
 import { apiMetrics, observeRequests } from '../metrics.ts';
 import {
-  AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ErrorResponses, SessionParamsSchema, SessionSchema,
+  AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ErrorResponses, ResetBodySchema, SessionParamsSchema, SessionSchema,
   type AppendResponse, type SessionObject,
 } from '../schemas.ts';
+import { admit, fromQueueError } from '../queue-errors.ts';
 import { MAX_HEADER_BYTES, SnapshotError, decodeSnapshot, encodeSnapshot } from '../state-snapshot.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 import type { IngestRequest } from '../../queue/request.ts';
 
-/** How long an append waits for its result before answering 503 (the request still completes). */
 /** Snapshot bodies are raw bytes (application/octet-stream): Buffers bypass the JSON serializer. */
 const SnapshotBytesSchema = Type.Unsafe<Buffer>({ description: 'portable session snapshot (application/octet-stream)' });
 
+/** How long an append waits for its result before answering 503 (the request still completes). */
 export const APPEND_TIMEOUT_MS = 120_000;
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -26,7 +27,7 @@ export function hasLoneSurrogate(s: string): boolean {
   return LONE_SURROGATE.test(s);
 }
 
-export function sessionObject(rec: SessionRecord): SessionObject {
+export function sessionObject(rec: SessionRecord, failedClientSeq?: number): SessionObject {
   return {
     id: rec.id,
     object: 'session',
@@ -39,13 +40,29 @@ export function sessionObject(rec: SessionRecord): SessionObject {
     pending_tokens: rec.tail.length,
     version: rec.version,
     state_bytes: rec.state.byteLength,
+    pending_requests: Math.max(0, rec.acceptedSeq - rec.appliedSeq),
+    last_seq: rec.clientSeq,
+    status: rec.status,
+    ...(rec.failure
+      ? {
+          failure: {
+            seq: rec.failure.seq, ...(failedClientSeq !== undefined ? { client_seq: failedClientSeq } : {}),
+            code: rec.failure.code, message: rec.failure.message, failed_at: Math.floor(rec.failure.at / 1000),
+          },
+        }
+      : {}),
   };
 }
 
-/** Store errors as API errors; anything else is rethrown (a 5xx). */
+/** The session object as GET shows it (a failed session's failure names its websocket append too). */
+async function describeSession(deps: ApiDeps, rec: SessionRecord): Promise<SessionObject> {
+  const client = rec.failure ? await deps.queue.log.clientSeqOf(rec.id, rec.failure.seq) : undefined;
+  return sessionObject(rec, client);
+}
+
+/** Store and queue errors as API errors; anything else is rethrown (a 5xx). */
 function mapStoreError(err: unknown): never {
-  if (err instanceof SessionError) throw fromCode(err.code, err.message);
-  throw err;
+  throw fromQueueError(err);
 }
 
 function notFound(id: string): ApiError {
@@ -108,19 +125,36 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
   });
 
   r.get('/v1/sessions/:id', { schema: { params, response: { 200: SessionSchema, ...ErrorResponses } } }, async (req) => {
-    return sessionObject(await loadOwned(deps, req, req.params.id));
+    return describeSession(deps, await loadOwned(deps, req, req.params.id));
   });
 
+  // Only the owner is read, never the state: the owner can delete a session whatever it holds.
   r.delete('/v1/sessions/:id', { schema: { params, response: { 204: Type.Null(), ...ErrorResponses } } }, async (req, reply) => {
-    await loadOwned(deps, req, req.params.id);
-    await deps.store.delete(req.params.id);
+    const id = req.params.id;
+    if ((await deps.store.owner(id)) !== req.owner) throw notFound(id);
+    await deps.store.delete(id);
+    await deps.redis.zrem(deps.store.keys.active(), id);
     apiMetrics.sessionsDeleted.inc();
     return reply.code(204).send(null);
   });
 
+  r.post('/v1/sessions/:id/reset', {
+    schema: { params, body: ResetBodySchema, response: { 200: SessionSchema, ...ErrorResponses } },
+  }, async (req) => {
+    const { id } = req.params;
+    await loadOwned(deps, req, id);
+    const action = req.body.action;
+    const dropped = await deps.queue.log.reset(id, action).catch(mapStoreError);
+    await deps.store.publishProgress(id, { type: 'reset', seq: 0, action, from: dropped.from, to: dropped.to });
+    if (action === 'retry') await deps.queue.wake(id);
+    const after = await deps.store.get(id).catch(mapStoreError);
+    if (!after) throw notFound(id);
+    return describeSession(deps, after);
+  });
+
   r.post('/v1/sessions/:id/append', {
     schema: { params, body: AppendBodySchema, response: { 200: AppendResponseSchema, ...ErrorResponses } },
-  }, async (req): Promise<AppendResponse> => {
+  }, async (req, reply): Promise<AppendResponse> => {
     const { id } = req.params;
     const body = req.body;
     if ((body.text === undefined) === (body.ids === undefined)) {
@@ -132,6 +166,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     const rec = await loadOwned(deps, req, id);
     const model = deps.catalog.get(rec.model);
     if (!model) throw new ApiError('unavailable', `model ${rec.model} of session ${id} is not loaded by this server`, 'model', 'model_not_loaded');
+    await admit(deps, reply);
     if (body.ids) {
       const bad = body.ids.findIndex((t) => t >= model.vocabSize);
       if (bad >= 0) {
@@ -148,18 +183,8 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
       flush: body.flush ?? true,
       ...(body.perplexity ? { score: true } : {}),
     };
-    const { seq, jobId } = await deps.queue.submit(id, request).catch(mapStoreError);
-    let result;
-    try {
-      result = await deps.queue.result(jobId, APPEND_TIMEOUT_MS);
-    } catch (err) {
-      const msg = (err as Error).message ?? String(err);
-      if (/timed out/i.test(msg)) {
-        throw new ApiError('unavailable', `append (request ${seq}) did not finish within ${APPEND_TIMEOUT_MS / 1000} s; it is queued and will still be applied`, null, 'timeout');
-      }
-      req.log.error({ err }, 'append failed');
-      throw new ApiError('internal', `append (request ${seq}) failed`, null, 'request_failed');
-    }
+    const submitted = await deps.queue.submit(id, request, { wantResult: true }).catch(mapStoreError);
+    const result = await deps.queue.result(submitted, APPEND_TIMEOUT_MS).catch(mapStoreError);
     if (result.error) throw fromCode(result.error.code, result.error.message);
     apiMetrics.tokensIngested.inc(result.promptTokens);
     const after = await deps.store.get(id).catch(mapStoreError);

@@ -1,23 +1,23 @@
 --[[
-  Read a whole session and mark it used: bumps lastUsedAt and restarts the idle TTL in the same
-  step, so a session being read cannot expire between the read and the refresh.
+  Read a whole session and mark it used: bumps lastUsedAt and restarts the idle TTL of its keys in
+  the same step, so a session being read cannot expire between the read and the refresh.
 
   KEYS[1]  session hash
+  KEYS[2]  request log
+  KEYS[3]  results
   ARGV[1]  layout this code understands
-  ARGV[2]  now (ms epoch)
-  ARGV[3]  idle TTL in ms
+  ARGV[2]  idle TTL in ms
 
   Returns HGETALL's flat [field, value, ...] list, or nil if there is no such session;
   error reply "LAYOUT <found>" (nothing touched) if the hash has another layout.
 ]]
+-- @include "session"
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then
   return false
 end
-local layout = redis.call('HGET', key, 'layout')
-if layout ~= ARGV[1] then
-  return redis.error_reply('LAYOUT ' .. tostring(layout))
-end
-redis.call('HSET', key, 'lastUsedAt', ARGV[2])
-redis.call('PEXPIRE', key, ARGV[3])
+local err = sessionError(key, ARGV[1])
+if err then return err end
+redis.call('HSET', key, 'lastUsedAt', nowMs())
+touch(ARGV[2])
 return redis.call('HGETALL', key)

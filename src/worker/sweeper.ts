@@ -1,0 +1,64 @@
+// The safety net under the work queue: sessions with accepted work and no live lease are woken
+// again. In normal operation a job always says a session has work (work-queue.ts); this catches what
+// should not happen but can — a job lost with its Redis, an API process killed between accepting a
+// request and waking its session, a job removed by hand — so no accepted request waits forever.
+// Its index (keys.ts active(): sessions scored by when they were last woken) is only a hint: an entry
+// missing is a lost safety net, never lost work; an entry too many is checked and dropped.
+import type { Redis } from 'ioredis';
+import type { RedisKeys } from '../state/keys.ts';
+
+export interface SweeperOptions {
+  redis: Redis;
+  keys: RedisKeys;
+  /** A session woken this long ago and still without a live lease is woken again. */
+  staleMs: number;
+  wake(sessionId: string): Promise<void>;
+  log?: (obj: Record<string, unknown>, msg: string) => void;
+}
+
+/** Sessions looked at per sweep (the oldest first). */
+const BATCH = 200;
+
+export class Sweeper {
+  private timer?: NodeJS.Timeout;
+  private running?: Promise<unknown>;
+
+  constructor(private readonly o: SweeperOptions) {}
+
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => {
+      if (!this.running) this.running = this.sweep().catch(() => undefined).finally(() => (this.running = undefined));
+    }, intervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+
+  /** One pass: returns how many sessions were woken and dropped from the index. */
+  async sweep(now = Date.now()): Promise<{ woken: number; dropped: number }> {
+    const { redis, keys } = this.o;
+    const stale = await redis.zrangebyscore(keys.active(), '-inf', now - this.o.staleMs, 'LIMIT', 0, BATCH);
+    if (stale.length === 0) return { woken: 0, dropped: 0 };
+    const [secs, micros] = await redis.time();
+    const redisNow = Number(secs) * 1000 + Math.floor(Number(micros) / 1000);
+    let woken = 0;
+    let dropped = 0;
+    for (const id of stale) {
+      const [model, status, accepted, applied, leaseUntil] = await redis.hmget(keys.session(id), 'model', 'status', 'acceptedSeq', 'appliedSeq', 'leaseUntil');
+      if (model === null || status === 'failed' || Number(applied ?? 0) >= Number(accepted ?? 0)) {
+        await redis.zrem(keys.active(), id);
+        dropped++;
+      } else if (Number(leaseUntil ?? 0) > redisNow) {
+        await redis.zadd(keys.active(), now, id); // a worker has it: look again later
+      } else {
+        await this.o.wake(id);
+        woken++;
+        this.o.log?.({ sessionId: id, accepted: Number(accepted), applied: Number(applied) }, 'sweeper: woke a session with work and no worker');
+      }
+    }
+    return { woken, dropped };
+  }
+}
