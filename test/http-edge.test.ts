@@ -195,6 +195,14 @@ describe('HTTP edge', { timeout: 120_000 }, () => {
     await c.closedByServer();
   });
 
+  test('bytes that are not HTTP: 400 bad_request in the OpenAI shape', async () => {
+    const c = await Raw.open(port);
+    c.write('HELLO THERE\r\n\r\n');
+    const res = await c.response();
+    assertShape(res.status, res.body, { status: 400, code: 'bad_request' }, 'garbage request line');
+    await c.closedByServer();
+  });
+
   test('a body that never completes (slowloris): 408 in the OpenAI shape, then the connection is closed', async () => {
     const res = await slowloris(port);
     assertShape(res.status, res.body, { status: 408, code: 'request_timeout' }, 'half a body');
