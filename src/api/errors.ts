@@ -4,15 +4,25 @@ export const ERROR_KINDS = {
   invalid_request: { status: 400, type: 'invalid_request_error' },
   unauthorized: { status: 401, type: 'authentication_error' },
   not_found: { status: 404, type: 'not_found_error' },
+  method_not_allowed: { status: 405, type: 'invalid_request_error' },
+  request_timeout: { status: 408, type: 'invalid_request_error' },
   conflict: { status: 409, type: 'conflict_error' },
   payload_too_large: { status: 413, type: 'invalid_request_error' },
+  uri_too_long: { status: 414, type: 'invalid_request_error' },
+  unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   unprocessable: { status: 422, type: 'invalid_request_error' },
   rate_limited: { status: 429, type: 'rate_limit_error' },
+  headers_too_large: { status: 431, type: 'invalid_request_error' },
   unavailable: { status: 503, type: 'service_unavailable_error' },
   internal: { status: 500, type: 'server_error' },
 } as const;
 
 export type ErrorKind = keyof typeof ERROR_KINDS;
+
+/** The kind answering with `status` (the first in the table), if any. */
+export function kindOfStatus(status: number): ErrorKind | undefined {
+  return (Object.keys(ERROR_KINDS) as ErrorKind[]).find((k) => ERROR_KINDS[k].status === status);
+}
 
 export class ApiError extends Error {
   constructor(

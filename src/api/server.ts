@@ -1,12 +1,12 @@
 // Listens: builds the app from config (app.ts) and serves it until closed.
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config/config.ts';
-import { buildApp } from './app.ts';
+import { buildApp, type AppOptions } from './app.ts';
 import { createApiDeps } from './deps-factory.ts';
 
-export async function startApiServer(config: Config): Promise<{ app: FastifyInstance; url: string; close(): Promise<void> }> {
-  const deps = await createApiDeps(config);
-  const app = await buildApp(deps, {
+/** The app's options from the config (tests build their app from the same mapping). */
+export function appOptions(config: Config): AppOptions {
+  return {
     logger: {
       level: config.logLevel,
       // Prompts and keys stay out of the logs: only method, url and ids are logged by default.
@@ -15,7 +15,15 @@ export async function startApiServer(config: Config): Promise<{ app: FastifyInst
     apiKeys: config.apiKeys,
     apiKeyHashes: config.apiKeyHashes,
     bodyLimitBytes: config.bodyLimitBytes,
-  });
+    requestTimeoutMs: config.requestTimeoutMs,
+    headersTimeoutMs: config.headersTimeoutMs,
+    keepAliveTimeoutMs: config.keepAliveTimeoutMs,
+  };
+}
+
+export async function startApiServer(config: Config): Promise<{ app: FastifyInstance; url: string; close(): Promise<void> }> {
+  const deps = await createApiDeps(config);
+  const app = await buildApp(deps, appOptions(config));
   const url = await app.listen({ port: config.port, host: config.host });
   return {
     app,

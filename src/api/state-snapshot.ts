@@ -21,6 +21,13 @@ const PREFIX_BYTES = 12;
 const CHECKSUM_BYTES = 32;
 /** Longest JSON header accepted (pending text is bounded by the worker; this is generous). */
 export const MAX_HEADER_BYTES = 1 << 20;
+/**
+ * Largest counter (tokens_ingested, segments_committed, tokens_generated, tail_tokens) a snapshot may
+ * carry: 2^50, about 1.1e15. The session keeps adding to its counters after the import, and they must
+ * stay exact integers (below 2^53) or later commits no longer match and the session turns unreadable;
+ * 2^50 leaves 8x headroom and is still a million tokens a second for 35 years.
+ */
+export const MAX_SNAPSHOT_COUNTER = 2 ** 50;
 
 export interface SnapshotHeader {
   model: string;
@@ -124,6 +131,7 @@ export function decodeSnapshot(buf: Buffer): Snapshot {
   }
   for (const f of ['tail_tokens', 'tokens_ingested', 'segments_committed', 'tokens_generated'] as const) {
     if (!isCount(h[f])) throw new SnapshotError('invalid_snapshot', `snapshot header: ${f} must be a non-negative integer`);
+    if (h[f] > MAX_SNAPSHOT_COUNTER) throw new SnapshotError('invalid_snapshot', `snapshot header: ${f} ${h[f]} is out of range (at most 2^50 = ${MAX_SNAPSHOT_COUNTER})`);
   }
   if (typeof h.pending_text !== 'string') throw new SnapshotError('invalid_snapshot', 'snapshot header: pending_text must be a string');
   const header = h as SnapshotHeader;
