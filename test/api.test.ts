@@ -218,7 +218,7 @@ describe('API', () => {
     assertApiError(await importState(app, target.id, nonFinite), 422, 'non-finite state');
 
     assertApiError(
-      await app.inject({ method: 'PUT', url: `/v1/sessions/${target.id}/state`, payload: { state: 'x' } }), 400, 'json instead of bytes',
+      await app.inject({ method: 'PUT', url: `/v1/sessions/${target.id}/state`, payload: { state: 'x' } }), 415, 'json instead of bytes',
     );
     assertApiError(await importState(app, 'missing-session', good), 404, 'import into missing session');
     assertApiError(await importState(app, target.id, Buffer.alloc(1 << 20)), 413, 'oversize snapshot');

@@ -219,7 +219,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     let buf: Buffer;
     if (Buffer.isBuffer(req.body)) buf = req.body;
     else if ((req.headers['content-type'] ?? '').toLowerCase().startsWith('application/octet-stream')) buf = Buffer.alloc(0);
-    else throw new ApiError('invalid_request', 'send the snapshot as application/octet-stream', null, 'unsupported_media_type');
+    else throw new ApiError('unsupported_media_type', 'send the snapshot as application/octet-stream', null, 'unsupported_media_type');
     const rec = await loadOwned(deps, req, id);
     let snap;
     try {
