@@ -11,84 +11,16 @@ import type { SessionRecord } from '../src/state/session-store.ts';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
-
-// `ws` (a dependency of @fastify/websocket) has no type declarations here: describe what we use.
-interface WsClient {
-  readyState: number;
-  bufferedAmount: number;
-  send(data: string | Buffer, opts?: { binary?: boolean } | ((err?: Error) => void), cb?: (err?: Error) => void): void;
-  close(code?: number): void;
-  terminate(): void;
-  on(ev: string, fn: (...args: any[]) => void): void;
-  once(ev: string, fn: (...args: any[]) => void): void;
-}
-type WsCtor = new (url: string, opts?: object) => WsClient;
-const { WebSocket } = createRequire(import.meta.url)('ws') as { WebSocket: WsCtor };
+import { Client, WebSocket, connectStream, type Msg } from './support/ws-client.ts';
 
 const MODEL = 'rmt-brown-small';
 const DOC = heldOutText().slice(0, 9000);
 
-type Msg = Record<string, any>;
-
-class Client {
-  readonly msgs: Msg[] = [];
-  private waiters: (() => void)[] = [];
-  closed = false;
-  constructor(readonly ws: WsClient) {
-    ws.on('message', (data: Buffer) => {
-      this.msgs.push(JSON.parse(String(data)) as Msg);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    ws.on('close', () => {
-      this.closed = true;
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-
-  /** Removes and returns the first message matching `pred` (waits for it). */
-  async next(pred: (m: Msg) => boolean = () => true, timeoutMs = 15000): Promise<Msg> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.msgs.findIndex(pred);
-      if (i >= 0) return this.msgs.splice(i, 1)[0]!;
-      if (this.closed) throw new Error(`socket closed; unmatched messages: ${JSON.stringify(this.msgs).slice(0, 500)}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out; messages: ${JSON.stringify(this.msgs).slice(0, 500)}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  send(m: object): void {
-    this.ws.send(JSON.stringify(m));
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    const done = new Promise<void>((r) => this.ws.once('close', () => r()));
-    this.ws.close();
-    await done;
-  }
-}
-
 let h: ApiHarness;
 let wsBase = '';
 
-async function connect(id: string): Promise<{ c: Client; hello: Msg }> {
-  const ws = new WebSocket(`${wsBase}/v1/sessions/${id}/stream`);
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve());
-    ws.once('error', reject);
-    ws.once('unexpected-response', (_req: unknown, res: { statusCode: number }) => reject(new Error(`HTTP ${res.statusCode}`)));
-  });
-  const c = new Client(ws);
-  const hello = await c.next((m) => m.type === 'hello');
-  return { c, hello };
+function connect(id: string): Promise<{ c: Client; hello: Msg }> {
+  return connectStream(wsBase, id);
 }
 
 async function newSession(): Promise<string> {

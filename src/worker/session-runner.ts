@@ -184,7 +184,7 @@ export class SessionRunner {
       await settled(prev);
       begin = { stored: prev ? await this.o.store.get(sessionId) : first };
     }
-    if (entry.cancelled) {
+    if (entry.cancelled || turn.cancelled.has(entry.seq)) {
       await this.complete(ctx, sessionId, entry.seq, { code: 'cancelled', message: `request ${entry.seq} was cancelled: its submitter went away` });
       return { entry, done: Promise.resolve(), offered: Promise.resolve(undefined), before: undefined };
     }

@@ -200,9 +200,12 @@ function jobFailure(err: unknown): ApiError {
 
 /** The client went away before its answer: the request is cancelled (not run, or stopped between tokens). */
 function cancelOnDisconnect(deps: ApiDeps, reply: FastifyReply, s: Submitted): void {
-  reply.raw.once('close', () => {
+  const cancel = () => {
     if (!reply.raw.writableEnded) void deps.queue.cancel(s).catch(() => undefined);
-  });
+  };
+  // Gone already (while the request was being accepted), or later.
+  if (reply.raw.destroyed || reply.raw.socket?.destroyed) cancel();
+  else reply.raw.once('close', cancel);
 }
 
 export default async function completionsRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
