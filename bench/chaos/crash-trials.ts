@@ -19,7 +19,9 @@ const { values: a } = parseArgs({
     kills: { type: 'string' },
     'api-kills': { type: 'string' },
     'redis-kills': { type: 'string' },
-    'loop-share': { type: 'string', default: '0.5' },
+    'loop-share': { type: 'string' },
+    'loop-min': { type: 'string' },
+    'loop-max': { type: 'string' },
     tokens: { type: 'string' },
     seed: { type: 'string', default: '1' },
     'chunk-min': { type: 'string' },
@@ -36,15 +38,17 @@ const num = (v: string | undefined, full: number, shortDef: number) => (v !== un
 const opts = {
   short,
   trials: num(a.trials, 3, 1),
-  workerKills: num(a.kills, 50, 12),
+  workerKills: num(a.kills, 50, 16),
   apiKills: num(a['api-kills'], 2, 1),
   redisKills: num(a['redis-kills'], 1, 1),
-  loopShare: Number(a['loop-share']),
-  tokens: num(a.tokens, 300_000, 40_000),
+  loopShare: num(a['loop-share'], 0.5, 0.75),
+  loopMin: num(a['loop-min'], 3, 12),
+  loopMax: num(a['loop-max'], 15, 12),
+  tokens: num(a.tokens, 300_000, 60_000),
   seed: Number(a.seed),
-  chunkMin: num(a['chunk-min'], 2048, 1024),
-  chunkMax: num(a['chunk-max'], 65536, 8192),
-  windowTokens: num(a['window-tokens'], 32768, 4096),
+  chunkMin: num(a['chunk-min'], 2048, 4096),
+  chunkMax: num(a['chunk-max'], 65536, 32768),
+  windowTokens: num(a['window-tokens'], 32768, 16384),
   stallS: num(a['stall-s'], 120, 60),
   trialTimeoutS: num(a['trial-timeout-s'], 3600, 480),
   apis: Number(a.apis),
@@ -74,7 +78,7 @@ if (!ref.snapshot) {
     const { result, snapshot } = await runTrial({
       ...common, name: `trial-${t}`, seed, chunkMin: opts.chunkMin, chunkMax: opts.chunkMax, windowTokens: opts.windowTokens,
       apis: opts.apis, workers: opts.workers,
-      faults: { workerKills: opts.workerKills, apiKills: opts.apiKills, redisKills: opts.redisKills, loopShare: opts.loopShare },
+      faults: { workerKills: opts.workerKills, apiKills: opts.apiKills, redisKills: opts.redisKills, loopShare: opts.loopShare, loopMin: opts.loopMin, loopMax: opts.loopMax },
     });
     if (snapshot) {
       result.identical = snapshot.equals(ref.snapshot);

@@ -1,5 +1,6 @@
 // The fault injector of a crash trial. Faults are planned from the seed as points of the document's
-// progress (a fraction of its tokens applied, in [0.03, 0.93]); each waits for its point and for a
+// progress (a fraction of its tokens applied, in [0.03, 0.93]; crash loops in [0.03, 0.75], so
+// that work is left for the holders to be killed over); each waits for its point and for a
 // short seeded gap after the previous fault. So that every fault lands while the session is being
 // streamed and applied, however fast this host is, the injector gates the client: it may send only
 // up to the next fault's point plus one window; during a crash loop it may send one window past
@@ -7,7 +8,8 @@
 //   worker  SIGKILL a random worker (restarted at once)
 //   loop    a crash loop: n times, find the worker holding the session and SIGKILL it (restarted at
 //           once), then wait for the next holder. The holder is the ready worker that used the most
-//           CPU over 200 ms (one session: only its holder runs the model); if none is busy within
+//           CPU over 150 ms while the session has acknowledged work to apply (one session: only its
+//           holder runs the model; workers ready for under 1.5 s are left out); if none is busy within
 //           8 s, a random worker is killed instead (not counted as a holder kill).
 //   api     SIGKILL the API process serving the client's websocket (a random one when none is),
 //           restarted on the same port; never both at once
@@ -23,6 +25,9 @@ export interface FaultPlanOptions {
   redisKills: number;
   /** Share of the worker kills done in crash loops of the holder (the rest are random kills). */
   loopShare: number;
+  /** Kills per crash loop, drawn in [loopMin, loopMax] (the last loop takes what is left). */
+  loopMin: number;
+  loopMax: number;
 }
 
 export interface FaultEvent {
@@ -51,12 +56,12 @@ export interface FaultStats {
 
 export function planFaults(r: Rng, p: FaultPlanOptions): FaultEvent[] {
   const events: FaultEvent[] = [];
-  const at = () => 0.03 + 0.9 * r.next();
+  const at = (last = 0.93) => 0.03 + (last - 0.03) * r.next();
   let inLoops = Math.round(p.workerKills * p.loopShare);
   const singles = p.workerKills - inLoops;
   while (inLoops > 0) {
-    const n = Math.min(inLoops, r.int(3, 10));
-    events.push({ at: at(), kind: 'loop', n });
+    const n = Math.min(inLoops, r.int(p.loopMin, p.loopMax));
+    events.push({ at: at(0.75), kind: 'loop', n });
     inLoops -= n;
   }
   for (let i = 0; i < singles; i++) events.push({ at: at(), kind: 'worker', n: 1 });
@@ -67,9 +72,12 @@ export function planFaults(r: Rng, p: FaultPlanOptions): FaultEvent[] {
 
 const alive = (p: Proc) => p.child.exitCode === null && p.child.signalCode === null && !p.killedByUs;
 
-/** The ready worker that used the most CPU over sampleMs, if it used at least 15 % of a core. */
+/**
+ * The worker that used the most CPU over sampleMs, if at least 15 % of a core; only workers ready
+ * for over 1.5 s (a fresh one is busy starting up).
+ */
 export async function busiestWorker(c: Cluster, sampleMs = 300): Promise<Proc | undefined> {
-  const ws = c.workers.filter((w) => alive(w) && w.readyAt !== undefined);
+  const ws = c.workers.filter((w) => alive(w) && w.readyAt !== undefined && Date.now() - w.readyAt > 1500);
   const before = ws.map((w) => cpuTicks(w.pid));
   await sleep(sampleMs);
   let best: Proc | undefined;
@@ -99,6 +107,8 @@ export interface InjectorContext {
   window: number;
   /** Sets how many (estimated) tokens the client may send: a number, 'loop' or 'open'. */
   setGate: (g: number | 'loop' | 'open') => void;
+  /** Whether the session has acknowledged work not yet applied (estimated). */
+  hasWork: () => boolean;
   /** Port of the API serving the stream now, if any. */
   streamPort: () => number | undefined;
 }
@@ -136,7 +146,7 @@ export async function injectFaults(events: FaultEvent[], ctx: InjectorContext): 
       for (let k = 0; k < ev.n && !signal.aborted; k++) {
         let holder: Proc | undefined;
         const until = Date.now() + 8_000;
-        while (!holder && !signal.aborted && Date.now() < until) holder = await busiestWorker(c, 200);
+        while (!holder && !signal.aborted && Date.now() < until) holder = ctx.hasWork() ? await busiestWorker(c, 150) : await sleep(100);
         if (signal.aborted) break;
         if (holder) {
           stats.holderKills++;
@@ -145,7 +155,7 @@ export async function injectFaults(events: FaultEvent[], ctx: InjectorContext): 
           const ws = c.workers.filter(alive);
           if (ws.length) killWorker(r.pick(ws), `crash loop ${stats.loops}: no busy worker in 8 s, random`);
         }
-        await sleep(r.int(0, 300));
+        await sleep(r.int(0, 200));
       }
     } else if (ev.kind === 'api') {
       // Only when every API is up, so one is always serving.

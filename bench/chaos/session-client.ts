@@ -82,6 +82,7 @@ export class SessionWatch {
   pollErrors = 0;
   /** Times tokens_ingested went down between two polls (state lost, e.g. Redis restarted from an older AOF). */
   backwards = 0;
+  backwardsLog: { at: string; from: number; to: number }[] = [];
   private key = '';
   private timer?: NodeJS.Timeout;
   private busy = false;
@@ -106,6 +107,11 @@ export class SessionWatch {
     return Date.now() - this.lastMove;
   }
 
+  /** Restarts the idle clock (while the session has nothing to do, waiting is not being stuck). */
+  touch(): void {
+    this.lastMove = Date.now();
+  }
+
   /** Progress messages from the websocket count as movement too. */
   noteProgress(tokens: number): void {
     if (tokens > this.tokens) {
@@ -122,7 +128,10 @@ export class SessionWatch {
       const s = await getSession(list[this.polls++ % list.length]!, this.id);
       const tokens = Number(s.tokens_ingested ?? 0);
       const key = `${tokens}/${s.version}/${s.status}/${pendingWork(s)}`;
-      if (tokens < this.tokens) this.backwards++;
+      if (tokens < this.tokens) {
+        this.backwards++;
+        this.backwardsLog.push({ at: new Date().toISOString(), from: this.tokens, to: tokens });
+      }
       if (key !== this.key) {
         this.key = key;
         this.lastMove = Date.now();

@@ -3,7 +3,7 @@
 // reference), wait until it is applied (or failed / stuck), then its snapshot. Every process is
 // stopped in `finally`.
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { injectFaults, planFaults, type FaultPlanOptions, type FaultStats } from './faults.ts';
 import { Cluster } from './procs.ts';
@@ -46,11 +46,32 @@ export interface TrialResult {
   lastSession?: Record<string, unknown>;
   faults?: FaultStats;
   stream?: StreamStats;
-  watch: { polls: number; pollErrors: number; tokensWentBack: number };
+  watch: { polls: number; pollErrors: number; tokensWentBack: number; backwardsLog?: { at: string; from: number; to: number }[] };
   unexpectedExits: { name: string; code: number | null; signal: string | null }[];
   logsDir: string;
   /** Worker / API log lines that look like failures (first few), for evidence. */
   logHints: string[];
+  /**
+   * Diagnostics only: distinct job failure reasons found in the trial's Redis append-only file
+   * (BullMQ's `failedReason` field; numbers masked), with counts. Nothing in the verdict depends on it.
+   */
+  aofFailedReasons: Record<string, number>;
+}
+
+/** Values written after a `failedReason` field anywhere in the AOF (RESP: the value is two lines on). */
+function aofFailedReasons(redisDir: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const dir = path.join(redisDir, 'appendonlydir');
+  if (!existsSync(dir)) return out;
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.aof'))) {
+    const lines = readFileSync(path.join(dir, f), 'latin1').split('\r\n');
+    lines.forEach((l, i) => {
+      if (l !== 'failedReason' || !lines[i + 2]) return;
+      const reason = lines[i + 2]!.replace(/\b\d+\b/g, '#').slice(0, 200);
+      if (reason) out[reason] = (out[reason] ?? 0) + 1;
+    });
+  }
+  return out;
 }
 
 const HINT = /stall|fail|error|exceed|lost|conflict|unrecoverable/i;
@@ -87,7 +108,7 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
   const started = Date.now();
   const result: TrialResult = {
     name: o.name, seed: o.seed, outcome: 'error', reason: '', tokensIngested: 0, expectedTokens: o.doc.tokens, chunks: chunks.length,
-    timeS: 0, watch: { polls: 0, pollErrors: 0, tokensWentBack: 0 }, unexpectedExits: [], logsDir: dir, logHints: [],
+    timeS: 0, watch: { polls: 0, pollErrors: 0, tokensWentBack: 0 }, unexpectedExits: [], logsDir: dir, logHints: [], aofFailedReasons: {},
   };
   let snapshot: Buffer | undefined;
   let watch: SessionWatch | undefined;
@@ -102,8 +123,14 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     const w = watch;
     w.start();
     const deadline = t0 + o.timeoutMs;
+    // Work acknowledged but not applied, estimated from chars (slack: estimation error, held-back text).
+    let ackedSeq = 0;
+    let streamed = false;
+    const slack = 0.02 * o.doc.tokens + 256;
+    const hasWork = () => (ackedSeq > 0 ? tokensThrough[ackedSeq - 1]! : 0) - w.tokens > slack;
     // Stop everything on a stuck session, a failed one, or the time limit (the stream may be waiting on its window).
     monitor = setInterval(() => {
+      if (!streamed && !hasWork()) w.touch(); // held back by the injector's gate, not stuck
       if (w.idleMs() > o.stallMs) ac.abort(`stuck: no progress for ${Math.round(w.idleMs() / 1000)} s at tokens_ingested ${w.tokens}/${o.doc.tokens}`);
       else if (w.last?.status === 'failed') ac.abort('session status failed');
       else if (Date.now() > deadline) ac.abort('trial time limit');
@@ -115,7 +142,7 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     const injector = o.faults
       ? injectFaults(planFaults(r, o.faults), {
           cluster, r, signal: ac.signal, started: t0, tokens: () => w.tokens, progress: () => w.tokens / o.doc.tokens,
-          total: o.doc.tokens, window, setGate: (g) => (gate = g), streamPort: () => streamPort,
+          total: o.doc.tokens, window, setGate: (g) => (gate = g), streamPort: () => streamPort, hasWork,
         })
       : undefined;
     let outcome: Outcome;
@@ -123,8 +150,10 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     try {
       result.stream = await streamChunks({
         urls, sessionId: id, chunks, tokensThrough, windowTokens: window, applied: () => w.tokens, gate: gateTokens,
-        onProgress: (t) => w.noteProgress(t), onConnected: (b) => (streamPort = b ? Number(new URL(b).port) : undefined), rng: r, signal: ac.signal,
+        onProgress: (t) => w.noteProgress(t), onConnected: (b) => (streamPort = b ? Number(new URL(b).port) : undefined),
+        onAcked: (seq) => (ackedSeq = seq), rng: r, signal: ac.signal,
       });
+      streamed = true;
       ({ outcome, reason } = await waitApplied(w, o.doc.tokens, { stallMs: o.stallMs, deadline, signal: ac.signal }));
     } catch (err) {
       outcome = 'aborted';
@@ -158,9 +187,10 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     ac.abort('trial over');
     clearInterval(monitor);
     watch?.stop();
-    if (watch) result.watch = { polls: watch.polls, pollErrors: watch.pollErrors, tokensWentBack: watch.backwards };
+    if (watch) result.watch = { polls: watch.polls, pollErrors: watch.pollErrors, tokensWentBack: watch.backwards, backwardsLog: watch.backwardsLog };
     await cluster.stop();
     result.unexpectedExits = cluster.unexpectedExits().map((e) => ({ name: e.name, code: e.code, signal: e.signal }));
+    result.aofFailedReasons = aofFailedReasons(path.join(dir, 'redis'));
     result.logHints = logHints(dir, [...cluster.workers.map((p) => p.name), ...cluster.apis.map((p) => p.name)]);
   }
   return { result, snapshot };

@@ -22,6 +22,8 @@ export interface StreamOptions {
   onProgress?: (tokens: number) => void;
   /** The replica (http base URL) this stream is connected to now; undefined while not connected. */
   onConnected?: (base: string | undefined) => void;
+  /** The highest seq acknowledged (or, after a hello, the server's last_seq). */
+  onAcked?: (seq: number) => void;
   rng: Rng;
   signal: AbortSignal;
   /** Reconnect when sends are unacknowledged and nothing arrived for this long. */
@@ -122,6 +124,7 @@ export async function streamChunks(o: StreamOptions): Promise<StreamStats> {
               return;
             }
             acked = last;
+            o.onAcked?.(acked);
             next = last + 1;
             if (typeof m.tokens_ingested === 'number') o.onProgress?.(m.tokens_ingested);
             if (acked >= lastSeq) finish('finished');
@@ -131,6 +134,7 @@ export async function streamChunks(o: StreamOptions): Promise<StreamStats> {
           case 'ack':
             if (m.duplicate) stats.duplicateAcks++;
             acked = Math.max(acked, Number(m.seq));
+            o.onAcked?.(acked);
             if (acked >= lastSeq) finish('finished');
             break;
           case 'progress':
