@@ -87,7 +87,7 @@ if (!ref.snapshot) {
     const f = result.faults;
     log(`trial ${t}: ${result.outcome}${result.identical !== undefined ? `, identical ${result.identical}` : ''}, ${result.timeS} s, kills worker ${f?.workerKills ?? 0} (holder ${f?.holderKills ?? 0}) api ${f?.apiKills ?? 0} redis ${f?.redisKills ?? 0}${result.reason ? `: ${result.reason.slice(0, 300)}` : ''}`);
     const failures = Object.entries(result.aofFailedReasons);
-    if (failures.length) log(`trial ${t}: job failures recorded in its Redis AOF (diagnostics): ${failures.map(([k, v]) => `${v}x "${k}"`).join('; ')}`);
+    if (failures.length) log(`trial ${t}: job failures recorded in its Redis AOF (diagnostics): ${failures.map(([k, v]) => `${v}x "${k}"`).join('; ')}; failed jobs: ${result.aofFailedJobs.join(' ') || '-'}`);
     trials.push(result);
   }
 }
@@ -99,7 +99,7 @@ const rows = [ref.result, ...trials].map((t) => [
   t.name, t.outcome, t.identical === undefined ? (t.name === 'reference' ? 'ref' : '-') : t.identical ? 'yes' : 'NO',
   t.faults ? `${t.faults.workerKills} (${t.faults.holderKills})` : '-', t.faults?.apiKills ?? '-', t.faults?.redisKills ?? '-',
   t.timeS, `${t.tokensIngested}/${t.expectedTokens}`, t.stream ? t.stream.connects : '-', t.stream ? t.stream.rollbacks : '-',
-  t.unexpectedExits.length, Object.values(t.aofFailedReasons).reduce((x, y) => x + y, 0), t.reason.slice(0, 140),
+  t.unexpectedExits.length, t.aofFailedJobs.length, t.reason.slice(0, 140),
 ]);
 console.log(table(['trial', 'outcome', 'identical', 'worker kills (holder)', 'api kills', 'redis kills', 'time s', 'tokens', 'ws connects', 'rollbacks', 'unexpected exits', 'failed jobs (AOF)', 'note'], rows));
 console.log(`trials ${trials.length}, identical ${identical}`);

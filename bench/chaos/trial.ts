@@ -56,22 +56,29 @@ export interface TrialResult {
    * (BullMQ's `failedReason` field; numbers masked), with counts. Nothing in the verdict depends on it.
    */
   aofFailedReasons: Record<string, number>;
+  /** Diagnostics only: members added to a `...:failed` sorted set in the AOF (BullMQ's failed job ids). */
+  aofFailedJobs: string[];
 }
 
-/** Values written after a `failedReason` field anywhere in the AOF (RESP: the value is two lines on). */
-function aofFailedReasons(redisDir: string): Record<string, number> {
-  const out: Record<string, number> = {};
+/**
+ * Values written after a `failedReason` field anywhere in the AOF (RESP: the value is two lines on),
+ * and members ZADDed to keys ending in `:failed`.
+ */
+function scanAof(redisDir: string): { reasons: Record<string, number>; jobs: string[] } {
+  const reasons: Record<string, number> = {};
+  const jobs: string[] = [];
   const dir = path.join(redisDir, 'appendonlydir');
-  if (!existsSync(dir)) return out;
+  if (!existsSync(dir)) return { reasons, jobs };
   for (const f of readdirSync(dir).filter((n) => n.endsWith('.aof'))) {
     const lines = readFileSync(path.join(dir, f), 'latin1').split('\r\n');
     lines.forEach((l, i) => {
+      if (l === 'ZADD' && lines[i + 2]?.endsWith(':failed') && lines[i + 6]) jobs.push(lines[i + 6]!);
       if (l !== 'failedReason' || !lines[i + 2]) return;
       const reason = lines[i + 2]!.replace(/\b\d+\b/g, '#').slice(0, 200);
-      if (reason) out[reason] = (out[reason] ?? 0) + 1;
+      if (reason) reasons[reason] = (reasons[reason] ?? 0) + 1;
     });
   }
-  return out;
+  return { reasons, jobs };
 }
 
 const HINT = /stall|fail|error|exceed|lost|conflict|unrecoverable/i;
@@ -108,7 +115,7 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
   const started = Date.now();
   const result: TrialResult = {
     name: o.name, seed: o.seed, outcome: 'error', reason: '', tokensIngested: 0, expectedTokens: o.doc.tokens, chunks: chunks.length,
-    timeS: 0, watch: { polls: 0, pollErrors: 0, tokensWentBack: 0 }, unexpectedExits: [], logsDir: dir, logHints: [], aofFailedReasons: {},
+    timeS: 0, watch: { polls: 0, pollErrors: 0, tokensWentBack: 0 }, unexpectedExits: [], logsDir: dir, logHints: [], aofFailedReasons: {}, aofFailedJobs: [],
   };
   let snapshot: Buffer | undefined;
   let watch: SessionWatch | undefined;
@@ -190,7 +197,9 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     if (watch) result.watch = { polls: watch.polls, pollErrors: watch.pollErrors, tokensWentBack: watch.backwards, backwardsLog: watch.backwardsLog };
     await cluster.stop();
     result.unexpectedExits = cluster.unexpectedExits().map((e) => ({ name: e.name, code: e.code, signal: e.signal }));
-    result.aofFailedReasons = aofFailedReasons(path.join(dir, 'redis'));
+    const aof = scanAof(path.join(dir, 'redis'));
+    result.aofFailedReasons = aof.reasons;
+    result.aofFailedJobs = aof.jobs;
     result.logHints = logHints(dir, [...cluster.workers.map((p) => p.name), ...cluster.apis.map((p) => p.name)]);
   }
   return { result, snapshot };
