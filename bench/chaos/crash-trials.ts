@@ -98,10 +98,10 @@ const file = writeJson(id, { id, options: opts, document: { files: doc.files, ch
 const rows = [ref.result, ...trials].map((t) => [
   t.name, t.outcome, t.identical === undefined ? (t.name === 'reference' ? 'ref' : '-') : t.identical ? 'yes' : 'NO',
   t.faults ? `${t.faults.workerKills} (${t.faults.holderKills})` : '-', t.faults?.apiKills ?? '-', t.faults?.redisKills ?? '-',
-  t.timeS, `${t.tokensIngested}/${t.expectedTokens}`, t.stream ? t.stream.connects : '-', t.stream ? t.stream.rollbacks : '-',
+  t.timeS, `${t.tokensIngested}/${t.expectedTokens}`, `${t.ackedSeq ?? '-'}/${t.chunks}`, t.stream ? t.stream.connects : '-', t.stream ? t.stream.rollbacks : '-',
   t.unexpectedExits.length, t.aofFailedJobs.length, t.reason.slice(0, 140),
 ]);
-console.log(table(['trial', 'outcome', 'identical', 'worker kills (holder)', 'api kills', 'redis kills', 'time s', 'tokens', 'ws connects', 'rollbacks', 'unexpected exits', 'failed jobs (AOF)', 'note'], rows));
+console.log(table(['trial', 'outcome', 'identical', 'worker kills (holder)', 'api kills', 'redis kills', 'time s', 'tokens', 'acked seq', 'ws connects', 'rollbacks', 'unexpected exits', 'failed jobs (AOF)', 'note'], rows));
 console.log(`trials ${trials.length}, identical ${identical}`);
 console.log(`results: ${file}`);
 process.exitCode = ref.snapshot && identical === opts.trials ? 0 : 1;

@@ -10,7 +10,7 @@ import { Cluster } from './procs.ts';
 import { rng, subSeed } from './rng.ts';
 import { createSession, getSnapshot, SessionWatch, snapshotHeader, waitApplied, type Outcome } from './session-client.ts';
 import { chunkText, type Document } from './text.ts';
-import { streamChunks, type StreamStats } from './ws-stream.ts';
+import { newStreamStats, streamChunks, type StreamStats } from './ws-stream.ts';
 
 export interface TrialOptions {
   name: string;
@@ -42,6 +42,8 @@ export interface TrialResult {
   tokensIngested: number;
   expectedTokens: number;
   chunks: number;
+  /** The highest seq acknowledged to the client when the trial ended. */
+  ackedSeq?: number;
   timeS: number;
   lastSession?: Record<string, unknown>;
   faults?: FaultStats;
@@ -155,7 +157,9 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     let outcome: Outcome;
     let reason = '';
     try {
-      result.stream = await streamChunks({
+      result.stream = newStreamStats();
+      await streamChunks({
+        stats: result.stream,
         urls, sessionId: id, chunks, tokensThrough, windowTokens: window, applied: () => w.tokens, gate: gateTokens,
         onProgress: (t) => w.noteProgress(t), onConnected: (b) => (streamPort = b ? Number(new URL(b).port) : undefined),
         onAcked: (seq) => (ackedSeq = seq), rng: r, signal: ac.signal,
@@ -173,6 +177,7 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     }
     ac.abort('trial over');
     clearInterval(monitor);
+    result.ackedSeq = ackedSeq;
     if (injector) result.faults = await injector;
     result.outcome = outcome;
     result.reason = reason;

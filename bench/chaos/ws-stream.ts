@@ -28,6 +28,8 @@ export interface StreamOptions {
   signal: AbortSignal;
   /** Reconnect when sends are unacknowledged and nothing arrived for this long. */
   ackTimeoutMs?: number;
+  /** Filled as the stream goes (so a caller has them even when the stream is aborted). */
+  stats?: StreamStats;
 }
 
 export interface StreamStats {
@@ -45,11 +47,15 @@ export interface StreamStats {
 
 export class FatalStreamError extends Error {}
 
+export function newStreamStats(): StreamStats {
+  return { connects: 0, drops: 0, duplicateAcks: 0, rollbacks: 0, rolledBackSeqs: 0, errors: {}, refused: {} };
+}
+
 type End = 'finished' | 'dropped';
 
 export async function streamChunks(o: StreamOptions): Promise<StreamStats> {
   const lastSeq = o.chunks.length;
-  const stats: StreamStats = { connects: 0, drops: 0, duplicateAcks: 0, rollbacks: 0, rolledBackSeqs: 0, errors: {}, refused: {} };
+  const stats: StreamStats = o.stats ?? newStreamStats();
   let acked = 0;
   let fatal: Error | undefined;
   const count = (m: Record<string, number>, k: string) => (m[k] = (m[k] ?? 0) + 1);
