@@ -8,7 +8,7 @@ import path from 'node:path';
 import { injectFaults, planFaults, type FaultPlanOptions, type FaultStats } from './faults.ts';
 import { Cluster } from './procs.ts';
 import { rng, subSeed } from './rng.ts';
-import { createSession, getSnapshot, SessionWatch, snapshotHeader, waitApplied, type Outcome } from './session-client.ts';
+import { createSession, failureOf, getSnapshot, SessionWatch, snapshotHeader, waitApplied, type Outcome } from './session-client.ts';
 import { chunkText, type Document } from './text.ts';
 import { newStreamStats, streamChunks, type StreamStats } from './ws-stream.ts';
 
@@ -137,13 +137,6 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     let streamed = false;
     const slack = 0.02 * o.doc.tokens + 256;
     const hasWork = () => (ackedSeq > 0 ? tokensThrough[ackedSeq - 1]! : 0) - w.tokens > slack;
-    // Stop everything on a stuck session, a failed one, or the time limit (the stream may be waiting on its window).
-    monitor = setInterval(() => {
-      if (!streamed && !hasWork()) w.touch(); // held back by the injector's gate, not stuck
-      if (w.idleMs() > o.stallMs) ac.abort(`stuck: no progress for ${Math.round(w.idleMs() / 1000)} s at tokens_ingested ${w.tokens}/${o.doc.tokens}`);
-      else if (w.last?.status === 'failed') ac.abort('session status failed');
-      else if (Date.now() > deadline) ac.abort('trial time limit');
-    }, 500);
     let streamPort: number | undefined;
     let gate: number | 'loop' | 'open' = o.faults ? 0 : 'open';
     const gateTokens = () =>
@@ -154,6 +147,16 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
           total: o.doc.tokens, window, setGate: (g) => (gate = g), streamPort: () => streamPort, hasWork,
         })
       : undefined;
+    // Stop everything on a stuck session, a failed one, or the time limit. A session idle because the
+    // injector's gate holds the client back (everything acknowledged applied, the next chunk past the
+    // gate) is not stuck.
+    monitor = setInterval(() => {
+      const gated = ackedSeq < chunks.length && tokensThrough[ackedSeq]! > gateTokens();
+      if (!streamed && gated && !hasWork()) w.touch();
+      if (w.idleMs() > o.stallMs) ac.abort(`stuck: no progress for ${Math.round(w.idleMs() / 1000)} s at tokens_ingested ${w.tokens}/${o.doc.tokens}`);
+      else if (w.last && failureOf(w.last) !== undefined) ac.abort(`session status failed: ${failureOf(w.last)}`);
+      else if (Date.now() > deadline) ac.abort('trial time limit');
+    }, 500);
     let outcome: Outcome;
     let reason = '';
     try {
