@@ -3,8 +3,10 @@
 // that work is left for the holders to be killed over); each waits for its point and for a
 // short seeded gap after the previous fault. So that every fault lands while the session is being
 // streamed and applied, however fast this host is, the injector gates the client: it may send only
-// up to the next fault's point plus one window; during a crash loop it may send one window past
-// what is applied (the session stays busy), but never the last 5 % until every fault is done. Kinds:
+// up to the next fault's point plus one window; during a crash loop one window past what is applied
+// (the session stays busy); and never past the cap (the chunks ending by 95 % of the document, all
+// but the last at least) until every fault is done. A point past what the cap lets through counts
+// as reached once the cap's chunks are applied (trial.ts: trigger). Kinds:
 //   worker  SIGKILL a random worker (restarted at once)
 //   loop    a crash loop: n times, find the worker holding the session and SIGKILL it (restarted at
 //           once), then wait for the next holder. The holder is the ready worker that used the most
@@ -96,18 +98,19 @@ export async function busiestWorker(c: Cluster, sampleMs = 300): Promise<Proc | 
 export interface InjectorContext {
   cluster: Cluster;
   r: Rng;
-  /** Fraction of the document applied so far. */
-  progress: () => number;
+  /** Tokens applied so far. */
   tokens: () => number;
+  /** Tokens applied at which a fault planned at `at` (a share of the document) is due. */
+  trigger: (at: number) => number;
   signal: AbortSignal;
   started: number;
   /** Tokens of the document. */
   total: number;
   /** Tokens the client may send beyond a gate point. */
   window: number;
-  /** Sets how many (estimated) tokens the client may send: a number, 'loop' or 'open'. */
+  /** Sets how many tokens the client may send: a number, 'loop' or 'open'. */
   setGate: (g: number | 'loop' | 'open') => void;
-  /** Whether the session has acknowledged work not yet applied (estimated). */
+  /** Whether the session has acknowledged work not yet applied. */
   hasWork: () => boolean;
   /** Port of the API serving the stream now, if any. */
   streamPort: () => number | undefined;
@@ -134,7 +137,7 @@ export async function injectFaults(events: FaultEvent[], ctx: InjectorContext): 
 
   for (const ev of events) {
     ctx.setGate(ev.at * ctx.total + ctx.window);
-    while (!signal.aborted && ctx.progress() < ev.at) await sleep(100);
+    while (!signal.aborted && ctx.tokens() < ctx.trigger(ev.at)) await sleep(100);
     if (signal.aborted) break;
     if (ev.kind === 'loop') ctx.setGate('loop');
     await sleep(r.int(200, 1500));

@@ -66,3 +66,26 @@ export function chunkText(text: string, min: number, max: number, r?: Rng): stri
   }
   return out;
 }
+
+/**
+ * Tokens the service has ingested once chunks 0..i are applied: the text up to the chunk's last word
+ * boundary (a space between two non-spaces: GPT-2 pre-tokenizer pieces never cross one, so counting
+ * segment by segment gives the whole text's count), all of it for the last chunk (sent with flush).
+ * Text after the boundary is held back by the service too, so this is its count within a few tokens.
+ */
+export function tokensThroughChunks(chunks: string[], count: (text: string) => number): number[] {
+  const out: number[] = [];
+  let total = 0;
+  let pending = '';
+  chunks.forEach((c, i) => {
+    const text = pending + c;
+    let b = i === chunks.length - 1 ? text.length : text.length - 2;
+    if (b < text.length) while (b > 0 && !(text[b] === ' ' && /\S/.test(text[b - 1]!) && /\S/.test(text[b + 1]!))) b--;
+    if (b > 0) {
+      total += count(text.slice(0, b));
+      pending = text.slice(b);
+    } else pending = text;
+    out.push(total);
+  });
+  return out;
+}

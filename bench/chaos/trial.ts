@@ -9,7 +9,7 @@ import { injectFaults, planFaults, type FaultPlanOptions, type FaultStats } from
 import { Cluster } from './procs.ts';
 import { rng, subSeed } from './rng.ts';
 import { createSession, failureOf, getSnapshot, SessionWatch, snapshotHeader, waitApplied, type Outcome } from './session-client.ts';
-import { chunkText, type Document } from './text.ts';
+import { chunkText, loadTokenizer, tokensThroughChunks, type Document } from './text.ts';
 import { newStreamStats, streamChunks, type StreamStats } from './ws-stream.ts';
 
 export interface TrialOptions {
@@ -107,10 +107,8 @@ function logHints(dir: string, names: string[]): string[] {
 export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; snapshot?: Buffer }> {
   const r = rng(subSeed(o.seed, o.name));
   const chunks = chunkText(o.doc.text, o.chunkMin, o.chunkMax, r);
-  const perChar = o.doc.tokens / o.doc.text.length;
-  let chars = 0;
-  const tokensThrough = chunks.map((c) => Math.ceil((chars += c.length) * perChar));
-  const window = Math.max(o.windowTokens, 2 * Math.ceil(o.chunkMax * perChar));
+  const tokensThrough = tokensThroughChunks(chunks, loadTokenizer(o.model));
+  const window = Math.max(o.windowTokens, 2 * Math.max(...tokensThrough.map((t, i) => t - (tokensThrough[i - 1] ?? 0))));
   const dir = path.join(o.logsDir, o.name);
   const cluster = new Cluster({ dir, prefix: `chaos${process.pid}${o.name.replace(/\W/g, '')}`, apis: o.apis, workers: o.workers });
   const urls = () => cluster.apiUrls();
@@ -132,18 +130,22 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     const w = watch;
     w.start();
     const deadline = t0 + o.timeoutMs;
-    // Work acknowledged but not applied, estimated from chars (slack: estimation error, held-back text).
+    // Work acknowledged but not applied (slack: text the service holds back at a chunk's end).
     let ackedSeq = 0;
     let streamed = false;
-    const slack = 0.02 * o.doc.tokens + 256;
+    const slack = 256;
     const hasWork = () => (ackedSeq > 0 ? tokensThrough[ackedSeq - 1]! : 0) - w.tokens > slack;
     let streamPort: number | undefined;
     let gate: number | 'loop' | 'open' = o.faults ? 0 : 'open';
-    const gateTokens = () =>
-      gate === 'open' ? Infinity : gate === 'loop' ? Math.min(w.tokens + window, 0.95 * o.doc.tokens) : gate;
+    // The cap: until every fault is done, only chunks ending by 95 % of the document (never the last) are sent.
+    let capIdx = -1;
+    while (capIdx + 1 < chunks.length - 1 && tokensThrough[capIdx + 1]! <= 0.95 * o.doc.tokens) capIdx++;
+    const cap = capIdx >= 0 ? tokensThrough[capIdx]! : 0;
+    const gateTokens = () => (gate === 'open' ? Infinity : Math.min(gate === 'loop' ? w.tokens + window : gate, cap));
+    const trigger = (at: number) => Math.min(at * o.doc.tokens, cap - slack);
     const injector = o.faults
       ? injectFaults(planFaults(r, o.faults), {
-          cluster, r, signal: ac.signal, started: t0, tokens: () => w.tokens, progress: () => w.tokens / o.doc.tokens,
+          cluster, r, signal: ac.signal, started: t0, tokens: () => w.tokens, trigger,
           total: o.doc.tokens, window, setGate: (g) => (gate = g), streamPort: () => streamPort, hasWork,
         })
       : undefined;
@@ -153,7 +155,10 @@ export async function runTrial(o: TrialOptions): Promise<{ result: TrialResult; 
     monitor = setInterval(() => {
       const gated = ackedSeq < chunks.length && tokensThrough[ackedSeq]! > gateTokens();
       if (!streamed && gated && !hasWork()) w.touch();
-      if (w.idleMs() > o.stallMs) ac.abort(`stuck: no progress for ${Math.round(w.idleMs() / 1000)} s at tokens_ingested ${w.tokens}/${o.doc.tokens}`);
+      if (w.idleMs() > o.stallMs) {
+        const acked = ackedSeq > 0 ? tokensThrough[ackedSeq - 1]! : 0;
+        ac.abort(`stuck: no progress for ${Math.round(w.idleMs() / 1000)} s at tokens_ingested ${w.tokens}/${o.doc.tokens}, appends acknowledged through seq ${ackedSeq} (${acked} tokens)`);
+      }
       else if (w.last && failureOf(w.last) !== undefined) ac.abort(`session status failed: ${failureOf(w.last)}`);
       else if (Date.now() > deadline) ac.abort('trial time limit');
     }, 500);

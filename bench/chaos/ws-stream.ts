@@ -12,12 +12,12 @@ export interface StreamOptions {
   urls: Urls;
   sessionId: string;
   chunks: string[];
-  /** Estimated tokens of the document up to and including chunk i. */
+  /** Tokens of the document up to and including chunk i (text.ts tokensThroughChunks). */
   tokensThrough: number[];
-  /** Most estimated tokens sent beyond applied() (Infinity: no window). */
+  /** Most tokens sent beyond applied() (Infinity: no window). */
   windowTokens: number;
   applied: () => number;
-  /** Most estimated tokens that may be sent at all for now (the fault injector holds the stream back with it). */
+  /** Most tokens that may be sent at all for now (the fault injector holds the stream back with it). */
   gate?: () => number;
   onProgress?: (tokens: number) => void;
   /** The replica (http base URL) this stream is connected to now; undefined while not connected. */
