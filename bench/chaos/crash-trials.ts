@@ -3,6 +3,7 @@
 // reference's.
 //
 //   node --import tsx bench/chaos/crash-trials.ts [--short] [--trials 3] [--kills 50] [--tokens 300000] [--seed 1]
+import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { installExitHandlers } from './procs.ts';
@@ -29,6 +30,7 @@ const { values: a } = parseArgs({
     'window-tokens': { type: 'string' },
     'stall-s': { type: 'string' },
     'trial-timeout-s': { type: 'string' },
+    'keep-data': { type: 'boolean', default: false },
     apis: { type: 'string', default: '2' },
     workers: { type: 'string', default: '3' },
   },
@@ -54,6 +56,8 @@ const opts = {
   apis: Number(a.apis),
   workers: Number(a.workers),
   model: 'rmt-brown-small',
+  /** Keep every trial's Redis data dir (by default only those of trials not identical). */
+  keepData: a['keep-data']!,
 };
 for (const [k, v] of Object.entries(opts)) if (typeof v === 'number' && !(v >= 0)) throw new Error(`bad option ${k}: ${v}`);
 
@@ -68,6 +72,8 @@ log('reference run: 1 api, 1 worker, 16 KiB chunks, no faults');
 const ref = await runTrial({ ...common, name: 'reference', seed: opts.seed, chunkMin: 16384, chunkMax: 16384, windowTokens: Infinity, apis: 1, workers: 1 });
 log(`reference: ${ref.result.outcome} in ${ref.result.timeS} s, tokens ${ref.result.tokensIngested}, snapshot ${ref.result.snapshotSha256?.slice(0, 16) ?? '-'}`);
 
+/** A trial's Redis data dir (its AOF) is only kept as evidence. */
+const dropData = (t: TrialResult) => rmSync(path.join(t.logsDir, 'redis'), { recursive: true, force: true });
 const trials: TrialResult[] = [];
 if (!ref.snapshot) {
   log(`the reference run did not finish (${ref.result.reason}); no trials`);
@@ -89,9 +95,11 @@ if (!ref.snapshot) {
     const failures = Object.entries(result.aofFailedReasons);
     if (failures.length) log(`trial ${t}: job failures recorded in its Redis AOF (diagnostics): ${failures.map(([k, v]) => `${v}x "${k}"`).join('; ')}; failed jobs: ${result.aofFailedJobs.join(' ') || '-'}`);
     trials.push(result);
+    if (result.identical && !opts.keepData) dropData(result);
   }
 }
 
+if (!opts.keepData && ref.snapshot) dropData(ref.result);
 const identical = trials.filter((t) => t.identical === true).length;
 const file = writeJson(id, { id, options: opts, document: { files: doc.files, chars: doc.text.length, tokens: doc.tokens, sha256: doc.sha256 }, reference: ref.result, trials, summary: { trials: trials.length, identical } });
 
