@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ConfigError, SETTINGS, configTable, loadConfig } from '../src/config/config.ts';
 import { engineThreads } from '../src/worker/runtime.ts';
+import { readFileSync } from 'node:fs';
+import { README, withTable } from '../scripts/config-table.ts';
 
 test('defaults, environment, and flags over environment', () => {
   const d = loadConfig({});
@@ -40,4 +42,9 @@ test('RMT_ENGINE_TURNS: the engine threads take turns on the device only when it
   assert.equal(loadConfig({ RMT_ENGINE_TURNS: '0' }).engineTurns, false);
   assert.equal(loadConfig({ RMT_ENGINE_TURNS: '1' }).engineTurns, true);
   assert.throws(() => loadConfig({ RMT_ENGINE_TURNS: 'sometimes' }), /RMT_ENGINE_TURNS/);
+});
+
+test('README.md\'s settings table is the generated one (node --import tsx scripts/config-table.ts)', () => {
+  const readme = readFileSync(README, 'utf8');
+  assert.equal(withTable(readme, configTable()), readme, 'README.md settings table is stale');
 });
