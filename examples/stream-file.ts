@@ -76,6 +76,8 @@ function bar(note = ''): void {
 }
 
 type Outcome = 'finished' | 'dropped' | 'fatal';
+/** The server said it was overloaded: how long it asked us to wait (ms). */
+let retryAfterMs = 0;
 
 /** One connection: hello, send from last_seq + 1 (window-limited), collect acks. */
 function session(): Promise<Outcome> {
@@ -144,9 +146,15 @@ function session(): Promise<Outcome> {
           bar();
           break;
         case 'error':
+          if (m.code === 'overloaded') {
+            // Not accepted: wait as told, then resend from last_seq + 1 (a new connection's hello).
+            retryAfterMs = Math.max(retryAfterMs, Number(m.retry_after_ms) || 1000);
+            finish('dropped');
+            break;
+          }
           process.stderr.write(`\nserver error ${m.code}: ${m.message}\n`);
           if (m.code === 'seq_gap' || m.code === 'conflict') finish('dropped'); // resync via hello
-          else if (m.code !== 'internal_error') finish('fatal');
+          else if (m.code !== 'internal_error') finish('fatal'); // session_failed: its owner resets it first
           break;
       }
     });
@@ -156,12 +164,14 @@ function session(): Promise<Outcome> {
 let backoff = 250;
 for (;;) {
   const before = acked;
+  retryAfterMs = 0;
   const outcome = await session();
   if (outcome === 'finished') break;
   if (outcome === 'fatal') process.exit(1);
   if (acked > before) backoff = 250; // made progress: reconnect quickly
-  bar(`connection lost, retrying in ${(backoff / 1000).toFixed(1)} s`);
-  await sleep(backoff + Math.random() * backoff * 0.2);
+  const wait = Math.max(backoff, retryAfterMs);
+  bar(retryAfterMs > 0 ? `server overloaded, resending in ${(wait / 1000).toFixed(1)} s` : `connection lost, retrying in ${(wait / 1000).toFixed(1)} s`);
+  await sleep(wait + Math.random() * wait * 0.2);
   backoff = Math.min(backoff * 2, 15000);
 }
 bar('done');
