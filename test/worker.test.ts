@@ -431,7 +431,7 @@ describe('workers over Redis and BullMQ', () => {
     }
   });
 
-  test('a state of the wrong shape is refused, never used: the session fails visibly, and the owner can drop the request', async () => {
+  test('a state of the wrong shape is refused, never used: the session fails visibly; retried once the state is good, it applies', async () => {
     const s = await newSession();
     const r = new Redis(redis.url);
     const key = redisKeys(prefix).session(s.id);

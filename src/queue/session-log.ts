@@ -99,6 +99,11 @@ export class SessionLog {
     return out;
   }
 
+  /** The first request not applied yet (appliedSeq + 1), read without the rest of the session. */
+  async head(sessionId: string): Promise<number> {
+    return Number((await this.redis.hget(this.keys.session(sessionId), 'appliedSeq')) ?? 0) + 1;
+  }
+
   /** Why the session failed, read without the rest of it (its state may be what made it fail). */
   async failureOf(sessionId: string): Promise<{ seq: number; code: string; message: string; clientSeq?: number } | undefined> {
     const [status, seq, code, message] = await this.redis.hmget(this.keys.session(sessionId), 'status', 'failedSeq', 'failCode', 'failMessage');

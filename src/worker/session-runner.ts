@@ -109,12 +109,13 @@ export class SessionRunner {
   /** Applies the session's log until it is empty; true once the lease was let go. */
   private async applyLog(sessionId: string, turn: Turn): Promise<boolean> {
     const ctx: ApplyContext = { ...this.o.ctx, lease: { owner: turn.owner, ms: this.o.leaseMs } };
-    let rec = await this.o.store.get(sessionId);
     for (;;) {
-      if (!rec) return false; // deleted: nothing to apply, nobody to tell
-      const model = this.modelOf(rec);
-      if (typeof model === 'string') return this.fail(sessionId, turn, rec.appliedSeq + 1, 'model_not_loaded', model);
+      let rec: SessionRecord | null = null;
       try {
+        rec = await this.o.store.get(sessionId);
+        if (!rec) return false; // deleted: nothing to apply, nobody to tell
+        const model = this.modelOf(rec);
+        if (typeof model === 'string') return this.fail(sessionId, turn, rec.appliedSeq + 1, 'model_not_loaded', model);
         rec = this.o.store.verify(rec, { model: model.name, shape: model.stateShape, dtype: model.stateDtype });
         turn.segments = rec.segmentsCommitted;
         const ended = await this.applyFrom(ctx, turn, rec);
@@ -126,14 +127,14 @@ export class SessionRunner {
         }
         return false; // the lease was lost: another worker has the session
       } catch (err) {
-        const { seq, error } = err instanceof AtRequest ? err : { seq: rec.appliedSeq + 1, error: err };
+        // The request that failed, or the head when the session itself cannot be read.
+        const { seq, error } = err instanceof AtRequest ? err : { seq: rec ? rec.appliedSeq + 1 : await this.o.log.head(sessionId), error: err };
         const code = errorCode(error);
         if (code === 'not_found' || code === 'session_not_found' || code === 'lease_lost') return false;
         if (code !== undefined && SESSION_ERRORS.has(code)) return this.fail(sessionId, turn, seq, code, (error as Error).message);
         if (code === undefined || !CLIENT_ERRORS.has(code)) throw error;
         await this.complete(ctx, sessionId, seq, { code, message: (error as Error).message });
       }
-      rec = await this.o.store.get(sessionId);
     }
   }
 
