@@ -5,7 +5,6 @@
 // worker. Results come back over the session's progress channel, with the session's results hash as
 // the fallback (a pub/sub message lost to a reconnect is read from there).
 import type { Redis } from 'ioredis';
-import type { SessionStore } from '../state/session-store.ts';
 import { SessionError } from '../state/session-store.ts';
 import type { ProgressHub } from './progress-hub.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from './request.ts';
@@ -20,7 +19,6 @@ export interface Submitted {
 
 export interface RequestQueueOptions {
   redis: Redis;
-  store: SessionStore;
   prefix: string;
   ttlSeconds: number;
   /** Where results are awaited (one subscriber connection per process). */

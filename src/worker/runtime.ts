@@ -91,7 +91,7 @@ export function startClientRuntime(config: Config): ClientRuntime {
   const redis = connectRedis(config);
   const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
   const progress = new ProgressHub(redis, config.keyPrefix);
-  const queue = new RequestQueue({ redis, store, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, progress });
+  const queue = new RequestQueue({ redis, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, progress });
   return {
     redis, store, queue, progress,
     async close() {
