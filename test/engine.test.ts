@@ -6,6 +6,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { bucketOf, bucketSizes } from '../src/engine/batch-buckets.ts';
+import { chunksOf, MAX_LOGITS_ROWS } from '../src/engine/logits-rows.ts';
 import { startEngine, type BatchStat, type ChainRef, type Engine, type KvHandle } from '../src/engine/engine.ts';
 import { createStateRing } from '../src/engine/state-ring.ts';
 import { PACKAGE_DIR, SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff } from './helpers.ts';
@@ -893,7 +894,9 @@ describe('batch-size buckets (batchBuckets, warmup)', () => {
         }
         const runs = rec.stats.filter((x) => x.rows === n);
         assert.equal(runs.length, 2, `one advance and one segment run of ${n} rows: ${rec.stats.map((x) => `${x.graph}:${x.rows}`).join(' ')}`);
-        for (const r of runs) assert.equal(r.runRows, bucketOf(n, 16));
+        // A scored segment batch runs in chunks of MAX_LOGITS_ROWS, each padded to its own bucket (logits-rows.ts).
+        const segmentRows = chunksOf(rows, MAX_LOGITS_ROWS).reduce((sum, c) => sum + bucketOf(c.rows.length, 16), 0);
+        for (const r of runs) assert.equal(r.runRows, r.graph === 'segment' ? segmentRows : bucketOf(n, 16), `${r.graph} run of ${n} rows`);
       }
     } finally {
       await Promise.all([plain.close(), bucketed.close()]);

@@ -15,6 +15,8 @@ export interface WorkerConfig {
   intraOpThreads?: number;
   maxBatch: number;
   maxBatchTokens: number;
+  /** Most rows in one run of a graph with per-position logits (scored segment, prefill): see logits-rows.ts. */
+  maxLogitsRows: number;
   batchInvariant: boolean;
   /** Most ms an iteration waits for rows of streams that were just answered (0 = run what is queued). */
   batchWaitMs: number;

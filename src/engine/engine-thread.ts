@@ -22,7 +22,8 @@ import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
 import { createStateRing, StateRingWriter, type RingSlice } from './state-ring.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
+import { chunksOf } from './logits-rows.ts';
+import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps, type BatchPrefillResult, type FeedScratch, type GrowableKvCache, type SegmentOptions, type SegmentRow } from './rmt-runner.ts';
 
 if (!parentPort) throw new Error('engine-thread.ts must run as a worker thread (see startEngine in engine.ts)');
 const port = parentPort;
@@ -460,6 +461,11 @@ function padToBucket<T>(rows: T[]): T[] {
   return b === rows.length ? rows : [...rows, ...new Array<T>(b - rows.length).fill(rows[rows.length - 1]!)];
 }
 
+/** The most ids of any row (the width a run of them is padded to without batchInvariant). */
+function longestOf(rows: readonly SegmentRow[]): number {
+  return rows.reduce((n, r) => Math.max(n, r.ids.length), 0);
+}
+
 const segmentOptions = ({ pkg, scratch }: Loaded): SegmentOptions => (config.batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch });
 
 /**
@@ -572,16 +578,25 @@ async function runBatch(loaded: Loaded, graph: Graph, reqs: EngineRequest[]): Pr
   const transfer: ArrayBuffer[] = [];
   let runRows = reqs.length;
   if (graph === 'segment') {
-    const rows = padToBucket(segmentRows(reqs, graph));
-    runRows = rows.length;
-    const out = (await runSegment(pkg, rows, segmentOptions(loaded))).slice(0, reqs.length);
-    out.forEach((o, i) => {
-      replies.push({ id: reqs[i]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
-      transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
-    });
+    // In chunks of maxLogitsRows (logits-rows.ts), each padded to the batch's width and to its own bucket.
+    const rows = segmentRows(reqs, graph);
+    const options = segmentOptions(loaded);
+    const width = options.width ?? longestOf(rows);
+    runRows = 0;
+    for (const chunk of chunksOf(rows, config.maxLogitsRows)) {
+      const run = padToBucket(chunk.rows);
+      runRows += run.length;
+      const out = (await runSegment(pkg, run, { ...options, width })).slice(0, chunk.rows.length);
+      out.forEach((o, j) => {
+        replies.push({ id: reqs[chunk.start + j]!.id, ok: true, op: 'segment', nextState: o.nextState, logits: o.logits, tokenLogprobs: o.tokenLogprobs });
+        transfer.push(o.nextState.buffer as ArrayBuffer, o.logits.buffer as ArrayBuffer, o.tokenLogprobs.buffer as ArrayBuffer);
+      });
+    }
   } else if (graph === 'prefill') {
     const rows = segmentRows(reqs, graph);
-    const out = await prefillBatch(pkg, rows, kvCapacity(pkg));
+    const width = longestOf(rows);
+    const out: BatchPrefillResult[] = [];
+    for (const chunk of chunksOf(rows, config.maxLogitsRows)) out.push(...(await prefillBatch(pkg, chunk.rows, kvCapacity(pkg), { width })));
     out.forEach((o, i) => {
       const r = reqs[i]!;
       const kv = nextKv;
@@ -635,12 +650,13 @@ async function runGroup(group: Group): Promise<void> {
     // Counted before the run, which moves chained advances on to their next segment.
     const tokens = reqs.reduce((s, r) => s + tokensOf(r), 0);
     const t0 = performance.now();
+    batchRuns = { startedAt: 0, ms: 0, waitedMs: 0, runs: 0 };
     const out = await runBatch(loaded, g.graph, reqs);
     // Waiting for another thread's run is not this batch's work.
-    const ms = performance.now() - t0 - lastRun.waitedMs;
+    const ms = performance.now() - t0 - batchRuns.waitedMs;
     stats.push({
       graph: g.graph, model: g.model, rows: reqs.length, runRows: out.runRows, tokens: out.steps?.tokens ?? tokens, ms, lane: config.lane,
-      startedAt: lastRun.startedAt, runMs: lastRun.ms, steps: out.steps?.k ?? 1,
+      startedAt: batchRuns.startedAt, runMs: batchRuns.ms, steps: out.steps?.k ?? 1, runs: batchRuns.runs,
     });
     return out;
   };
@@ -706,8 +722,11 @@ function releaseTurn(): void {
 /** onnxruntime runs so far (the loop yields to the event loop only after an iteration without one). */
 let runsDone = 0;
 
-/** The last onnxruntime run: when it started (ms since the epoch), how long it held the device, and how long it waited for it. */
-let lastRun = { startedAt: 0, ms: 0, waitedMs: 0 };
+/**
+ * The onnxruntime runs of the batch being run (one, or several when it runs in chunks): when the first
+ * started (ms since the epoch), how long they held the device and waited for it, and how many there were.
+ */
+let batchRuns = { startedAt: 0, ms: 0, waitedMs: 0, runs: 0 };
 
 /**
  * Every onnxruntime run goes through here: only the run itself holds the turn, so a thread builds its
@@ -722,7 +741,10 @@ async function exclusive<T>(run: () => Promise<T>): Promise<T> {
   } finally {
     const t2 = performance.now();
     releaseTurn();
-    lastRun = { startedAt: performance.timeOrigin + t1, ms: t2 - t1, waitedMs: t1 - t0 };
+    batchRuns = {
+      startedAt: batchRuns.runs === 0 ? performance.timeOrigin + t1 : batchRuns.startedAt,
+      ms: batchRuns.ms + (t2 - t1), waitedMs: batchRuns.waitedMs + (t1 - t0), runs: batchRuns.runs + 1,
+    };
     runsDone++;
   }
 }

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Answer, EngineRequest, FromWorker, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { StateRingReader, type StateRingShared } from './state-ring.ts';
+import { MAX_LOGITS_ROWS } from './logits-rows.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
 
 export interface EngineOptions {
@@ -30,6 +31,12 @@ export interface EngineOptions {
   maxBatch: number;
   /** Max sum of row token counts per segment/prefill run (a single larger request still runs, alone). */
   maxBatchTokens: number;
+  /**
+   * Most rows in one onnxruntime run of a graph that projects every position onto the vocabulary
+   * (scored segments, prefill); a larger batch runs in chunks of this many, results unchanged bit for
+   * bit (default MAX_LOGITS_ROWS, 8: onnxruntime's arena keeps what those runs' buffers grew to; see logits-rows.ts).
+   */
+  maxLogitsRows?: number;
   /**
    * Default true: every segment run is padded to segment_length and every decode run's past to the
    * full cache capacity, so a row's outputs are bit-identical whatever else shares its batch (and
@@ -122,13 +129,15 @@ export interface BatchStat {
   ms: number;
   /** The engine thread that ran it (0 when there is one). */
   lane: number;
-  /** Rows in the onnxruntime run, padding up to a batch-size bucket included. */
+  /** Rows in the onnxruntime run (all its runs: runs), padding up to a batch-size bucket included. */
   runRows: number;
   /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
   startedAt: number;
   runMs: number;
   /** Segments per row in the run: the segment_state_steps graph's K, else 1. */
   steps: number;
+  /** onnxruntime runs the batch took: more than 1 when it ran in chunks of maxLogitsRows (startedAt is the first's, runMs their sum). */
+  runs?: number;
 }
 
 export interface AdvanceOptions {
@@ -243,6 +252,7 @@ function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' 
     ...(opts.intraOpThreads !== undefined ? { intraOpThreads: opts.intraOpThreads } : {}),
     maxBatch: positiveInt(opts.maxBatch, 'maxBatch'),
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
+    maxLogitsRows: positiveInt(opts.maxLogitsRows ?? MAX_LOGITS_ROWS, 'maxLogitsRows'),
     batchInvariant: opts.batchInvariant ?? true,
     batchWaitMs: nonNegative(opts.batchWaitMs ?? 0, 'batchWaitMs'),
     threads: opts.threads === undefined ? 1 : positiveInt(opts.threads, 'threads'),

@@ -391,6 +391,15 @@ function kvBlocks(pkg: ModelPackage): number {
   return pkg.kv.layers * 2 * pkg.kv.heads;
 }
 
+export interface PrefillOptions {
+  /**
+   * Padded width of the ids (default: the longest row). A caller that splits one batch into several
+   * runs passes the batch's longest to each, so every row is padded as in one run (and its results
+   * are those of one run: rows are independent at a given width).
+   */
+  width?: number;
+}
+
 /**
  * Prefills several rows in one decode.onnx call: ids right-padded, attention_mask
  * [B, M + width] with 1 for the memory and each row's real tokens, memory [B, M, D], empty past.
@@ -400,6 +409,7 @@ export async function prefillBatch(
   pkg: ModelPackage,
   rows: readonly SegmentRow[],
   capacity: number = kvCapacity(pkg),
+  options: PrefillOptions = {},
 ): Promise<BatchPrefillResult[]> {
   if (rows.length === 0) return [];
   const M = pkg.memoryTokens;
@@ -410,7 +420,11 @@ export async function prefillBatch(
     memoryState(pkg, r.state);
   }
   const batch = rows.length;
-  const width = Math.max(...rows.map((r) => r.ids.length));
+  const longest = Math.max(...rows.map((r) => r.ids.length));
+  const width = options.width ?? longest;
+  if (!Number.isInteger(width) || width < longest || width > pkg.segmentLength) {
+    throw new Error(`prefill width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
+  }
   const stateSize = M * pkg.dModel;
   const ids = new BigInt64Array(batch * width);
   const mask = new BigInt64Array(batch * (M + width));
