@@ -47,6 +47,7 @@ export async function startWorkerRuntime(
     ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
+    maxLogitsRows: config.maxLogitsRows,
     batchWaitMs: config.batchWaitMs,
     threads: engineThreads(config),
     deviceTurns: config.engineTurns,
