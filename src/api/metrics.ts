@@ -15,7 +15,7 @@ const requestSeconds = new Histogram({
   name: 'rmt_api_request_seconds', help: 'HTTP request latency, by route and status', labelNames: ['method', 'route', 'status'],
   buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120], registers: [apiRegistry],
 });
-const queueDepth = new Gauge({ name: 'rmt_queue_depth', help: 'requests waiting or delayed in the queue', registers: [apiRegistry] });
+const queueDepth = new Gauge({ name: 'rmt_queue_depth', help: 'sessions with work waiting for a worker (what RMT_MAX_QUEUE_DEPTH is compared with)', registers: [apiRegistry] });
 const stateBytes = new Gauge({
   name: 'rmt_session_state_bytes', help: 'bytes of recurrent state one session of a model holds', labelNames: ['model'],
   registers: [apiRegistry],
