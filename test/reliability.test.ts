@@ -12,20 +12,13 @@ import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { bytesOf } from './support/chunks.ts';
 import { connectStream } from './support/ws-client.ts';
+import { pollUntil } from './support/poll.ts';
 
 const MODEL = 'rmt-brown-small';
 const TEXT = heldOutText().slice(30_000, 36_000);
 
 let h: ApiHarness;
 let base: string;
-
-async function until(what: string, check: () => Promise<boolean> | boolean, deadlineMs = 60_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function call(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<{ status: number; json: any; headers: Headers }> {
   const res = await fetch(`${base}${path}`, {
@@ -77,7 +70,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       assert.equal((await call('POST', `/v1/sessions/${id}/append`, { text: 'The jury said' })).status, 200);
       // Request 2 (POISON) fails three starts in a row: the session fails at it, visibly; request 3 waits behind it.
       const poison = call('POST', `/v1/sessions/${id}/append`, { text: ' a POISON pill' });
-      await until('the poisoned append to be accepted', async () => (await h.deps.store.get(id))!.acceptedSeq === 2);
+      await pollUntil('the poisoned append to be accepted', async () => (await h.deps.store.get(id))!.acceptedSeq === 2);
       await h.deps.queue.submit(id, { kind: 'ingest', text: ' and more.', flush: true }, { wantResult: false });
       assertError(await poison, 409, 'session_failed');
       const got = await call('GET', `/v1/sessions/${id}`);
@@ -95,7 +88,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       // Retry while the fault is still there: it fails again.
       const retried = await call('POST', `/v1/sessions/${id}/reset`, { action: 'retry' });
       assert.equal(retried.status, 200, JSON.stringify(retried.json));
-      await until('the retried request to fail again', async () => (await call('GET', `/v1/sessions/${id}`)).json.status === 'failed');
+      await pollUntil('the retried request to fail again', async () => (await call('GET', `/v1/sessions/${id}`)).json.status === 'failed');
       // Drop it and the one after: the session goes on from what was applied.
       const dropped = await call('POST', `/v1/sessions/${id}/reset`, { action: 'drop' });
       assert.deepEqual([dropped.json.status, dropped.json.pending_requests], ['ok', 0], JSON.stringify(dropped.json));
@@ -163,7 +156,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       // Sessions waiting for a worker (several: a fetch already under way when the worker paused may take one).
       for (let i = 0; i < 3; i++) await h.deps.queue.submit(await newSession(), { kind: 'ingest', text: 'waiting for a worker', flush: true });
       let refused: Awaited<ReturnType<typeof call>> | undefined;
-      await until('an append to be refused', async () => {
+      await pollUntil('an append to be refused', async () => {
         const r = await call('POST', `/v1/sessions/${id}/append`, { text: 'x' }, AbortSignal.timeout(2000)).catch(() => undefined);
         if (r?.status === 429) refused = r;
         return refused !== undefined;
@@ -181,8 +174,8 @@ describe('reliability', { timeout: 180_000 }, () => {
       assert.deepEqual([over.code, over.seq, over.last_seq, over.retry_after_ms], ['overloaded', hello.last_seq + 1, hello.last_seq, 2000]);
       // Workers again: the queue drains, and the client's resend from last_seq + 1 is accepted.
       bullWorker.resume();
-      await until('readiness', async () => (await call('GET', '/readyz')).status === 200);
-      await until('the resend to be accepted', async () => {
+      await pollUntil('readiness', async () => (await call('GET', '/readyz')).status === 200);
+      await pollUntil('the resend to be accepted', async () => {
         c.send({ type: 'append', seq: hello.last_seq + 1, text: 'over the websocket' });
         const m = await c.next((x) => x.type === 'ack' || x.type === 'error');
         return m.type === 'ack';
@@ -206,7 +199,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       const req = call('POST', '/v1/completions', { model: MODEL, prompt: TEXT.slice(0, 500), max_tokens: 4000, session_id: id, stream }, ac.signal);
       await assert.rejects(req, /abort/i);
       await unsubscribe();
-      await until('the request to be applied', async () => {
+      await pollUntil('the request to be applied', async () => {
         const r = (await h.deps.store.get(id))!;
         return r.appliedSeq === r.acceptedSeq && r.acceptedSeq === before.acceptedSeq + 1;
       });
@@ -219,11 +212,11 @@ describe('reliability', { timeout: 180_000 }, () => {
     const long = await h.deps.queue.submit(id, { kind: 'ingest', text: heldOutText().slice(0, 150_000), flush: true });
     const ac = new AbortController();
     const req = call('POST', '/v1/completions', { model: MODEL, prompt: ' More', max_tokens: 50, session_id: id }, ac.signal);
-    await until('the completion to be accepted', async () => (await h.deps.store.get(id))!.acceptedSeq === long.seq + 1);
+    await pollUntil('the completion to be accepted', async () => (await h.deps.store.get(id))!.acceptedSeq === long.seq + 1);
     ac.abort();
     await assert.rejects(req, /abort/i);
     const ingested = await h.deps.queue.result(long, 120_000);
-    await until('the completion to be completed', async () => (await h.deps.store.get(id))!.appliedSeq === long.seq + 1);
+    await pollUntil('the completion to be completed', async () => (await h.deps.store.get(id))!.appliedSeq === long.seq + 1);
     const after = (await h.deps.store.get(id))!;
     assert.equal(after.tokensGenerated, before.tokensGenerated, 'the cancelled completion generated');
     assert.equal(after.tokensIngested, ingested.tokensIngested, 'the cancelled completion\'s prompt was ingested');

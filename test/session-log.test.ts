@@ -9,6 +9,7 @@ import { OrderError, SessionLog } from '../src/queue/session-log.ts';
 import { RESULTS_KEPT, SessionError, SessionStore, type CommitUpdate, type StateSpec } from '../src/state/session-store.ts';
 import type { SessionRequest } from '../src/queue/request.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
+import { pollUntil } from './support/poll.ts';
 
 const SPEC: StateSpec = { model: 'rmt-brown-small', shape: [16, 256], dtype: 'float32' };
 const N = 16 * 256;
@@ -52,14 +53,6 @@ async function rejectsOrder(p: Promise<unknown>, code: OrderError['code']): Prom
     return err;
   }
   assert.fail(`expected OrderError(${code}), but it resolved`);
-}
-
-async function pollUntil(what: string, check: () => Promise<boolean>, deadlineMs: number): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe('SessionLog', () => {

@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import { redisKeys } from '../src/state/keys.ts';
 import { SessionError, SessionStore, type CommitUpdate, type StateSpec } from '../src/state/session-store.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
+import { pollUntil } from './support/poll.ts';
 
 const SPEC: StateSpec = { model: 'rmt-brown-small', shape: [16, 256], dtype: 'float32' };
 const N = 16 * 256;
@@ -78,14 +79,6 @@ async function rejectsWith(p: Promise<unknown>, code: SessionError['code'], mess
     return err;
   }
   assert.fail(`expected SessionError(${code}), but it resolved`);
-}
-
-async function pollUntil(what: string, check: () => Promise<boolean>, deadlineMs: number): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe('startRedis', () => {

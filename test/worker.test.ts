@@ -19,6 +19,7 @@ import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type Worker
 import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-worker.ts';
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
+import { pollUntil } from './support/poll.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -66,14 +67,6 @@ async function waitReady(child: ChildProcess): Promise<void> {
   });
 }
 
-
-async function pollUntil(what: string, check: () => Promise<boolean>, deadlineMs = 60_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** Text of about `segments` segments of held-out Brown prose. */
 const NOISE = heldOutText();
