@@ -561,8 +561,9 @@ describe('worker processes', () => {
       assert.ok(killedAt > 0, 'never killed');
       const mid = (await client.store.get(s.id))!;
       assert.ok(mid.segmentsCommitted < want.segmentsCommitted, 'worker A finished before it was killed');
-      assert.deepEqual(seen, [3, 6, 9], 'worker A should commit (and report) every 3 segments');
-      assert.equal(mid.segmentsCommitted % 3, 0, `killed mid-batch, yet ${mid.segmentsCommitted} segments are committed`);
+      // The turn's first request commits after its first segment, then every 3.
+      assert.deepEqual(seen, [1, 4, 7, 10], 'worker A should commit (and report) its first segment, then every 3 segments');
+      assert.equal(mid.segmentsCommitted % 3, 1, `killed mid-batch, yet ${mid.segmentsCommitted} segments are committed`);
       const b = spawnWorker(prefix, batched);
       await waitReady(b);
       const r = await client.queue.result(jobId, 120_000);

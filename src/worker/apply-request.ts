@@ -42,8 +42,13 @@ export interface ApplyHooks {
 /** A request's result from the session as its final commit leaves it (kept for its submitter when it waits). */
 type ResultOf = (after: SessionRecord) => RequestResult;
 
-/** Where a request starts: the session as just read (undefined: read it here), or an offer of the request before it. */
-export type RequestStart = { stored?: SessionRecord | null } | { handoff: Handoff };
+/**
+ * Where a request starts: the session as just read (undefined: read it here), or an offer of the request
+ * before it. `eager`: commit after its first segment (the first request of a worker's turn: a worker that
+ * dies soon after taking the session still leaves progress, so its start is not counted as one without
+ * progress — acquire.lua — unless the request itself kills workers before its first segment).
+ */
+export type RequestStart = { stored?: SessionRecord | null; eager?: boolean } | { handoff: Handoff };
 
 /** log-softmax of the raw logits at `id`, and the `k` most likely ids (float64 sums). */
 export function tokenLogprob(logits: Float32Array, id: number, k: number): TokenLogprob {
@@ -101,6 +106,8 @@ class SessionCursor {
     private readonly seq: number,
     /** Continuing from an offer: the record the previous request's final commit writes, adopted before this one's first commit. */
     private base?: Promise<SessionRecord>,
+    /** Commit after the first segment, then as commitEvery says (RequestStart's `eager`). */
+    private eager = false,
   ) {
     this.latest = rec.state;
   }
@@ -158,7 +165,7 @@ class SessionCursor {
   /** Whether uncommitted segments should be committed now (commitEvery: so many segments, or so long since the last commit). */
   private commitDue(): boolean {
     const every = this.ctx.commitEvery ?? { segments: 1, ms: 0 };
-    return this.uncommitted > 0 && (this.uncommitted >= every.segments || performance.now() - this.lastCommitAt >= every.ms);
+    return this.uncommitted > 0 && (this.eager || this.uncommitted >= every.segments || performance.now() - this.lastCommitAt >= every.ms);
   }
 
   /**
@@ -288,6 +295,7 @@ class SessionCursor {
     this.rec = { ...next, version };
     this.ahead -= u.addSegments;
     this.lastCommitAt = performance.now();
+    this.eager = false;
   }
 }
 
@@ -394,7 +402,7 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
       rec = { ...rec, state };
     }
   }
-  const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied);
+  const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied, 'eager' in start && start.eager === true);
 
   const segmentProgress = (consumed: number) =>
     hooks.progress({

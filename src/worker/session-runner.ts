@@ -183,7 +183,8 @@ export class SessionRunner {
       this.o.metrics?.handoffs.inc();
     } else {
       await settled(prev);
-      begin = { stored: prev ? await this.o.store.get(sessionId) : first };
+      // The turn's first request commits after its first segment (apply-request.ts RequestStart `eager`).
+      begin = prev ? { stored: await this.o.store.get(sessionId) } : { stored: first, eager: true };
     }
     if (entry.cancelled || turn.cancelled.has(entry.seq)) {
       await this.complete(ctx, sessionId, entry.seq, { code: 'cancelled', message: `request ${entry.seq} was cancelled: its submitter went away` });
