@@ -117,15 +117,17 @@ describe('reliability', { timeout: 180_000 }, () => {
       const a = await client.queue.submit(s.id, { kind: 'ingest', text: TEXT.slice(0, half) });
       const b = await client.queue.submit(s.id, { kind: 'ingest', text: TEXT.slice(half), flush: true });
       // A worker that takes the session's job and dies; BullMQ's stalled check (allowing no stall) fails it.
-      const opts = { connection: client.redis.duplicate({ maxRetriesPerRequest: null }), prefix: client.store.keys.queuePrefix(), lockDuration: 500, stalledInterval: 200, maxStalledCount: 0 };
+      const conns = [client.redis.duplicate({ maxRetriesPerRequest: null }), client.redis.duplicate({ maxRetriesPerRequest: null })];
+      const opts = { connection: conns[0]!, prefix: client.store.keys.queuePrefix(), lockDuration: 500, stalledInterval: 200, maxStalledCount: 0 };
       let took!: () => void;
       const taken = new Promise<void>((r) => (took = r));
       const dying = new Worker(WORK_QUEUE, () => (took(), new Promise<void>(() => undefined)), opts);
       await taken;
       await dying.close(true);
-      const checker = new Worker(WORK_QUEUE, async () => { throw new Error('not for this test'); }, { ...opts, connection: client.redis.duplicate({ maxRetriesPerRequest: null }) });
+      const checker = new Worker(WORK_QUEUE, async () => { throw new Error('not for this test'); }, { ...opts, connection: conns[1]! });
       const failed = await new Promise<string>((r) => checker.on('failed', (_job, err) => r(err.message)));
       await checker.close();
+      for (const c of conns) c.disconnect(); // BullMQ leaves connections it was given open
       assert.match(failed, /stalled more than allowable limit/);
       assert.equal(await client.queue.depth(), 0, 'a job still says the session has work');
       // The real worker: nothing in the queue says the session has work; the sweeper finds it.
