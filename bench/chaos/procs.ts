@@ -3,10 +3,12 @@
 // tracked; only those are ever signalled, and all are killed when this process exits.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort, sendInline as redisInline } from '../../test/support/redis-server.ts';
+
+export { freePort };
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'bin/rmt-serve.js');
@@ -30,41 +32,6 @@ export function installExitHandlers(): void {
       process.exit(130);
     });
   }
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new Error('no free port'))));
-    });
-  });
-}
-
-/** One inline Redis command; the first reply line. */
-export function redisInline(port: number, command: string, timeoutMs = 1000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ port, host: '127.0.0.1' });
-    let buf = '';
-    const done = (err: Error | null, line = '') => {
-      sock.destroy();
-      if (err) reject(err);
-      else resolve(line);
-    };
-    sock.setTimeout(timeoutMs, () => done(new Error(`redis ${port}: no reply to ${command}`)));
-    sock.once('error', (e) => done(e));
-    sock.once('connect', () => sock.write(`${command}\r\n`));
-    sock.on('data', (d) => {
-      buf += d.toString('utf8');
-      const nl = buf.indexOf('\r\n');
-      if (nl >= 0) done(null, buf.slice(0, nl));
-    });
-    sock.once('end', () => done(null, buf));
-  });
 }
 
 export type Role = 'redis' | 'api' | 'worker';

@@ -31,7 +31,7 @@ export async function freePort(): Promise<number> {
 }
 
 /** Sends one inline command; resolves with the first reply line (without CRLF). */
-function sendInline(port: number, command: string, timeoutMs = 1000): Promise<string> {
+export function sendInline(port: number, command: string, timeoutMs = 1000): Promise<string> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ port, host: '127.0.0.1' });
     let buf = '';
