@@ -73,7 +73,7 @@ export const SETTINGS = {
   sessionTtlSeconds: setting('RMT_SESSION_TTL_S', 86400, int(1), 'a session idle this long is deleted'),
   lockDurationMs: setting('RMT_LOCK_MS', 30000, int(1000), 'a worker\'s lease on a session (and its BullMQ job lock): a crashed worker\'s sessions are taken over by others once it lapses'),
   stalledIntervalMs: setting('RMT_STALLED_CHECK_MS', 30000, int(500), 'how often workers look for stalled jobs (and for sessions with work but no worker)'),
-  requestAttempts: setting('RMT_REQUEST_ATTEMPTS', 5, int(1, 100), 'starts of one request without progress (its worker crashed or failed) before its session enters the failed state'),
+  requestAttempts: setting('RMT_REQUEST_ATTEMPTS', 20, int(1, 100), 'starts of one request without progress (its worker crashed or failed) before its session enters the failed state; high enough that a run of kills of the worker holding the session (bench/chaos: loops of up to 16) does not fail it'),
   maxQueueDepth: setting('RMT_MAX_QUEUE_DEPTH', 64, int(1), 'api: sessions waiting for a worker (cluster-wide, read from Redis) at which new appends and completions are refused (429, websocket "overloaded") and /readyz reports saturation; the default is one worker\'s RMT_WORKER_CONCURRENCY: past it a new session waits more than a whole round of the sessions being served (BENCHMARKS.md, overload)'),
   shutdownGraceMs: setting('RMT_SHUTDOWN_GRACE_MS', 25000, int(0), 'on SIGTERM, time to finish in-flight requests before handing them back'),
   metricsPort: setting('RMT_WORKER_METRICS_PORT', -1, int(-1, 65535), 'worker: serve Prometheus /metrics on this port (0 = any free port, -1 = off)'),
