@@ -285,6 +285,14 @@ describe('API', () => {
     assert.equal(other.status, 'unavailable');
     assert.equal(other.checks.redis, 'ok');
     assert.match(other.checks.workers, /^failed/);
+    // scope=pod (the Kubernetes readiness probe) checks only what this process needs: ready without a worker.
+    const pod = await readiness({ ...h.deps, config: { ...h.deps.config, keyPrefix: 'no-workers-here' } }, 'pod');
+    assert.equal(pod.status, 'ok', JSON.stringify(pod));
+    assert.match(pod.checks.workers, /^skipped/);
+    const rp = await app.inject({ method: 'GET', url: '/readyz?scope=pod' });
+    assert.equal(rp.statusCode, 200, rp.body);
+    assert.deepEqual(rp.json().checks, { redis: 'ok', models: 'ok', workers: 'skipped: scope=pod', queue: 'skipped: scope=pod' });
+    assert.equal((await app.inject({ method: 'GET', url: '/readyz?scope=everything' })).statusCode, 400);
 
     const m = await app.inject({ method: 'GET', url: '/metrics' });
     assert.equal(m.statusCode, 200);

@@ -466,7 +466,16 @@ describe('shutdown', () => {
       await client.queue.submit(s1.id, { kind: 'ingest', text: noise(20 * 128 * 5), flush: true });
       (await sub1).disconnect();
       const b = await startWorkerRuntime(loadConfig({ ...env(p), RMT_WORKER_METRICS_PORT: '0' }));
-      await a.close(60_000);
+      // The Kubernetes probes on the metrics port: live and ready, then not ready once closing.
+      const probe = async (path: string) => {
+        const r = await fetch(`http://127.0.0.1:${a.metricsPort}${path}`);
+        return { status: r.status, body: (await r.json()) as { status: string; checks?: Record<string, string> } };
+      };
+      assert.deepEqual(await probe('/healthz'), { status: 200, body: { status: 'ok' } });
+      assert.deepEqual(await probe('/readyz'), { status: 200, body: { status: 'ok', checks: { worker: 'ready', redis: 'ready' } } });
+      const closing = a.close(60_000);
+      assert.deepEqual(await probe('/readyz'), { status: 503, body: { status: 'unavailable', checks: { worker: 'closing', redis: 'ready' } } });
+      await closing;
       assert.equal((await client.store.get(s1.id))!.appliedSeq, 1, 'the request finished within the grace');
 
       // No grace: close returns while the request runs (BullMQ's close(true) after a graceful close()

@@ -40,7 +40,7 @@ export const ModelListSchema = Type.Object({
 /** Session ids as keys.ts accepts them. */
 export const SessionIdSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', minLength: 1, maxLength: 64 });
 
-export const SessionParamsSchema = Type.Object({ id: SessionIdSchema }, { additionalProperties: false });
+export const SessionParamsSchema = Type.Object({ id: SessionIdSchema });
 export type SessionParams = Static<typeof SessionParamsSchema>;
 
 export const SessionSchema = Type.Object({
@@ -137,3 +137,10 @@ export const ReadySchema = Type.Object({
   }),
 });
 export type ReadyBody = Static<typeof ReadySchema>;
+
+export const ReadyQuerySchema = Type.Object({
+  scope: Type.Optional(Type.Union([Type.Literal('cluster'), Type.Literal('pod')], {
+    default: 'cluster',
+    description: "cluster: every check (Redis, models, a live worker, queue below RMT_MAX_QUEUE_DEPTH); pod: only this process's (Redis, models), for a Kubernetes readiness probe",
+  })),
+});

@@ -9,6 +9,12 @@ function reuse<T>(registry: Registry, name: string, make: () => T): T {
   return (registry.getSingleMetric(name) as T | undefined) ?? make();
 }
 
+/** A worker's /readyz body: `ok` with 200, else 503. */
+export interface ProbeResult {
+  status: 'ok' | 'unavailable';
+  checks: Record<string, string>;
+}
+
 export class WorkerMetrics {
   readonly registry: Registry;
   readonly batchRows: Histogram<'graph' | 'model'>;
@@ -89,10 +95,20 @@ export class WorkerMetrics {
     this.runSeconds.observe(labels, s.runMs / 1000);
   }
 
-  /** Serves GET /metrics on `port` (0 = an ephemeral port); resolves with the bound port. */
-  async serve(port: number, host = '0.0.0.0'): Promise<{ port: number; close(): Promise<void> }> {
+  /**
+   * Serves GET /metrics on `port` (0 = an ephemeral port); resolves with the bound port. With `ready`,
+   * the same port answers Kubernetes probes: /healthz (the process answers) and /readyz (`ready()`).
+   */
+  async serve(port: number, opts: { host?: string; ready?: () => ProbeResult } = {}): Promise<{ port: number; close(): Promise<void> }> {
+    const { host = '0.0.0.0', ready } = opts;
     const server = http.createServer((req, res) => {
-      if (req.url !== '/metrics') {
+      const url = (req.url ?? '').split('?')[0];
+      if (ready && (url === '/healthz' || url === '/readyz')) {
+        const body = url === '/healthz' ? { status: 'ok' } : ready();
+        res.writeHead(body.status === 'ok' ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+        return;
+      }
+      if (url !== '/metrics') {
         res.writeHead(404).end();
         return;
       }

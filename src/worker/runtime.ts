@@ -8,7 +8,7 @@ import { RequestQueue } from '../queue/request-queue.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';
 import { connectRedis } from '../state/redis-connection.ts';
 import { SessionWorker } from './session-worker.ts';
-import { WorkerMetrics } from '../telemetry/metrics.ts';
+import { WorkerMetrics, type ProbeResult } from '../telemetry/metrics.ts';
 import type { Registry } from 'prom-client';
 
 export interface WorkerRuntime {
@@ -60,17 +60,25 @@ export async function startWorkerRuntime(
   for (const m of engine.models()) tokenizers.set(m.name, await loadTokenizer(m.tokenizerFile));
   const metrics = new WorkerMetrics(opts.registry);
   engine.onBatch((b) => metrics.observeBatch(b));
-  const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort) : undefined;
+  // Probes share the metrics port: ready once the BullMQ worker runs and Redis answers, not while closing.
+  let phase: 'starting' | 'ready' | 'closing' = 'starting';
+  const ready = (): ProbeResult => {
+    const checks = { worker: phase, redis: redis.status };
+    return { status: phase === 'ready' && redis.status === 'ready' ? 'ok' : 'unavailable', checks };
+  };
+  const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort, { ready }) : undefined;
   const worker = new SessionWorker({
     redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, concurrency: config.workerConcurrency,
     lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs, maxAttempts: config.requestAttempts,
     maxPendingTextChars: config.maxPendingTextChars, commitEvery: { segments: config.commitSegments, ms: config.commitMs }, ...(log ? { log } : {}),
   });
   await worker.start();
+  phase = 'ready';
   return {
     redis, store, engine, tokenizers, worker, metrics,
     ...(metricsServer ? { metricsPort: metricsServer.port } : {}),
     async close(graceMs = config.shutdownGraceMs) {
+      phase = 'closing';
       await worker.close(graceMs);
       await metricsServer?.close();
       await engine.close();

@@ -5,7 +5,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { ApiDeps } from '../deps.ts';
 import { redisKeys } from '../../state/keys.ts';
 import { apiMetrics, apiRegistry, observeRequests } from '../metrics.ts';
-import { ErrorResponses, HealthSchema, ReadySchema, type ReadyBody } from '../schemas.ts';
+import { ErrorResponses, HealthSchema, ReadyQuerySchema, ReadySchema, type ReadyBody } from '../schemas.ts';
 import { saturated } from '../queue-errors.ts';
 
 /** A worker heartbeat older than this does not count (workers beat every 2 s). */
@@ -20,7 +20,12 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
-export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
+/**
+ * scope 'pod': only what this process needs to serve (Redis answers, models configured): the Kubernetes
+ * readiness probe, which must not pull every API pod out of its Service when the queue is saturated
+ * (clients should get 429 with Retry-After) or while no worker is up. 'cluster' (default) checks all.
+ */
+export async function readiness(deps: ApiDeps, scope: 'pod' | 'cluster' = 'cluster'): Promise<ReadyBody> {
   const checks = { redis: 'ok', models: 'ok', workers: 'ok', queue: 'ok' };
   try {
     const pong = await withTimeout(deps.redis.ping(), CHECK_TIMEOUT_MS, 'redis PING');
@@ -30,7 +35,10 @@ export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
   }
   const n = deps.catalog.list().length;
   if (n === 0) checks.models = 'failed: no models configured';
-  if (checks.redis !== 'ok') {
+  if (scope === 'pod') {
+    checks.workers = 'skipped: scope=pod';
+    checks.queue = 'skipped: scope=pod';
+  } else if (checks.redis !== 'ok') {
     checks.workers = 'unknown: redis is not answering';
     checks.queue = 'unknown: redis is not answering';
   } else {
@@ -52,7 +60,7 @@ export async function readiness(deps: ApiDeps): Promise<ReadyBody> {
       checks.workers = `failed: ${(err as Error).message}`;
     }
   }
-  const ok = Object.values(checks).every((c) => c.startsWith('ok'));
+  const ok = Object.values(checks).every((c) => c.startsWith('ok') || c.startsWith('skipped'));
   return { status: ok ? 'ok' : 'unavailable', checks };
 }
 
@@ -62,8 +70,10 @@ export default async function healthRoutes(app: FastifyInstance, deps: ApiDeps):
 
   r.get('/healthz', { schema: { response: { 200: HealthSchema, ...ErrorResponses } } }, async () => ({ status: 'ok' }));
 
-  r.get('/readyz', { schema: { response: { 200: ReadySchema, 503: ReadySchema, '4xx': ErrorResponses['4xx'] } } }, async (_req, reply) => {
-    const body = await readiness(deps);
+  r.get('/readyz', {
+    schema: { querystring: ReadyQuerySchema, response: { 200: ReadySchema, 503: ReadySchema, '4xx': ErrorResponses['4xx'] } },
+  }, async (req, reply) => {
+    const body = await readiness(deps, req.query.scope);
     return reply.status(body.status === 'ok' ? 200 : 503).send(body);
   });
 
