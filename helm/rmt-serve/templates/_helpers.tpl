@@ -163,10 +163,19 @@ Call with (dict "chart" (list of EnvVar) "own" .Values.api.env).
 */}}
 {{- define "rmt-serve.mergeEnv" -}}
 {{- $own := dict }}
-{{- range .own }}{{ $_ := set $own .name true }}{{ end }}
+{{- $mine := list }}
+{{- range .own }}
+{{- $_ := set $own .name true }}
+{{- $e := deepCopy . }}
+{{- /* --set api.env[0].value=4 gives a number; EnvVar values are strings. */}}
+{{- if and (hasKey $e "value") (not (kindIs "string" $e.value)) }}
+{{- $_ := set $e "value" (ternary (int64 $e.value | toString) (toString $e.value) (kindIs "float64" $e.value)) }}
+{{- end }}
+{{- $mine = append $mine $e }}
+{{- end }}
 {{- $out := list }}
 {{- range .chart }}{{ if not (hasKey $own .name) }}{{ $out = append $out . }}{{ end }}{{ end }}
-{{- concat $out .own | toYaml }}
+{{- concat $out $mine | toYaml }}
 {{- end }}
 
 {{/* REDIS_URL (and the password it embeds), as EnvVar entries; a YAML list. */}}
