@@ -5,38 +5,49 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-type Parser<T> = (raw: string, name: string) => T;
+/** JSON-schema type of a setting's value, for the Helm chart's values.schema.json (scripts/chart-schema.ts). */
+export type SettingSchema = { type: 'integer'; minimum: number; maximum?: number } | { type: 'boolean' } | { type: 'string'; enum?: string[] };
+
+type Parser<T> = ((raw: string, name: string) => T) & { schema?: SettingSchema };
 
 interface Setting<T> {
   env: string;
   default: T;
   parse: Parser<T>;
   doc: string;
+  schema: SettingSchema;
 }
 
-const int =
-  (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> =>
-  (raw, name) => {
-    const v = Number(raw);
-    if (!/^-?\d+$/.test(raw.trim()) || v < min || v > max) throw new ConfigError(`${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(raw)}`);
-    return v;
-  };
+const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> =>
+  Object.assign(
+    (raw: string, name: string) => {
+      const v = Number(raw);
+      if (!/^-?\d+$/.test(raw.trim()) || v < min || v > max) throw new ConfigError(`${name}: expected an integer in [${min}, ${max}], got ${JSON.stringify(raw)}`);
+      return v;
+    },
+    { schema: { type: 'integer' as const, minimum: min, ...(max < Number.MAX_SAFE_INTEGER ? { maximum: max } : {}) } },
+  );
 const str: Parser<string> = (raw) => raw;
-const bool: Parser<boolean> = (raw, name) => {
-  if (/^(1|true|yes|on)$/i.test(raw)) return true;
-  if (/^(0|false|no|off)$/i.test(raw)) return false;
-  throw new ConfigError(`${name}: expected 1/0, true/false, yes/no or on/off, got ${JSON.stringify(raw)}`);
-};
+const bool: Parser<boolean> = Object.assign(
+  (raw: string, name: string) => {
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    throw new ConfigError(`${name}: expected 1/0, true/false, yes/no or on/off, got ${JSON.stringify(raw)}`);
+  },
+  { schema: { type: 'boolean' as const } },
+);
 const list: Parser<string[]> = (raw) => raw.split(',').map((s) => s.trim()).filter(Boolean);
-const oneOf =
-  <T extends string>(...allowed: T[]): Parser<T> =>
-  (raw, name) => {
-    if (!(allowed as string[]).includes(raw)) throw new ConfigError(`${name}: expected one of ${allowed.join(', ')}, got ${JSON.stringify(raw)}`);
-    return raw as T;
-  };
+const oneOf = <T extends string>(...allowed: T[]): Parser<T> =>
+  Object.assign(
+    (raw: string, name: string) => {
+      if (!(allowed as string[]).includes(raw)) throw new ConfigError(`${name}: expected one of ${allowed.join(', ')}, got ${JSON.stringify(raw)}`);
+      return raw as T;
+    },
+    { schema: { type: 'string' as const, enum: [...allowed] } },
+  );
 
 function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting<T> {
-  return { env, default: def, parse, doc };
+  return { env, default: def, parse, doc, schema: parse.schema ?? { type: 'string' } };
 }
 
 export const SETTINGS = {
