@@ -62,6 +62,7 @@ describe('helm chart', () => {
     const redis = find(defaults, 'StatefulSet', 'redis');
     const args: string[] = redis.spec.template.spec.containers[0].args;
     assert.equal(args[args.indexOf('--appendonly') + 1], 'yes');
+    assert.equal(args[args.indexOf('--maxmemory-policy') + 1], 'noeviction', 'BullMQ needs noeviction');
     assert.equal(redis.spec.volumeClaimTemplates.length, 1);
     assert.equal(redis.spec.volumeClaimTemplates[0].spec.resources.requests.storage, '8Gi');
     assert.deepEqual(redis.spec.template.spec.containers[0].volumeMounts, [{ name: 'data', mountPath: '/data' }]);
