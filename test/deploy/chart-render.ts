@@ -55,10 +55,12 @@ export interface RenderArgs {
   files?: string[];
   /** --set assignments. */
   set?: string[];
+  /** Release name (default rel). */
+  release?: string;
 }
 
-export function templateArgs({ files = [], set = [] }: RenderArgs): string[] {
-  return ['template', 'rel', CHART, '--namespace', 'ns', ...files.flatMap((f) => ['-f', path.join(CHART, 'ci', f)]), ...set.flatMap((s) => ['--set', s])];
+export function templateArgs({ files = [], set = [], release = 'rel' }: RenderArgs): string[] {
+  return ['template', release, CHART, '--namespace', 'ns', ...files.flatMap((f) => ['-f', path.join(CHART, 'ci', f)]), ...set.flatMap((s) => ['--set', s])];
 }
 
 /** helm template's objects; throws with helm's message when rendering fails. */
