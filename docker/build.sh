@@ -8,6 +8,7 @@
 # CUDA_BASE: the CUDA runtime base of the cuda image (see docker/Dockerfile.cuda).
 # NPM_CA_FILE: a CA bundle for npm inside the build, mounted from the host (default: the host's bundle
 # when NODE_EXTRA_CA_CERTS names one, for hosts whose outbound TLS is intercepted).
+# NO_CACHE=1: build every layer again (for timing a cold build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 flavor="${1:-cpu}"
@@ -25,6 +26,7 @@ if ! podman image exists "$base" && ! podman pull --quiet "$base" >/dev/null 2>&
   bash docker/base/node-base.sh "$base"
 fi
 args=(--build-arg "BASE=$base")
+if [ "${NO_CACHE:-0}" = 1 ]; then args+=(--no-cache); fi
 if [ "$flavor" = cuda ] && [ -n "${CUDA_BASE:-}" ]; then args+=(--build-arg "CUDA_BASE=$CUDA_BASE"); fi
 ca="${NPM_CA_FILE:-${NODE_EXTRA_CA_CERTS:-}}"
 if [ -n "$ca" ] && [ -f "$ca" ]; then
