@@ -304,7 +304,11 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
 
   test('bad inputs: 4xx in the OpenAI error shape, naming the parameter', async () => {
     const ok = { model: LM, prompt: PROMPT, max_tokens: 4 };
-    assert.match(assertOpenAiError(await post({ ...ok, n: 2 }), 400, 'n').message, /n/);
+    assert.match(assertOpenAiError(await post({ ...ok, n: 3, best_of: 2 }), 400, 'best_of').message, /at least n/);
+    assertOpenAiError(await post({ ...ok, n: 65 }), 400, 'n');
+    assertOpenAiError(await post({ ...ok, n: 2, best_of: 3, stream: true }), 400, 'best_of');
+    assert.equal(assertOpenAiError(await post({ ...ok, prompt: Array(32).fill('a'), n: 3 }), 400, 'n').code, 'too_many_choices');
+    assertOpenAiError(await post({ ...ok, prompt: Array(33).fill('a') }), 400, 'prompt');
     const nf = assertOpenAiError(await post({ ...ok, model: 'gpt-9' }), 404, 'model');
     assert.equal(nf.code, 'model_not_found');
     for (const max_tokens of [0, -1, 100000, 1.5, '8']) assertOpenAiError(await post({ ...ok, max_tokens }), 400, 'max_tokens');
@@ -316,14 +320,13 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
     assertOpenAiError(await post({ prompt: PROMPT }), 400, 'model');
     assertOpenAiError(await post({ ...ok, prompt: [1, 2, 99999] }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, prompt: [1, -2] }), 400);
-    assertOpenAiError(await post({ ...ok, prompt: ['a', 'b'] }), 400, 'prompt');
+    assertOpenAiError(await post({ ...ok, prompt: ['a', ''] }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, prompt: 42 }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, prompt: '' }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, session_id: 'nope' }), 404, 'session_id');
     assertOpenAiError(await post({ ...ok, session_id: 'bad id!' }), 404, 'session_id');
     assert.match(assertOpenAiError(await post({ ...ok, logprobs: 6 }), 400, 'logprobs').message, /logprobs/);
     assertOpenAiError(await post({ ...ok, suffix: 'end' }), 400, 'suffix');
-    assertOpenAiError(await post({ ...ok, best_of: 3 }), 400, 'best_of');
     assertOpenAiError(await post({ ...ok, logit_bias: { '50': 10 } }), 400, 'logit_bias');
     assertOpenAiError(await post({ ...ok, stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'stop');
     assertOpenAiError(await post({ ...ok, stream: 'yes' }), 400, 'stream');
@@ -335,12 +338,15 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
     // A session of another model.
     const s = await newSession(RECALL);
     assert.equal(assertOpenAiError(await post({ ...ok, session_id: s.id }), 409, 'model').code, 'model_mismatch');
+    const own = await newSession(LM);
+    assertOpenAiError(await post({ ...ok, session_id: own.id, n: 2 }), 400, 'n');
+    assertOpenAiError(await post({ ...ok, session_id: own.id, prompt: ['a', 'b'] }), 400, 'prompt');
     // Errors before a stream starts are plain JSON errors.
     const st = await post({ ...ok, stream: true, model: 'nope' });
     assertOpenAiError(st, 404, 'model');
     assert.match(st.headers.get('content-type') ?? '', /json/);
     // The openai client surfaces them as typed errors.
-    await assert.rejects(client.completions.create({ model: LM, prompt: PROMPT, n: 2 }), (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === 'n');
+    await assert.rejects(client.completions.create({ model: LM, prompt: PROMPT, n: 2, best_of: 1 }), (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === 'best_of');
     await assert.rejects(client.completions.create({ model: 'nope', prompt: PROMPT }), (e: unknown) => e instanceof OpenAI.NotFoundError);
     // Accepted OpenAI fields that are no-ops here.
     const fine = await post({ ...ok, n: 1, best_of: 1, logprobs: null, suffix: null, logit_bias: {}, user: 'u', presence_penalty: 0.5, stream: false, stop: null });

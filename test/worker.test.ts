@@ -138,11 +138,14 @@ describe('workers over Redis and BullMQ', () => {
     assert.ok(b.appliedSeq > 10, `appliedSeq ${b.appliedSeq}`);
   });
 
-  test('scoring returns per-segment perplexity of the ingested text', async () => {
+  test('scoring returns per-segment perplexity of the ingested text, the partial last segment too', async () => {
     const s = await newSession('rmt-brown-small');
     const jobId = await client.queue.submit(s.id, { kind: 'ingest', text: noise(6000), flush: true, score: true });
     const r = await client.queue.result(jobId, 60_000);
-    assert.ok(r.scores && r.scores.length === r.segmentsCommitted && r.scores.length >= 5, JSON.stringify(r.scores?.length));
+    // Every committed segment, and the tail (scored, not committed): every token but the session's first.
+    assert.ok(r.scores && r.scores.length === r.segmentsCommitted + 1 && r.scores.length >= 5, JSON.stringify(r.scores?.length));
+    assert.equal(r.scores.reduce((n, sc) => n + sc.tokens, 0), r.tokensIngested - 1);
+    assert.deepEqual(r.scores.map((sc) => sc.segment), r.scores.map((_, i) => i + 1));
     for (const sc of r.scores!) assert.ok(sc.perplexity > 1 && Number.isFinite(sc.perplexity) && Math.abs(Math.exp(sc.nll) - sc.perplexity) < 1e-6 * sc.perplexity, JSON.stringify(sc));
   });
 

@@ -24,7 +24,7 @@ export interface IngestRequest {
   pieces?: TextPieces;
   /** Also tokenize text held back at the end (a trailing partial word); set for the last chunk. */
   flush?: boolean;
-  /** Return the mean negative log-likelihood and perplexity of each committed segment. */
+  /** Return the mean negative log-likelihood and perplexity of the request's tokens in each segment they fall in (the partial last one too). */
   score?: boolean;
 }
 
@@ -38,6 +38,8 @@ export interface GenerateRequest {
   stop: string[];
   /** Also return each generated token's log-probability and this many top alternatives (0..5). */
   logprobs?: number;
+  /** Score the prompt too (OpenAI's echo with logprobs): each prompt token's log-probability and this many top alternatives (0..5). */
+  promptLogprobs?: number;
 }
 
 /** Log-probabilities under the model's distribution (before temperature, top-k/p and penalties). */
@@ -63,10 +65,14 @@ export interface LoggedRequest {
   generated?: number[];
   /** Their log-probabilities, when the request asked for them. */
   generatedLogprobs?: TokenLogprob[];
+  /** The prompt's scores (promptLogprobs), kept with the first generated ids: a resumed generation does not score its prompt again. */
+  promptLogprobs?: (TokenLogprob | null)[];
 }
 
 export interface SegmentScore {
+  /** The segment's number in the session (1-based); the last may be the partial one, not committed yet. */
   segment: number;
+  /** The request's tokens scored in it (a token with nothing before it in the session is not). */
   tokens: number;
   nll: number;
   perplexity: number;
@@ -87,6 +93,8 @@ export interface RequestResult {
   promptTokens: number;
   scores?: SegmentScore[];
   completion?: { ids: number[]; text: string; finishReason: FinishReason; logprobs?: TokenLogprob[] };
+  /** With promptLogprobs: the prompt's tokens and their scores (null where nothing precedes the token). */
+  prompt?: { ids: number[]; logprobs: (TokenLogprob | null)[] };
   error?: { code: string; message: string };
 }
 

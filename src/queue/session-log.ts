@@ -87,13 +87,13 @@ export class SessionLog {
     for (let i = 0, seq = from; seq <= to; seq++, i += 5) {
       const [body, client, want, cancelled, generated] = values.slice(i, i + 5);
       if (body === null || body === undefined) break;
-      const gen = generated ? (JSON.parse(generated) as { ids: number[]; logprobs?: TokenLogprob[] }) : undefined;
+      const gen = generated ? (JSON.parse(generated) as { ids: number[]; logprobs?: TokenLogprob[]; prompt?: (TokenLogprob | null)[] }) : undefined;
       out.push({
         sessionId, seq, request: JSON.parse(body) as SessionRequest,
         ...(client ? { clientSeq: Number(client) } : {}),
         ...(want ? { wantResult: true } : {}),
         ...(cancelled ? { cancelled: true } : {}),
-        ...(gen ? { generated: gen.ids, ...(gen.logprobs ? { generatedLogprobs: gen.logprobs } : {}) } : {}),
+        ...(gen ? { generated: gen.ids, ...(gen.logprobs ? { generatedLogprobs: gen.logprobs } : {}), ...(gen.prompt ? { promptLogprobs: gen.prompt } : {}) } : {}),
       });
     }
     return out;
@@ -119,8 +119,8 @@ export class SessionLog {
   }
 
   /** Ids a generation produced so far, saved with its commits so a resumed one returns the whole text. */
-  async saveGenerated(sessionId: string, seq: number, ids: number[], logprobs?: TokenLogprob[]): Promise<void> {
-    await this.redis.hset(this.keys.sessionKeys(sessionId).log, `g${seq}`, JSON.stringify({ ids, ...(logprobs ? { logprobs } : {}) }));
+  async saveGenerated(sessionId: string, seq: number, ids: number[], logprobs?: TokenLogprob[], prompt?: (TokenLogprob | null)[]): Promise<void> {
+    await this.redis.hset(this.keys.sessionKeys(sessionId).log, `g${seq}`, JSON.stringify({ ids, ...(logprobs ? { logprobs } : {}), ...(prompt ? { prompt } : {}) }));
   }
 
   /** Takes the session's lease for a turn (acquire.lua: counts the head request's attempts). */

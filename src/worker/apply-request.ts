@@ -13,6 +13,7 @@ import type { ProgressEvent, LoggedRequest, RequestResult, SegmentScore, Session
 import { RequestError } from '../queue/request.ts';
 import { performance } from 'node:perf_hooks';
 import { HandoffLost, type Handoff } from './handoff.ts';
+import { TokenScorer } from './token-scorer.ts';
 
 export interface ApplyContext {
   engine: Engine;
@@ -28,7 +29,7 @@ export interface ApplyContext {
 export interface ApplyHooks {
   progress(ev: ProgressEvent): void;
   /** Persists ids generated so far (with each commit) so a retry can return the whole completion. */
-  saveGenerated(ids: number[], logprobs?: TokenLogprob[]): Promise<void>;
+  saveGenerated(ids: number[], logprobs?: TokenLogprob[], prompt?: (TokenLogprob | null)[]): Promise<void>;
   /** An ingest request offers the session's next request a start before it has landed (handoff.ts). */
   offer?(h: Handoff): void;
   /** A request that continued from an offer sent its segments after the session sat idle this long. */
@@ -114,52 +115,18 @@ class SessionCursor {
   ingestedSinceCommit = 0;
   generatedSinceCommit = 0;
 
-  /** One segment through the engine: its next state (and its score when asked). */
-  private async runSegment(tail: number[], state: Float32Array, scores?: SegmentScore[], segmentNo = 0): Promise<Float32Array> {
-    if (scores) {
-      const out = await this.ctx.engine.segment(this.model.name, tail, state, this.rec.id);
-      let nll = 0;
-      for (let t = 1; t < out.tokenLogprobs.length; t++) nll -= out.tokenLogprobs[t]!;
-      const n = Math.max(1, out.tokenLogprobs.length - 1);
-      scores.push({ segment: segmentNo, tokens: out.tokenLogprobs.length, nll: nll / n, perplexity: Math.exp(nll / n) });
-      return out.nextState;
-    }
-    // No scores wanted: the memory alone, without projecting every position onto the vocabulary.
+  /** One segment through the engine: the memory alone, without projecting every position onto the vocabulary. */
+  private runSegment(tail: number[], state: Float32Array): Promise<Float32Array> {
     // The session id lets the batcher expect this session's next segment (RMT_BATCH_WAIT_MS).
     return this.ctx.engine.advance(this.model.name, tail, state, this.rec.id);
   }
 
-  async commitSegment(consumed: number, nextTail: number[], scores?: SegmentScore[]): Promise<void> {
+  async commitSegment(consumed: number, nextTail: number[]): Promise<void> {
     await this.settle();
-    const nextState = await this.runSegment(this.rec.tail, this.rec.state, scores, this.rec.segmentsCommitted + 1);
+    const nextState = await this.runSegment(this.rec.tail, this.rec.state);
     this.latest = nextState;
     this.ahead++;
     await this.commit({ state: nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
-  }
-
-  /**
-   * The ingest loop's segment. Commits are batched: one every `commitEvery.segments` segments or
-   * `commitEvery.ms` milliseconds, whichever comes first (a commit writes the whole state to Redis,
-   * about 50 kB for GPT-2 small, and a progress event: per segment that cost more main-thread time
-   * than the segment's engine step). A crash loses at most that much work, never data: a retry
-   * resumes at the last commit. A commit overlaps the next segments' engine runs; at most one is in
-   * flight (each is a compare-and-set on the version the previous wrote), and `after` runs when it
-   * has landed. A failed commit surfaces at the next commit or at settle().
-   */
-  async pipelineSegment(tail: number[], consumed: number, scores: SegmentScore[] | undefined, after: () => void): Promise<void> {
-    const nextState = await this.runSegment(tail, this.latest, scores, this.rec.segmentsCommitted + this.ahead + 1);
-    this.latest = nextState;
-    this.ahead++;
-    this.uncommitted++;
-    if (!this.commitDue()) return;
-    await this.inFlight;
-    this.inFlight = undefined;
-    const addSegments = this.uncommitted;
-    this.uncommitted = 0;
-    // commit() takes the token counters synchronously, before tokens of the next segment are counted.
-    const p = this.commit({ state: nextState, tail: [], pendingText: this.rec.pendingText, addSegments, curOffset: consumed }).then(after);
-    p.catch(() => undefined); // awaited later; this only keeps it from counting as unhandled meanwhile
-    this.inFlight = p;
   }
 
   /** Whether uncommitted segments should be committed now (commitEvery: so many segments, or so long since the last commit). */
@@ -171,8 +138,11 @@ class SessionCursor {
   /**
    * The ingest loop's segments without scores, as one chain: the engine runs them back to back and
    * hands over each segment's memory as it is made, so the session keeps its place in every batch
-   * instead of waiting for this thread between segments (BENCHMARKS.md, run 5). Commits follow the
-   * same rule as pipelineSegment's (commitEvery), at most one in flight; one that comes due while
+   * instead of waiting for this thread between segments (BENCHMARKS.md, run 5). Commits are batched:
+   * one every `commitEvery.segments` segments or `commitEvery.ms` milliseconds, whichever comes first
+   * (a commit writes the whole state to Redis and a progress event: per segment that cost more
+   * main-thread time than the segment's engine step); a crash loses at most that much work, never
+   * data: a retry resumes at the last commit. At most one is in flight; one that comes due while
    * another is in flight starts when that one lands, with the newest memory. `ends[j]` is the request
    * offset after segment j; `counted(end)` counts the request's tokens up to there. A failed commit
    * stops the chain and is what this throws.
@@ -232,12 +202,19 @@ class SessionCursor {
     return addSegments;
   }
 
+  /** A segment run outside the pipeline (scored requests): its memory is committed by finish(). */
+  ranSegment(nextState: Float32Array): void {
+    this.latest = nextState;
+    this.ahead++;
+    this.uncommitted++;
+  }
+
   /** The newest memory (the state the next commit writes). */
   get memory(): Float32Array {
     return this.latest;
   }
 
-  /** Waits for the commits in flight (pipelineSegment, chainSegments: one may start another as it lands). */
+  /** Waits for the commits in flight (chainSegments: one may start another as it lands). */
   async settle(): Promise<void> {
     while (this.inFlight !== undefined) {
       const p = this.inFlight;
@@ -384,12 +361,18 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
     }
     tail.push(ids[i]!);
   }
+  // Scored requests (an ingest with score, a generation scoring its prompt) run their segments one by
+  // one and commit only at the end, so a retry scores the whole request again; a generation resumed
+  // past its prompt has the prompt's scores from its log entry.
+  const scoreTop = data.request.kind === 'ingest' ? (data.request.score ? 0 : undefined) : data.request.promptLogprobs;
+  const scoring = scoreTop !== undefined && from < ids.length;
+  if (scoring && from > 0) throw new RequestError('lost_progress', `request ${data.seq}: a scored request resumed at token ${from} of ${ids.length}`);
   // Continuing the previous request's chain still in the engine: this one's segments go there now and
   // start from its last memory in the run right after it (engine.ts, ChainRef), not a turn later.
   let continueFrom: ChainRef | undefined;
   if (handoff) {
     const prev = handoff.chain;
-    const chained = segments.length > 0 && !(data.request.kind === 'ingest' && data.request.score);
+    const chained = segments.length > 0 && !scoring;
     if (chained && prev?.sent !== undefined && prev.final === undefined && !prev.failed) {
       continueFrom = prev;
       // Sent before the previous memory exists, the session sits no time idle: the gap is 0 unless that memory came first.
@@ -420,22 +403,32 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
     await cur.chainSegments(segments, ends, count, segmentProgress, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
     if (continueFrom?.continued) hooks.continuedInEngine?.();
   };
+  /** A scored request's segments, then its partial last one (scored, not committed: finish() keeps it as the tail). */
+  const scoreAll = async (): Promise<TokenScorer> => {
+    const scorer = new TokenScorer(ctx.engine, model, rec.id, rec.tail.length, scoreTop!);
+    const first = cur.rec.segmentsCommitted + 1;
+    for (let j = 0; j < segments.length; j++) {
+      const out = await scorer.chunk(segments[j]!, cur.memory, first + j, true);
+      cur.ranSegment(out!.nextState);
+      count(ends[j]!);
+      segmentProgress(ends[j]!);
+    }
+    await scorer.chunk(tail, cur.memory, first + segments.length, false);
+    return scorer;
+  };
 
   if (data.request.kind === 'ingest') {
-    const scores: SegmentScore[] | undefined = data.request.score ? [] : undefined;
+    let scores: SegmentScore[] | undefined;
     // The chain the session's next request may continue from inside the engine (before this one lands).
-    const chain: ChainRef | undefined = hooks.offer && !scores && segments.length > 0 ? {} : undefined;
+    const chain: ChainRef | undefined = hooks.offer && !scoring && segments.length > 0 ? {} : undefined;
     const offer = hooks.offer
       ? offerNext(hooks.offer, rec, data.seq, { tail, pendingText: pendingAfter, consumed: ids.length, addSegments: segments.length, addTokens: ids.length - from }, chain)
       : undefined;
     try {
-      if (scores) {
-        // Scored segments go one at a time through the full segment graph (their logits come back).
-        for (let j = 0; j < segments.length; j++) {
-          const consumed = ends[j]!;
-          count(consumed);
-          await cur.pipelineSegment(segments[j]!, consumed, scores, () => segmentProgress(consumed));
-        }
+      if (scoring) {
+        scores = (await scoreAll()).segmentScores();
+      } else if (data.request.score) {
+        scores = []; // a retry of a request already applied up to its end: nothing left to score
       } else if (segments.length > 0) {
         await chainAll(chain);
       }
@@ -458,9 +451,11 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
     return result;
   }
 
-  if (segments.length > 0) {
-    await chainAll();
-  }
+  const req = data.request;
+  let promptLogprobs: (TokenLogprob | null)[] | undefined;
+  if (scoring) promptLogprobs = (await scoreAll()).logprobs;
+  else if (segments.length > 0) await chainAll();
+  if (req.promptLogprobs !== undefined && !scoring) promptLogprobs = data.promptLogprobs ?? [];
   // As for ingest: after the commits in flight, which record their own offsets.
   await cur.settle();
   count(ids.length);
@@ -468,13 +463,12 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
   // commit (an earlier attempt) are already in the state.
   if ((await cur.finish({ tail, pendingText: '', curOffset: ids.length }, true)) > 0) segmentProgress(ids.length);
-  const req = data.request;
   if (tail.length === 0) throw new RequestError('empty_prompt', 'generation needs a prompt or earlier text in the session');
   const generated = resumeAt > ids.length ? [...(data.generated ?? [])].slice(0, resumeAt - ids.length) : [];
   if (generated.length !== Math.max(0, resumeAt - ids.length)) {
     throw new RequestError('lost_progress', `request ${data.seq}: ${resumeAt - ids.length} tokens were committed but only ${generated.length} recorded`);
   }
-  const wantLogprobs = req.logprobs !== undefined && req.logprobs > 0;
+  const wantLogprobs = req.logprobs !== undefined;
   const logprobs: TokenLogprob[] = wantLogprobs ? (data.generatedLogprobs ?? []).slice(0, generated.length) : [];
   const counts = new Map<number, number>();
   for (const t of generated) counts.set(t, (counts.get(t) ?? 0) + 1);
@@ -487,8 +481,9 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
   let kv: KvHandle | undefined;
   let finish: FinishReason = 'length';
   try {
-    let { logits, kv: k } = await ctx.engine.prefill(model.name, tail, cur.rec.state);
-    kv = k;
+    // max_tokens 0 (echo scoring the prompt alone): no prefill.
+    let logits: Float32Array = new Float32Array(0);
+    if (req.maxTokens > 0) ({ logits, kv } = await ctx.engine.prefill(model.name, tail, cur.rec.state));
     while (generated.length < req.maxTokens) {
       // Every generated token is in `tail` here: stopping now leaves the session consistent.
       if (hooks.cancelled?.()) {
@@ -519,11 +514,11 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
       }
       if (tail.length === S) {
         // The segment is full: write it to memory and go on decoding in the next one.
-        ctx.engine.releaseKv(kv);
+        ctx.engine.releaseKv(kv!);
         kv = undefined;
         cur.rec.tail = tail;
         // `next` opens the new tail, stored with this commit, so it counts as consumed.
-        await hooks.saveGenerated(generated, wantLogprobs ? logprobs : undefined);
+        await hooks.saveGenerated(generated, wantLogprobs ? logprobs : undefined, promptLogprobs);
         await cur.commitSegment(ids.length + generated.length, [next]);
         tail = [next];
         ({ logits, kv } = await ctx.engine.prefill(model.name, tail, cur.rec.state));
@@ -537,7 +532,8 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
   }
   if (finish !== 'stop') text += stops.flush();
   const completion = { ids: generated, text, finishReason: finish, ...(wantLogprobs ? { logprobs } : {}) };
-  const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), completion });
+  const prompt = promptLogprobs ? { prompt: { ids, logprobs: promptLogprobs } } : {};
+  const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), completion, ...prompt });
   await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq }, data.wantResult ? resultOf : undefined);
   const result: RequestResult = resultOf(cur.rec);
   hooks.progress({ type: 'done', seq: data.seq, result });

@@ -201,7 +201,7 @@ export class SessionRunner {
         }
         this.o.publish(sessionId, ev);
       },
-      saveGenerated: (ids, logprobs) => this.o.log.saveGenerated(sessionId, entry.seq, ids, logprobs),
+      saveGenerated: (ids, logprobs, prompt) => this.o.log.saveGenerated(sessionId, entry.seq, ids, logprobs, prompt),
       offer: (h) => offered(h),
       continued: (idleMs) => this.o.metrics?.turnGapSeconds.observe(idleMs / 1000),
       continuedInEngine: () => this.o.metrics?.engineContinuations.inc(),
