@@ -6,7 +6,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
-import { tokenLogprob } from '../src/worker/apply-request.ts';
+import { applyRequest, tokenLogprob, type ApplyContext, type ApplyHooks } from '../src/worker/apply-request.ts';
+import type { Engine } from '../src/engine/engine.ts';
+import type { GenerateRequest, TokenLogprob } from '../src/queue/request.ts';
+import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
 
 const LM = 'rmt-brown-lm';
 
@@ -178,5 +181,38 @@ describe('completions: prompt scoring, prompt lists, n and best_of', { timeout: 
     const ids = await call('/v1/completions', { model: LM, prompt: prompts.map((p) => tok.encode(p)), max_tokens: 4, temperature: 0 });
     assert.equal(ids.json.choices.length, 2);
     assert.equal(await h.deps.store.count(), before, 'the request\'s sessions are deleted');
+  });
+
+  test('a generation resumed past its scored prompt returns the prompt\'s scores, kept before the prompt\'s commit', async () => {
+    const m = h.deps.catalog.get(LM)!;
+    const fresh = () => h.deps.store.create({ model: LM, shape: m.stateShape, dtype: m.stateDtype }, m.initState, { owner: '' });
+    const request: GenerateRequest = {
+      kind: 'generate', text: heldOutText().slice(40_000, 40_900), maxTokens: 3, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], promptLogprobs: 1,
+    };
+    const engine = h.worker.engine;
+    // A worker that dies right after the prompt's commit: generation's first prefill throws (the
+    // scorer's prefills, before that commit, run).
+    let sessionId = '';
+    const killAfterCommit = async (...args: Parameters<Engine['prefill']>) => {
+      if ((await h.deps.store.get(sessionId))!.curSeq === 1) throw new Error('worker killed');
+      return engine.prefill(...args);
+    };
+    const dying = new Proxy(engine, {
+      get: (t, k) => (k === 'prefill' ? killAfterCommit : ((v) => (typeof v === 'function' ? v.bind(t) : v))(Reflect.get(t, k))),
+    }) as Engine;
+    const ctx = (e: Engine): ApplyContext => ({ engine: e, store: h.deps.store, tokenizer: (name) => h.worker.tokenizers.get(name)!, maxPendingTextChars: 4096 });
+    let saved: { ids: number[]; prompt?: (TokenLogprob | null)[] } | undefined;
+    const hooks: ApplyHooks = { progress: () => undefined, saveGenerated: async (ids, _lps, prompt) => void (saved = { ids, ...(prompt ? { prompt } : {}) }) };
+    const s = await fresh();
+    sessionId = s.id;
+    await assert.rejects(applyRequest(ctx(dying), { sessionId: s.id, seq: 1, request }, hooks), /worker killed/);
+    const mid = (await h.deps.store.get(s.id))!;
+    assert.equal(mid.curSeq, 1, 'the prompt was committed');
+    assert.ok(saved?.prompt && saved.prompt.length > 128, 'the prompt\'s scores were kept first');
+    // The retry (another worker) reads them from the log entry instead of scoring a prompt it no longer reads.
+    const resumed = await applyRequest(ctx(engine), { sessionId: s.id, seq: 1, request, promptLogprobs: saved.prompt!, generated: saved.ids }, hooks);
+    const clean = await applyRequest(ctx(engine), { sessionId: (await fresh()).id, seq: 1, request }, hooks);
+    assert.deepEqual(resumed.prompt, clean.prompt);
+    assert.deepEqual(resumed.completion?.ids, clean.completion?.ids);
   });
 });

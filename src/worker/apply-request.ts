@@ -453,8 +453,11 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
 
   const req = data.request;
   let promptLogprobs: (TokenLogprob | null)[] | undefined;
-  if (scoring) promptLogprobs = (await scoreAll()).logprobs;
-  else if (segments.length > 0) await chainAll();
+  if (scoring) {
+    promptLogprobs = (await scoreAll()).logprobs;
+    // Kept before the prompt's commit: a retry resumed past the prompt returns these scores.
+    await hooks.saveGenerated([], req.logprobs !== undefined ? [] : undefined, promptLogprobs);
+  } else if (segments.length > 0) await chainAll();
   if (req.promptLogprobs !== undefined && !scoring) promptLogprobs = data.promptLogprobs ?? [];
   // As for ingest: after the commits in flight, which record their own offsets.
   await cur.settle();
