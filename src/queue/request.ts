@@ -63,6 +63,8 @@ export interface LoggedRequest {
   generated?: number[];
   /** Their log-probabilities, when the request asked for them. */
   generatedLogprobs?: TokenLogprob[];
+  /** When it was accepted into the log (ms since the epoch, Redis's clock; absent for entries logged before this field existed). */
+  acceptedAt?: number;
 }
 
 export interface SegmentScore {
