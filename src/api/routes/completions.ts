@@ -12,7 +12,7 @@ import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../e
 import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
-import { apiMetrics, observeRequests } from '../metrics.ts';
+import { apiMetrics, observeRequests, requestModel } from '../metrics.ts';
 import { admit, fromQueueError } from '../queue-errors.ts';
 import type { Submitted } from '../../queue/request-queue.ts';
 
@@ -186,11 +186,6 @@ function completionOf(r: RequestResult): NonNullable<RequestResult['completion']
   return r.completion;
 }
 
-function countTokens(r: RequestResult): void {
-  apiMetrics.tokensGenerated.inc(r.completion?.ids.length ?? 0);
-  apiMetrics.tokensIngested.inc(r.promptTokens);
-}
-
 function jobFailure(err: unknown): ApiError {
   const mapped = fromQueueError(err);
   if (mapped instanceof ApiError) return mapped;
@@ -220,6 +215,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
 
     const model = deps.catalog.get(body.model);
     if (!model) throw new ApiError('not_found', `The model '${body.model}' does not exist`, 'model', 'model_not_found');
+    requestModel(req, model.name);
     const tokenizer = deps.tokenizers.get(model.name);
     if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
 
@@ -273,7 +269,6 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
           throw jobFailure(err);
         }
         const c = completionOf(result);
-        countTokens(result);
         return {
           id, object: 'text_completion' as const, created, model: model.name,
           choices: [{
@@ -411,7 +406,6 @@ async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply: Fasti
         clearTimeout(t);
       }
       const c = completionOf(result);
-      countTokens(result);
       // Text the worker held back (a possible stop-sequence prefix, flushed at the end) or events missed.
       const rest = c.text.startsWith(streamed) ? c.text.slice(streamed.length) : '';
       if (rest) send(chunk(rest, null));
