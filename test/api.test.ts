@@ -5,6 +5,8 @@ import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fas
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { encodeSnapshot, decodeSnapshot } from '../src/api/state-snapshot.ts';
 import { readiness } from '../src/api/routes/health.ts';
+import { familyNames, histogram, sampleValue } from './support/prom-text.ts';
+import { pollUntil } from './support/poll.ts';
 
 const TEXT = 'The Fulton County Grand Jury said Friday an investigation of recent primary election produced no evidence that any irregularities took place. ';
 
@@ -300,13 +302,73 @@ describe('API', () => {
     assert.match(m.body, /rmt_api_request_seconds_bucket\{/);
     assert.match(m.body, /rmt_queue_depth \d+/);
     assert.match(m.body, /rmt_session_state_bytes\{model="rmt-brown-lm"\} \d+/);
-    assert.match(m.body, /rmt_api_tokens_ingested_total [1-9]/);
+    // Tokens are counted once, by the (in-process) worker: the API's own copies are gone.
+    assert.ok(sampleValue(m.body, 'rmt_tokens_ingested_total', { model: 'rmt-brown-lm' }) > 0, 'tokens ingested not counted');
+    assert.deepEqual(familyNames(m.body).filter((n) => n.startsWith('rmt_api_tokens_')), []);
     // The in-process worker's engine metrics are on the same /metrics (as with `serve`).
     assert.match(m.body, /rmt_engine_batch_rows_count\{graph="segment",model="rmt-brown-lm"\} [1-9]/);
     assert.match(m.body, /rmt_engine_step_seconds_bucket\{/);
     const live = await h.deps.store.count();
     assert.ok(live > 0, 'no sessions to count');
     assert.match(m.body, new RegExp(`rmt_active_sessions ${live}\\b`));
+  });
+
+  test('metrics of one known completion and one append: by model, counted once, with their histograms', async () => {
+    const model = 'rmt-brown-lm';
+    const scrape = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body;
+    const gen = { model, kind: 'generate' };
+    const ing = { model, kind: 'ingest' };
+    const read = (body: string) => ({
+      generated: sampleValue(body, 'rmt_tokens_generated_total', { model }),
+      ingested: sampleValue(body, 'rmt_tokens_ingested_total', { model }),
+      genTokens: histogram(body, 'rmt_request_generation_tokens', { model }),
+      promptGen: histogram(body, 'rmt_request_prompt_tokens', gen),
+      promptIng: histogram(body, 'rmt_request_prompt_tokens', ing),
+      queueGen: histogram(body, 'rmt_request_queue_seconds', gen),
+      queueIng: histogram(body, 'rmt_request_queue_seconds', ing),
+      e2eGen: histogram(body, 'rmt_request_e2e_seconds', gen),
+      e2eIng: histogram(body, 'rmt_request_e2e_seconds', ing),
+      workerGen: sampleValue(body, 'rmt_worker_requests_total', { ...gen, outcome: 'ok' }),
+      apiCompletions: sampleValue(body, 'rmt_api_model_requests_total', { model, route: '/v1/completions', status: '200' }),
+      apiCompletionSeconds: histogram(body, 'rmt_api_model_request_seconds', { model, route: '/v1/completions', status: '200' }),
+      apiAppends: sampleValue(body, 'rmt_api_model_requests_total', { model, route: '/v1/sessions/:id/append', status: '200' }),
+      apiAll: sampleValue(body, 'rmt_api_requests_total', { method: 'POST', route: '/v1/completions', status: '200' }),
+    });
+    const before = read(await scrape());
+
+    const c = await app.inject({ method: 'POST', url: '/v1/completions', payload: { model, prompt: TEXT, max_tokens: 8, temperature: 0 } });
+    assert.equal(c.statusCode, 200, c.body);
+    const usage = c.json().usage as { prompt_tokens: number; completion_tokens: number };
+    assert.equal(c.json().choices[0].finish_reason, 'length');
+    assert.equal(usage.completion_tokens, 8);
+    const s = await createSession(app, model);
+    const a = await append(app, s.id, { text: TEXT });
+    // Unknown model: an HTTP request like any other, never a model label of the client's choosing.
+    assert.equal((await app.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'gpt-17', prompt: 'x' } })).statusCode, 404);
+
+    // The worker observes as a request finishes; its submitter may hear of it a moment earlier.
+    let after = read(await scrape());
+    await pollUntil('the worker to observe both requests', async () => {
+      after = read(await scrape());
+      return after.e2eGen.count > before.e2eGen.count && after.e2eIng.count > before.e2eIng.count;
+    }, 5000);
+    assert.equal(after.generated - before.generated, 8);
+    assert.deepEqual([after.genTokens.count - before.genTokens.count, after.genTokens.sum - before.genTokens.sum], [1, 8]);
+    assert.equal(after.ingested - before.ingested, usage.prompt_tokens + a.tokens);
+    assert.deepEqual([after.promptGen.count - before.promptGen.count, after.promptGen.sum - before.promptGen.sum], [1, usage.prompt_tokens]);
+    assert.deepEqual([after.promptIng.count - before.promptIng.count, after.promptIng.sum - before.promptIng.sum], [1, a.tokens]);
+    for (const k of ['queueGen', 'queueIng', 'e2eGen', 'e2eIng'] as const) assert.equal(after[k].count - before[k].count, 1, k);
+    // Queue time is part of the request's end-to-end time; both are within the test's own time.
+    assert.ok(after.e2eGen.sum - before.e2eGen.sum >= after.queueGen.sum - before.queueGen.sum);
+    assert.ok(after.e2eGen.sum - before.e2eGen.sum < 60);
+    assert.equal(after.workerGen - before.workerGen, 1);
+    assert.equal(after.apiCompletions - before.apiCompletions, 1);
+    assert.equal(after.apiCompletionSeconds.count - before.apiCompletionSeconds.count, 1);
+    assert.equal(after.apiAppends - before.apiAppends, 1);
+    assert.equal(after.apiAll - before.apiAll, 1, 'the HTTP metric still counts the completion');
+    const body = await scrape();
+    assert.doesNotMatch(body, /model="(gpt-17)?"/, 'an unknown or empty model label');
+    assert.ok(sampleValue(body, 'rmt_api_requests_total', { method: 'POST', route: '/v1/completions', status: '404' }) >= 1);
   });
 });
 

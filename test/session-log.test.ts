@@ -61,12 +61,16 @@ describe('SessionLog', () => {
     const s = await store.create(SPEC, new Float32Array(N));
     const conn = new Redis(server.url);
     const other = new SessionLog(conn, { prefix: log.keys.prefix, ttlSeconds: 60 });
+    const t0 = Date.now();
     const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? log : other).accept(s.id, ingest(`t${i}`), { wantResult: i === 3 })));
+    const t1 = Date.now();
     assert.deepEqual([...seqs].sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));
     const entries = await log.read(s.id, 1, 50);
     assert.equal(entries.length, 50);
     assert.deepEqual(entries.map((e) => e.seq), seqs.map((_, i) => i + 1));
     assert.equal(entries.filter((e) => e.wantResult).length, 1);
+    // Each entry keeps when it was accepted (Redis's clock, here this host's): queue-time metrics start there.
+    for (const e of entries) assert.ok(e.acceptedAt !== undefined && e.acceptedAt >= t0 - 5 && e.acceptedAt <= t1 + 5, `acceptedAt ${e.acceptedAt} not in [${t0}, ${t1}]`);
     assert.equal((await store.get(s.id))!.acceptedSeq, 50);
     await assert.rejects(log.accept('missing', ingest('x')), (e: unknown) => e instanceof SessionError && e.code === 'not_found');
     assert.equal(await redis.exists(log.keys.session('missing'), log.keys.sessionKeys('missing').log), 0);
@@ -102,6 +106,7 @@ describe('SessionLog', () => {
     assert.equal(await log.release(s.id, 'a'), 'lost');
     await applyAs(store, s.id, 'b', 1);
     assert.equal((await log.read(s.id, 1, 1)).length, 0, 'the applied request is still in the log');
+    assert.equal(await redis.hexists(log.keys.sessionKeys(s.id).log, 'a1'), 0, 'the applied request\'s accept time is still in the log');
     // Accepted while B held the session: B keeps the lease and applies it.
     await log.accept(s.id, ingest('two'));
     assert.equal(await log.release(s.id, 'b'), 'more');
@@ -175,6 +180,7 @@ describe('SessionLog', () => {
     assert.deepEqual([rec.status, rec.acceptedSeq, rec.appliedSeq, rec.clientSeq], ['ok', 4, 4, 1]);
     assert.deepEqual(rec.dropped, { from: 2, to: 4 });
     assert.equal((await log.read(s.id, 2, 4)).length, 0);
+    assert.deepEqual(await redis.hkeys(log.keys.sessionKeys(s.id).log), [], 'dropped requests left fields in the log');
     // The client resends from last_seq + 1 = 2.
     assert.equal(await log.accept(s.id, ingest('r2 again'), { clientSeq: 2 }), 5);
   });

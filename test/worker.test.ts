@@ -20,6 +20,7 @@ import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-
 import { heldOutText } from './support/brown.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { pollUntil } from './support/poll.ts';
+import { histogram, sampleValue } from './support/prom-text.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -240,14 +241,59 @@ describe('workers over Redis and BullMQ', () => {
   });
 
   test('batch sizes and counters are exported as Prometheus metrics', async () => {
+    const scrape = async () => (await fetch(`http://127.0.0.1:${worker.metricsPort}/metrics`)).text();
+    const model = MODEL;
+    const ing = { model, kind: 'ingest' };
+    const gen = { model, kind: 'generate' };
+    const read = (body: string) => ({
+      ingested: sampleValue(body, 'rmt_tokens_ingested_total', { model }),
+      generated: sampleValue(body, 'rmt_tokens_generated_total', { model }),
+      promptIng: histogram(body, 'rmt_request_prompt_tokens', ing),
+      promptGen: histogram(body, 'rmt_request_prompt_tokens', gen),
+      genTokens: histogram(body, 'rmt_request_generation_tokens', { model }),
+      queueIng: histogram(body, 'rmt_request_queue_seconds', ing),
+      e2eIng: histogram(body, 'rmt_request_e2e_seconds', ing),
+      queueGen: histogram(body, 'rmt_request_queue_seconds', gen),
+      e2eGen: histogram(body, 'rmt_request_e2e_seconds', gen),
+      okIng: sampleValue(body, 'rmt_worker_requests_total', { ...ing, outcome: 'ok' }),
+      secondsIng: histogram(body, 'rmt_worker_request_seconds', ing),
+    });
+    const before = read(await scrape());
     const s = await newSession();
-    await ingestAll(client, s.id, [noise(8000, 30_000)]);
-    const body = await (await fetch(`http://127.0.0.1:${worker.metricsPort}/metrics`)).text();
+    const t0 = Date.now();
+    const appended = await client.queue.submit(s.id, { kind: 'ingest', text: noise(8000, 30_000), flush: true });
+    const ingested = await client.queue.result(appended, 120_000);
+    assert.equal(ingested.error, undefined);
+    assert.ok(ingested.promptTokens > 1000);
+    const asked = await client.queue.submit(s.id, { kind: 'generate', text: ' The', maxTokens: 8, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [] });
+    const answered = await client.queue.result(asked, 60_000);
+    const wall = (Date.now() - t0) / 1000;
+    assert.equal(answered.completion?.ids.length, 8, JSON.stringify(answered.completion));
+
+    let after = read(await scrape());
+    await pollUntil('the worker to observe both requests', async () => {
+      after = read(await scrape());
+      return after.e2eIng.count > before.e2eIng.count && after.e2eGen.count > before.e2eGen.count;
+    }, 5000);
+    const body = await scrape();
     const count = Number(/rmt_engine_batch_rows_count\{graph="segment",model="rmt-brown-small"\} (\d+)/.exec(body)?.[1] ?? 0);
     assert.ok(count > 0, 'no segment batches recorded');
     assert.match(body, /rmt_engine_batch_rows_bucket\{le="8",graph="segment"/);
     assert.match(body, /rmt_segments_committed_total \d+/);
-    assert.ok(Number(/rmt_tokens_ingested_total (\d+)/.exec(body)?.[1]) > 1000, 'tokens ingested not counted');
+    // Each finished request: its tokens once in the counters, one observation in each histogram.
+    assert.equal(after.ingested - before.ingested, ingested.promptTokens + answered.promptTokens);
+    assert.equal(after.generated - before.generated, 8);
+    assert.deepEqual([after.promptIng.count - before.promptIng.count, after.promptIng.sum - before.promptIng.sum], [1, ingested.promptTokens]);
+    assert.deepEqual([after.promptGen.count - before.promptGen.count, after.promptGen.sum - before.promptGen.sum], [1, answered.promptTokens]);
+    assert.deepEqual([after.genTokens.count - before.genTokens.count, after.genTokens.sum - before.genTokens.sum], [1, 8]);
+    for (const k of ['queueIng', 'e2eIng', 'queueGen', 'e2eGen', 'secondsIng'] as const) assert.equal(after[k].count - before[k].count, 1, k);
+    assert.equal(after.okIng - before.okIng, 1);
+    // From acceptance: the end-to-end time holds the queue time and the time applying it, within the test's wall time.
+    const e2e = after.e2eIng.sum - before.e2eIng.sum;
+    const queued = after.queueIng.sum - before.queueIng.sum;
+    const applying = after.secondsIng.sum - before.secondsIng.sum;
+    assert.ok(e2e + 0.01 >= queued + applying * 0.99, `e2e ${e2e} < queue ${queued} + apply ${applying}`);
+    assert.ok(e2e <= wall + 0.05, `e2e ${e2e} s longer than the test's ${wall} s`);
   });
 
   /**

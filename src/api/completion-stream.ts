@@ -46,11 +46,6 @@ export function jobFailure(err: unknown): ApiError {
   return new ApiError('internal', `generation failed: ${msg}`, null, 'generation_failed');
 }
 
-export function countTokens(r: RequestResult): void {
-  apiMetrics.tokensGenerated.inc(r.completion?.ids.length ?? 0);
-  apiMetrics.tokensIngested.inc(r.promptTokens);
-}
-
 /** The client went away before its answer: the request is cancelled (not run, or stopped between tokens). */
 export function cancelOnDisconnect(deps: ApiDeps, reply: FastifyReply, s: Submitted): void {
   const cancel = () => {
@@ -168,7 +163,6 @@ export async function streamCompletion(deps: ApiDeps, req: FastifyRequest, reply
       clearTimeout(t);
     }
     const c = completionOf(result);
-    countTokens(result);
     // Text the worker held back (a possible stop-sequence prefix, flushed at the end) or events missed.
     const rest = c.text.startsWith(s.streamed) ? c.text.slice(s.streamed.length) : '';
     if (rest) send(chunk(s.job.index, rest, null));

@@ -67,6 +67,8 @@ export interface LoggedRequest {
   generatedLogprobs?: TokenLogprob[];
   /** The prompt's scores (promptLogprobs), kept with the first generated ids: a resumed generation does not score its prompt again. */
   promptLogprobs?: (TokenLogprob | null)[];
+  /** When it was accepted into the log (ms since the epoch, Redis's clock; absent for entries logged before this field existed). */
+  acceptedAt?: number;
 }
 
 export interface SegmentScore {

@@ -5,7 +5,7 @@
 // owner resets; nothing depends on a queue job surviving (BullMQ jobs only say "this session has
 // work": work-queue.ts).
 //
-//   accept   -> log[seq] = request                    (accept.lua; API, CLI)
+//   accept   -> log[seq] = request, log[a<seq>] = now (accept.lua; API, CLI)
 //   acquire  -> lease, head attempts counted          (acquire.lua; a worker's turn: session-runner.ts)
 //   commit   -> state + appliedSeq, log[seq] removed  (commit.lua, through SessionStore)
 //   release  -> lease let go unless more was accepted (release.lua)
@@ -80,12 +80,12 @@ export class SessionLog {
   /** The session's accepted requests `from`..`to` (fewer if some are gone: applied meanwhile). */
   async read(sessionId: string, from: number, to: number): Promise<LoggedRequest[]> {
     const fields: string[] = [];
-    for (let seq = from; seq <= to; seq++) fields.push(`${seq}`, `c${seq}`, `w${seq}`, `x${seq}`, `g${seq}`);
+    for (let seq = from; seq <= to; seq++) fields.push(`${seq}`, `c${seq}`, `w${seq}`, `x${seq}`, `g${seq}`, `a${seq}`);
     if (fields.length === 0) return [];
     const values = await this.redis.hmget(this.keys.sessionKeys(sessionId).log, ...fields);
     const out: LoggedRequest[] = [];
-    for (let i = 0, seq = from; seq <= to; seq++, i += 5) {
-      const [body, client, want, cancelled, generated] = values.slice(i, i + 5);
+    for (let i = 0, seq = from; seq <= to; seq++, i += 6) {
+      const [body, client, want, cancelled, generated, accepted] = values.slice(i, i + 6);
       if (body === null || body === undefined) break;
       const gen = generated ? (JSON.parse(generated) as { ids: number[]; logprobs?: TokenLogprob[]; prompt?: (TokenLogprob | null)[] }) : undefined;
       out.push({
@@ -94,6 +94,7 @@ export class SessionLog {
         ...(want ? { wantResult: true } : {}),
         ...(cancelled ? { cancelled: true } : {}),
         ...(gen ? { generated: gen.ids, ...(gen.logprobs ? { generatedLogprobs: gen.logprobs } : {}), ...(gen.prompt ? { promptLogprobs: gen.prompt } : {}) } : {}),
+        ...(accepted ? { acceptedAt: Number(accepted) } : {}),
       });
     }
     return out;

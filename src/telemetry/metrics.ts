@@ -3,6 +3,27 @@
 import http from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BatchStat } from '../engine/engine.ts';
+import type { LoggedRequest, RequestResult } from '../queue/request.ts';
+
+/**
+ * prom-client's default process and Node.js metrics, less the three gauges named `*_total`
+ * (nodejs_active_{handles,requests,resources}_total): promtool refuses `_total` on a non-counter, and
+ * each is only the sum of its labelled gauge (nodejs_active_handles{type} and so on), which stays.
+ */
+export function collectProcessMetrics(registry: Registry): void {
+  collectDefaultMetrics({ register: registry });
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+}
+
+/** 1-2-5 steps from 1 up to `max` (token-count buckets, as vLLM's). */
+export function buckets125(max: number): number[] {
+  const out: number[] = [];
+  for (let m = 1; m <= max; m *= 10) for (const k of [1, 2, 5]) if (k * m <= max) out.push(k * m);
+  return out;
+}
+
+/** From acceptance to the start (queue) or to the result (e2e): milliseconds to the 10-minute result timeout. */
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
 /** A metric of that name already in the registry (a second worker runtime in one process), or a new one. */
 function reuse<T>(registry: Registry, name: string, make: () => T): T {
@@ -22,21 +43,25 @@ export class WorkerMetrics {
   readonly batchSteps: Histogram<'graph' | 'model'>;
   readonly stepSeconds: Histogram<'graph' | 'model'>;
   readonly runSeconds: Histogram<'graph' | 'model'>;
-  readonly requestSeconds: Histogram<'kind'>;
+  readonly requestSeconds: Histogram<'model' | 'kind'>;
   readonly turnGapSeconds: Histogram;
   readonly turns: Counter<'outcome'>;
   readonly sessionsFailed: Counter<'code'>;
   readonly handoffs: Counter;
   readonly engineContinuations: Counter;
-  readonly requests: Counter<'kind' | 'outcome'>;
+  readonly requests: Counter<'model' | 'kind' | 'outcome'>;
   readonly segments: Counter;
-  readonly tokensIngested: Counter;
-  readonly tokensGenerated: Counter;
+  readonly tokensIngested: Counter<'model'>;
+  readonly tokensGenerated: Counter<'model'>;
+  readonly queueSeconds: Histogram<'model' | 'kind'>;
+  readonly e2eSeconds: Histogram<'model' | 'kind'>;
+  readonly promptTokens: Histogram<'model' | 'kind'>;
+  readonly generationTokens: Histogram<'model'>;
 
   /** registry: share the API's (serve runs both in one process, one /metrics); default: its own. */
   constructor(registry?: Registry) {
     const r = (this.registry = registry ?? new Registry());
-    if (!registry) collectDefaultMetrics({ register: r });
+    if (!registry) collectProcessMetrics(r);
     const labels = ['graph', 'model'] as const;
     this.batchRows = reuse(r, 'rmt_engine_batch_rows', () => new Histogram({
       name: 'rmt_engine_batch_rows', help: 'rows (sessions) in one onnxruntime run', labelNames: labels,
@@ -59,7 +84,7 @@ export class WorkerMetrics {
       buckets: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3], registers: [r],
     }));
     this.requestSeconds = reuse(r, 'rmt_worker_request_seconds', () => new Histogram({
-      name: 'rmt_worker_request_seconds', help: 'time applying one request, from its turn to its result', labelNames: ['kind'] as const,
+      name: 'rmt_worker_request_seconds', help: 'time applying one request, from its turn to its result', labelNames: ['model', 'kind'] as const,
       buckets: [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30], registers: [r],
     }));
     this.turnGapSeconds = reuse(r, 'rmt_worker_turn_gap_seconds', () => new Histogram({
@@ -79,11 +104,53 @@ export class WorkerMetrics {
       name: 'rmt_worker_engine_continuations_total', help: 'such requests whose segments the engine thread started from the previous request\'s chain itself, in the run after its last (sent before its last memory existed)', registers: [r],
     }));
     this.requests = reuse(r, 'rmt_worker_requests_total', () => new Counter({
-      name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process', labelNames: ['kind', 'outcome'] as const, registers: [r],
+      name: 'rmt_worker_requests_total', help: 'requests finished by workers of this process, by outcome (ok, duplicate: a retry found it applied, else its error code)', labelNames: ['model', 'kind', 'outcome'] as const, registers: [r],
     }));
     this.segments = reuse(r, 'rmt_segments_committed_total', () => new Counter({ name: 'rmt_segments_committed_total', help: 'segments written to memory', registers: [r] }));
-    this.tokensIngested = reuse(r, 'rmt_tokens_ingested_total', () => new Counter({ name: 'rmt_tokens_ingested_total', help: 'tokens ingested', registers: [r] }));
-    this.tokensGenerated = reuse(r, 'rmt_tokens_generated_total', () => new Counter({ name: 'rmt_tokens_generated_total', help: 'tokens generated', registers: [r] }));
+    // Tokens are counted here, once, when a worker finishes the request (not again by the API).
+    this.tokensIngested = reuse(r, 'rmt_tokens_ingested_total', () => new Counter({
+      name: 'rmt_tokens_ingested_total', help: 'tokens ingested into sessions (appended text and generation prompts) by requests finished here', labelNames: ['model'] as const, registers: [r],
+    }));
+    this.tokensGenerated = reuse(r, 'rmt_tokens_generated_total', () => new Counter({
+      name: 'rmt_tokens_generated_total', help: 'tokens generated by generation requests finished here', labelNames: ['model'] as const, registers: [r],
+    }));
+    const kinds = ['model', 'kind'] as const;
+    this.queueSeconds = reuse(r, 'rmt_request_queue_seconds', () => new Histogram({
+      name: 'rmt_request_queue_seconds', help: 'time from a request\'s acceptance into its session\'s log to the start of the attempt that finished it',
+      labelNames: kinds, buckets: LATENCY_BUCKETS, registers: [r],
+    }));
+    this.e2eSeconds = reuse(r, 'rmt_request_e2e_seconds', () => new Histogram({
+      name: 'rmt_request_e2e_seconds', help: 'time from a request\'s acceptance into its session\'s log to its result',
+      labelNames: kinds, buckets: LATENCY_BUCKETS, registers: [r],
+    }));
+    this.promptTokens = reuse(r, 'rmt_request_prompt_tokens', () => new Histogram({
+      name: 'rmt_request_prompt_tokens', help: 'tokens one finished request ingested (its appended text, or its generation prompt)',
+      labelNames: kinds, buckets: buckets125(1_000_000), registers: [r],
+    }));
+    this.generationTokens = reuse(r, 'rmt_request_generation_tokens', () => new Histogram({
+      name: 'rmt_request_generation_tokens', help: 'tokens one finished generation request generated',
+      labelNames: ['model'] as const, buckets: buckets125(5000), registers: [r],
+    }));
+  }
+
+  /**
+   * A request a worker applied to its result (not a duplicate found already applied): its tokens, and
+   * its queue and end-to-end times when the log entry says when it was accepted. `startedAt` and `now`
+   * are ms since the epoch on this host's clock, compared with Redis's (times below 0 count as 0).
+   */
+  observeFinished(model: string, entry: LoggedRequest, result: RequestResult, startedAt: number, now = Date.now()): void {
+    const kind = entry.request.kind;
+    this.tokensIngested.inc({ model }, result.promptTokens);
+    this.promptTokens.observe({ model, kind }, result.promptTokens);
+    if (kind === 'generate') {
+      const generated = result.completion?.ids.length ?? 0;
+      this.tokensGenerated.inc({ model }, generated);
+      this.generationTokens.observe({ model }, generated);
+    }
+    if (entry.acceptedAt !== undefined) {
+      this.queueSeconds.observe({ model, kind }, Math.max(0, startedAt - entry.acceptedAt) / 1000);
+      this.e2eSeconds.observe({ model, kind }, Math.max(0, now - entry.acceptedAt) / 1000);
+    }
   }
 
   observeBatch(s: BatchStat): void {

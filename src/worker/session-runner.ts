@@ -208,18 +208,17 @@ export class SessionRunner {
       cancelled: () => turn.cancelled.has(entry.seq),
     };
     const t0 = performance.now();
+    const startedAt = Date.now();
     const kind = entry.request.kind;
+    const model = first.model; // a session's model never changes
     const own = applyRequest(ctx, entry, hooks, begin).then(
       (result) => {
-        this.o.metrics?.requestSeconds.observe({ kind }, (performance.now() - t0) / 1000);
-        this.o.metrics?.requests.inc({ kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
-        if (!result.alreadyApplied) {
-          this.o.metrics?.tokensIngested.inc(result.promptTokens);
-          this.o.metrics?.tokensGenerated.inc(result.completion?.ids.length ?? 0);
-        }
+        this.o.metrics?.requestSeconds.observe({ model, kind }, (performance.now() - t0) / 1000);
+        this.o.metrics?.requests.inc({ model, kind, outcome: result.alreadyApplied ? 'duplicate' : 'ok' });
+        if (!result.alreadyApplied) this.o.metrics?.observeFinished(model, entry, result, startedAt);
       },
       (err: unknown) => {
-        this.o.metrics?.requests.inc({ kind, outcome: errorCode(err) ?? 'error' });
+        this.o.metrics?.requests.inc({ model, kind, outcome: errorCode(err) ?? 'error' });
         throw new AtRequest(entry.seq, err);
       },
     );

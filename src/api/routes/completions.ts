@@ -14,10 +14,10 @@ import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../e
 import type { GenerateRequest, RequestResult } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError } from '../errors.ts';
-import { observeRequests } from '../metrics.ts';
+import { observeRequests, requestModel } from '../metrics.ts';
 import { admit, fromQueueError } from '../queue-errors.ts';
 import { completionOf, concatLogprobs, meanLogprob, openAiFinish, openAiLogprobs, usage, type OpenAiLogprobs } from '../completion-format.ts';
-import { RESULT_TIMEOUT_MS, cancelOnDisconnect, countTokens, jobFailure, streamCompletion, type ChoiceJob } from '../completion-stream.ts';
+import { RESULT_TIMEOUT_MS, cancelOnDisconnect, jobFailure, streamCompletion, type ChoiceJob } from '../completion-stream.ts';
 
 /** Most prompts in one request, and most choices (prompts x best_of) it may ask for. */
 const MAX_PROMPTS = 32;
@@ -225,7 +225,6 @@ async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt
     kind: 'generate', ...prompt, maxTokens: 0, sampling: p.sampling, stop: [], ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}),
   });
   completionOf(read);
-  countTokens(read);
   const echoLogprobs = read.prompt ? openAiLogprobs(read.prompt.ids, read.prompt.logprobs, (t) => p.tokenizer.decode([t]), 0) : null;
   const sessions = [session];
   for (let j = 1; j < p.bestOf; j++) {
@@ -255,6 +254,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     const body = req.body;
     const model = deps.catalog.get(body.model);
     if (!model) throw new ApiError('not_found', `The model '${body.model}' does not exist`, 'model', 'model_not_found');
+    requestModel(req, model.name);
     const tokenizer = deps.tokenizers.get(model.name);
     if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
     const prompts = normalizePrompts(body.prompt, model);
@@ -299,7 +299,6 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
         const own = prepared[pi]!.jobs.map((job) => ({ job, result: results[jobs.indexOf(job)]! }));
         const done = own.map(({ job, result }) => {
           const c = completionOf(result);
-          countTokens(result);
           generated += c.ids.length;
           prompted += result.promptTokens;
           return { job, result, c };

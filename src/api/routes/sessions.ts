@@ -5,7 +5,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
-import { apiMetrics, observeRequests } from '../metrics.ts';
+import { apiMetrics, observeRequests, requestModel } from '../metrics.ts';
 import {
   AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ErrorResponses, ResetBodySchema, SessionParamsSchema, SessionSchema,
   type AppendResponse, type SessionObject,
@@ -166,6 +166,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     const rec = await loadOwned(deps, req, id);
     const model = deps.catalog.get(rec.model);
     if (!model) throw new ApiError('unavailable', `model ${rec.model} of session ${id} is not loaded by this server`, 'model', 'model_not_loaded');
+    requestModel(req, model.name);
     await admit(deps, reply);
     if (body.ids) {
       const bad = body.ids.findIndex((t) => t >= model.vocabSize);
@@ -186,7 +187,6 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     const submitted = await deps.queue.submit(id, request, { wantResult: true }).catch(mapStoreError);
     const result = await deps.queue.result(submitted, APPEND_TIMEOUT_MS).catch(mapStoreError);
     if (result.error) throw fromCode(result.error.code, result.error.message);
-    apiMetrics.tokensIngested.inc(result.promptTokens);
     const after = await deps.store.get(id).catch(mapStoreError);
     if (!after) throw notFound(id);
     return {

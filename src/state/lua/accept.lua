@@ -13,6 +13,9 @@
            session's clientSeq + 1 (compare-and-set), so a resend is never applied twice
   ARGV[5]  '1' when the submitter waits for the result (it is kept in the results hash)
 
+  The log also keeps when the request was accepted ('a<seq>', ms on Redis's clock): a worker's queue
+  time and end-to-end latency metrics start there (telemetry/metrics.ts).
+
   Returns the request's seq; error replies "NOTFOUND", "LAYOUT <found>", "FAILED <failed seq>",
   "CLIENTSEQ <stored client seq>".
 ]]
@@ -32,14 +35,15 @@ if ARGV[4] ~= '' then
   end
   redis.call('HSET', key, 'clientSeq', want)
 end
+local now = nowMs()
 local seq = redis.call('HINCRBY', key, 'acceptedSeq', 1)
-redis.call('HSET', KEYS[2], tostring(seq), ARGV[3])
+redis.call('HSET', KEYS[2], tostring(seq), ARGV[3], 'a' .. seq, now)
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], 'c' .. seq, ARGV[4])
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'w' .. seq, '1')
 end
-redis.call('HSET', key, 'lastUsedAt', nowMs())
+redis.call('HSET', key, 'lastUsedAt', now)
 touch(ARGV[2])
 return seq

@@ -68,7 +68,7 @@ redis.call('HSET', key,
 if ARGV[11] ~= '' then
   local seq = ARGV[11]
   redis.call('HSET', key, 'appliedSeq', seq)
-  redis.call('HDEL', KEYS[2], seq, 'c' .. seq, 'w' .. seq, 'g' .. seq, 'x' .. seq)
+  redis.call('HDEL', KEYS[2], seq, 'c' .. seq, 'w' .. seq, 'g' .. seq, 'x' .. seq, 'a' .. seq)
   if ARGV[15] ~= '' then
     redis.call('HSET', KEYS[3], seq, ARGV[15])
   end

@@ -31,7 +31,7 @@ if ARGV[2] == 'drop' then
   for k = from, to do
     local c = redis.call('HGET', KEYS[2], 'c' .. k)
     if c and not client then client = tonumber(c) end
-    redis.call('HDEL', KEYS[2], tostring(k), 'c' .. k, 'w' .. k, 'g' .. k, 'x' .. k)
+    redis.call('HDEL', KEYS[2], tostring(k), 'c' .. k, 'w' .. k, 'g' .. k, 'x' .. k, 'a' .. k)
   end
   redis.call('HSET', key, 'appliedSeq', to, 'curSeq', to, 'curOffset', 0, 'droppedFrom', from, 'droppedTo', to)
   if client then
