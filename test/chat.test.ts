@@ -313,6 +313,45 @@ describe('POST /v1/chat/completions', { timeout: 180_000 }, () => {
     await pollUntil('the per-request session to be deleted', async () => (await sessionKeys()).length === keys);
   });
 
+  test('overload: past RMT_MAX_QUEUE_DEPTH a chat completion gets 429 with Retry-After, as completions do', async () => {
+    const config = h.deps.config as { maxQueueDepth: number };
+    const bullWorker = h.worker.worker.worker;
+    const limit = config.maxQueueDepth;
+    config.maxQueueDepth = 1;
+    await bullWorker.pause(true); // no worker takes anything: queued sessions wait
+    const m = h.deps.catalog.get(RECALL)!;
+    const waiting: string[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const s = await h.deps.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState, { owner: '' });
+        waiting.push(s.id);
+        await h.deps.queue.submit(s.id, { kind: 'ingest', text: 'waiting for a worker', flush: true });
+      }
+      let refused: { status: number; json: any; retryAfter: string | null } | undefined;
+      await pollUntil('a chat completion to be refused', async () => {
+        const res = await fetch(`${base}/v1/chat/completions`, {
+          method: 'POST', headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(2000),
+          body: JSON.stringify({ model: RECALL, messages: ASK, max_tokens: 1 }),
+        }).catch(() => undefined);
+        if (res?.status === 429) refused = { status: 429, json: await res.json(), retryAfter: res.headers.get('retry-after') };
+        else await res?.body?.cancel();
+        return refused !== undefined;
+      });
+      assertError(refused!, 429, 'overloaded');
+      assert.equal(refused!.json.error.type, 'rate_limit_error');
+      assert.ok(Number(refused!.retryAfter) > 0);
+    } finally {
+      config.maxQueueDepth = limit;
+      bullWorker.resume();
+    }
+    await pollUntil('the waiting sessions to be served', async () => {
+      const recs = await Promise.all(waiting.map((id) => h.deps.store.get(id)));
+      return recs.every((r) => r !== null && r.appliedSeq >= 1);
+    });
+    const ok = await client.chat.completions.create({ model: RECALL, messages: ASK, max_tokens: 1, temperature: 0 });
+    assert.equal(ok.usage!.completion_tokens, 1);
+  });
+
   test('400s in the OpenAI error shape: no template, template errors, n > 1, tools, unknown and malformed fields', async () => {
     const noTemplate = assertError(await post('/v1/chat/completions', { model: LM, messages: ASK }), 400, 'chat_template_missing', 'model');
     assert.match(noTemplate, new RegExp(`'${LM}'.*chat_template.*tokenizer_config\\.json`));
