@@ -11,7 +11,7 @@ const FILE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../open
 test('openapi.yaml equals the running app (regenerate: node --import tsx scripts/openapi.ts)', async () => {
   const live = await openapiYaml();
   assert.equal(readFileSync(FILE, 'utf8'), live, 'openapi.yaml is stale');
-  for (const route of ['/v1/completions', '/v1/models', '/v1/sessions', '/v1/sessions/{id}/append', '/v1/sessions/{id}/fork',
+  for (const route of ['/v1/completions', '/v1/chat/completions', '/v1/models', '/v1/sessions', '/v1/sessions/{id}/append', '/v1/sessions/{id}/fork',
     '/v1/sessions/{id}/state', '/v1/sessions/{id}/stream', '/healthz', '/readyz', '/metrics']) {
     assert.ok(live.includes(`  ${route}:`), `${route} missing from the spec`);
   }

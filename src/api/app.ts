@@ -9,6 +9,7 @@ import type { ApiDeps } from './deps.ts';
 import { registerAuth } from './auth.ts';
 import { ApiError } from './errors.ts';
 import { clientErrorHandler, endSocketWithError, frameworkErrorHandler, registerErrorHandler } from './error-handler.ts';
+import chatCompletionsRoutes from './routes/chat-completions.ts';
 import completionsRoutes from './routes/completions.ts';
 import healthRoutes from './routes/health.ts';
 import modelsRoutes from './routes/models.ts';
@@ -101,6 +102,7 @@ export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<Fa
   await app.register(async (i) => modelsRoutes(i, deps));
   await app.register(async (i) => sessionsRoutes(i, deps));
   await app.register(async (i) => completionsRoutes(i, deps));
+  await app.register(async (i) => chatCompletionsRoutes(i, deps));
   await app.register(async (i) => sessionStreamRoutes(i, deps));
   return app;
 }

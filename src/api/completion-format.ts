@@ -1,7 +1,6 @@
-// OpenAI's legacy completions shapes, built from request results: logprobs objects (the echoed
-// prompt's and the generated tokens'), finish reasons, usage, best_of ranking.
-import type { FinishReason, RequestResult, TokenLogprob } from '../queue/request.ts';
-import { ApiError, fromCode } from './errors.ts';
+// OpenAI's legacy completions shapes: logprobs objects (the echoed prompt's and the generated
+// tokens'), best_of ranking. (What the chat route shares with completions is in generation.ts.)
+import type { RequestResult, TokenLogprob } from '../queue/request.ts';
 
 export interface OpenAiLogprobs {
   tokens: string[];
@@ -37,30 +36,6 @@ export function concatLogprobs(a: OpenAiLogprobs, b: OpenAiLogprobs): OpenAiLogp
     top_logprobs: [...a.top_logprobs, ...b.top_logprobs],
     text_offset: [...a.text_offset, ...b.text_offset],
   };
-}
-
-export function openAiFinish(f: FinishReason): 'stop' | 'length' {
-  // 'cancelled' reaches no client: its submitter is gone.
-  return f === 'length' ? 'length' : 'stop';
-}
-
-export interface Usage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-}
-
-export function usage(prompt: number, completion: number): Usage {
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
-}
-
-/** A finished request's completion, or the API error it ended with. */
-export function completionOf(r: RequestResult): NonNullable<RequestResult['completion']> {
-  if (r.error) throw fromCode(r.error.code, r.error.message);
-  if (!r.completion) {
-    throw new ApiError('internal', 'the request was applied but its completion text was not kept (a retried request); the session holds the result', null, 'completion_lost');
-  }
-  return r.completion;
 }
 
 /** best_of: the mean log-probability per generated token (OpenAI ranks candidates by it); no token ranks last. */

@@ -2,6 +2,7 @@
 // without loading onnxruntime (API processes never run a graph; workers validate the graphs).
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { readChatTemplate } from './chat-template.ts';
 
 export interface CatalogModel {
   name: string;
@@ -16,6 +17,11 @@ export interface CatalogModel {
   specialTokens: { eos: number; pad: number };
   tokenizerFile: string;
   task?: unknown;
+  /** The package's chat template (tokenizer_config.json `chat_template`); absent: chat is refused. */
+  chatTemplate?: string;
+  /** Special tokens the chat template may use (tokenizer_config.json bos_token, eos_token). */
+  bosToken?: string;
+  eosToken?: string;
 }
 
 export interface ModelCatalog {
@@ -46,10 +52,12 @@ export async function loadCatalog(modelsDir: string, names: readonly string[]): 
     if (bytes.byteLength !== count * 4) throw new Error(`${st.init}: expected ${count * 4} bytes, found ${bytes.byteLength}`);
     const initState = new Float32Array(count);
     for (let i = 0; i < count; i++) initState[i] = bytes.readFloatLE(i * 4);
+    const tokenizerFile = path.join(dir, m.tokenizer);
+    const chat = await readChatTemplate(tokenizerFile);
     models.set(name, {
       name, description: String(m.description ?? ''), segmentLength: m.segment_length, memoryTokens: m.memory_tokens,
       vocabSize: m.vocab_size, stateShape: st.shape, stateDtype: 'float32', stateBytes: count * 4, initState,
-      specialTokens: m.special_tokens, tokenizerFile: path.join(dir, m.tokenizer), ...(m.task ? { task: m.task } : {}),
+      specialTokens: m.special_tokens, tokenizerFile, ...(m.task ? { task: m.task } : {}), ...chat,
     });
   }
   return { defaultModel: names[0]!, list: () => [...models.values()], get: (n) => models.get(n) };

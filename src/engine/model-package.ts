@@ -5,6 +5,7 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createSession, type RunGate, type Session, type SessionOptions } from './onnx-runtime.ts';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
+import { readChatTemplate } from './chat-template.ts';
 
 export const MODEL_FORMAT = 'rmt-serve/model@1';
 
@@ -51,6 +52,8 @@ export interface ModelPackage {
    */
   steps?: number;
   tokenizer: TextTokenizer;
+  /** The chat template of tokenizer_config.json (`chat_template`), if the package has one. */
+  chatTemplate?: string;
   release(): Promise<void>;
 }
 
@@ -271,6 +274,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   const kvDtype = precision === 'fp16' ? 'float16' : 'float32';
 
   const tokenizer = await loadTokenizer(tokenizerPath);
+  const { chatTemplate } = await readChatTemplate(tokenizerPath);
 
   const base: SessionOptions = { executionProvider: options.executionProvider ?? 'cpu' };
   if (options.deviceId !== undefined) base.deviceId = options.deviceId;
@@ -336,6 +340,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     sessions,
     ...(steps !== undefined ? { steps } : {}),
     tokenizer,
+    ...(chatTemplate !== undefined ? { chatTemplate } : {}),
     release: async () => {
       await Promise.all(opened.map((s) => s.release()));
     },

@@ -7,6 +7,8 @@ import { Tokenizer } from '@huggingface/tokenizers';
 export interface TextTokenizer {
   encode(text: string): number[];
   decode(ids: readonly number[]): string;
+  /** One token's bytes (UTF-8; a byte-level token may hold part of a character). */
+  tokenBytes?(id: number): number[];
 }
 
 export async function loadTokenizer(tokenizerFile: string): Promise<TextTokenizer> {
@@ -19,6 +21,34 @@ export async function loadTokenizer(tokenizerFile: string): Promise<TextTokenize
   return {
     encode: rememberingWords(json, plain) ?? plain,
     decode: (ids) => tok.decode([...ids], { skip_special_tokens: false }),
+    tokenBytes: tokenBytesOf(json, (id) => tok.decode([id], { skip_special_tokens: false })),
+  };
+}
+
+/**
+ * A token's bytes: for byte-level BPE its vocab string read back through the byte alphabet (a token
+ * may end inside a multi-byte character, which its decoded text cannot show), for added tokens and
+ * other tokenizers the UTF-8 of its decoded text.
+ */
+function tokenBytesOf(json: TokenizerJson & { decoder?: { type?: string } | null }, decode: (id: number) => string): (id: number) => number[] {
+  const utf8 = new TextEncoder();
+  const byteOf = new Map(byteAlphabet().map((c, b) => [c, b]));
+  const byteLevel = json.decoder?.type === 'ByteLevel' && json.model?.type === 'BPE';
+  const pieces = new Map<number, string>();
+  if (byteLevel) for (const [piece, id] of Object.entries(json.model?.vocab ?? {})) pieces.set(id, piece);
+  for (const t of (json.added_tokens ?? []) as { id?: number; content: string }[]) if (t.id !== undefined) pieces.delete(t.id);
+  return (id) => {
+    const piece = pieces.get(id);
+    if (piece !== undefined) {
+      const bytes: number[] = [];
+      for (const ch of piece) {
+        const b = byteOf.get(ch);
+        if (b === undefined) return Array.from(utf8.encode(decode(id)));
+        bytes.push(b);
+      }
+      return bytes;
+    }
+    return Array.from(utf8.encode(decode(id)));
   };
 }
 

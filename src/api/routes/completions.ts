@@ -4,26 +4,27 @@
 // Several choices of one prompt (n, best_of) are sampled from one memory: the prompt is read once
 // into a session, which is then forked per choice. echo + logprobs scores every prompt token
 // (token-scorer.ts). stream=true answers with server-sent events (completion-stream.ts).
-import { randomInt, randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { randomUUID } from 'node:crypto';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { Type, type Static, type TSchema } from 'typebox';
+import { Type, type Static } from 'typebox';
 import type { CatalogModel } from '../../engine/model-catalog.ts';
 import type { TextTokenizer } from '../../engine/tokenizer.ts';
-import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
-import type { GenerateRequest, RequestResult } from '../../queue/request.ts';
+import type { SamplingParams } from '../../engine/sampling.ts';
+import type { GenerateRequest } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError } from '../errors.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
-import { admit, fromQueueError } from '../queue-errors.ts';
-import { completionOf, concatLogprobs, meanLogprob, openAiFinish, openAiLogprobs, usage, type OpenAiLogprobs } from '../completion-format.ts';
-import { RESULT_TIMEOUT_MS, cancelOnDisconnect, jobFailure, streamCompletion, type ChoiceJob } from '../completion-stream.ts';
+import { admit } from '../queue-errors.ts';
+import { concatLogprobs, meanLogprob, openAiLogprobs, type OpenAiLogprobs } from '../completion-format.ts';
+import {
+  completionOf, Nullable, openAiFinish, runToResult, samplingOf, STOP_SHAPE, StopSchema, stopList, streamGeneration, validationError,
+  type AjvError, type StreamJob,
+} from '../generation.ts';
 
 /** Most prompts in one request, and most choices (prompts x best_of) it may ask for. */
 const MAX_PROMPTS = 32;
 const MAX_CHOICES = 64;
-
-const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 
 const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 });
 
@@ -47,7 +48,7 @@ export const CompletionBody = Type.Object(
     stream_options: Type.Optional(Nullable(Type.Object({ include_usage: Type.Optional(Nullable(Type.Boolean())) }, { additionalProperties: false }))),
     logprobs: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 5 }))),
     echo: Type.Optional(Nullable(Type.Boolean())),
-    stop: Type.Optional(Nullable(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 4 })]))),
+    stop: Type.Optional(StopSchema),
     presence_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
     frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
     repetition_penalty: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 10 }))),
@@ -63,37 +64,8 @@ export type CompletionBody = Static<typeof CompletionBody>;
 /** What a union-typed field accepts, for error messages (ajv's first-branch message would mislead). */
 const FIELD_SHAPES: Record<string, string> = {
   prompt: `prompt must be a string, an array of 1..${MAX_PROMPTS} strings, an array of token ids (integers >= 0) or an array of 1..${MAX_PROMPTS} arrays of token ids`,
-  stop: 'stop must be null, a string or an array of at most 4 strings',
+  stop: STOP_SHAPE,
 };
-
-interface AjvError {
-  keyword?: string;
-  instancePath?: string;
-  message?: string;
-  params?: { missingProperty?: string; additionalProperty?: string };
-}
-
-/** Validation errors as OpenAI-style 400s that name the offending parameter. */
-function validationError(err: Error & { validation?: AjvError[] }): ApiError {
-  const errors = err.validation ?? [];
-  const extra = errors.find((e) => e.keyword === 'additionalProperties' && e.params?.additionalProperty);
-  if (extra) {
-    const path = (extra.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.');
-    const name = path ? `${path}.${extra.params!.additionalProperty}` : extra.params!.additionalProperty!;
-    return new ApiError('invalid_request', `Unrecognized request argument supplied: ${name}`, name, 'unknown_parameter');
-  }
-  const first = errors[0];
-  if (!first) return new ApiError('invalid_request', err.message, null, 'invalid_request');
-  if (first.keyword === 'required' && first.params?.missingProperty) {
-    const p = first.params.missingProperty;
-    return new ApiError('invalid_request', `you must provide a ${p} parameter`, p, 'missing_required_parameter');
-  }
-  const param = (first.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.') || null;
-  const top = param?.split('.')[0] ?? '';
-  const shape = FIELD_SHAPES[top];
-  const message = shape ?? `${param ?? 'body'} ${first.message ?? 'is invalid'}`;
-  return new ApiError('invalid_request', `invalid request body: ${message}`, param ?? null, 'invalid_type');
-}
 
 type Prompt = { text: string } | { ids: number[] };
 
@@ -111,12 +83,6 @@ function normalizePrompts(p: CompletionBody['prompt'], model: CatalogModel): Pro
     }
     return { ids };
   });
-}
-
-function uint32Seed(seed: number | null | undefined, temperature: number): number {
-  if (seed === undefined || seed === null) return temperature === 0 ? 0 : randomInt(0, 2 ** 32);
-  const m = seed % 2 ** 32;
-  return m < 0 ? m + 2 ** 32 : m;
 }
 
 /** Refuses what this service does not implement, and combinations OpenAI refuses too, each naming the parameter. */
@@ -137,41 +103,10 @@ function refuseUnsupported(b: CompletionBody, prompts: number): void {
   if (b.logit_bias && Object.keys(b.logit_bias).length > 0) throw new ApiError('invalid_request', 'logit_bias is not supported (send null or {})', 'logit_bias', 'unsupported_parameter');
 }
 
-function samplingOf(b: CompletionBody): SamplingParams {
-  const temperature = b.temperature ?? DEFAULT_SAMPLING.temperature;
-  const s: SamplingParams = {
-    temperature,
-    topK: b.top_k ?? DEFAULT_SAMPLING.topK,
-    topP: b.top_p ?? DEFAULT_SAMPLING.topP,
-    presencePenalty: b.presence_penalty ?? DEFAULT_SAMPLING.presencePenalty,
-    frequencyPenalty: b.frequency_penalty ?? DEFAULT_SAMPLING.frequencyPenalty,
-    repetitionPenalty: b.repetition_penalty ?? DEFAULT_SAMPLING.repetitionPenalty,
-    seed: uint32Seed(b.seed, temperature),
-  };
-  try {
-    return validateSampling(s);
-  } catch (err) {
-    throw new ApiError('invalid_request', (err as Error).message, null, 'invalid_sampling');
-  }
-}
-
 /** A session made for this request, deleted when it ends. */
 async function ephemeralSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
   const rec = await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner });
   return rec.id;
-}
-
-/** Submits `request` to the session and waits for its result (cancelled if the client leaves). */
-async function runRequest(deps: ApiDeps, reply: FastifyReply, sessionId: string, request: GenerateRequest): Promise<RequestResult> {
-  const submitted = await deps.queue.submit(sessionId, request, { wantResult: true }).catch((err: unknown) => {
-    throw fromQueueError(err);
-  });
-  cancelOnDisconnect(deps, reply, submitted);
-  try {
-    return await deps.queue.result(submitted, RESULT_TIMEOUT_MS);
-  } catch (err) {
-    throw jobFailure(err);
-  }
 }
 
 interface Plan {
@@ -187,6 +122,12 @@ interface Plan {
   owner: string | undefined;
   /** Sessions made for this request (deleted at the end). */
   ephemeral: string[];
+}
+
+/** A choice, with what its stream starts with (the echoed prompt and, scored before, its logprobs). */
+interface ChoiceJob extends StreamJob {
+  echo: string;
+  echoLogprobs: OpenAiLogprobs | null;
 }
 
 /** A prompt's choices, ready to run: the generate requests, and the prompt's echo and scores. */
@@ -221,7 +162,7 @@ async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt
     const request = { ...generate(prompt, 0), ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}) };
     return { jobs: [{ index: promptIndex, sessionId: session, request, echo, echoLogprobs: null }], promptTokens: 0 };
   }
-  const read = await runRequest(deps, reply, session, {
+  const read = await runToResult(deps, reply, session, {
     kind: 'generate', ...prompt, maxTokens: 0, sampling: p.sampling, stop: [], ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}),
   });
   completionOf(read);
@@ -250,7 +191,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
 
   r.post('/v1/completions', { schema: { body: CompletionBody }, attachValidation: true }, async (req, reply) => {
     const startedAt = performance.now();
-    if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] });
+    if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] }, FIELD_SHAPES);
     const body = req.body;
     const model = deps.catalog.get(body.model);
     if (!model) throw new ApiError('not_found', `The model '${body.model}' does not exist`, 'model', 'model_not_found');
@@ -262,7 +203,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     const n = body.n ?? 1;
     const plan: Plan = {
       body, model, tokenizer, sampling: samplingOf(body), n, bestOf: body.best_of ?? n, owner: req.owner, ephemeral: [],
-      stop: body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop,
+      stop: stopList(body.stop),
       echoTop: body.echo && body.logprobs !== undefined && body.logprobs !== null ? body.logprobs : undefined,
     };
     const sessionId = body.session_id !== undefined ? await callerSession(deps, body.session_id, model, req.owner) : undefined;
@@ -285,13 +226,32 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     const jobs = prepared.flatMap((p) => p.jobs);
     const promptTokens = prepared.reduce((a, p) => a + p.promptTokens, 0);
     if (body.stream) {
-      return streamCompletion(deps, req, reply, jobs, {
-        id, created, model: model.name, extra, tokenText, promptTokens, startedAt, cleanup,
-        includeUsage: body.stream_options?.include_usage === true,
+      const includeUsage = body.stream_options?.include_usage === true;
+      const chunk = (index: number, text: string, finish: 'stop' | 'length' | null, logprobs: OpenAiLogprobs | null = null) => ({
+        id, object: 'text_completion', created, model: model.name,
+        choices: [{ text, index, logprobs, finish_reason: finish }],
+        ...(includeUsage ? { usage: null } : {}),
+        ...extra,
       });
+      const byIndex = new Map(jobs.map((j) => [j.index, j]));
+      return streamGeneration(deps, req, reply, jobs, {
+        opening: (i) => {
+          const j = byIndex.get(i)!;
+          return j.echo || j.echoLogprobs ? [chunk(i, j.echo, null, j.echoLogprobs)] : [];
+        },
+        token: (i, ev, streamed) => {
+          // With logprobs every token gets its chunk (its text may be '' while a stop prefix or a split
+          // character is held back); text_offset counts the text streamed so far.
+          if (ev.logprob) return chunk(i, ev.text, null, openAiLogprobs([ev.id], [ev.logprob], tokenText, byIndex.get(i)!.echo.length + streamed.length));
+          return ev.text === '' ? undefined : chunk(i, ev.text, null);
+        },
+        text: (i, t) => chunk(i, t, null),
+        finish: (i, reason) => chunk(i, '', reason),
+        ...(includeUsage ? { usage: (usage) => ({ id, object: 'text_completion', created, model: model.name, choices: [], usage, ...extra }) } : {}),
+      }, { startedAt, promptTokens, cleanup });
     }
     try {
-      const results = await Promise.all(jobs.map((j) => runRequest(deps, reply, j.sessionId, j.request)));
+      const results = await Promise.all(jobs.map((j) => runToResult(deps, reply, j.sessionId, j.request)));
       const choices: Record<string, unknown>[] = [];
       let generated = 0;
       let prompted = promptTokens;
@@ -316,7 +276,8 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
           choices.push({ text: echoed + c.text, index: pi * n + j, logprobs, finish_reason: openAiFinish(c.finishReason) });
         });
       }
-      return { id, object: 'text_completion' as const, created, model: model.name, choices, usage: usage(prompted, generated), ...extra };
+      const usage = { prompt_tokens: prompted, completion_tokens: generated, total_tokens: prompted + generated };
+      return { id, object: 'text_completion' as const, created, model: model.name, choices, usage, ...extra };
     } finally {
       await cleanup();
     }
