@@ -204,7 +204,7 @@ describe('POST /v1/chat/completions', { timeout: 180_000 }, () => {
     assert.match(middle.map((ch) => ch.choices[0].delta.content).join(''), /kitchen/);
   });
 
-  test("LangChain: ChatOpenAI invoke and stream, OpenAI (legacy completions) invoke", async () => {
+  test("LangChain: ChatOpenAI invoke and stream, OpenAI (legacy completions) invoke and generate with a prompt list", async () => {
     const chat = new ChatOpenAI({ model: RECALL, apiKey: 'x', temperature: 0, maxTokens: 3, maxRetries: 0, configuration: { baseURL: `${base}/v1` } });
     const msg = await chat.invoke([['system', FACTS], ['human', 'Where is Mary?']]);
     const expected = (await client.chat.completions.create({ model: RECALL, messages: ASK, max_tokens: 3, temperature: 0 })).choices[0]!.message.content;
@@ -217,6 +217,12 @@ describe('POST /v1/chat/completions', { timeout: 180_000 }, () => {
     const out = await llm.invoke('The jury said');
     const legacy = await client.completions.create({ model: LM, prompt: 'The jury said', max_tokens: 8, temperature: 0 });
     assert.equal(out, legacy.choices[0]!.text);
+    // generate() with several prompts sends them as one prompt list (batchSize 20 by default).
+    const many = await llm.generate(['The jury said', 'It was a dark']);
+    assert.equal(many.generations.length, 2);
+    assert.equal(many.generations[0]![0]!.text, legacy.choices[0]!.text);
+    const second = await client.completions.create({ model: LM, prompt: 'It was a dark', max_tokens: 8, temperature: 0 });
+    assert.equal(many.generations[1]![0]!.text, second.choices[0]!.text);
   });
 
   test('recall through a session: a document with a fact appended in chunks, then "Where is Mary?" with session_id', async () => {
