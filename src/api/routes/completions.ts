@@ -15,6 +15,7 @@ import { ApiError, fromCode } from '../errors.ts';
 import { apiMetrics, observeRequests } from '../metrics.ts';
 import { admit, fromQueueError } from '../queue-errors.ts';
 import type { Submitted } from '../../queue/request-queue.ts';
+import { CompletionEventStreamSchema, CompletionSchema, errorResponses } from '../schemas.ts';
 
 /** Longest a request waits for its result before answering 503 (the worker still finishes it). */
 const RESULT_TIMEOUT_MS = 10 * 60_000;
@@ -54,7 +55,7 @@ export const CompletionBody = Type.Object(
     logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number()))),
     session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'CompletionRequest' },
 );
 export type CompletionBody = Static<typeof CompletionBody>;
 
@@ -212,7 +213,22 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   observeRequests(app);
 
-  r.post('/v1/completions', { schema: { body: CompletionBody }, attachValidation: true }, async (req, reply) => {
+  r.post('/v1/completions', {
+    schema: {
+      operationId: 'createCompletion', tags: ['completions'], summary: 'Create a completion',
+      description: 'OpenAI-compatible. Without session_id the prompt runs in a fresh session deleted afterwards; with session_id ' +
+        "the caller's session is continued and prompt + completion are appended to it. stream: true answers with server-sent events.",
+      body: CompletionBody,
+      response: {
+        200: {
+          description: 'The completion (JSON), or with stream: true its server-sent events',
+          content: { 'application/json': { schema: CompletionSchema }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
+        },
+        ...errorResponses(404, 409, 429),
+      },
+    },
+    attachValidation: true,
+  }, async (req, reply) => {
     const startedAt = performance.now();
     if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] });
     const body = req.body;
