@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse } from 'yaml';
 import { openapiYaml } from '../scripts/openapi.ts';
+import { finishSpec } from '../src/api/openapi.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -59,6 +60,39 @@ test('every operation: a unique camelCase operationId, tags, a summary, security
     assert.ok(spec.components.schemas[name], `components.schemas.${name}`);
   }
   assert.match(spec.components.securitySchemes.bearer.description, /required when the server sets RMT_API_KEYS/i);
+});
+
+test('finishSpec refuses an operation without operationId, tags or summary, an unknown tag, two schemas under one title', () => {
+  const error = { type: 'object', title: 'Error', properties: { error: { type: 'object' } } };
+  const json = (schema: Json) => ({ content: { 'application/json': { schema } } });
+  const doc = {
+    openapi: '3.1.0', info: { title: 't', version: '1' }, components: {},
+    paths: {
+      '/v1/a': { get: { responses: { 200: json({ type: 'object', title: 'Thing', properties: { a: { type: 'string' } } }), '4XX': json(error) } } },
+      '/v1/b': {
+        post: {
+          operationId: 'createB', summary: 'b', tags: ['nope'],
+          responses: { 200: json({ type: 'object', title: 'Thing', properties: { b: { type: 'string' } } }), '4XX': json(error) },
+        },
+      },
+    },
+  };
+  assert.throws(() => finishSpec(doc), (err: Error) => {
+    for (const m of ['GET /v1/a has no operationId', 'GET /v1/a has no summary', 'GET /v1/a has no tags', 'POST /v1/b: tag "nope" is not in TAGS',
+      'two different schemas are titled "Thing"']) {
+      assert.ok(err.message.includes(m), `${m} missing from: ${err.message}`);
+    }
+    return true;
+  });
+  // Fixed, the same document is finished: titled schemas become components, errors shared responses.
+  doc.paths['/v1/a'].get = { ...doc.paths['/v1/a'].get, operationId: 'getA', summary: 'a', tags: ['models'] } as Json;
+  doc.paths['/v1/b'].post.tags = ['models'];
+  doc.paths['/v1/b'].post.responses[200] = json({ type: 'object', title: 'OtherThing', properties: { b: { type: 'string' } } });
+  const done = finishSpec(doc);
+  assert.deepEqual(Object.keys(done.components.schemas), ['Error', 'OtherThing', 'Thing']);
+  assert.deepEqual(done.paths['/v1/a'].get.responses['200'].content['application/json'].schema, { $ref: '#/components/schemas/Thing' });
+  assert.deepEqual(done.paths['/v1/a'].get.responses['401'], { $ref: '#/components/responses/Unauthorized' });
+  assert.deepEqual(done.paths['/v1/a'].get.security, [{ bearer: [] }, {}]);
 });
 
 test('redocly lint with the recommended rules (redocly.yaml): no error, no warning, offline', async () => {
