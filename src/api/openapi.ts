@@ -159,7 +159,10 @@ export function finishSpec(generated: Json): Json {
   if (!components.Error) problems.push('no route uses ErrorSchema (titled "Error"), which the error responses refer to');
   if (problems.length > 0) throw new Error(`openapi: ${problems.length} problem(s):\n  ${problems.join('\n  ')}`);
 
-  spec.components.schemas = sortedByKey(components);
+  // Schemas @fastify/swagger put there itself (app.addSchema, TypeBox recursive types) stay.
+  for (const name of Object.keys(spec.components.schemas ?? {})) if (components[name]) problems.push(`two different schemas are named "${name}"`);
+  if (problems.length > 0) throw new Error(`openapi: ${problems.length} problem(s):\n  ${problems.join('\n  ')}`);
+  spec.components.schemas = sortedByKey({ ...spec.components.schemas, ...components });
   spec.components.responses = sortedByKey(responseComponents);
   return spec;
 }
