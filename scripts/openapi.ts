@@ -1,5 +1,8 @@
 // Writes openapi.yaml from the running app's route schemas (no Redis or models needed: routes are
-// registered against stub dependencies that are never called). test/openapi.test.ts keeps it equal.
+// registered against stub dependencies that are never called). test/openapi.test.ts keeps it equal,
+// lints it (npm run openapi:lint) and drives a client generated from it (npm run openapi:client -- DIR).
+// A new route or schema: give it an operationId, tags and a summary, and its named schemas a `title`;
+// the rules that do the rest (components, shared error responses, security) are in src/api/openapi.ts.
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

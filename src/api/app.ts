@@ -14,7 +14,8 @@ import completionsRoutes from './routes/completions.ts';
 import healthRoutes from './routes/health.ts';
 import modelsRoutes from './routes/models.ts';
 import sessionsRoutes from './routes/sessions.ts';
-import sessionStreamRoutes, { STREAM_DOC } from './routes/session-stream.ts';
+import sessionStreamRoutes from './routes/session-stream.ts';
+import { swaggerOptions } from './openapi.ts';
 
 export interface AppOptions {
   logger?: boolean | object;
@@ -60,38 +61,8 @@ export async function buildApp(deps: ApiDeps, opts: AppOptions = {}): Promise<Fa
   }).withTypeProvider<TypeBoxTypeProvider>();
   registerErrorHandler(app);
   // The route schemas are the one source of openapi.yaml (scripts/openapi.ts writes it; a test keeps it equal).
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.1.0',
-      info: {
-        title: 'rmt-serve',
-        version: '0.1.0',
-        description:
-          'Recurrent Memory Transformer inference: OpenAI-compatible completions, sessions whose memory lives in Redis, ' +
-          'and document streaming over a websocket (protocol: GET /v1/sessions/{id}/stream and README.md). ' +
-          'Errors: {"error": {"message", "type", "param", "code"}}.',
-      },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
-    },
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    transformObject: (doc): any => {
-      const spec = (doc as { openapiObject: { paths?: Record<string, unknown> } }).openapiObject;
-      spec.paths = {
-        ...spec.paths,
-        '/v1/sessions/{id}/stream': {
-          get: {
-            ...STREAM_DOC,
-            parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' } }],
-            responses: {
-              '101': { description: 'Switching Protocols: the websocket is open; messages as described above' },
-              '404': { description: 'session not found (or another key\'s)', content: { 'application/json': { schema: { type: 'object', required: ['error'], properties: { error: { type: 'object' } } } } } },
-            },
-          },
-        },
-      };
-      return spec;
-    },
-  });
+  // How a route gets its operationId, tags, named schemas, error statuses and security: openapi.ts.
+  await app.register(swagger, swaggerOptions());
   registerAuth(app, opts.apiKeys ?? [], opts.apiKeyHashes ?? []);
   await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024, skipUTF8Validation: true } });
   // A refused websocket handshake (bad Sec-WebSocket-Key, version...) answers in the OpenAI shape, not ws's text.

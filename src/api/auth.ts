@@ -11,6 +11,9 @@ declare module 'fastify' {
   }
 }
 
+/** Paths answered without an API key (probes and metrics); openapi.ts marks them `security: []`. */
+export const OPEN_PATHS: readonly string[] = ['/healthz', '/readyz', '/metrics'];
+
 export function keyHash(key: string): string {
   return createHash('sha256').update(key).digest('hex');
 }
@@ -22,7 +25,7 @@ export function registerAuth(app: FastifyInstance, keys: readonly string[], hash
   app.addHook('onRequest', async (req: FastifyRequest) => {
     if (allowed.length === 0) return;
     const url = req.url.split('?')[0]!;
-    if (url === '/healthz' || url === '/readyz' || url === '/metrics') return;
+    if (OPEN_PATHS.includes(url)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer\s+(.+)$/i.exec(header);
     if (!m) throw new ApiError('unauthorized', 'missing API key: send "Authorization: Bearer <key>"', null, 'missing_api_key');

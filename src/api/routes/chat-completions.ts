@@ -15,6 +15,7 @@ import type { GenerateRequest, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError } from '../errors.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
+import { ChatCompletionSchema, CompletionEventStreamSchema, errorResponses } from '../schemas.ts';
 import { admit } from '../queue-errors.ts';
 import {
   completionOf, generateOnce, Nullable, openAiFinish, openSession, samplingOf, STOP_SHAPE, StopSchema, stopList,
@@ -63,12 +64,12 @@ export const ChatCompletionBody = Type.Object(
     user: Type.Optional(Nullable(Type.String())),
     // Accepted so that clients sending them unchanged get a clear 400 unless they are no-ops.
     tools: Type.Optional(Nullable(Type.Array(Type.Unknown()))),
-    tool_choice: Type.Optional(Nullable(Type.Unknown())),
+    tool_choice: Type.Optional(Type.Unknown({ description: 'only "none" (or null) is accepted' })),
     parallel_tool_calls: Type.Optional(Nullable(Type.Boolean())),
     response_format: Type.Optional(Nullable(Type.Object({ type: Type.String() }))),
     session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'ChatCompletionRequest' },
 );
 export type ChatCompletionBody = Static<typeof ChatCompletionBody>;
 
@@ -156,7 +157,22 @@ export default async function chatCompletionsRoutes(app: FastifyInstance, deps: 
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   observeRequests(app);
 
-  r.post('/v1/chat/completions', { schema: { body: ChatCompletionBody }, attachValidation: true }, async (req, reply) => {
+  r.post('/v1/chat/completions', {
+    schema: {
+      operationId: 'createChatCompletion', tags: ['chat'], summary: 'Create a chat completion',
+      description: "OpenAI-compatible. The messages are rendered into a prompt by the model package's chat template (400 chat_template_missing " +
+        'without one), then generated as a completion; with session_id the session is continued. stream: true answers with chat.completion.chunk events.',
+      body: ChatCompletionBody,
+      response: {
+        200: {
+          description: 'The chat completion (JSON), or with stream: true its server-sent events',
+          content: { 'application/json': { schema: ChatCompletionSchema }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
+        },
+        ...errorResponses(404, 409, 429),
+      },
+    },
+    attachValidation: true,
+  }, async (req, reply) => {
     const startedAt = performance.now();
     if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] }, FIELD_SHAPES);
     const body = req.body;

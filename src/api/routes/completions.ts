@@ -21,6 +21,7 @@ import {
   completionOf, Nullable, openAiFinish, runToResult, samplingOf, STOP_SHAPE, StopSchema, stopList, streamGeneration, validationError,
   type AjvError, type StreamJob,
 } from '../generation.ts';
+import { CompletionChoiceSchema, CompletionEventStreamSchema, CompletionSchema, errorResponses } from '../schemas.ts';
 
 /** Most prompts in one request, and most choices (prompts x best_of) it may ask for. */
 const MAX_PROMPTS = 32;
@@ -57,7 +58,7 @@ export const CompletionBody = Type.Object(
     logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number()))),
     session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'CompletionRequest' },
 );
 export type CompletionBody = Static<typeof CompletionBody>;
 
@@ -189,7 +190,23 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   observeRequests(app);
 
-  r.post('/v1/completions', { schema: { body: CompletionBody }, attachValidation: true }, async (req, reply) => {
+  r.post('/v1/completions', {
+    schema: {
+      operationId: 'createCompletion', tags: ['completions'], summary: 'Create a completion',
+      description: 'OpenAI-compatible. Without session_id each prompt runs in a fresh session deleted afterwards; with session_id ' +
+        "the caller's session is continued and prompt + completion are appended to it. Several prompts, n and best_of sample " +
+        "choices from forks of the prompt's memory; echo with logprobs scores every prompt token. stream: true answers with server-sent events.",
+      body: CompletionBody,
+      response: {
+        200: {
+          description: 'The completion (JSON), or with stream: true its server-sent events',
+          content: { 'application/json': { schema: CompletionSchema }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
+        },
+        ...errorResponses(404, 409, 429),
+      },
+    },
+    attachValidation: true,
+  }, async (req, reply) => {
     const startedAt = performance.now();
     if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] }, FIELD_SHAPES);
     const body = req.body;
@@ -252,7 +269,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     }
     try {
       const results = await Promise.all(jobs.map((j) => runToResult(deps, reply, j.sessionId, j.request)));
-      const choices: Record<string, unknown>[] = [];
+      const choices: Static<typeof CompletionChoiceSchema>[] = [];
       let generated = 0;
       let prompted = promptTokens;
       for (let pi = 0; pi < prepared.length; pi++) {

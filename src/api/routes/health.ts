@@ -6,6 +6,7 @@ import type { ApiDeps } from '../deps.ts';
 import { redisKeys } from '../../state/keys.ts';
 import { apiMetrics, apiRegistry, observeRequests } from '../metrics.ts';
 import { ErrorResponses, HealthSchema, ReadyQuerySchema, ReadySchema, type ReadyBody } from '../schemas.ts';
+import { Type } from 'typebox';
 import { saturated } from '../queue-errors.ts';
 
 /** A worker heartbeat older than this does not count (workers beat every 2 s). */
@@ -68,17 +69,28 @@ export default async function healthRoutes(app: FastifyInstance, deps: ApiDeps):
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   observeRequests(r);
 
-  r.get('/healthz', { schema: { response: { 200: HealthSchema, ...ErrorResponses } } }, async () => ({ status: 'ok' }));
+  r.get('/healthz', {
+    schema: { operationId: 'getHealth', tags: ['health'], summary: 'Liveness: the process answers', response: { 200: HealthSchema, ...ErrorResponses } },
+  }, async () => ({ status: 'ok' }));
 
   r.get('/readyz', {
-    schema: { querystring: ReadyQuerySchema, response: { 200: ReadySchema, 503: ReadySchema, '4xx': ErrorResponses['4xx'] } },
+    schema: {
+      operationId: 'getReadiness', tags: ['health'], summary: 'Readiness: Redis, models, a live worker, queue depth',
+      description: 'Answers 200 when every check passes, 503 with the same body otherwise.',
+      querystring: ReadyQuerySchema, response: { 200: ReadySchema, 503: ReadySchema, '4xx': ErrorResponses['4xx'] },
+    },
   }, async (req, reply) => {
     const body = await readiness(deps, req.query.scope);
     return reply.status(body.status === 'ok' ? 200 : 503).send(body);
   });
 
   let sessionsCountedAt = 0;
-  r.get('/metrics', async (_req, reply) => {
+  r.get('/metrics', {
+    schema: {
+      operationId: 'getMetrics', tags: ['health'], summary: 'Prometheus metrics of this API process (and an in-process worker)',
+      response: { 200: { description: 'Prometheus text exposition format (version 0.0.4)', content: { 'text/plain': { schema: Type.String() } } } },
+    },
+  }, async (_req, reply) => {
     try {
       apiMetrics.queueDepth.set(await withTimeout(deps.queue.depth(), CHECK_TIMEOUT_MS, 'queue depth'));
     } catch {

@@ -4,7 +4,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { ApiDeps } from '../deps.ts';
 import type { CatalogModel } from '../../engine/model-catalog.ts';
 import { observeRequests } from '../metrics.ts';
-import { ErrorResponses, ModelListSchema, ModelSchema, type ModelObject } from '../schemas.ts';
+import { ErrorResponses, ModelListSchema, ModelSchema, errorResponses, type ModelObject } from '../schemas.ts';
 import { Type } from 'typebox';
 import { ApiError } from '../errors.ts';
 
@@ -21,15 +21,18 @@ export default async function modelsRoutes(app: FastifyInstance, deps: ApiDeps):
   // Packages carry no creation time; report when this process loaded them.
   const created = Math.floor(Date.now() / 1000);
 
-  r.get('/v1/models', { schema: { response: { 200: ModelListSchema, ...ErrorResponses } } }, async () => ({
+  r.get('/v1/models', {
+    schema: { operationId: 'listModels', tags: ['models'], summary: 'List the models', response: { 200: ModelListSchema, ...ErrorResponses } },
+  }, async () => ({
     object: 'list' as const,
     data: deps.catalog.list().map((m) => modelObject(m, created)),
   }));
 
   r.get('/v1/models/:model', {
     schema: {
+      operationId: 'getModel', tags: ['models'], summary: 'Get a model',
       params: Type.Object({ model: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false }),
-      response: { 200: ModelSchema, ...ErrorResponses },
+      response: { 200: ModelSchema, ...errorResponses(404) },
     },
   }, async (req) => {
     const m = deps.catalog.get(req.params.model);

@@ -34,7 +34,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ApiDeps } from '../deps.ts';
 import type { IngestText } from '../pretokenizer.ts';
-import { ErrorSchema, SessionParamsSchema } from '../schemas.ts';
+import { SessionParamsSchema, errorResponses } from '../schemas.ts';
 import { ApiError } from '../errors.ts';
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
 import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
@@ -169,6 +169,8 @@ function frameBytes(data: Buffer | ArrayBuffer | Buffer[]): number {
 
 /** The websocket protocol, for openapi.yaml (@fastify/websocket hides websocket routes from the generated spec). */
 export const STREAM_DOC = {
+  operationId: 'streamSession',
+  tags: ['sessions'],
   summary: 'Stream a document into a session and generate over a websocket',
   description: [
     'WebSocket upgrade; JSON text messages.',
@@ -194,7 +196,10 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       schema: {
         ...STREAM_DOC,
         params: SessionParamsSchema,
-        response: { '4xx': ErrorSchema },
+        response: {
+          101: { type: 'null', description: 'Switching Protocols: the websocket is open; messages as described above' },
+          ...errorResponses(404, 409),
+        },
       },
       // Runs before the upgrade: a thrown ApiError becomes a plain HTTP JSON error response.
       preHandler: async (req) => {

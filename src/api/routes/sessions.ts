@@ -7,7 +7,7 @@ import type { ApiDeps } from '../deps.ts';
 import { ApiError, fromCode } from '../errors.ts';
 import { apiMetrics, observeRequests, requestModel } from '../metrics.ts';
 import {
-  AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ErrorResponses, ResetBodySchema, SessionParamsSchema, SessionSchema,
+  AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ResetBodySchema, SessionParamsSchema, SessionSchema, errorResponses,
   type AppendResponse, type SessionObject,
 } from '../schemas.ts';
 import { admit, fromQueueError } from '../queue-errors.ts';
@@ -16,7 +16,9 @@ import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 import type { IngestRequest } from '../../queue/request.ts';
 
 /** Snapshot bodies are raw bytes (application/octet-stream): Buffers bypass the JSON serializer. */
-const SnapshotBytesSchema = Type.Unsafe<Buffer>({ description: 'portable session snapshot (application/octet-stream)' });
+const SnapshotBytesSchema = Type.Unsafe<Buffer>({ contentMediaType: 'application/octet-stream', description: 'portable session snapshot (application/octet-stream)' });
+/** The snapshot as a request or response body of its own media type (validation passes any bytes). */
+const SnapshotBody = { content: { 'application/octet-stream': { schema: SnapshotBytesSchema } } };
 
 /** How long an append waits for its result before answering 503 (the request still completes). */
 export const APPEND_TIMEOUT_MS = 120_000;
@@ -109,7 +111,11 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
   const params = SessionParamsSchema;
 
   r.post('/v1/sessions', {
-    schema: { body: CreateSessionBodySchema, response: { 201: SessionSchema, ...ErrorResponses } },
+    schema: {
+      operationId: 'createSession', tags: ['sessions'], summary: 'Create a session',
+      description: 'A fresh session of the model (default: the first configured); the body may be empty.',
+      body: CreateSessionBodySchema, response: { 201: SessionSchema, ...errorResponses() },
+    },
     // No body at all means "all defaults".
     preValidation: async (req) => {
       if (req.body === undefined) (req as { body: unknown }).body = {};
@@ -124,12 +130,16 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     return reply.code(201).send(sessionObject(rec));
   });
 
-  r.get('/v1/sessions/:id', { schema: { params, response: { 200: SessionSchema, ...ErrorResponses } } }, async (req) => {
+  r.get('/v1/sessions/:id', {
+    schema: { operationId: 'getSession', tags: ['sessions'], summary: 'Get a session', params, response: { 200: SessionSchema, ...errorResponses(404) } },
+  }, async (req) => {
     return describeSession(deps, await loadOwned(deps, req, req.params.id));
   });
 
   // Only the owner is read, never the state: the owner can delete a session whatever it holds.
-  r.delete('/v1/sessions/:id', { schema: { params, response: { 204: Type.Null(), ...ErrorResponses } } }, async (req, reply) => {
+  r.delete('/v1/sessions/:id', {
+    schema: { operationId: 'deleteSession', tags: ['sessions'], summary: 'Delete a session', params, response: { 204: Type.Null(), ...errorResponses(404) } },
+  }, async (req, reply) => {
     const id = req.params.id;
     if ((await deps.store.owner(id)) !== req.owner) throw notFound(id);
     await deps.store.delete(id);
@@ -139,7 +149,11 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
   });
 
   r.post('/v1/sessions/:id/reset', {
-    schema: { params, body: ResetBodySchema, response: { 200: SessionSchema, ...ErrorResponses } },
+    schema: {
+      operationId: 'resetSession', tags: ['sessions'], summary: 'Resume a failed session',
+      description: "retry: apply the failed request again; drop: discard it and every later request. 409 when the session has not failed.",
+      params, body: ResetBodySchema, response: { 200: SessionSchema, ...errorResponses(404, 409) },
+    },
   }, async (req) => {
     const { id } = req.params;
     await loadOwned(deps, req, id);
@@ -153,7 +167,11 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
   });
 
   r.post('/v1/sessions/:id/append', {
-    schema: { params, body: AppendBodySchema, response: { 200: AppendResponseSchema, ...ErrorResponses } },
+    schema: {
+      operationId: 'appendToSession', tags: ['sessions'], summary: 'Append text or token ids to a session',
+      description: 'Feeds the session through the queue and answers once a worker has applied it (503 after 120 s; the append still completes).',
+      params, body: AppendBodySchema, response: { 200: AppendResponseSchema, ...errorResponses(404, 409, 429) },
+    },
   }, async (req, reply): Promise<AppendResponse> => {
     const { id } = req.params;
     const body = req.body;
@@ -198,14 +216,21 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     };
   });
 
-  r.post('/v1/sessions/:id/fork', { schema: { params, response: { 201: SessionSchema, ...ErrorResponses } } }, async (req, reply) => {
+  r.post('/v1/sessions/:id/fork', {
+    schema: { operationId: 'forkSession', tags: ['sessions'], summary: 'Fork a session (a copy with its own id)', params, response: { 201: SessionSchema, ...errorResponses(404, 409) } },
+  }, async (req, reply) => {
     const src = await loadOwned(deps, req, req.params.id);
     const rec = await deps.store.fork(src.id, { owner: req.owner }).catch(mapStoreError);
     apiMetrics.sessionsCreated.inc({ model: rec.model });
     return reply.code(201).send(sessionObject(rec));
   });
 
-  r.get('/v1/sessions/:id/state', { schema: { params, response: { 200: SnapshotBytesSchema, ...ErrorResponses } } }, async (req, reply) => {
+  r.get('/v1/sessions/:id/state', {
+    schema: {
+      operationId: 'exportSessionState', tags: ['sessions'], summary: "Export a session's state as a portable snapshot",
+      params, response: { 200: { description: 'The snapshot', ...SnapshotBody }, ...errorResponses(404) },
+    },
+  }, async (req, reply) => {
     const rec = await loadOwned(deps, req, req.params.id);
     const bytes = encodeSnapshot(rec);
     return reply
@@ -214,7 +239,13 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
       .send(bytes);
   });
 
-  r.put('/v1/sessions/:id/state', { schema: { params, response: { 200: SessionSchema, ...ErrorResponses } } }, async (req) => {
+  r.put('/v1/sessions/:id/state', {
+    schema: {
+      operationId: 'importSessionState', tags: ['sessions'], summary: 'Import a snapshot into a session',
+      description: 'The body is a snapshot from exportSessionState (application/octet-stream) of the same model.',
+      params, body: SnapshotBody, response: { 200: SessionSchema, ...errorResponses(404, 409, 422) },
+    },
+  }, async (req) => {
     const { id } = req.params;
     let buf: Buffer;
     if (Buffer.isBuffer(req.body)) buf = req.body;
