@@ -17,7 +17,7 @@ export RMT_EXECUTION_PROVIDER=${RMT_EXECUTION_PROVIDER:-cuda}
 export RMT_MODELS_DIR=${RMT_MODELS_DIR:-$HERE/models}
 export RMT_DATA_DIR=${RMT_DATA_DIR:-$HERE/var}
 # No batch window: with the engine threads' runs overlapping on the GPU (RMT_ENGINE_TURNS=0, the
-# default) it was fastest at 1 to 256 sessions without one (BENCHMARKS.md, run 12).
+# default) it was fastest at 1 to 256 sessions without one (bench/gpu-suite.sh, bench/results/gpu-12).
 export RMT_BATCH_WAIT_MS=${RMT_BATCH_WAIT_MS:-0}
 
 usage() {

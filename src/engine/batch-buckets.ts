@@ -5,7 +5,7 @@
 // sizes, each run once at start (warm-up), for at most 3 padded rows per run up to 64 rows and 7 above.
 // Padded rows cost as much as real ones (above a few rows a run's time grows with its rows): steps of
 // 4 up to 64, where a worker's runs mostly are, instead of 8 (a 25-row run padded to 32 did 28 % more
-// work than needed; BENCHMARKS.md, run 5).
+// work than needed; bench/gpu-suite.sh, bench/results/gpu-5).
 
 /** 1, 2, 4, then multiples of 4 up to 64, then multiples of 8, capped at maxBatch. */
 export function bucketOf(rows: number, maxBatch: number): number {

@@ -193,7 +193,7 @@ function deviceBusy(): boolean | undefined {
  * sleeps between arrivals rather than polling, so the thread takes no CPU while it waits. With several
  * engine threads it waits only while another thread is ready (has work and is not waiting itself):
  * waiting then costs the device nothing, whereas waiting with the device idle (sessions packed on one
- * thread, the other idle) made the 8-session level 4-7 % slower on the H200 (BENCHMARKS.md, run 9).
+ * thread, the other idle) made the 8-session level 4-7 % slower on the H200 (bench/gpu-suite.sh, bench/results/gpu-9).
  */
 async function gatherBatch(): Promise<void> {
   if (config.batchWaitMs <= 0) return;

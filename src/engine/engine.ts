@@ -75,7 +75,7 @@ export interface EngineOptions {
   /**
    * threads > 1: whether the threads take turns on the device, one onnxruntime run at a time (default
    * false: their runs overlap, each onnxruntime session on its own CUDA stream; on the H200 that did
-   * 1.58M tok/s at 64 sessions against 1.48M taking turns, BENCHMARKS.md run 12).
+   * 1.58M tok/s at 64 sessions against 1.48M taking turns, bench/gpu-suite.sh, bench/results/gpu-12).
    */
   deviceTurns?: boolean;
   /**
@@ -290,7 +290,7 @@ interface Lane {
 /**
  * Default streamIdleMs. A session streaming a document sends its next request within milliseconds
  * (worker/handoff.ts); one that waited longer has left its cohort's step anyway, and counting the
- * sessions that stopped would place new ones by a load long gone (BENCHMARKS.md, run 6).
+ * sessions that stopped would place new ones by a load long gone (bench/gpu-suite.sh, bench/results/gpu-6).
  */
 const STREAM_IDLE_MS = 2000;
 

@@ -1,7 +1,7 @@
 // A ring of memory states in shared memory, from an engine thread to the main thread. A chain's
 // memory after each segment goes to the main thread (step replies); copying a run's states into a new
 // buffer and transferring it is the engine thread's time between dependent runs, while the device
-// waits (allocation, zeroing, the transfer: bench/state-handoff.ts, BENCHMARKS.md run 14). Written
+// waits (allocation, zeroing, the transfer: bench/state-handoff.ts, bench/gpu-suite.sh, bench/results/gpu-14). Written
 // here, the states cost one copy; the main thread copies each out as
 // its reply arrives and then frees the run's region. One writer (the engine thread), one reader (the
 // main thread, in message order); when the reader is behind and a run's states do not fit, the writer
@@ -68,7 +68,7 @@ export class StateRingWriter {
     // does every region that finds the start free (what is not released yet lies in at-used..at): while
     // the main thread keeps up, runs reuse the first stretches, still in the CPU's caches, instead of
     // going round megabytes of a ring sized for the largest batch (the ring's copy took 0.069 ms per
-    // 8-row run of GPT-2-small states on the H200 going round, BENCHMARKS.md run 14).
+    // 8-row run of GPT-2-small states on the H200 going round, bench/gpu-suite.sh, bench/results/gpu-14).
     const skip = at !== 0 && (at - used >= total || at + total > size) ? size - at : 0;
     if (total === 0 || used + skip + total > size) return undefined;
     let pos = skip === 0 ? at : 0;

@@ -138,7 +138,7 @@ class SessionCursor {
   /**
    * The ingest loop's segments without scores, as one chain: the engine runs them back to back and
    * hands over each segment's memory as it is made, so the session keeps its place in every batch
-   * instead of waiting for this thread between segments (BENCHMARKS.md, run 5). Commits are batched:
+   * instead of waiting for this thread between segments (bench/gpu-suite.sh, bench/results/gpu-5). Commits are batched:
    * one every `commitEvery.segments` segments or `commitEvery.ms` milliseconds, whichever comes first
    * (a commit writes the whole state to Redis and a progress event: per segment that cost more
    * main-thread time than the segment's engine step); a crash loses at most that much work, never

@@ -4,7 +4,7 @@
 // It offers these to the session's next request waiting in the same process, which tokenizes
 // meanwhile and sends its segments to the engine the moment that memory exists: the session keeps its
 // place in the engine's batches instead of sitting out the commit, the job handoff and a session
-// read (BENCHMARKS.md, run 6). Its own commits wait for the previous request's last one (each is a
+// read (bench/gpu-suite.sh, bench/results/gpu-6). Its own commits wait for the previous request's last one (each is a
 // compare-and-set on the version that one wrote); if the previous request does not apply, the next
 // one starts again the ordinary way, from what Redis holds.
 import type { ChainRef } from '../engine/engine.ts';
