@@ -1,11 +1,14 @@
 #!/bin/sh
-# Run inside an image build (docker/Dockerfile*), in /app holding package.json, package-lock.json
-# and .npmrc: production dependencies only, then everything another platform would need is removed.
+# Run inside an image build (docker/Dockerfile*), in /app holding package.json and package-lock.json:
+# production dependencies only, then everything another platform would need is removed.
 #
 # NPM_CA_FILE: a CA bundle for npm's TLS where outbound TLS is intercepted (mount it into the build).
 set -eu
 if [ -n "${NPM_CA_FILE:-}" ]; then export NODE_EXTRA_CA_CERTS="$NPM_CA_FILE"; fi
-# onnxruntime-node's own install step (a NuGet fetch of CUDA 12 binaries) is skipped by .npmrc.
+# onnxruntime-node's own install step (a NuGet fetch of CUDA 12 binaries) never runs: package.json's
+# allowScripts denies it (npm >= 11.16); with an older npm in the base image it runs and exits at once
+# on ONNXRUNTIME_NODE_INSTALL=skip, which its install script reads.
+export ONNXRUNTIME_NODE_INSTALL=skip
 npm ci --omit=dev --no-audit --no-fund --no-update-notifier --loglevel=error
 npm cache clean --force 2>/dev/null
 arch="$(node -p process.arch)"

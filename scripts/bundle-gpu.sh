@@ -37,7 +37,7 @@ rm -rf "$BUNDLE/stage" "$OUT"
 mkdir -p "$STAGE/bin" "$STAGE/lib" "$STAGE/var" "$CACHE" "$OUT"
 mkdir -p "$STAGE/dist"
 cp -r dist/src dist/scripts "$STAGE/dist/" # dist/test is not needed on a host
-cp package.json package-lock.json .npmrc "$STAGE/"
+cp package.json package-lock.json "$STAGE/"
 mkdir -p "$STAGE/models"
 for m in models/rmt-*/; do cp -r "$m" "$STAGE/models/"; done
 

@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 
 export type DType = 'float32' | 'int64' | 'float16';
 
+/** float16 data is raw IEEE half-float bits in a Uint16Array on every Node (see halfBits). */
 export type Tensor =
   | { dtype: 'float32'; data: Float32Array; dims: number[] }
   | { dtype: 'int64'; data: BigInt64Array; dims: number[] }
@@ -70,7 +71,36 @@ function toValueInfo(meta: ort.InferenceSession.ValueMetadata): ValueInfo {
   return { name: meta.name, type: meta.type, shape: [...meta.shape] };
 }
 
-function fromOrt(value: ort.OnnxValue, file: string, name: string): Tensor {
+type HalfArray = ArrayBufferView & { readonly length: number };
+const Float16Array = (globalThis as { Float16Array?: abstract new (...args: never[]) => HalfArray }).Float16Array;
+
+/**
+ * The bits of float16 data as a Uint16Array. onnxruntime-common hands float16 outputs back as a
+ * Float16Array where the runtime has one (Node >= 24; 22 with --js-float16array) and as a Uint16Array
+ * of bit patterns elsewhere: either is viewed as Uint16Array here (same memory: no copy, no rounding),
+ * so the engine sees the same bits on every Node. Inputs go the other way in toOrt.
+ */
+export function halfBits(data: unknown): Uint16Array {
+  if (data instanceof Uint16Array) return data;
+  if (Float16Array && data instanceof Float16Array) return new Uint16Array(data.buffer, data.byteOffset, data.length);
+  throw new TypeError(`float16 data must be a Uint16Array or a Float16Array, found ${Object.prototype.toString.call(data)}`);
+}
+
+/**
+ * Our tensor as onnxruntime's (the data is shared, not copied). Where the runtime has Float16Array,
+ * ort.Tensor holds float16 data as one, and onnxruntime-node 1.29's binding reads a Float16Array input
+ * as 0 bytes ("not enough space: expected N, got 0" on Node 24; rejected on 22 with
+ * --js-float16array): microsoft/onnxruntime issue #26791, fix proposed in PR #32323. The binding reads `data` from the
+ * tensor object, so the Uint16Array of bits is put there, as an own property over the getter; every
+ * onnxruntime-node release takes a Uint16Array for float16.
+ */
+export function toOrt(t: Tensor): ort.Tensor {
+  const tensor = new ort.Tensor(t.dtype, t.data, t.dims);
+  if (t.dtype === 'float16' && !(tensor.data instanceof Uint16Array)) Object.defineProperty(tensor, 'data', { value: t.data });
+  return tensor;
+}
+
+export function fromOrt(value: ort.OnnxValue, file: string, name: string): Tensor {
   const t = value as ort.Tensor;
   const dims = [...t.dims];
   switch (t.type) {
@@ -79,7 +109,7 @@ function fromOrt(value: ort.OnnxValue, file: string, name: string): Tensor {
     case 'int64':
       return { dtype: 'int64', data: t.data as BigInt64Array, dims };
     case 'float16':
-      return { dtype: 'float16', data: t.data as Uint16Array, dims };
+      return { dtype: 'float16', data: halfBits(t.data), dims };
     default:
       throw new Error(`${file}: output '${name}' has unsupported dtype ${t.type}`);
   }
@@ -161,7 +191,7 @@ export async function createSession(file: string, options: SessionOptions): Prom
     async run(feeds, fetches) {
       checkFeeds(label, inputs, feeds);
       const ortFeeds: Record<string, ort.Tensor> = {};
-      for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.dtype, t.data, t.dims);
+      for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
       const names = fetches ?? outputs.map((o) => o.name);
       const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
       if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
