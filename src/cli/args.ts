@@ -113,7 +113,7 @@ export function mainHelp(): string {
 
 export function commandHelp(name: string): string {
   const c = COMMANDS[name]!;
-  const line = (flag: string, doc: string) => (flag.length < 26 ? `  ${flag.padEnd(26)}${doc}` : `  ${flag}\n  ${''.padEnd(26)}${doc}`);
+  const line = (flag: string, doc: string) => (flag.length < 25 ? `  ${flag.padEnd(26)}${doc}` : `  ${flag}\n  ${''.padEnd(26)}${doc}`);
   const own = [...c.flags, HELP].map((f) =>
     line(`--${f.name}${f.value ? ` ${f.value}` : ''}`, f.doc + (f.default !== undefined ? ` (default: ${f.default})` : '')));
   const settings = c.settings.map((k) => {

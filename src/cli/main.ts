@@ -5,11 +5,9 @@ import { ConfigError, configTable, loadConfig, type Config } from '../config/con
 import { cliLogger, type Log } from '../telemetry/log.ts';
 import { COMMANDS, closest, commandHelp, mainHelp, parseArgs } from './args.ts';
 import { findRedis, resolveRedis, safeUrl } from './embedded-redis.ts';
-import { runGenerate, runIngest } from './session-commands.ts';
-import { runWorker } from './worker-command.ts';
-import { startApiServer } from '../api/server.ts';
-import { apiRegistry } from '../api/metrics.ts';
-import { startWorkerRuntime, type WorkerRuntime } from '../worker/runtime.ts';
+import type { WorkerRuntime } from '../worker/runtime.ts';
+// The API, the engine and onnxruntime load only for the command that runs them: --help and a
+// mistyped flag answer at once.
 
 function untilSignal(): Promise<string> {
   return new Promise((resolve) => {
@@ -20,6 +18,8 @@ function untilSignal(): Promise<string> {
 
 async function runServe(config: Config, log: Log, withWorker: boolean): Promise<void> {
   const redis = withWorker ? await resolveRedis(config, log) : await findRedis(config, log);
+  const [{ startApiServer }, { apiRegistry }, { startWorkerRuntime }] = await Promise.all([
+    import('../api/server.ts'), import('../api/metrics.ts'), import('../worker/runtime.ts')]);
   const cfg = { ...config, redisUrl: redis.url };
   let worker: WorkerRuntime | undefined;
   let api: Awaited<ReturnType<typeof startApiServer>>;
@@ -79,12 +79,12 @@ export async function main(argv: string[]): Promise<number> {
         await runServe(config, log, false);
         return 0;
       case 'worker':
-        return await runWorker(await withRedis(config, log), log);
+        return await (await import('./worker-command.ts')).runWorker(await withRedis(config, log), log);
       case 'ingest':
-        await runIngest(await withRedis(config, log), log, args.values);
+        await (await import('./session-commands.ts')).runIngest(await withRedis(config, log), log, args.values);
         return 0;
       case 'generate':
-        await runGenerate(await withRedis(config, log), log, args.values);
+        await (await import('./session-commands.ts')).runGenerate(await withRedis(config, log), log, args.values);
         return 0;
       default: // config
         process.stdout.write(configTable() + '\n');
