@@ -37,8 +37,18 @@ async function run(args: string[], env: Record<string, string> = {}): Promise<{ 
   return { code, stdout, stderr };
 }
 
+/** Private redis-servers seen (their own process group: a killed serve would leave them running). */
+const redisPids: number[] = [];
+
 after(() => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  for (const pid of redisPids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+  }
 });
 
 describe('help and flags', () => {
@@ -149,6 +159,7 @@ describe('serve without REDIS_URL', () => {
       serve.once('exit', (code) => reject(new Error(`serve exited (${code}): ${err}`)));
     });
     const rec = JSON.parse(readFileSync(path.join(dir, 'redis.json'), 'utf8')) as RedisRecord;
+    redisPids.push(rec.redis_pid);
     assert.equal(rec.serve_pid, serve.pid);
     // The redis-server is serve's own child, on the port the record names, with its data in the data dir.
     const ppid = Number(readFileSync(`/proc/${rec.redis_pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);

@@ -162,7 +162,9 @@ export async function resolveRedis(config: Config, log: Log): Promise<ResolvedRe
   const port = await freePort();
   const password = randomBytes(16).toString('hex');
   // The password travels in the config file on stdin, not on the command line that `ps` shows.
-  const child = spawn('redis-server', ['-'], { stdio: ['pipe', 'pipe', 'ignore'] });
+  // Its own process group: Ctrl-C in a terminal reaches serve only, which stops Redis after the worker
+  // has handed back its requests (a Redis gone first would fail that shutdown).
+  const child = spawn('redis-server', ['-'], { stdio: ['pipe', 'pipe', 'ignore'], detached: true });
   child.on('error', () => undefined);
   // Its log goes nowhere, but its last line is kept: it says why a start failed (port taken, bad dir).
   let lastLine = '';
