@@ -1,8 +1,14 @@
-// Streams a text file into a session over the websocket API, with a progress bar on stderr, and
-// resumes after a dropped connection (reconnects with backoff, resends from the server's last_seq + 1).
+// Streams a text file into a session over the websocket API, with progress on stderr, and resumes
+// after a dropped connection (reconnects with backoff, resends from the server's last_seq + 1).
 //
 //   node --import tsx examples/stream-file.ts --url ws://127.0.0.1:8080 --session ID --file big.txt \
-//     [--chunk 65536] [--api-key KEY] [--first-seq 1] [--flush]
+//     [--chunk 65536] [--api-key KEY] [--first-seq 1] [--flush] [--no-progress]
+//
+// Progress counts what the worker has *applied* (GET /v1/sessions/{id}: tokens_ingested,
+// segments_committed, pending_requests; progress messages in between), not what was sent: an ack
+// means accepted, and the worker may still have minutes of ingest ahead. The command returns once
+// the session has no pending requests. A redrawn bar on a terminal; plain lines when stderr is not
+// one, or with --no-progress.
 //
 // Client seqs are per session: chunk i of this file is sent as seq first_seq + i (default 1), so a
 // re-run of the same command against the same session only gets duplicate acks. To append a second
@@ -11,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { ProgressBar } from '../src/cli/progress-bar.ts';
 
 interface WsClient {
   readyState: number;
@@ -32,13 +39,18 @@ const { values: args } = parseArgs({
     'api-key': { type: 'string' },
     'first-seq': { type: 'string', default: '1' },
     flush: { type: 'boolean', default: false },
+    'no-progress': { type: 'boolean', default: false },
   },
 });
 if (!args.url || !args.session || !args.file) {
-  process.stderr.write('usage: stream-file.ts --url ws://host:port --session ID --file big.txt [--chunk CHARS] [--api-key KEY] [--first-seq N] [--flush]\n');
+  process.stderr.write('usage: stream-file.ts --url ws://host:port --session ID --file big.txt [--chunk CHARS] [--api-key KEY] [--first-seq N] [--flush] [--no-progress]\n');
   process.exit(2);
 }
-const url = `${args.url.replace(/\/+$/, '')}/v1/sessions/${encodeURIComponent(args.session)}/stream`;
+const sessionPath = `/v1/sessions/${encodeURIComponent(args.session)}`;
+const url = `${args.url.replace(/\/+$/, '')}${sessionPath}/stream`;
+// The same server over HTTP (ws -> http, wss -> https), for GET /v1/sessions/{id}.
+const sessionUrl = `${args.url.replace(/\/+$/, '').replace(/^ws/, 'http')}${sessionPath}`;
+const authHeaders: Record<string, string> = args['api-key'] ? { authorization: `Bearer ${args['api-key']}` } : {};
 const chunkChars = Math.max(1, Number(args.chunk));
 const firstSeq = Math.max(1, Number(args['first-seq']));
 
@@ -60,19 +72,42 @@ chunks.reduce((acc, c, i) => ((charsBefore[i] = acc), acc + c.length), 0);
 let acked = firstSeq - 1; // highest acknowledged seq
 let tokens = 0;
 let segments = 0;
-const started = Date.now();
+/** From the last GET of the session: requests accepted and not applied yet, and the last append accepted. */
+let pending = -1;
+let sessionLastSeq = firstSeq - 1;
+const progress = new ProgressBar('stream', { plain: args['no-progress'] });
+
+/** Chars of this file's chunks with seq <= `seq`. */
+function charsUpTo(seq: number): number {
+  const n = Math.min(chunks.length, seq - firstSeq + 1);
+  return n <= 0 ? 0 : charsBefore[n - 1]! + chunks[n - 1]!.length;
+}
+
+/**
+ * Applied share of the file: each append is one request, so (with this client the session's only
+ * writer) appends up to last_seq - pending_requests are applied. Sent (acked) is shown beside it.
+ */
+function status(note = ''): [number, string] {
+  const applied = pending < 0 ? 0 : charsUpTo(sessionLastSeq - pending);
+  const frac = totalChars === 0 ? (pending === 0 ? 1 : 0) : applied / totalChars;
+  const sent = totalChars === 0 ? 100 : (charsUpTo(acked) / totalChars) * 100;
+  return [frac, `applied: tokens ${tokens}, segments ${segments}, pending requests ${pending < 0 ? '?' : pending}; sent ${sent.toFixed(0)}% ${note}`.trimEnd()];
+}
 
 function bar(note = ''): void {
-  const done = acked >= firstSeq ? charsBefore[acked - firstSeq]! + chunks[acked - firstSeq]!.length : 0;
-  const frac = totalChars === 0 ? 1 : done / totalChars;
-  const width = 30;
-  const filled = Math.round(frac * width);
-  const mb = (n: number) => (n / 1e6).toFixed(1);
-  const rate = done / Math.max(0.001, (Date.now() - started) / 1000);
-  process.stderr.write(
-    `\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(1)}% ${mb(done)}/${mb(totalChars)} M chars ` +
-      `${mb(rate)} M/s  tokens ${tokens}  segments ${segments} ${note}`.padEnd(110),
-  );
+  progress.update(...status(note));
+}
+
+/** GET /v1/sessions/{id}: the applied counters. */
+async function poll(): Promise<void> {
+  const res = await fetch(sessionUrl, { headers: authHeaders });
+  if (!res.ok) throw new Error(`GET ${sessionPath}: HTTP ${res.status} ${await res.text()}`);
+  const s = (await res.json()) as { tokens_ingested: number; segments_committed: number; pending_requests: number; last_seq: number; status: string };
+  if (s.status === 'failed') throw new Error(`session ${args.session} failed: GET ${sessionPath} says why; its owner resets it (POST ${sessionPath}/reset)`);
+  tokens = Math.max(tokens, s.tokens_ingested);
+  segments = Math.max(segments, s.segments_committed);
+  pending = s.pending_requests;
+  sessionLastSeq = s.last_seq;
 }
 
 type Outcome = 'finished' | 'dropped' | 'fatal';
@@ -82,8 +117,7 @@ let retryAfterMs = 0;
 /** One connection: hello, send from last_seq + 1 (window-limited), collect acks. */
 function session(): Promise<Outcome> {
   return new Promise((resolve) => {
-    const headers: Record<string, string> = args['api-key'] ? { authorization: `Bearer ${args['api-key']}` } : {};
-    const ws = new WebSocket(url, { headers });
+    const ws = new WebSocket(url, { headers: authHeaders });
     let next = 0; // next seq to send
     let settled = false;
     const finish = (o: Outcome) => {
@@ -161,6 +195,16 @@ function session(): Promise<Outcome> {
   });
 }
 
+// While appends go out, the session is read every second; the loop below then waits for the rest.
+let polling = true;
+const poller = (async () => {
+  while (polling) {
+    await poll().catch((err: Error) => process.stderr.write(`\n${err.message}\n`));
+    bar();
+    await sleep(1000);
+  }
+})();
+
 let backoff = 250;
 for (;;) {
   const before = acked;
@@ -174,5 +218,20 @@ for (;;) {
   await sleep(wait + Math.random() * wait * 0.2);
   backoff = Math.min(backoff * 2, 15000);
 }
-bar('done');
-process.stderr.write(`\nall ${chunks.length} chunks acknowledged (seq ${firstSeq}..${lastSeq}); the worker applies them in order\n`);
+polling = false;
+await poller;
+// Every chunk is accepted; done once the worker has applied them (and anything queued before them).
+for (;;) {
+  try {
+    await poll();
+  } catch (err) {
+    progress.end(...status());
+    process.stderr.write(`${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  if (pending === 0) break;
+  bar('waiting for the worker');
+  await sleep(500);
+}
+progress.end(...status('done'));
+process.stderr.write(`all ${chunks.length} chunks (seq ${firstSeq}..${lastSeq}) applied: the session holds ${tokens} tokens in ${segments} segments\n`);

@@ -22,6 +22,7 @@ import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { pollUntil } from './support/poll.ts';
 import { histogram, sampleValue } from './support/prom-text.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
+import { loadTokenizer } from '../src/engine/tokenizer.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MODEL = 'rmt-brown-small';
@@ -562,25 +563,42 @@ describe('command line', () => {
     return { code, stdout, stderr };
   }
 
-  test('ingest a file with a progress bar, then generate from that session without the HTTP API', async () => {
+  test('ingest a file: returns once every token of it is applied, plain progress lines off a terminal, the session as the API shows it; then generate from it', async () => {
     const prefix = newPrefix();
     const dir = await mkdtemp(path.join(tmpdir(), 'rmt-cli-'));
     const file = path.join(dir, 'long.txt');
-    await writeFile(file, noise(30_000, 600_000));
+    const text = noise(30_000, 600_000);
+    await writeFile(file, text);
     const ing = await run(['ingest', '--model', 'rmt-brown-lm', '--file', file, '--chunk-chars', '4000'], prefix);
     assert.equal(ing.code, 0, ing.stderr);
-    assert.match(ing.stderr, /ingest \[#+\] 100% 8\/8 chunks/);
-    const out = JSON.parse(ing.stdout) as { session: string; segmentsCommitted: number; model: string; stateBytes: number };
+    // stderr is a pipe: plain lines, no carriage returns or escape codes; the last says all is applied.
+    assert.doesNotMatch(ing.stderr, /[\r\x1b]/);
+    const progress = ing.stderr.split('\n').filter((l) => l.startsWith('ingest '));
+    assert.ok(progress.length >= 1, ing.stderr);
+    for (const l of progress) assert.match(l, /^ingest +\d+% tokens \d+, segments \d+, pending requests \d+/);
+    const out = JSON.parse(ing.stdout) as Record<string, unknown> & { id: string; tokens_ingested: number; segments_committed: number; pending_requests: number };
+    assert.deepEqual(Object.keys(out).filter((k) => /[A-Z]/.test(k)), [], 'camelCase in the output');
+    assert.equal(out.object, 'session');
     assert.equal(out.model, 'rmt-brown-lm');
-    assert.ok(out.segmentsCommitted >= 40, `${out.segmentsCommitted} segments`);
-    const gen = await run(['generate', '--session', out.session, '--prompt', ' The', '--max-tokens', '30', '--model', 'rmt-brown-lm'], prefix);
+    assert.equal(typeof out.state_bytes, 'number');
+    // Returned only when the worker had applied every token of the file (not when the chunks were sent).
+    const tokens = (await loadTokenizer(path.join(ROOT, 'models/rmt-brown-lm/tokenizer.json'))).encode(text).length;
+    assert.equal(out.tokens_ingested, tokens);
+    assert.equal(out.pending_requests, 0);
+    assert.match(progress.at(-1)!, new RegExp(`^ingest 100% tokens ${tokens}, segments ${out.segments_committed}, pending requests 0: applied`));
+    const client = startClientRuntime(configFor(prefix));
+    const rec = await client.store.get(out.id);
+    await client.close();
+    assert.equal(rec!.tokensIngested, tokens);
+    assert.ok(out.segments_committed >= 40, `${out.segments_committed} segments`);
+    const gen = await run(['generate', '--session', out.id, '--prompt', ' The', '--max-tokens', '30', '--temperature', '0', '--model', 'rmt-brown-lm'], prefix);
     assert.equal(gen.code, 0, gen.stderr);
-    const summary = JSON.parse(gen.stderr.trim().split('\n').at(-1)!) as { finishReason: string; completionTokens: number };
-    assert.deepEqual([summary.finishReason, summary.completionTokens], ['length', 30]);
+    const summary = JSON.parse(gen.stderr.trim().split('\n').at(-1)!) as { finish_reason: string; usage: { completion_tokens: number }; session: { id: string } };
+    assert.deepEqual([summary.finish_reason, summary.usage.completion_tokens, summary.session.id], ['length', 30, out.id]);
     assert.ok(gen.stdout.trim().length > 20, `little text: ${JSON.stringify(gen.stdout)}`);
     const bad = await run(['generate', '--file', path.join(dir, 'missing.txt')], prefix);
     assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /ENOENT|no such file/);
+    assert.match(bad.stderr, /^rmt-serve: ENOENT: no such file or directory, open '.*missing\.txt'\n$/);
   });
 });
 

@@ -60,8 +60,8 @@ export const SETTINGS = {
   requestTimeoutMs: setting('RMT_REQUEST_TIMEOUT_MS', 30000, int(0), 'a request (headers and body) not fully received in this many ms is answered 408 and its connection closed; it bounds receiving only, so SSE streams and websockets are not cut; 0 = no limit'),
   headersTimeoutMs: setting('RMT_HEADERS_TIMEOUT_MS', 10000, int(0), 'request headers not fully received in this many ms: 408; lowered to RMT_REQUEST_TIMEOUT_MS when above it (Node requires headers <= request timeout); 0 = only RMT_REQUEST_TIMEOUT_MS'),
   keepAliveTimeoutMs: setting('RMT_KEEP_ALIVE_TIMEOUT_MS', 72000, int(1), 'an idle keep-alive connection is closed after this many ms (above the 60 s idle timeout of common load balancers, so they close first)'),
-  dataDir: setting('RMT_DATA_DIR', path.join(ROOT, 'var'), str, 'serve: data folder of the private redis-server started when no Redis is reachable'),
-  redisUrl: setting('REDIS_URL', '', str, 'Redis URL; empty: redis://127.0.0.1:6379'),
+  dataDir: setting('RMT_DATA_DIR', path.join(ROOT, 'var'), str, 'data folder of the private redis-server `serve` starts when REDIS_URL is not set (append-only; its URL in redis.json, where the other commands find it)'),
+  redisUrl: setting('REDIS_URL', '', str, 'Redis URL; empty: `serve` starts a private redis-server (RMT_DATA_DIR), the other commands use the one of a serve running with the same RMT_DATA_DIR'),
   keyPrefix: setting('RMT_PREFIX', 'rmt', str, 'prefix of every Redis key (sessions, queue, workers)'),
   modelsDir: setting('RMT_MODELS_DIR', path.join(ROOT, 'models'), str, 'folder holding model packages'),
   models: setting('RMT_MODELS', ['rmt-brown-lm', 'rmt-brown-small'], list, 'packages to load (comma-separated); the first is the default model'),
@@ -100,7 +100,7 @@ export type Config = { [K in keyof Settings]: Settings[K]['default'] };
 
 export class ConfigError extends Error {}
 
-function flagName(key: string): string {
+export function flagName(key: string): string {
   return '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 }
 

@@ -1,9 +1,15 @@
 // The one place a Redis connection is made from the configuration.
 import { Redis } from 'ioredis';
-import type { Config } from '../config/config.ts';
+import { ConfigError, type Config } from '../config/config.ts';
 
+/**
+ * The configured Redis. There is no default address: a Redis that merely answers on localhost:6379
+ * may be someone else's database, so only REDIS_URL (or the CLI, which resolves the private Redis of
+ * `serve` into it: src/cli/embedded-redis.ts) names one.
+ */
 export function redisUrl(config: Pick<Config, 'redisUrl'>): string {
-  return config.redisUrl || 'redis://127.0.0.1:6379';
+  if (!config.redisUrl) throw new ConfigError('REDIS_URL is not set: set it to redis://HOST:PORT (or run `rmt-serve serve`, which starts a private Redis)');
+  return config.redisUrl;
 }
 
 export function connectRedis(config: Pick<Config, 'redisUrl'>): Redis {

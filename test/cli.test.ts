@@ -1,0 +1,206 @@
+// The command line as a new user meets it (bin/rmt-serve.js spawned): --help for every command,
+// unknown flags refused with a hint, one-line errors, and `serve` without REDIS_URL on a private
+// redis-server of its own, never on whatever answers at localhost:6379.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, describe, test } from 'node:test';
+import { Redis } from 'ioredis';
+import type { RedisRecord } from '../src/cli/embedded-redis.ts';
+import { ProgressBar } from '../src/cli/progress-bar.ts';
+import { SETTINGS } from '../src/config/config.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const BIN = path.join(ROOT, 'bin/rmt-serve.js');
+const COMMANDS = ['serve', 'api', 'worker', 'ingest', 'generate', 'config'];
+const children: ChildProcess[] = [];
+const NOTHING = 'redis://127.0.0.1:1';
+
+/** The environment without REDIS_URL (and RMT_*) from the caller's shell. */
+function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'REDIS_URL' && !k.startsWith('RMT_')));
+  return { ...env, RMT_INTRA_OP_THREADS: '1', ...extra };
+}
+
+async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: cleanEnv(env) });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += String(d)));
+  child.stderr.on('data', (d) => (stderr += String(d)));
+  const [code] = await once(child, 'exit');
+  return { code, stdout, stderr };
+}
+
+/** Private redis-servers seen (their own process group: a killed serve would leave them running). */
+const redisPids: number[] = [];
+
+after(() => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  for (const pid of redisPids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+describe('help and flags', () => {
+  test('rmt-serve --help lists the commands; no command is an error (exit 2)', async () => {
+    for (const args of [['--help'], ['-h'], ['help']]) {
+      const r = await run(args);
+      assert.equal(r.code, 0, r.stderr);
+      for (const c of COMMANDS) assert.match(r.stdout, new RegExp(`^  ${c} `, 'm'), `${c} missing from ${args[0]}`);
+    }
+    const none = await run([]);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /^usage: rmt-serve <command>/);
+  });
+
+  test('<command> --help prints its flags and settings (env names, defaults) and starts nothing', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rmt-help-'));
+    for (const c of COMMANDS) {
+      // An unreachable REDIS_URL and an empty data dir: help must not touch either.
+      const r = await run([c, '--help'], { REDIS_URL: NOTHING, RMT_DATA_DIR: dir });
+      assert.equal(r.code, 0, `${c}: ${r.stderr}`);
+      assert.equal(r.stderr, '', `${c} wrote to stderr`);
+      assert.match(r.stdout, new RegExp(`^usage: rmt-serve ${c}`), c);
+      if (c !== 'config') {
+        assert.match(r.stdout, /--redis-url VALUE +REDIS_URL, default none: /, c);
+        assert.match(r.stdout, /--log-level fatal\|error\|warn\|info\|debug\|trace\|silent\s+LOG_LEVEL, default "info"/, c);
+      }
+    }
+    assert.equal(existsSync(path.join(dir, 'redis.json')), false, 'serve --help started a redis-server');
+    const ingest = (await run(['ingest', '--help'])).stdout;
+    assert.match(ingest, /--file PATH +the text file \(required\)/);
+    assert.match(ingest, /--chunk-chars N .*\(default: 65536\)/);
+    assert.match(ingest, /--no-progress /);
+    assert.match(ingest, /--max-batch N +RMT_MAX_BATCH, default 32: /);
+    const generate = (await run(['generate', '--help'])).stdout;
+    assert.match(generate, /--temperature T +0 = greedy \(default: 1\)/);
+    assert.match(generate, /--max-tokens N .*\(default: 16\)/);
+    // Every setting is listed for serve, each with its environment variable.
+    const serve = (await run(['serve', '--help'])).stdout;
+    for (const [k, s] of Object.entries(SETTINGS)) if (k !== 'workerProcesses') assert.ok(serve.includes(s.env), `${s.env} missing from serve --help`);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('unknown flags and commands: one line with the closest name and --help, exit 2', async () => {
+    const cases: [string[], RegExp][] = [
+      [['ingest', '--fiel', 'x.txt'], /^rmt-serve: ingest: unknown flag --fiel \(did you mean --file\?\); rmt-serve ingest --help lists them\n$/],
+      [['serve', '--nope'], /^rmt-serve: serve: unknown flag --nope; rmt-serve serve --help lists them\n$/],
+      [['serve', '--redis-ulr', 'redis://x'], /did you mean --redis-url\?/],
+      [['generate', '--temprature', '0'], /did you mean --temperature\?/],
+      [['worker', '--port', '9'], /^rmt-serve: worker: --port does not apply to this command \(rmt-serve worker --help lists them\)\n$/],
+      [['ingest', 'x.txt'], /^rmt-serve: ingest: unexpected argument "x.txt"/],
+      [['ingest', '--file'], /^rmt-serve: ingest: --file needs a value\n$/],
+      [['servee'], /^rmt-serve: unknown command "servee" \(did you mean serve\?\); rmt-serve --help lists the commands\n$/],
+    ];
+    for (const [args, want] of cases) {
+      const r = await run(args, { REDIS_URL: NOTHING });
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, want, args.join(' '));
+    }
+  });
+});
+
+describe('Redis errors', () => {
+  test('an unreachable REDIS_URL: one line naming it and its source, no ioredis stack', async () => {
+    for (const c of ['worker', 'api', 'serve', 'ingest', 'generate']) {
+      const args = c === 'ingest' ? [c, '--file', 'x'] : c === 'generate' ? [c, '--prompt', 'x'] : [c];
+      const r = await run(args, { REDIS_URL: NOTHING });
+      assert.equal(r.code, 2, `${c}: ${r.stderr}`);
+      assert.equal(r.stderr, 'rmt-serve: cannot reach Redis at redis://127.0.0.1:1 (from REDIS_URL): connect ECONNREFUSED 127.0.0.1:1: is that Redis running, and is REDIS_URL right?\n', c);
+    }
+  });
+
+  test('no REDIS_URL and no serve running: the other commands say exactly what to do', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rmt-none-'));
+    const r = await run(['worker'], { RMT_DATA_DIR: dir });
+    assert.equal(r.code, 2);
+    assert.equal(r.stderr, `rmt-serve: REDIS_URL is not set and no \`rmt-serve serve\` is running with data dir ${dir} (RMT_DATA_DIR): ` +
+      'set REDIS_URL=redis://HOST:PORT, or start `rmt-serve serve` (it starts a private Redis) and run this with the same RMT_DATA_DIR\n');
+    await rm(dir, { recursive: true, force: true });
+  });
+});
+
+/** Keys under `prefix` in the machine's Redis on 6379, by SCAN only (a read): it is not ours to write. */
+function machineRedisKeys(prefix: string): string[] | undefined {
+  const r = spawnSync('redis-cli', ['-p', '6379', '--scan', '--pattern', `${prefix}*`], { encoding: 'utf8', timeout: 5000 });
+  if (r.error || r.status !== 0 || /Could not connect|NOAUTH/.test(r.stdout + r.stderr)) return undefined; // nothing there, or not readable
+  return r.stdout.split('\n').filter(Boolean);
+}
+
+describe('serve without REDIS_URL', () => {
+  test('starts its own redis-server (data dir, append-only), keeps every key there, stops it on SIGTERM', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rmt-serve-'));
+    const prefix = `clitest${process.pid}x${Date.now()}`;
+    const serve = spawn(process.execPath, [BIN, 'serve'], {
+      env: cleanEnv({ RMT_DATA_DIR: dir, RMT_PREFIX: prefix, PORT: '0', HOST: '127.0.0.1', RMT_MODELS: 'rmt-brown-small' }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(serve);
+    let err = '';
+    serve.stdout!.resume();
+    const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      serve.stderr!.on('data', (d) => {
+        err += String(d);
+        // Not a terminal: every log line is JSON (log collectors and these tests parse it).
+        const lines = err.split('\n').filter(Boolean);
+        const r = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((o) => o.msg === 'rmt-serve ready');
+        if (r) resolve(r);
+      });
+      serve.once('exit', (code) => reject(new Error(`serve exited (${code}): ${err}`)));
+    });
+    const rec = JSON.parse(readFileSync(path.join(dir, 'redis.json'), 'utf8')) as RedisRecord;
+    redisPids.push(rec.redis_pid);
+    assert.equal(rec.serve_pid, serve.pid);
+    // The redis-server is serve's own child, on the port the record names, with its data in the data dir.
+    const ppid = Number(readFileSync(`/proc/${rec.redis_pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+    assert.equal(ppid, serve.pid, 'the redis-server is not a child of serve');
+    assert.equal(ready.redisFrom, 'private');
+    assert.equal(ready.redis, rec.url.replace(/\/\/[^@]*@/, '//***@'), 'the log line shows the password');
+    const own = new Redis(rec.url);
+    try {
+      assert.deepEqual(await own.config('GET', 'dir'), ['dir', dir]);
+      assert.deepEqual(await own.config('GET', 'appendonly'), ['appendonly', 'yes']);
+      const res = await fetch(`${ready.url as string}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'rmt-brown-small' }) });
+      assert.equal(res.status, 201, await res.clone().text());
+      const { id } = (await res.json()) as { id: string };
+      const keys = await own.keys(`${prefix}*`);
+      assert.ok(keys.some((k) => k.includes(id)), `session ${id} not in serve's redis: ${keys.join(' ')}`);
+    } finally {
+      own.disconnect();
+    }
+    // The machine's Redis (if any answers on 6379) got nothing: read with SCAN, never written.
+    const machine = machineRedisKeys(prefix);
+    if (machine) assert.deepEqual(machine, [], 'keys landed in the Redis on 6379');
+    serve.kill('SIGTERM');
+    const [code] = await once(serve, 'exit');
+    assert.equal(code, 0, err);
+    assert.equal(existsSync(`/proc/${rec.redis_pid}`), false, 'its redis-server outlived serve');
+    assert.equal(existsSync(path.join(dir, 'redis.json')), false, 'the record outlived serve');
+    await rm(dir, { recursive: true, force: true });
+  });
+});
+
+describe('progress output', () => {
+  test('plain lines with --no-progress even on a terminal; a redrawn bar only on a terminal', () => {
+    const write = (isTTY: boolean, plain: boolean) => {
+      let out = '';
+      const bar = new ProgressBar('ingest', { out: Object.assign({ write: (s: string) => ((out += s), true) }, { isTTY }) as never, plain, lineEveryMs: 0 });
+      bar.update(0.5, 'tokens 10');
+      bar.end(1, 'tokens 20: applied');
+      return out;
+    };
+    assert.match(write(true, true), /^ingest  50% tokens 10 \d+\.\ds\ningest 100% tokens 20: applied \d+\.\ds\n$/);
+    assert.match(write(false, false), /^ingest  50% tokens 10 \d+\.\ds\ningest 100% tokens 20: applied \d+\.\ds\n$/);
+    assert.match(write(true, false), /^\ringest \[#{15}-{15}\]  50% tokens 10 .*\x1b\[K\ringest \[#{30}\] 100% tokens 20: applied .*\x1b\[K\n$/);
+  });
+});
