@@ -131,13 +131,26 @@ export function jobFailure(err: unknown): ApiError {
 }
 
 /** The client went away before its answer: the request is cancelled (not run, or stopped between tokens). */
+/** The requests to cancel when a reply's client goes away: one 'close' listener per reply, however many choices it runs. */
+const toCancel = new WeakMap<FastifyReply, Submitted[]>();
+
 export function cancelOnDisconnect(deps: ApiDeps, reply: FastifyReply, s: Submitted): void {
-  const cancel = () => {
-    if (!reply.raw.writableEnded) void deps.queue.cancel(s).catch(() => undefined);
-  };
+  const unanswered = () => !reply.raw.writableEnded;
   // Gone already (while the request was being accepted), or later.
-  if (reply.raw.destroyed || reply.raw.socket?.destroyed) cancel();
-  else reply.raw.once('close', cancel);
+  if (reply.raw.destroyed || reply.raw.socket?.destroyed) {
+    if (unanswered()) void deps.queue.cancel(s).catch(() => undefined);
+    return;
+  }
+  const list = toCancel.get(reply);
+  if (list) {
+    list.push(s);
+    return;
+  }
+  toCancel.set(reply, [s]);
+  reply.raw.once('close', () => {
+    if (!unanswered()) return;
+    for (const x of toCancel.get(reply) ?? []) void deps.queue.cancel(x).catch(() => undefined);
+  });
 }
 
 export interface GenerationSession {
