@@ -237,7 +237,7 @@ describe('API', () => {
       ['create: malformed JSON', { method: 'POST', url: '/v1/sessions', headers: json, payload: '{"model":' }, 400],
       ['create: wrong type', { method: 'POST', url: '/v1/sessions', payload: { model: 42 } }, 400],
       ['create: unknown field', { method: 'POST', url: '/v1/sessions', payload: { model: 'rmt-brown-lm', temperature: 1 } }, 400],
-      ['create: unknown model', { method: 'POST', url: '/v1/sessions', payload: { model: 'gpt-17' } }, 400],
+      ['create: unknown model', { method: 'POST', url: '/v1/sessions', payload: { model: 'gpt-17' } }, 404],
       ['create: array body', { method: 'POST', url: '/v1/sessions', payload: [1, 2] }, 400],
       ['create: text/plain', { method: 'POST', url: '/v1/sessions', headers: { 'content-type': 'text/plain' }, payload: 'hi' }, 400],
       ['get: missing', { method: 'GET', url: '/v1/sessions/does-not-exist' }, 404],
