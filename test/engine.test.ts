@@ -479,17 +479,22 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
       let cohortDone = false;
       const busy = Array.from({ length: 4 }, async (_, s) => {
         let from: Float32Array | ChainRef = init;
-        let previous: Promise<unknown> = Promise.resolve();
-        // Chains of 8 segments until the cohort is done, each sent while the one before runs (continuing
-        // it inside the engine): thread 1 always has the next run queued.
+        const outstanding: Promise<unknown>[] = [];
+        // Chains of 32 segments until the cohort is done, each continuing the one before inside the
+        // engine, three sent ahead: thread 1 always has the next run queued. Long chains sent well
+        // ahead, so that a main thread slowed by a busy machine never lets thread 1 run dry (with one
+        // chain of 8 sent ahead it did under load, and the window then rightly stopped waiting).
+        const segs = Array.from({ length: 32 }, (_, k) => {
+          const at = (128 * k + s) % (corpus.length - 132);
+          return corpus.slice(at, at + 128);
+        });
         while (!cohortDone) {
           const chain: ChainRef = {};
-          const sent = engine.advanceMany(SMALL, Array.from({ length: 8 }, (_, k) => corpus.slice(128 * k + s, 128 * k + s + 128)), from, { stream: `busy-${s}`, chain });
+          outstanding.push(engine.advanceMany(SMALL, segs, from, { stream: `busy-${s}`, chain }));
           from = chain;
-          await previous;
-          previous = sent;
+          if (outstanding.length >= 3) await outstanding.shift();
         }
-        await previous;
+        await Promise.all(outstanding);
       });
       await Promise.all(cohort);
       cohortDone = true;
