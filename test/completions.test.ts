@@ -324,7 +324,8 @@ describe('POST /v1/completions', { timeout: 120_000 }, () => {
     assertOpenAiError(await post({ ...ok, prompt: 42 }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, prompt: '' }), 400, 'prompt');
     assertOpenAiError(await post({ ...ok, session_id: 'nope' }), 404, 'session_id');
-    assertOpenAiError(await post({ ...ok, session_id: 'bad id!' }), 404, 'session_id');
+    // A malformed id is refused by the schema, as in a path (GET /v1/sessions/{id}): 400, not 404.
+    assertOpenAiError(await post({ ...ok, session_id: 'bad id!' }), 400, 'session_id');
     assert.match(assertOpenAiError(await post({ ...ok, logprobs: 6 }), 400, 'logprobs').message, /logprobs/);
     assertOpenAiError(await post({ ...ok, suffix: 'end' }), 400, 'suffix');
     assertOpenAiError(await post({ ...ok, logit_bias: { '50': 10 } }), 400, 'logit_bias');

@@ -3,7 +3,6 @@
 // request errors, and the main event loop staying responsive while the engine is saturated.
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { bucketOf, bucketSizes } from '../src/engine/batch-buckets.ts';
 import { chunksOf, MAX_LOGITS_ROWS } from '../src/engine/logits-rows.ts';
@@ -344,37 +343,41 @@ describe('engine (worker thread, fp32, cpu)', () => {
     assert.equal(r.tokenLogprobs.length, 3);
   });
 
-  test('the main event loop stays responsive while 32 sessions saturate the engine', async (t) => {
+  test('the main event loop keeps turning while 32 sessions saturate the engine', async () => {
+    // The behaviour, not a delay figure: the main thread runs timers while an onnxruntime run is in
+    // progress on the engine thread (a run on this thread would block them for its whole length).
+    // How long the loop is delayed depends on the machine: bench/engine-event-loop.ts measures it
+    // (SESSIONS=32 SECONDS=3 node --import tsx bench/engine-event-loop.ts; BENCHMARKS.md).
     const SESSIONS = 32;
-    const DURATION_MS = 3000;
+    const SEGMENTS_EACH = 4;
     const rec = recordStats(eng);
-    const h = monitorEventLoopDelay({ resolution: 5 });
-    h.enable();
-    const deadline = Date.now() + DURATION_MS;
-    let segments = 0;
-    await Promise.all(
-      Array.from({ length: SESSIONS }, async (_, s) => {
-        let state = eng.model(SMALL).initState;
-        let pos = (s * 53) % (corpus.length - 128);
-        while (Date.now() < deadline) {
-          state = (await eng.segment(SMALL, corpus.slice(pos, pos + 128), state)).nextState;
-          pos = (pos + 128) % (corpus.length - 128);
-          segments++;
-        }
-      }),
-    );
-    h.disable();
-    rec.stop();
-    const ms = (ns: number) => ns / 1e6;
-    const p50 = ms(h.percentile(50));
-    const p99 = ms(h.percentile(99));
-    const max = ms(h.max);
-    const rowsAvg = rec.stats.reduce((n, s) => n + s.rows, 0) / rec.stats.length;
-    t.diagnostic(`${segments} segments in ${DURATION_MS} ms, ${rec.stats.length} runs, ${rowsAvg.toFixed(1)} rows/run`);
-    t.diagnostic(`event loop delay p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms, max ${max.toFixed(2)} ms`);
-    assert.ok(segments >= SESSIONS, `only ${segments} segments ran`);
+    const ticks: number[] = [];
+    let running = true;
+    const tick = (): void => {
+      ticks.push(performance.timeOrigin + performance.now());
+      if (running) setTimeout(tick, 1);
+    };
+    tick();
+    try {
+      await Promise.all(
+        Array.from({ length: SESSIONS }, async (_, s) => {
+          let state = eng.model(SMALL).initState;
+          let pos = (s * 53) % (corpus.length - 128);
+          for (let k = 0; k < SEGMENTS_EACH; k++) {
+            state = (await eng.segment(SMALL, corpus.slice(pos, pos + 128), state)).nextState;
+            pos = (pos + 128) % (corpus.length - 128);
+          }
+        }),
+      );
+    } finally {
+      running = false;
+      rec.stop();
+    }
+    assert.equal(rec.stats.reduce((n, s) => n + s.rows, 0), SESSIONS * SEGMENTS_EACH, 'every segment ran');
     assert.ok(rec.stats.some((s) => s.rows === 8), 'the engine ran full batches (it was saturated)');
-    assert.ok(p99 < 50, `event loop delay p99 ${p99} ms`);
+    // Both clocks are the wall clock (timeOrigin + now) of their thread.
+    const inside = ticks.filter((t) => rec.stats.some((s) => t > s.startedAt && t < s.startedAt + s.runMs)).length;
+    assert.ok(inside > 0, `no main-thread timer ran during any of ${rec.stats.length} engine runs (${ticks.length} timers ran)`);
   });
 });
 
@@ -388,9 +391,11 @@ async function afterGone(engine: Engine): Promise<number> {
 }
 
 describe('batch window (batchWaitMs)', () => {
-  // Four sessions, each sending its next segment a different time after its reply (0 to 9 ms, as a
+  // Four sessions, each sending its next segment a different time after its reply (0 to 90 ms, as a
   // main thread busy with other work would): without a window the runs split into small batches; with
-  // one, the engine waits for the sessions it just answered and runs them together.
+  // one, the engine waits for the sessions it just answered and runs them together. The delays and
+  // the window are far apart (90 ms, 2 s) so that a busy machine cannot blur them; a window that
+  // sees all its sessions back runs at once, so its length costs nothing here.
   async function cohort(batchWaitMs: number): Promise<{ rows: number[]; states: Float32Array[] }> {
     const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs });
     const rows: number[] = [];
@@ -398,7 +403,7 @@ describe('batch window (batchWaitMs)', () => {
     try {
       const init = engine.model(SMALL).initState;
       const states = await Promise.all(
-        [0, 3, 6, 9].map(async (delay, s) => {
+        [0, 30, 60, 90].map(async (delay, s) => {
           let state = init;
           for (let k = 0; k < 4; k++) {
             state = await engine.advance(SMALL, corpus.slice(128 * k + s, 128 * k + s + 128), state, `session-${s}`);
@@ -416,7 +421,7 @@ describe('batch window (batchWaitMs)', () => {
 
   test('sessions answered moments ago are waited for, so they share runs; results are unchanged', async () => {
     const greedy = await cohort(0);
-    const windowed = await cohort(200);
+    const windowed = await cohort(2000);
     assert.equal(windowed.rows.reduce((a, b) => a + b, 0), 16);
     // After the first run (all four arrive at once) every later run waits for all four.
     assert.deepEqual(windowed.rows, [4, 4, 4, 4], `windowed runs: ${windowed.rows.join(', ')}`);
@@ -428,8 +433,9 @@ describe('batch window (batchWaitMs)', () => {
     const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs: 300 });
     try {
       const first = await afterGone(engine);
-      // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it.
-      assert.ok(first < 300 + 5000, `first call took ${first} ms`);
+      // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it
+      // (a bound on a wait, far above a segment's time on any machine: not a speed target).
+      assert.ok(first < 300 + 30_000, `first call took ${first} ms`);
       await engine.advance(SMALL, corpus.slice(256, 384), engine.model(SMALL).initState, 'other');
     } finally {
       await engine.close();
@@ -442,11 +448,12 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
 
   test('a run is not held back while the device is idle (sessions packed on one thread, the other idle)', async () => {
     // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device.
-    const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 5000 });
+    const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 60_000 });
     try {
       const ms = await afterGone(engine);
-      // Waiting for 'gone' would take the whole 5 s window: the device would sit idle through it.
-      assert.ok(ms < 2500, `the run waited ${ms.toFixed(0)} ms for a stream with the device idle`);
+      // Waiting for 'gone' would take the whole minute's window: the device would sit idle through it.
+      // Half the window tells the two apart on any machine (a segment takes milliseconds, not 30 s).
+      assert.ok(ms < 30_000, `the run waited ${ms.toFixed(0)} ms for a stream with the device idle`);
     } finally {
       await engine.close();
     }
@@ -456,7 +463,8 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
     // Four sessions on thread 0 (packStreams 4: the first four streams fill it), each sending its next
     // segment 0-9 ms after its reply; thread 1 meanwhile runs chains of 4 sessions (the next four streams), so whenever
     // thread 0 plans, the other thread is ready to use the device and the window waits for its sessions.
-    const engine = await startEngine({ ...base, packStreams: 4, batchWaitMs: 1000 });
+    // A window far above the sessions' 0-9 ms delays, so that a busy machine cannot blur them.
+    const engine = await startEngine({ ...base, packStreams: 4, batchWaitMs: 5000 });
     const rows: number[] = [];
     const stop = engine.onBatch((s) => s.lane === 0 && rows.push(s.rows));
     try {
@@ -471,17 +479,22 @@ for (const deviceTurns of [true, false]) describe(`batch window with several eng
       let cohortDone = false;
       const busy = Array.from({ length: 4 }, async (_, s) => {
         let from: Float32Array | ChainRef = init;
-        let previous: Promise<unknown> = Promise.resolve();
-        // Chains of 8 segments until the cohort is done, each sent while the one before runs (continuing
-        // it inside the engine): thread 1 always has the next run queued.
+        const outstanding: Promise<unknown>[] = [];
+        // Chains of 32 segments until the cohort is done, each continuing the one before inside the
+        // engine, three sent ahead: thread 1 always has the next run queued. Long chains sent well
+        // ahead, so that a main thread slowed by a busy machine never lets thread 1 run dry (with one
+        // chain of 8 sent ahead it did under load, and the window then rightly stopped waiting).
+        const segs = Array.from({ length: 32 }, (_, k) => {
+          const at = (128 * k + s) % (corpus.length - 132);
+          return corpus.slice(at, at + 128);
+        });
         while (!cohortDone) {
           const chain: ChainRef = {};
-          const sent = engine.advanceMany(SMALL, Array.from({ length: 8 }, (_, k) => corpus.slice(128 * k + s, 128 * k + s + 128)), from, { stream: `busy-${s}`, chain });
+          outstanding.push(engine.advanceMany(SMALL, segs, from, { stream: `busy-${s}`, chain }));
           from = chain;
-          await previous;
-          previous = sent;
+          if (outstanding.length >= 3) await outstanding.shift();
         }
-        await previous;
+        await Promise.all(outstanding);
       });
       await Promise.all(cohort);
       cohortDone = true;
@@ -652,22 +665,23 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
     test('the engine thread goes on through the chain while the main thread is busy', async () => {
       const init = one.model(SMALL).initState;
       const rec = recordStats(one);
-      let busyEnd = 0;
-      // Block this thread for a while once the first memory is back: with a trip through it between
-      // segments, nothing more could run until the block ends.
+      const before = one.progress().runs;
+      let during = -1;
+      // Block this thread once the first memory is back, until the engine's shared counter says the
+      // chain's second run finished too: with a trip through this thread between segments it never
+      // could. The minute only bounds the wait (a failure), it is no speed target.
       await one.advanceMany(SMALL, segmentsOf(0), init, { onState: (i) => {
         if (i !== 0) return;
-        const until = performance.now() + 3000;
-        while (performance.now() < until) {
-          // busy
+        const deadline = Date.now() + 60_000;
+        while (one.progress().runs - before < 2 && Date.now() < deadline) {
+          // busy: no message is handled here
         }
-        busyEnd = performance.timeOrigin + until;
+        during = one.progress().runs - before;
       } });
       rec.stop();
-      const during = rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd);
       // Segments 0-3 in one 4-step run, segment 4 in the next: both while this thread was blocked.
       assert.deepEqual(rec.stats.map((b) => b.steps), [4, 1]);
-      assert.equal(during.length, 2, `runs finished while the main thread was busy: ${during.length} of 2`);
+      assert.equal(during, 2, `runs finished while the main thread was busy: ${during} of 2`);
     });
 
     test('memory handed back while the main thread is behind: the ring fills, the rest comes in buffers of its own, every state intact', async () => {
@@ -677,21 +691,21 @@ describe('engine threads (threads > 1), and chained advances on one and on two',
       const segs = Array.from({ length: ringStates + 8 }, (_, k) => corpus.slice((64 * k) % (corpus.length - 128), ((64 * k) % (corpus.length - 128)) + 128));
       const collect = async (block: boolean) => {
         const states: { index: number; state: Float32Array }[] = [];
-        const rec = recordStats(one);
-        let busyEnd = 0;
+        const before = one.progress().segments;
+        let during = 0;
         const last = await one.advanceMany(SMALL, segs, init, { onState: (index, state) => {
           states.push({ index, state });
           if (!block || index !== 0) return;
-          // Busy once the first memory is back: the thread runs on and its replies wait here.
-          const until = performance.now() + 3000;
-          while (performance.now() < until) {
-            // busy
+          // Busy once the first memory is back, until the engine's shared counter says every segment
+          // ran: the thread runs on and its replies wait here. The minute only bounds the wait.
+          const deadline = Date.now() + 60_000;
+          while (one.progress().segments - before < segs.length && Date.now() < deadline) {
+            // busy: no message is handled here
           }
-          busyEnd = performance.timeOrigin + until;
+          during = one.progress().segments - before;
         } });
-        rec.stop();
-        // Segments run while this thread was busy (4 per run of the 4-step graph).
-        return { states, last, during: rec.stats.filter((b) => b.startedAt + b.runMs <= busyEnd).reduce((n, b) => n + b.steps, 0) };
+        // Segments run before this thread handled anything again (4 per run of the 4-step graph).
+        return { states, last, during };
       };
       const free = await collect(false);
       const behind = await collect(true);

@@ -83,7 +83,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       // Refused until the owner resets it.
       assertError(await call('POST', `/v1/sessions/${id}/append`, { text: 'x' }), 409, 'session_failed');
       assertError(await call('POST', '/v1/completions', { model: MODEL, prompt: 'x', session_id: id, max_tokens: 1 }), 409, 'session_failed');
-      assertError(await call('POST', `/v1/sessions/${id}/reset`, { action: 'undo' }), 400, 'invalid_request');
+      assertError(await call('POST', `/v1/sessions/${id}/reset`, { action: 'undo' }), 400, 'invalid_type');
 
       // Retry while the fault is still there: it fails again.
       const retried = await call('POST', `/v1/sessions/${id}/reset`, { action: 'retry' });

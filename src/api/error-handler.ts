@@ -7,15 +7,13 @@ import { STATUS_CODES, maxHeaderSize } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ApiError, kindOfStatus } from './errors.ts';
+import { validationError, type AjvError } from './validation-error.ts';
 
 export function toApiError(err: FastifyError | Error): ApiError {
   if (err instanceof ApiError) return err;
-  const fe = err as FastifyError & { validation?: { instancePath?: string; params?: { missingProperty?: string } }[]; validationContext?: string };
-  if (fe.validation) {
-    const v = fe.validation[0];
-    const param = v?.params?.missingProperty ?? (v?.instancePath ? v.instancePath.replace(/^\//, '').replaceAll('/', '.') : null);
-    return new ApiError('invalid_request', `${fe.validationContext ?? 'body'}${v?.instancePath ?? ''} ${fe.message.replace(/^(body|querystring|params|headers)\S*\s*/, '')}`.trim(), param || null, 'invalid_request');
-  }
+  const fe = err as FastifyError & { validation?: AjvError[]; validationContext?: string };
+  // The same codes and params as the generation routes' own (unknown_parameter, missing_required_parameter, invalid_type).
+  if (fe.validation) return validationError(fe);
   switch (fe.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new ApiError('payload_too_large', 'request body too large', null, 'body_too_large');

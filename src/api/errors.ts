@@ -43,6 +43,23 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * The one answer to a model name no configured package has, whichever route or transport named it
+ * (a body's `model`, GET /v1/models/{model}): 404 model_not_found, param `model`.
+ */
+export function modelNotFound(name: string): ApiError {
+  return new ApiError('not_found', `The model '${name}' does not exist; GET /v1/models lists the models`, 'model', 'model_not_found');
+}
+
+/**
+ * The one answer to a session that is not the caller's to use: never created, deleted, expired, or
+ * owned by another API key (which must not learn that it exists). 404 session_not_found; `param`: where
+ * the request named it (`session_id` in a body, `id` in a path), null when no request parameter did.
+ */
+export function sessionNotFound(id: string, param: string | null): ApiError {
+  return new ApiError('not_found', `session ${id} not found (never created, deleted, expired, or owned by another key)`, param, 'session_not_found');
+}
+
 /** Worker / store error codes (RequestResult.error.code, SessionError.code) as API errors. */
 export function fromCode(code: string, message: string): ApiError {
   switch (code) {

@@ -13,8 +13,10 @@ import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from
 import type { Submitted } from '../queue/request-queue.ts';
 import type { ApiDeps } from './deps.ts';
 import { ApiError, fromCode } from './errors.ts';
+import { MAX_STOP_SEQUENCES } from './limits.ts';
 import { apiMetrics } from './metrics.ts';
 import { fromQueueError } from './queue-errors.ts';
+import { sessionOfModel } from './session-access.ts';
 
 /** Longest a request waits for its result before answering 503 (the worker still finishes it). */
 export const RESULT_TIMEOUT_MS = 10 * 60_000;
@@ -23,41 +25,12 @@ export const DONE_GRACE_MS = 1_000;
 
 export const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 
-/** `stop` as both routes accept it. */
-export const StopSchema = Nullable(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 4 })]));
-export const STOP_SHAPE = 'stop must be null, a string or an array of at most 4 strings';
+/** `stop` as every route and the websocket accept it. */
+export const StopSchema = Nullable(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: MAX_STOP_SEQUENCES })]));
+export const STOP_SHAPE = `stop must be null, a string or an array of at most ${MAX_STOP_SEQUENCES} strings`;
 
-export interface AjvError {
-  keyword?: string;
-  instancePath?: string;
-  message?: string;
-  params?: { missingProperty?: string; additionalProperty?: string };
-}
-
-/**
- * Validation errors as OpenAI-style 400s that name the offending parameter. `shapes`: what a
- * union-typed top-level field accepts, for its message (ajv's first-branch message would mislead).
- */
-export function validationError(err: Error & { validation?: AjvError[] }, shapes: Record<string, string>): ApiError {
-  const errors = err.validation ?? [];
-  const extra = errors.find((e) => e.keyword === 'additionalProperties' && e.params?.additionalProperty);
-  if (extra) {
-    const path = (extra.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.');
-    const name = path ? `${path}.${extra.params!.additionalProperty}` : extra.params!.additionalProperty!;
-    return new ApiError('invalid_request', `Unrecognized request argument supplied: ${name}`, name, 'unknown_parameter');
-  }
-  const first = errors[0];
-  if (!first) return new ApiError('invalid_request', err.message, null, 'invalid_request');
-  if (first.keyword === 'required' && first.params?.missingProperty) {
-    const p = first.params.missingProperty;
-    return new ApiError('invalid_request', `you must provide a ${p} parameter`, p, 'missing_required_parameter');
-  }
-  const param = (first.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.') || null;
-  const top = param?.split('.')[0] ?? '';
-  const shape = shapes[top];
-  const message = shape ?? `${param ?? 'body'} ${first.message ?? 'is invalid'}`;
-  return new ApiError('invalid_request', `invalid request body: ${message}`, param ?? null, 'invalid_type');
-}
+// Schema errors are rendered by one function for every route (validation-error.ts); re-exported for the routes.
+export { validationError, type AjvError } from './validation-error.ts';
 
 export function uint32Seed(seed: number | null | undefined, temperature: number): number {
   if (seed === undefined || seed === null) return temperature === 0 ? 0 : randomInt(0, 2 ** 32);
@@ -81,6 +54,17 @@ export interface SamplingFields {
   seed?: number | null;
 }
 
+/** The request field of each SamplingParams field (engine/sampling.ts names them in camelCase). */
+const SAMPLING_FIELDS: Record<string, keyof SamplingFields> = {
+  temperature: 'temperature', topK: 'top_k', topP: 'top_p', presencePenalty: 'presence_penalty',
+  frequencyPenalty: 'frequency_penalty', repetitionPenalty: 'repetition_penalty', seed: 'seed',
+};
+
+/**
+ * A request's sampling parameters, defaults (DEFAULT_SAMPLING) filled in; a value out of range is a 400
+ * invalid_sampling naming the request's field (`top_p`, not the engine's `topP`). Every route and the
+ * websocket's generate message use this, so one body gets one sampling whichever way it came.
+ */
 export function samplingOf(b: SamplingFields): SamplingParams {
   const temperature = b.temperature ?? DEFAULT_SAMPLING.temperature;
   const s: SamplingParams = {
@@ -95,7 +79,10 @@ export function samplingOf(b: SamplingFields): SamplingParams {
   try {
     return validateSampling(s);
   } catch (err) {
-    throw new ApiError('invalid_request', (err as Error).message, null, 'invalid_sampling');
+    const msg = (err as Error).message;
+    const field = Object.keys(SAMPLING_FIELDS).find((k) => msg.startsWith(`${k} `));
+    const param = field ? SAMPLING_FIELDS[field]! : null;
+    throw new ApiError('invalid_request', field ? `${param}${msg.slice(field.length)}` : msg, param, 'invalid_sampling');
   }
 }
 
@@ -166,16 +153,10 @@ export interface GenerationSession {
  * (a fresh session with nothing to continue from).
  */
 export async function openSession(
-  deps: ApiDeps, owner: string, model: CatalogModel, sessionId: string | undefined, emptyPrompt?: ApiError,
+  deps: ApiDeps, owner: string | undefined, model: CatalogModel, sessionId: string | undefined, emptyPrompt?: ApiError,
 ): Promise<GenerationSession> {
   if (sessionId !== undefined) {
-    const rec = await deps.store.get(sessionId).catch(() => null);
-    if (!rec || rec.owner !== owner) {
-      throw new ApiError('not_found', `session ${sessionId} not found`, 'session_id', 'session_not_found');
-    }
-    if (rec.model !== model.name) {
-      throw new ApiError('conflict', `session ${rec.id} belongs to model '${rec.model}', not '${model.name}'`, 'model', 'model_mismatch');
-    }
+    const rec = await sessionOfModel(deps, owner, sessionId, model);
     return { id: rec.id, ephemeral: false, cleanup: async () => undefined };
   }
   if (emptyPrompt) throw emptyPrompt;

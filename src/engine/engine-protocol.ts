@@ -33,6 +33,12 @@ export interface WorkerConfig {
    * in their next batch; the count tells the batch window whether another thread will use the device.
    */
   deviceState?: SharedArrayBuffer;
+  /**
+   * [runs finished, segments (steps x rows) finished] over every thread (Int32, Atomics), counted
+   * before each run's replies are posted: the main thread can read the engine's progress while it
+   * is blocked and handles no message (Engine.progress()).
+   */
+  progress?: SharedArrayBuffer;
   deviceTurns: boolean;
   /** Run chained advances K segments per run through a package's segment_state_steps graph when every row has K to go. */
   segmentSteps: boolean;

@@ -34,6 +34,7 @@ const config = workerData as WorkerConfig;
  * waiting in the batch window) is kept either way, for the window.
  */
 const device = config.deviceState ? new Int32Array(config.deviceState) : undefined;
+const progress = config.progress ? new Int32Array(config.progress) : undefined;
 /** The ticket lock, when the threads take turns. */
 const turn = config.deviceTurns ? device : undefined;
 
@@ -685,6 +686,10 @@ async function runGroup(group: Group): Promise<void> {
     }
   }
   for (const r of group.requests) if (r.op === 'decode') dropKvRef(r.kv);
+  if (progress) {
+    Atomics.add(progress, 1, stats.reduce((n, s) => n + s.steps * s.rows, 0));
+    Atomics.add(progress, 0, stats.length);
+  }
   // Every ring slice written so far is in this message or an earlier one (onOps' messages carry none).
   post({ type: 'replies', replies: [...early, ...outcome.replies], stats, ringEnd: ring.end }, outcome.transfer);
   // Chains going on are the oldest requests: they lead the next iteration. They are not awaited streams.

@@ -195,6 +195,11 @@ export interface Engine {
   releaseKv(kv: KvHandle): void;
   /** For metrics (batch sizes); returns an unsubscribe function. */
   onBatch(listener: (s: BatchStat) => void): () => void;
+  /**
+   * Runs and segments (steps x rows) finished so far, read from shared memory: current even while
+   * this thread is blocked and handles no message (tests show the engine going on without it).
+   */
+  progress(): { runs: number; segments: number };
   /** Terminates the thread; pending calls reject. */
   close(): Promise<void>;
 }
@@ -223,7 +228,7 @@ function nonNegative(v: unknown, what: string): number {
   return v;
 }
 
-function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'deviceState'> & { threads: number; packStreams: number; streamIdleMs: number } {
+function checkOptions(opts: EngineOptions): Omit<WorkerConfig, 'lane' | 'lanes' | 'deviceState' | 'progress'> & { threads: number; packStreams: number; streamIdleMs: number } {
   if (typeof opts.modelsDir !== 'string' || opts.modelsDir === '') throw new Error('startEngine: modelsDir must be a non-empty string');
   if (!Array.isArray(opts.models) || opts.models.length === 0) throw new Error('startEngine: models must list at least one package');
   for (const m of opts.models) {
@@ -297,8 +302,10 @@ const STREAM_IDLE_MS = 2000;
 export async function startEngine(opts: EngineOptions): Promise<Engine> {
   const { threads, packStreams, streamIdleMs, ...config } = checkOptions(opts);
   const deviceState = threads > 1 ? new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT) : undefined;
+  const progressState = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT);
+  const progressView = new Int32Array(progressState);
   const workers = Array.from({ length: threads }, (_, lane) => {
-    const workerData: WorkerConfig = { ...config, lane, lanes: threads, ...(deviceState ? { deviceState } : {}) };
+    const workerData: WorkerConfig = { ...config, lane, lanes: threads, progress: progressState, ...(deviceState ? { deviceState } : {}) };
     return startThread('engine-thread', { workerData });
   });
 
@@ -639,6 +646,8 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       if (!liveKv.delete(kv) || dead !== undefined) return;
       send(laneOfKv(kv), { kind: 'release', kv });
     },
+
+    progress: () => ({ runs: Atomics.load(progressView, 0), segments: Atomics.load(progressView, 1) }),
 
     onBatch: (listener) => {
       listeners.add(listener);

@@ -13,17 +13,18 @@ import type { CatalogModel } from '../../engine/model-catalog.ts';
 import type { TextTokenizer } from '../../engine/tokenizer.ts';
 import type { GenerateRequest, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, modelNotFound } from '../errors.ts';
+import { DEFAULT_CHAT_MAX_TOKENS, MAX_TOKENS } from '../limits.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
-import { ChatCompletionSchema, CompletionEventStreamSchema, errorResponses } from '../schemas.ts';
+import { ChatCompletionSchema, CompletionEventStreamSchema, SessionIdSchema, errorResponses } from '../schemas.ts';
 import { admit } from '../queue-errors.ts';
 import {
   completionOf, generateOnce, Nullable, openAiFinish, openSession, samplingOf, STOP_SHAPE, StopSchema, stopList,
   streamGeneration, usageOf, validationError, type AjvError,
 } from '../generation.ts';
 
-/** max_completion_tokens / max_tokens when neither is sent. */
-export const DEFAULT_CHAT_MAX_TOKENS = 256;
+// Re-exported for callers that imported the default from here.
+export { DEFAULT_CHAT_MAX_TOKENS };
 
 const TextPart = Type.Object(
   { type: Type.Literal('text'), text: Type.String() },
@@ -47,10 +48,13 @@ export const ChatCompletionBody = Type.Object(
   {
     model: Type.String({ minLength: 1 }),
     messages: Type.Array(Message, { minItems: 1 }),
-    max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: 4096 }))),
-    max_completion_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: 4096 }))),
+    max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: MAX_TOKENS, description: `default ${DEFAULT_CHAT_MAX_TOKENS}` }))),
+    max_completion_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: MAX_TOKENS, description: `default ${DEFAULT_CHAT_MAX_TOKENS}` }))),
     temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 2 }))),
     top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
+    // Extensions, as on /v1/completions and the websocket: the same sampling whichever route.
+    top_k: Type.Optional(Nullable(Type.Integer({ minimum: 0 }))),
+    repetition_penalty: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 10 }))),
     n: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
     stream: Type.Optional(Nullable(Type.Boolean())),
     stream_options: Type.Optional(Nullable(Type.Object({ include_usage: Type.Optional(Nullable(Type.Boolean())) }, { additionalProperties: false }))),
@@ -67,7 +71,7 @@ export const ChatCompletionBody = Type.Object(
     tool_choice: Type.Optional(Type.Unknown({ description: 'only "none" (or null) is accepted' })),
     parallel_tool_calls: Type.Optional(Nullable(Type.Boolean())),
     response_format: Type.Optional(Nullable(Type.Object({ type: Type.String() }))),
-    session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    session_id: Type.Optional(SessionIdSchema),
   },
   { additionalProperties: false, title: 'ChatCompletionRequest' },
 );
@@ -179,7 +183,7 @@ export default async function chatCompletionsRoutes(app: FastifyInstance, deps: 
     refuseUnsupported(body);
 
     const model = deps.catalog.get(body.model);
-    if (!model) throw new ApiError('not_found', `The model '${body.model}' does not exist`, 'model', 'model_not_found');
+    if (!model) throw modelNotFound(body.model);
     requestModel(req, model.name);
     const tokenizer = deps.tokenizers.get(model.name);
     if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');

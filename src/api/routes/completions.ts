@@ -13,7 +13,9 @@ import type { TextTokenizer } from '../../engine/tokenizer.ts';
 import type { SamplingParams } from '../../engine/sampling.ts';
 import type { GenerateRequest } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, modelNotFound } from '../errors.ts';
+import { DEFAULT_COMPLETION_MAX_TOKENS, MAX_TOKENS } from '../limits.ts';
+import { sessionOfModel } from '../session-access.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
 import { admit } from '../queue-errors.ts';
 import { concatLogprobs, meanLogprob, openAiLogprobs, type OpenAiLogprobs } from '../completion-format.ts';
@@ -21,7 +23,7 @@ import {
   completionOf, Nullable, openAiFinish, runToResult, samplingOf, STOP_SHAPE, StopSchema, stopList, streamGeneration, validationError,
   type AjvError, type StreamJob,
 } from '../generation.ts';
-import { CompletionChoiceSchema, CompletionEventStreamSchema, CompletionSchema, errorResponses } from '../schemas.ts';
+import { CompletionChoiceSchema, CompletionEventStreamSchema, CompletionSchema, SessionIdSchema, errorResponses } from '../schemas.ts';
 
 /** Most prompts in one request, and most choices (prompts x best_of) it may ask for. */
 const MAX_PROMPTS = 32;
@@ -39,7 +41,7 @@ export const CompletionBody = Type.Object(
       Type.Array(TokenIds, { minItems: 1, maxItems: MAX_PROMPTS }),
     ]),
     suffix: Type.Optional(Nullable(Type.String())),
-    max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 4096, description: '0 only with echo (score the prompt, generate nothing)' }))),
+    max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: MAX_TOKENS, description: `default ${DEFAULT_COMPLETION_MAX_TOKENS}; 0 only with echo (score the prompt, generate nothing)` }))),
     temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 2 }))),
     top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
     top_k: Type.Optional(Nullable(Type.Integer({ minimum: 0 }))),
@@ -56,7 +58,7 @@ export const CompletionBody = Type.Object(
     seed: Type.Optional(Nullable(Type.Integer())),
     user: Type.Optional(Nullable(Type.String())),
     logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number()))),
-    session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    session_id: Type.Optional(SessionIdSchema),
   },
   { additionalProperties: false, title: 'CompletionRequest' },
 );
@@ -154,7 +156,7 @@ async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt
   if (sessionId === undefined) p.ephemeral.push(session);
   const wantLogprobs = p.body.logprobs !== undefined && p.body.logprobs !== null ? p.body.logprobs : p.bestOf > p.n ? 0 : undefined;
   const generate = (base: Prompt, j: number): GenerateRequest => ({
-    kind: 'generate', ...base, maxTokens: p.body.max_tokens ?? 16, sampling: seeded(p.sampling, j), stop: p.stop,
+    kind: 'generate', ...base, maxTokens: p.body.max_tokens ?? DEFAULT_COMPLETION_MAX_TOKENS, sampling: seeded(p.sampling, j), stop: p.stop,
     ...(wantLogprobs !== undefined ? { logprobs: wantLogprobs } : {}),
   });
   const echo = p.body.echo ? promptText : '';
@@ -176,14 +178,6 @@ async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt
   }
   const jobs = sessions.map((s, j) => ({ index: promptIndex * p.n + j, sessionId: s, request: generate({ text: '' }, j), echo, echoLogprobs }));
   return { jobs, promptTokens: read.promptTokens };
-}
-
-/** The caller's session (session_id), checked against the model and the caller. */
-async function callerSession(deps: ApiDeps, id: string, model: CatalogModel, owner: string | undefined): Promise<string> {
-  const rec = await deps.store.get(id).catch(() => null);
-  if (!rec || rec.owner !== owner) throw new ApiError('not_found', `session ${id} not found`, 'session_id', 'session_not_found');
-  if (rec.model !== model.name) throw new ApiError('conflict', `session ${rec.id} belongs to model '${rec.model}', not '${model.name}'`, 'model', 'model_mismatch');
-  return rec.id;
 }
 
 export default async function completionsRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
@@ -211,7 +205,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
     if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] }, FIELD_SHAPES);
     const body = req.body;
     const model = deps.catalog.get(body.model);
-    if (!model) throw new ApiError('not_found', `The model '${body.model}' does not exist`, 'model', 'model_not_found');
+    if (!model) throw modelNotFound(body.model);
     requestModel(req, model.name);
     const tokenizer = deps.tokenizers.get(model.name);
     if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
@@ -223,7 +217,7 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
       stop: stopList(body.stop),
       echoTop: body.echo && body.logprobs !== undefined && body.logprobs !== null ? body.logprobs : undefined,
     };
-    const sessionId = body.session_id !== undefined ? await callerSession(deps, body.session_id, model, req.owner) : undefined;
+    const sessionId = body.session_id !== undefined ? (await sessionOfModel(deps, req.owner, body.session_id, model)).id : undefined;
     await admit(deps, reply);
     const cleanup = async () => {
       for (const s of plan.ephemeral) await deps.store.delete(s).catch(() => undefined);

@@ -6,7 +6,7 @@ import type { CatalogModel } from '../../engine/model-catalog.ts';
 import { observeRequests } from '../metrics.ts';
 import { ErrorResponses, ModelListSchema, ModelSchema, errorResponses, type ModelObject } from '../schemas.ts';
 import { Type } from 'typebox';
-import { ApiError } from '../errors.ts';
+import { modelNotFound } from '../errors.ts';
 
 export function modelObject(m: CatalogModel, created: number): ModelObject {
   return {
@@ -36,7 +36,7 @@ export default async function modelsRoutes(app: FastifyInstance, deps: ApiDeps):
     },
   }, async (req) => {
     const m = deps.catalog.get(req.params.model);
-    if (!m) throw new ApiError('not_found', `model ${JSON.stringify(req.params.model)} does not exist`, 'model', 'model_not_found');
+    if (!m) throw modelNotFound(req.params.model);
     return modelObject(m, created);
   });
 }

@@ -5,9 +5,15 @@
 //   client -> {type:'append', seq, text, flush?}   seq = last_seq + 1, + 2, ... (client-chosen, per session)
 //   server -> {type:'ack', seq, duplicate?, tokens, segments, pending_tokens, unapplied_chars}
 //   server -> {type:'progress', segments_committed, tokens_ingested}       (as segments commit)
-//   client -> {type:'generate', max_tokens, text?, temperature?, top_p?, top_k?, stop?, seed?, presence_penalty?, frequency_penalty?, repetition_penalty?}
-//   server -> {type:'token', text, index} ... {type:'done', finish_reason, text, usage:{prompt_tokens, completion_tokens}}
-//   server -> {type:'error', code, message[, seq]}     recoverable unless the server closes the socket after it
+//   client -> {type:'generate', max_tokens?, text?, temperature?, top_p?, top_k?, stop?, seed?, presence_penalty?, frequency_penalty?, repetition_penalty?}
+//   server -> {type:'token', text, index} ... {type:'done', finish_reason, text, usage:{prompt_tokens, completion_tokens, total_tokens}}
+//   server -> {type:'error', code, message[, param][, seq]}     recoverable unless the server closes the socket after it
+//
+// generate takes the limits, defaults and sampling of POST /v1/completions (limits.ts, generation.ts
+// samplingOf): max_tokens 1..MAX_TOKENS (default 16), at most 4 stop sequences, a random seed unless
+// one is sent (0 for greedy), finish_reason 'stop' or 'length'. A session that does not exist or is
+// another key's is refused before the upgrade with the same HTTP 404 session_not_found as REST; a
+// session deleted while connected is an error message session_not_found, then the socket closes.
 //
 // Exactly-once appends: the session hash holds `clientSeq`, the client's last accepted append. An
 // append with seq <= last_seq is acknowledged as a duplicate and not applied; seq > last_seq + 1 is
@@ -35,8 +41,11 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ApiDeps } from '../deps.ts';
 import type { IngestText } from '../pretokenizer.ts';
 import { SessionParamsSchema, errorResponses } from '../schemas.ts';
-import { ApiError } from '../errors.ts';
-import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
+import { ApiError, sessionNotFound } from '../errors.ts';
+import { openAiFinish, samplingOf, STOP_SHAPE, type SamplingFields } from '../generation.ts';
+import { DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS } from '../limits.ts';
+import { ownedSession } from '../session-access.ts';
+import type { SamplingParams } from '../../engine/sampling.ts';
 import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
@@ -47,8 +56,6 @@ import { RETRY_AFTER_S, saturated } from '../queue-errors.ts';
 export const MAX_UNAPPLIED_BYTES = 8 * 1024 * 1024;
 /** Hash field on the session (keys.ts session(id)) holding the last accepted client seq (accept.lua). */
 export const LAST_SEQ_FIELD = 'clientSeq';
-const MAX_GENERATE_TOKENS = 8192;
-const MAX_STOPS = 16;
 const POLL_MS = 500;
 const TAKEOVER_WAIT_MS = 30_000;
 
@@ -74,6 +81,8 @@ class ProtocolError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /** The message field at fault, named as REST's error `param` would name it. */
+    readonly param?: string,
   ) {
     super(message);
   }
@@ -88,42 +97,30 @@ interface Connection {
 /** Latest stream connection per session in this process (a new one supersedes the old one). */
 const current = new Map<string, Connection>();
 
-function num(o: Record<string, unknown>, k: string, def: number): number {
-  const v = o[k];
-  if (v === undefined || v === null) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ProtocolError('invalid_field', `${k} must be a number`);
-  return v;
-}
+const SAMPLING_KEYS = ['temperature', 'top_p', 'top_k', 'presence_penalty', 'frequency_penalty', 'repetition_penalty', 'seed'] as const;
 
+/** The generate message's sampling, through the same samplingOf as the REST routes (defaults, ranges, seed). */
 function parseSampling(m: Record<string, unknown>): SamplingParams {
-  const s: SamplingParams = {
-    ...DEFAULT_SAMPLING,
-    temperature: num(m, 'temperature', DEFAULT_SAMPLING.temperature),
-    topP: num(m, 'top_p', DEFAULT_SAMPLING.topP),
-    topK: num(m, 'top_k', DEFAULT_SAMPLING.topK),
-    presencePenalty: num(m, 'presence_penalty', DEFAULT_SAMPLING.presencePenalty),
-    frequencyPenalty: num(m, 'frequency_penalty', DEFAULT_SAMPLING.frequencyPenalty),
-    repetitionPenalty: num(m, 'repetition_penalty', DEFAULT_SAMPLING.repetitionPenalty),
-    seed: num(m, 'seed', DEFAULT_SAMPLING.seed),
-  };
+  const fields: SamplingFields = {};
+  for (const k of SAMPLING_KEYS) {
+    const v = m[k];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ProtocolError('invalid_field', `${k} must be a number`, k);
+    fields[k] = v;
+  }
   try {
-    return validateSampling(s);
+    return samplingOf(fields);
   } catch (err) {
-    const names: Record<string, string> = {
-      topP: 'top_p', topK: 'top_k', presencePenalty: 'presence_penalty', frequencyPenalty: 'frequency_penalty',
-      repetitionPenalty: 'repetition_penalty',
-    };
-    let msg = (err as Error).message;
-    for (const [a, b] of Object.entries(names)) msg = msg.replace(a, b);
-    throw new ProtocolError('invalid_field', msg);
+    if (err instanceof ApiError) throw new ProtocolError('invalid_field', err.message, err.param ?? undefined);
+    throw err;
   }
 }
 
 function parseStop(v: unknown): string[] {
   if (v === undefined || v === null) return [];
   const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list) || list.length > MAX_STOPS || !list.every((s) => typeof s === 'string' && !LONE_SURROGATE.test(s))) {
-    throw new ProtocolError('invalid_field', `stop must be a string or a list of at most ${MAX_STOPS} strings`);
+  if (!Array.isArray(list) || list.length > MAX_STOP_SEQUENCES || !list.every((s) => typeof s === 'string' && !LONE_SURROGATE.test(s))) {
+    throw new ProtocolError('invalid_field', STOP_SHAPE, 'stop');
   }
   return list as string[];
 }
@@ -177,8 +174,9 @@ export const STREAM_DOC = {
     'Server on connect: {"type":"hello","session_id","model","last_seq","segment_length","tokens_ingested","segments_committed"} (last_seq: the last append durably accepted, to resume after a dropped connection).',
     'Client {"type":"append","seq":n,"text":"..."} (seq = last_seq + 1, chunks of any size) -> server {"type":"ack","seq","tokens","segments","pending_tokens","unapplied_chars"}; a repeated seq -> ack with "duplicate": true, not applied again; a gap -> error seq_gap.',
     'Server {"type":"progress","segments_committed","tokens_ingested"} as segments commit.',
-    'Client {"type":"generate","max_tokens","temperature","top_p","top_k","stop","seed","presence_penalty","frequency_penalty"} -> server {"type":"token","text","index"}..., then {"type":"done","finish_reason","text","usage"}.',
-    'Errors: {"type":"error","code","message"} (invalid_json, invalid_message, unknown_type, invalid_field, seq_gap, invalid_text, invalid_utf8, generation_in_progress; conflict and session_not_found close the socket).',
+    `Client {"type":"generate","max_tokens","temperature","top_p","top_k","stop","seed","presence_penalty","frequency_penalty","repetition_penalty"} (the limits and defaults of createCompletion: max_tokens 1..${MAX_TOKENS}, default ${DEFAULT_STREAM_MAX_TOKENS}; at most ${MAX_STOP_SEQUENCES} stop sequences) -> server {"type":"token","text","index"}..., then {"type":"done","finish_reason" (stop or length),"text","usage"}.`,
+    'Errors: {"type":"error","code","message","param"?} (invalid_json, invalid_message, unknown_type, invalid_field, seq_gap, invalid_text, invalid_utf8, generation_in_progress; conflict and session_not_found close the socket).',
+    'A session that does not exist or belongs to another API key: HTTP 404 session_not_found before the upgrade (no websocket is opened).',
     'Backpressure: over 8 MB of accepted-but-unapplied text per connection the server stops reading until workers catch up.',
   ].join('\n\n'),
 };
@@ -202,19 +200,11 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         },
       },
       // Runs before the upgrade: a thrown ApiError becomes a plain HTTP JSON error response.
+      // The same lookup, and so the same 404 session_not_found (param id), as GET /v1/sessions/{id}.
       preHandler: async (req) => {
         const id = req.params.id;
-        const notFound = new ApiError('not_found', `session ${id} not found`, null, 'session_not_found');
-        if (!isValidSessionId(id)) throw notFound;
-        let rec: SessionRecord | null;
-        try {
-          rec = await store.get(id);
-        } catch (err) {
-          if (err instanceof SessionError) throw new ApiError('conflict', err.message, null, err.code);
-          throw err;
-        }
-        if (!rec || rec.owner !== req.owner) throw notFound;
-        found.set(req, rec);
+        if (!isValidSessionId(id)) throw sessionNotFound(id, 'id'); // the params schema refuses these first; kept as a guard
+        found.set(req, await ownedSession(deps, req.owner, id, 'id'));
       },
     },
     (rawSocket: unknown, req: FastifyRequest<{ Params: { id: string } }>) => {
@@ -249,6 +239,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (!closed && socket.readyState === OPEN) socket.send(JSON.stringify(msg));
       };
       const sendError = (code: string, message: string, extra: object = {}): void => send({ type: 'error', code, message, ...extra });
+      const sendProtocolError = (err: ProtocolError): void => sendError(err.code, err.message, err.param !== undefined ? { param: err.param } : {});
 
       const setPaused = (p: boolean): void => {
         if (p === paused) return;
@@ -293,9 +284,11 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           const r = ev.result;
           if (r.error) sendError(r.error.code, r.error.message);
           else {
+            // finish_reason and usage as /v1/completions reports them (an end-of-text token is 'stop').
+            const completionTokens = r.completion?.ids.length ?? 0;
             send({
-              type: 'done', finish_reason: r.completion?.finishReason ?? 'length', text: r.completion?.text ?? '',
-              usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completion?.ids.length ?? 0 },
+              type: 'done', finish_reason: openAiFinish(r.completion?.finishReason ?? 'length'), text: r.completion?.text ?? '',
+              usage: { prompt_tokens: r.promptTokens, completion_tokens: completionTokens, total_tokens: r.promptTokens + completionTokens },
             });
           }
         }
@@ -398,12 +391,12 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
 
       const handleGenerate = async (m: Record<string, unknown>): Promise<void> => {
         if (gen) throw new ProtocolError('generation_in_progress', 'one generation at a time per connection');
-        const maxTokens = m.max_tokens;
-        if (typeof maxTokens !== 'number' || !Number.isSafeInteger(maxTokens) || maxTokens < 1 || maxTokens > MAX_GENERATE_TOKENS) {
-          throw new ProtocolError('invalid_field', `generate.max_tokens must be an integer in [1, ${MAX_GENERATE_TOKENS}]`);
+        const maxTokens = m.max_tokens ?? DEFAULT_STREAM_MAX_TOKENS;
+        if (typeof maxTokens !== 'number' || !Number.isSafeInteger(maxTokens) || maxTokens < 1 || maxTokens > MAX_TOKENS) {
+          throw new ProtocolError('invalid_field', `max_tokens must be an integer in [1, ${MAX_TOKENS}] (default ${DEFAULT_STREAM_MAX_TOKENS})`, 'max_tokens');
         }
         if (m.text !== undefined && (typeof m.text !== 'string' || LONE_SURROGATE.test(m.text))) {
-          throw new ProtocolError('invalid_field', 'generate.text must be a valid Unicode string');
+          throw new ProtocolError('invalid_field', 'generate.text must be a valid Unicode string', 'text');
         }
         const req: GenerateRequest = {
           kind: 'generate', maxTokens, sampling: parseSampling(m), stop: parseStop(m.stop),
@@ -456,7 +449,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           }
         } catch (err) {
           if (err instanceof ProtocolError) {
-            sendError(err.code, err.message);
+            sendProtocolError(err);
             if (err.code === 'conflict' || err.code === 'session_not_found') shut(1008, err.code);
           } else if (err instanceof SessionError && err.code === 'not_found') {
             sendError('session_not_found', err.message);
@@ -537,7 +530,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         },
       };
       chain = init().catch((err) => {
-        if (err instanceof ProtocolError) sendError(err.code, err.message);
+        if (err instanceof ProtocolError) sendProtocolError(err);
         else {
           log.error({ err }, 'session stream: connect failed');
           sendError('internal_error', 'could not open the stream');

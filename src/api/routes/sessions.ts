@@ -4,13 +4,14 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import type { ApiDeps } from '../deps.ts';
-import { ApiError, fromCode } from '../errors.ts';
+import { ApiError, fromCode, modelNotFound, sessionNotFound } from '../errors.ts';
 import { apiMetrics, observeRequests, requestModel } from '../metrics.ts';
 import {
   AppendBodySchema, AppendResponseSchema, CreateSessionBodySchema, ResetBodySchema, SessionParamsSchema, SessionSchema, errorResponses,
   type AppendResponse, type SessionObject,
 } from '../schemas.ts';
 import { admit, fromQueueError } from '../queue-errors.ts';
+import { ownedSession } from '../session-access.ts';
 import { MAX_HEADER_BYTES, SnapshotError, decodeSnapshot, encodeSnapshot } from '../state-snapshot.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 import type { IngestRequest } from '../../queue/request.ts';
@@ -67,15 +68,14 @@ function mapStoreError(err: unknown): never {
   throw fromQueueError(err);
 }
 
+/** The 404 of a session named by the path's {id}. */
 function notFound(id: string): ApiError {
-  return new ApiError('not_found', `session ${id} not found (never created, deleted, expired, or owned by another key)`, 'id', 'session_not_found');
+  return sessionNotFound(id, 'id');
 }
 
 /** The session, if it exists and belongs to the caller; 404 otherwise. */
 export async function loadOwned(deps: ApiDeps, req: FastifyRequest, id: string): Promise<SessionRecord> {
-  const rec = await deps.store.get(id).catch(mapStoreError);
-  if (!rec || rec.owner !== req.owner) throw notFound(id);
-  return rec;
+  return ownedSession(deps, req.owner, id, 'id');
 }
 
 export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps): Promise<void> {
@@ -114,7 +114,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     schema: {
       operationId: 'createSession', tags: ['sessions'], summary: 'Create a session',
       description: 'A fresh session of the model (default: the first configured); the body may be empty.',
-      body: CreateSessionBodySchema, response: { 201: SessionSchema, ...errorResponses() },
+      body: CreateSessionBodySchema, response: { 201: SessionSchema, ...errorResponses(404) },
     },
     // No body at all means "all defaults".
     preValidation: async (req) => {
@@ -123,8 +123,8 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
   }, async (req, reply) => {
     const name = req.body?.model ?? deps.catalog.defaultModel;
     const m = deps.catalog.get(name);
-    // An unknown model named in a body is a bad request (400), not a missing resource.
-    if (!m) throw new ApiError('invalid_request', `model ${JSON.stringify(name)} does not exist; GET /v1/models lists the models`, 'model', 'model_not_found');
+    // The same answer as every other route that names a model: 404 model_not_found (errors.ts).
+    if (!m) throw modelNotFound(name);
     const rec = await deps.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState, { owner: req.owner }).catch(mapStoreError);
     apiMetrics.sessionsCreated.inc({ model: m.name });
     return reply.code(201).send(sessionObject(rec));
