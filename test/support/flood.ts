@@ -42,11 +42,15 @@ export async function runFlood(redisUrl: string, tokenizerThreads: number, check
   let log = '';
   server.stderr.on('data', (d) => (log += String(d)));
   try {
-    await new Promise<void>((resolve, reject) => {
-      const t = setInterval(() => log.includes('rmt-serve ready') && (clearInterval(t), resolve()), 50);
-      server.once('exit', (c) => (clearInterval(t), reject(new Error(`server exited ${c}: ${log}`))));
-    });
     const base = `http://127.0.0.1:${port}`;
+    // Ready when it answers its readiness probe (log lines depend on LOG_LEVEL).
+    let exited: string | undefined;
+    server.once('exit', (c) => (exited = `server exited ${c}: ${log}`));
+    for (;;) {
+      if (exited) throw new Error(exited);
+      if ((await fetch(`${base}/readyz?scope=pod`).catch(() => undefined))?.ok) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const session = (await (await fetch(`${base}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })).json()) as { id: string };
     const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/sessions/${session.id}/stream`);
     let acks = 0;
