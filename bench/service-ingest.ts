@@ -3,7 +3,7 @@
 // For each level N, N sessions ingest full segments of token ids at once for SECONDS:
 //   engine alone   N loops calling engine.advance(ids, state) directly (the runtime's own engine; the
 //                  state-only graph, which is what the worker runs for ingest without scores)
-//   service        N loops of queue.submit(session, {kind:'ingest', ids}) then queue.result(jobId)
+//   service        N loops of queue.submit(session, {kind:'ingest', ids}) then queue.result(submitted)
 //
 //   node --import tsx bench/service-ingest.ts
 //
@@ -228,8 +228,8 @@ async function main(): Promise<void> {
     Array.from({ length: 8 }, async (_, s) => {
       const sess = await newSession();
       for (let k = 0; k < 3; k++) {
-        const { jobId } = await client.queue.submit(sess.id, { kind: 'ingest', ids: tokens(s * 7 + k, REQUEST_IDS, info.vocabSize) });
-        await client.queue.result(jobId, 60_000);
+        const submitted = await client.queue.submit(sess.id, { kind: 'ingest', ids: tokens(s * 7 + k, REQUEST_IDS, info.vocabSize) });
+        await client.queue.result(submitted, 60_000);
       }
     }),
   );
@@ -265,8 +265,8 @@ async function main(): Promise<void> {
         const sessions = await Promise.all(
           Array.from({ length: n }, async (_, s) => {
             const sess = await newSession();
-            const { jobId } = await client.queue.submit(sess.id, { kind: 'ingest', ids: tokens(s * 100003 + 999_999, REQUEST_IDS, info.vocabSize) });
-            const r = await client.queue.result(jobId, 120_000);
+            const submitted = await client.queue.submit(sess.id, { kind: 'ingest', ids: tokens(s * 100003 + 999_999, REQUEST_IDS, info.vocabSize) });
+            const r = await client.queue.result(submitted, 120_000);
             return { id: sess.id, committed: r.segmentsCommitted };
           }),
         );
@@ -283,11 +283,11 @@ async function main(): Promise<void> {
               while (performance.now() < deadline) {
                 const ids = tokens(s * 100003 + k++, REQUEST_IDS, info.vocabSize);
                 const start = performance.now();
-                const { jobId } = await client.queue.submit(sess.id, { kind: 'ingest', ids });
+                const submitted = await client.queue.submit(sess.id, { kind: 'ingest', ids });
                 submitMs.push(performance.now() - start);
-                const r: RequestResult = await client.queue.result(jobId, 120_000);
+                const r: RequestResult = await client.queue.result(submitted, 120_000);
                 latencies.push(performance.now() - start);
-                if (r.error) throw new Error(`request ${jobId}: ${r.error.code} ${r.error.message}`);
+                if (r.error) throw new Error(`request ${submitted.sessionId}#${submitted.seq}: ${r.error.code} ${r.error.message}`);
                 segments += r.segmentsCommitted - committed;
                 committed = r.segmentsCommitted;
               }
