@@ -8,10 +8,13 @@
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { Answer, EngineRequest, FromWorker, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import type { Answer, BatchStat, EngineDevice, EngineRequest, FromWorker, ModelInfo, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { StateRingReader, type StateRingShared } from './state-ring.ts';
 import { MAX_LOGITS_ROWS } from './logits-rows.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
+
+// Declared with the thread's messages, which carry them; exported from here for the engine's users.
+export type { BatchStat, EngineDevice, ModelInfo } from './engine-protocol.ts';
 
 export interface EngineOptions {
   modelsDir: string;
@@ -88,30 +91,6 @@ export interface EngineOptions {
   streamIdleMs?: number;
 }
 
-export interface ModelInfo {
-  name: string;
-  dir: string;
-  segmentLength: number;
-  memoryTokens: number;
-  dModel: number;
-  vocabSize: number;
-  specialTokens: { eos: number; pad: number };
-  stateShape: number[];
-  stateDtype: 'float32';
-  stateBytes: number;
-  initState: Float32Array;
-  tokenizerFile: string;
-  task?: unknown;
-}
-
-/** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
-export interface EngineDevice {
-  executionProvider: 'cpu' | 'cuda';
-  deviceId?: number;
-  precision: 'fp32' | 'fp16';
-  fallbackReason?: string;
-}
-
 export interface SegmentOutput {
   nextState: Float32Array;
   logits: Float32Array;
@@ -120,25 +99,6 @@ export interface SegmentOutput {
 
 /** A KV cache kept inside the engine thread (never copied to the main thread). */
 export type KvHandle = number;
-
-export interface BatchStat {
-  graph: 'segment' | 'advance' | 'prefill' | 'decode';
-  model: string;
-  rows: number;
-  tokens: number;
-  ms: number;
-  /** The engine thread that ran it (0 when there is one). */
-  lane: number;
-  /** Rows in the onnxruntime run (all its runs: runs), padding up to a batch-size bucket included. */
-  runRows: number;
-  /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
-  startedAt: number;
-  runMs: number;
-  /** Segments per row in the run: the segment_state_steps graph's K, else 1. */
-  steps: number;
-  /** onnxruntime runs the batch took: more than 1 when it ran in chunks of maxLogitsRows (startedAt is the first's, runMs their sum). */
-  runs?: number;
-}
 
 export interface AdvanceOptions {
   /** Who is asking (a session id): its segments stay on one engine thread, and the batch window expects it. */
