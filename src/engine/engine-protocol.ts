@@ -24,7 +24,7 @@ export interface WorkerConfig {
   batchBuckets: boolean;
   /** Run every bucket once per segment graph before saying ready. */
   warmup: boolean;
-  /** This thread's index among the engine's threads, and their number (KV handles are lane + 1 + k·lanes). */
+  /** This thread's index among the engine's threads, and their number (KV handles say which thread holds the cache: kv-registry.ts). */
   lane: number;
   lanes: number;
   /**

@@ -4,7 +4,7 @@
 // validates requests, ships them to a thread and resolves their promises.
 // With threads > 1 each thread loads every model and a session (stream) stays on one thread while it
 // streams, so the sessions form cohorts whose runs overlap on the device, or take turns on it with deviceTurns
-// (see engine-thread.ts): while one cohort's run executes, the others' results go back and their next segments come in.
+// (see engine-thread.ts, device-turn.ts): while one cohort's run executes, the others' results go back and their next segments come in.
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -12,6 +12,7 @@ import type { Answer, BatchStat, EngineDevice, EngineRequest, FromWorker, ModelI
 import { StateRingReader, type StateRingShared } from './state-ring.ts';
 import { MAX_LOGITS_ROWS } from './logits-rows.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
+import { laneOfKv } from './kv-registry.ts';
 
 // Declared with the thread's messages, which carry them; exported from here for the engine's users.
 export type { BatchStat, EngineDevice, ModelInfo } from './engine-protocol.ts';
@@ -353,7 +354,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     p.busy--;
     p.at = performance.now();
   };
-  const laneOfKv = (kv: KvHandle): Lane => lanes[(kv - 1) % lanes.length]!;
+  const laneOfCache = (kv: KvHandle): Lane => lanes[laneOfKv(kv, lanes.length)]!;
 
   // Keep the process alive only while calls are outstanding.
   const updateRef = () => {
@@ -591,13 +592,13 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         if (typeof token !== 'number' || !Number.isInteger(token) || token < 0 || token >= m.vocabSize) {
           throw new Error(`${where}: token ${String(token)} is not a token id in 0..${m.vocabSize - 1}`);
         }
-        const r = await submit<Extract<Answer, { op: 'decode'; ok: true }>>(laneOfKv(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
+        const r = await submit<Extract<Answer, { op: 'decode'; ok: true }>>(laneOfCache(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
         return { logits: r.logits };
       }),
 
     releaseKv: (kv) => {
       if (!liveKv.delete(kv) || dead !== undefined) return;
-      send(laneOfKv(kv), { kind: 'release', kv });
+      send(laneOfCache(kv), { kind: 'release', kv });
     },
 
     onBatch: (listener) => {
