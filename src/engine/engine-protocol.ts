@@ -1,6 +1,6 @@
 // Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
-// Types only: nothing here runs, so either side can import it.
-import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
+// Types only: nothing here runs, so either side can import it. The types both sides share live here
+// (engine.ts re-exports them), so neither imports the other.
 import type { RingSlice, StateRingShared } from './state-ring.ts';
 
 export interface WorkerConfig {
@@ -24,7 +24,7 @@ export interface WorkerConfig {
   batchBuckets: boolean;
   /** Run every bucket once per segment graph before saying ready. */
   warmup: boolean;
-  /** This thread's index among the engine's threads, and their number (KV handles are lane + 1 + k·lanes). */
+  /** This thread's index among the engine's threads, and their number (KV handles say which thread holds the cache: kv-registry.ts). */
   lane: number;
   lanes: number;
   /**
@@ -102,3 +102,46 @@ export type FromWorker =
   /** `ringEnd`: the ring position after every slice sent so far, released once this message's are copied out. */
   | { type: 'replies'; replies: Reply[]; stats: BatchStat[]; ringEnd?: number }
   | { type: 'closed' };
+
+export interface ModelInfo {
+  name: string;
+  dir: string;
+  segmentLength: number;
+  memoryTokens: number;
+  dModel: number;
+  vocabSize: number;
+  specialTokens: { eos: number; pad: number };
+  stateShape: number[];
+  stateDtype: 'float32';
+  stateBytes: number;
+  initState: Float32Array;
+  tokenizerFile: string;
+  task?: unknown;
+}
+
+/** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
+export interface EngineDevice {
+  executionProvider: 'cpu' | 'cuda';
+  deviceId?: number;
+  precision: 'fp32' | 'fp16';
+  fallbackReason?: string;
+}
+
+export interface BatchStat {
+  graph: 'segment' | 'advance' | 'prefill' | 'decode';
+  model: string;
+  rows: number;
+  tokens: number;
+  ms: number;
+  /** The engine thread that ran it (0 when there is one). */
+  lane: number;
+  /** Rows in the onnxruntime run (all its runs: runs), padding up to a batch-size bucket included. */
+  runRows: number;
+  /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
+  startedAt: number;
+  runMs: number;
+  /** Segments per row in the run: the segment_state_steps graph's K, else 1. */
+  steps: number;
+  /** onnxruntime runs the batch took: more than 1 when it ran in chunks of maxLogitsRows (startedAt is the first's, runMs their sum). */
+  runs?: number;
+}

@@ -4,14 +4,18 @@
 // validates requests, ships them to a thread and resolves their promises.
 // With threads > 1 each thread loads every model and a session (stream) stays on one thread while it
 // streams, so the sessions form cohorts whose runs overlap on the device, or take turns on it with deviceTurns
-// (see engine-thread.ts): while one cohort's run executes, the others' results go back and their next segments come in.
+// (see engine-thread.ts, device-turn.ts): while one cohort's run executes, the others' results go back and their next segments come in.
 import type { Worker } from 'node:worker_threads';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { Answer, EngineRequest, FromWorker, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
+import type { Answer, BatchStat, EngineDevice, EngineRequest, FromWorker, ModelInfo, Op, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { StateRingReader, type StateRingShared } from './state-ring.ts';
 import { MAX_LOGITS_ROWS } from './logits-rows.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
+import { laneOfKv } from './kv-registry.ts';
+
+// Declared with the thread's messages, which carry them; exported from here for the engine's users.
+export type { BatchStat, EngineDevice, ModelInfo } from './engine-protocol.ts';
 
 export interface EngineOptions {
   modelsDir: string;
@@ -88,30 +92,6 @@ export interface EngineOptions {
   streamIdleMs?: number;
 }
 
-export interface ModelInfo {
-  name: string;
-  dir: string;
-  segmentLength: number;
-  memoryTokens: number;
-  dModel: number;
-  vocabSize: number;
-  specialTokens: { eos: number; pad: number };
-  stateShape: number[];
-  stateDtype: 'float32';
-  stateBytes: number;
-  initState: Float32Array;
-  tokenizerFile: string;
-  task?: unknown;
-}
-
-/** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
-export interface EngineDevice {
-  executionProvider: 'cpu' | 'cuda';
-  deviceId?: number;
-  precision: 'fp32' | 'fp16';
-  fallbackReason?: string;
-}
-
 export interface SegmentOutput {
   nextState: Float32Array;
   logits: Float32Array;
@@ -120,25 +100,6 @@ export interface SegmentOutput {
 
 /** A KV cache kept inside the engine thread (never copied to the main thread). */
 export type KvHandle = number;
-
-export interface BatchStat {
-  graph: 'segment' | 'advance' | 'prefill' | 'decode';
-  model: string;
-  rows: number;
-  tokens: number;
-  ms: number;
-  /** The engine thread that ran it (0 when there is one). */
-  lane: number;
-  /** Rows in the onnxruntime run (all its runs: runs), padding up to a batch-size bucket included. */
-  runRows: number;
-  /** The onnxruntime run inside: when it started (ms since the epoch, comparable across threads) and how long it took. */
-  startedAt: number;
-  runMs: number;
-  /** Segments per row in the run: the segment_state_steps graph's K, else 1. */
-  steps: number;
-  /** onnxruntime runs the batch took: more than 1 when it ran in chunks of maxLogitsRows (startedAt is the first's, runMs their sum). */
-  runs?: number;
-}
 
 export interface AdvanceOptions {
   /** Who is asking (a session id): its segments stay on one engine thread, and the batch window expects it. */
@@ -400,7 +361,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     p.busy--;
     p.at = performance.now();
   };
-  const laneOfKv = (kv: KvHandle): Lane => lanes[(kv - 1) % lanes.length]!;
+  const laneOfCache = (kv: KvHandle): Lane => lanes[laneOfKv(kv, lanes.length)]!;
 
   // Keep the process alive only while calls are outstanding.
   const updateRef = () => {
@@ -638,13 +599,13 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         if (typeof token !== 'number' || !Number.isInteger(token) || token < 0 || token >= m.vocabSize) {
           throw new Error(`${where}: token ${String(token)} is not a token id in 0..${m.vocabSize - 1}`);
         }
-        const r = await submit<Extract<Answer, { op: 'decode'; ok: true }>>(laneOfKv(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
+        const r = await submit<Extract<Answer, { op: 'decode'; ok: true }>>(laneOfCache(kv), { op: 'decode', id: nextId++, model: name, kv, token }, []);
         return { logits: r.logits };
       }),
 
     releaseKv: (kv) => {
       if (!liveKv.delete(kv) || dead !== undefined) return;
-      send(laneOfKv(kv), { kind: 'release', kv });
+      send(laneOfCache(kv), { kind: 'release', kv });
     },
 
     progress: () => ({ runs: Atomics.load(progressView, 0), segments: Atomics.load(progressView, 1) }),
