@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Worker } from 'bullmq';
 import { loadConfig } from '../src/config/config.ts';
-import type { TextTokenizer } from '../src/engine/tokenizer.ts';
+import type { TextTokenizer } from '../src/text/tokenizer.ts';
 import type { ProgressEvent } from '../src/queue/request.ts';
 import { WORK_QUEUE } from '../src/queue/work-queue.ts';
 import { startClientRuntime, startWorkerRuntime } from '../src/worker/runtime.ts';

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../src/config/config.ts';
-import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
+import { DEFAULT_SAMPLING } from '../src/text/sampling.ts';
 import type { ProgressEvent, SessionRequest } from '../src/queue/request.ts';
 import { redisKeys } from '../src/state/keys.ts';
 import { SessionError, SessionStore, type CommitUpdate, type SessionRecord } from '../src/state/session-store.ts';
@@ -22,7 +22,7 @@ import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { pollUntil } from './support/poll.ts';
 import { histogram, sampleValue } from './support/prom-text.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';
-import { loadTokenizer } from '../src/engine/tokenizer.ts';
+import { loadTokenizer } from '../src/text/tokenizer.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MODEL = 'rmt-brown-small';

@@ -2,8 +2,8 @@
 // fan-out, model catalog and tokenizers, and the tokenizer threads for long appends.
 import type { Config } from '../config/config.ts';
 import { loadCatalog } from '../engine/model-catalog.ts';
-import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
-import { TokenizerPool } from '../engine/tokenizer-pool.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
+import { TokenizerPool } from '../text/tokenizer-pool.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';
 import { startClientRuntime } from '../worker/runtime.ts';
 import type { ApiDeps } from './deps.ts';

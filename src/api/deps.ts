@@ -2,7 +2,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
 import type { ModelCatalog } from '../engine/model-catalog.ts';
-import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { TextTokenizer } from '../text/tokenizer.ts';
 import type { Pretokenizer } from './pretokenizer.ts';
 import type { ProgressHub } from '../queue/progress-hub.ts';
 import type { RequestQueue } from '../queue/request-queue.ts';

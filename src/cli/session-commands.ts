@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
 import { ConfigError, type Config } from '../config/config.ts';
-import { validateSampling, DEFAULT_SAMPLING } from '../engine/sampling.ts';
+import { validateSampling, DEFAULT_SAMPLING } from '../text/sampling.ts';
 import { uint32Seed } from '../api/generation.ts';
 import { sessionObject } from '../api/routes/sessions.ts';
 import { redisKeys } from '../state/keys.ts';

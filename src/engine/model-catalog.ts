@@ -2,7 +2,7 @@
 // without loading onnxruntime (API processes never run a graph; workers validate the graphs).
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { readChatTemplate } from './chat-template.ts';
+import { readChatTemplate } from '../text/chat-template.ts';
 
 export interface CatalogModel {
   name: string;

@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createSession, type RunGate, type Session, type SessionOptions } from './onnx-runtime.ts';
-import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
-import { readChatTemplate } from './chat-template.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
+import { readChatTemplate } from '../text/chat-template.ts';
 
 export const MODEL_FORMAT = 'rmt-serve/model@1';
 

@@ -2,7 +2,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
 import { startEngine, type Engine } from '../engine/engine.ts';
-import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { SessionStore } from '../state/session-store.ts';
 import { RequestQueue } from '../queue/request-queue.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';

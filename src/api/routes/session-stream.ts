@@ -36,7 +36,7 @@ import type { ApiDeps } from '../deps.ts';
 import type { IngestText } from '../pretokenizer.ts';
 import { SessionParamsSchema, errorResponses } from '../schemas.ts';
 import { ApiError } from '../errors.ts';
-import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../engine/sampling.ts';
+import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';

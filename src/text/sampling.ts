@@ -1,5 +1,8 @@
 // Next-token sampling and stop-sequence streaming. Pure logic: no runtime, no I/O,
 // so a generation can be replayed bit-for-bit from (logits, params, counts, step).
+// In text/, not engine/: the engine returns logits and never samples; choosing the next token and
+// cutting the text at stop sequences is per-request decoding policy (params from the API, applied
+// by the worker beside its detokenizer), and the API and CLI validate the params without an engine.
 
 export interface SamplingParams {
   /** 0 => greedy: argmax, ties go to the lowest id (like torch.argmax). */
