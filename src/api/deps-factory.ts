@@ -5,7 +5,7 @@ import { loadCatalog } from '../engine/model-catalog.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { TokenizerPool } from '../text/tokenizer-pool.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';
-import { startClientRuntime } from '../worker/runtime.ts';
+import { startClientRuntime } from '../queue/client-runtime.ts';
 import type { ApiDeps } from './deps.ts';
 import { Pretokenizer } from './pretokenizer.ts';
 
