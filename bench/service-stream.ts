@@ -44,7 +44,7 @@ import { percentile } from './bench-support.ts';
 import { engineThreads } from '../src/worker/runtime.ts';
 import { SETTINGS } from '../src/config/config.ts';
 import { GPT2_SPLIT, loadTokenizer } from '../src/text/tokenizer.ts';
-import { loadCatalog } from '../src/engine/model-catalog.ts';
+import { loadCatalog } from '../src/model/model-catalog.ts';
 
 interface Ws {
   readyState: number;

@@ -7,7 +7,7 @@ import { randomInt } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type TSchema } from 'typebox';
-import type { CatalogModel } from '../engine/model-catalog.ts';
+import type { CatalogModel } from '../model/model-catalog.ts';
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../text/sampling.ts';
 import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from '../queue/request.ts';
 import type { Submitted } from '../queue/request-queue.ts';

@@ -19,7 +19,7 @@ import { cudaPreflight, explainCudaFailure } from './cuda-check.ts';
 import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
-import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
+import { loadModelPackage, type LoadOptions, type ModelPackage } from '../model/model-package.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
 import { createStateRing, StateRingWriter, type RingSlice } from './state-ring.ts';
 import { chunksOf } from './logits-rows.ts';

@@ -1,6 +1,6 @@
 // Segment recurrence and KV-cached decoding over a loaded model package.
 // Mirrors the reference algorithm in rmt_toolkit so outputs match golden.json.
-import type { ModelPackage } from './model-package.ts';
+import type { ModelPackage } from '../model/model-package.ts';
 import { float16, float32, int64, type Tensor } from './onnx-runtime.ts';
 
 /** A KV cache's elements: float32, or raw IEEE half floats for fp16 graphs (never converted here). */

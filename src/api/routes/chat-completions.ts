@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
 import { ChatTemplateError, renderChatTemplate, type ChatMessage } from '../../text/chat-template.ts';
-import type { CatalogModel } from '../../engine/model-catalog.ts';
+import type { CatalogModel } from '../../model/model-catalog.ts';
 import type { TextTokenizer } from '../../text/tokenizer.ts';
 import type { GenerateRequest, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';

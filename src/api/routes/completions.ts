@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
-import type { CatalogModel } from '../../engine/model-catalog.ts';
+import type { CatalogModel } from '../../model/model-catalog.ts';
 import type { TextTokenizer } from '../../text/tokenizer.ts';
 import type { SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest } from '../../queue/request.ts';

@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createSession, type RunGate, type Session, type SessionOptions } from './onnx-runtime.ts';
+import { createSession, type RunGate, type Session, type SessionOptions } from '../engine/onnx-runtime.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { readChatTemplate } from '../text/chat-template.ts';
 
