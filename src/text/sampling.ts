@@ -110,8 +110,11 @@ function applyPenalties(logits: Float32Array, p: SamplingParams, counts: Readonl
   return x;
 }
 
-/** First index of the maximum (strict >, so ties keep the lowest id); NaN never wins. */
-function argmax(x: Float64Array): number {
+/**
+ * First index of the maximum (strict >, so ties keep the lowest id, like torch.argmax); NaN never wins.
+ * Greedy decoding everywhere (sampleNext at temperature 0, rmt-runner's greedyGenerate) picks with it.
+ */
+export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   let bestV = -Infinity;
   for (let i = 0; i < x.length; i++) {
