@@ -1,6 +1,7 @@
 // Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
 // Types only: nothing here runs, so either side can import it.
-import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
+import type { BatchStat, EngineDevice } from './engine.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
 import type { RingSlice, StateRingShared } from './state-ring.ts';
 
 export interface WorkerConfig {

@@ -11,12 +11,13 @@
 // waiting through it.
 // With batchInvariant (the default) segment runs are padded to segment_length and decode runs' past
 // to the cache capacity, so batch composition cannot change a row's results (see rmt-runner.ts).
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { cudaPreflight, explainCudaFailure } from './cuda-check.ts';
-import type { BatchStat, EngineDevice, ModelInfo } from './engine.ts';
+import type { BatchStat, EngineDevice } from './engine.ts';
+import { modelInfo, type ModelInfo } from '../model/model-spec.ts';
 import type { EngineRequest, FromWorker, Op, Reply, ToWorker, WorkerConfig } from './engine-protocol.ts';
 import { bucketOf, bucketSizes } from './batch-buckets.ts';
 import { loadModelPackage, type LoadOptions, type ModelPackage } from '../model/model-package.ts';
@@ -800,34 +801,12 @@ async function finishClose(): Promise<void> {
   post({ type: 'closed' });
 }
 
-async function loadInfo(name: string, dir: string, pkg: ModelPackage): Promise<ModelInfo> {
-  const manifest = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8')) as Record<string, unknown>;
-  const memory = pkg.state.find((s) => s.name === 'memory')!;
-  const stateShape = [...memory.shape];
-  const info: ModelInfo = {
-    name,
-    dir,
-    segmentLength: pkg.segmentLength,
-    memoryTokens: pkg.memoryTokens,
-    dModel: pkg.dModel,
-    vocabSize: pkg.vocabSize,
-    specialTokens: { ...pkg.specialTokens },
-    stateShape,
-    stateDtype: 'float32',
-    stateBytes: stateShape.reduce((a, b) => a * b, 1) * 4,
-    initState: pkg.initState.memory!.slice(),
-    tokenizerFile: path.join(dir, String(manifest.tokenizer)),
-  };
-  if (manifest.task !== undefined) info.task = manifest.task;
-  return info;
-}
-
 async function loadAll(opts: LoadOptions): Promise<void> {
   for (const name of config.models) {
     const dir = path.resolve(config.modelsDir, name);
     try {
       const pkg = await loadModelPackage(dir, opts);
-      models.set(name, { pkg, info: await loadInfo(name, dir, pkg), scratch: {} });
+      models.set(name, { pkg, info: modelInfo(name, pkg), scratch: {} });
     } catch (err) {
       await releaseAll();
       throw new Error(`failed to load model '${name}' from ${dir}: ${errorMessage(err)}`, { cause: err });

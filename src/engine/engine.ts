@@ -12,6 +12,7 @@ import type { Answer, EngineRequest, FromWorker, Op, ToWorker, WorkerConfig } fr
 import { StateRingReader, type StateRingShared } from './state-ring.ts';
 import { MAX_LOGITS_ROWS } from './logits-rows.ts';
 import { awaitReady, startThread } from './thread-entry.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
 
 export interface EngineOptions {
   modelsDir: string;
@@ -88,21 +89,6 @@ export interface EngineOptions {
   streamIdleMs?: number;
 }
 
-export interface ModelInfo {
-  name: string;
-  dir: string;
-  segmentLength: number;
-  memoryTokens: number;
-  dModel: number;
-  vocabSize: number;
-  specialTokens: { eos: number; pad: number };
-  stateShape: number[];
-  stateDtype: 'float32';
-  stateBytes: number;
-  initState: Float32Array;
-  tokenizerFile: string;
-  task?: unknown;
-}
 
 /** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
 export interface EngineDevice {

@@ -4,7 +4,8 @@
 // also records how far into this request it got, so a retry resumes at the last commit: no segment is
 // applied twice and none is skipped. Generation continues the same recurrence: when the tail is full,
 // it is committed and decoding goes on in the next segment.
-import type { ChainRef, Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
+import type { ChainRef, Engine, KvHandle } from '../engine/engine.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
 import { StopSequenceMatcher, sampleNext } from '../text/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { encodeInPieces, splitForTokenization } from '../text/text-stream.ts';
