@@ -104,7 +104,12 @@ function refuseUnsupported(b: CompletionBody, prompts: number): void {
   if (b.logit_bias && Object.keys(b.logit_bias).length > 0) throw new ApiError('invalid_request', 'logit_bias is not supported (send null or {})', 'logit_bias', 'unsupported_parameter');
 }
 
-/** A session made for this request, deleted when it ends. */
+/**
+ * A session made for this request, deleted when it ends. A stateless completion still goes through a
+ * (throwaway) Redis session because the request log, the lease and the progress channel are per
+ * session: so any worker can run it, and a worker that crashes mid-completion leaves it to be resumed
+ * by another, as for any session's request.
+ */
 async function ephemeralSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
   const rec = await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner });
   return rec.id;
