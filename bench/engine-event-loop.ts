@@ -157,7 +157,7 @@ async function main(): Promise<void> {
 
   if (BASELINE_SECONDS > 0) {
     // For contrast: the same work with onnxruntime called on the main thread (no engine thread).
-    const { loadModelPackage } = await import('../src/engine/model-package.ts');
+    const { loadModelPackage } = await import('../src/model/model-package.ts');
     const { runSegment } = await import('../src/engine/rmt-runner.ts');
     const pkg = await loadModelPackage(path.join(MODELS_DIR, MODEL), { intraOpThreads: THREADS });
     try {

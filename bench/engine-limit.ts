@@ -33,7 +33,7 @@ import { isMainThread, workerData } from 'node:worker_threads';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { loadModelPackage, type ModelPackage, type Precision } from '../src/engine/model-package.ts';
+import { loadModelPackage, type ModelPackage, type Precision } from '../src/model/model-package.ts';
 import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
 import { segmentFeeds, type SegmentRow } from '../src/engine/rmt-runner.ts';
 import { startModuleThread } from '../src/engine/thread-entry.ts';

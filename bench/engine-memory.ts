@@ -17,7 +17,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { loadModelPackage } from '../src/engine/model-package.ts';
+import { loadModelPackage } from '../src/model/model-package.ts';
 import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps } from '../src/engine/rmt-runner.ts';
 import { tokens } from './bench-support.ts';
 

@@ -33,7 +33,8 @@ import { Redis } from 'ioredis';
 import { loadConfig } from '../src/config/config.ts';
 import type { BatchStat, Engine } from '../src/engine/engine.ts';
 import type { RequestResult } from '../src/queue/request.ts';
-import { startClientRuntime, startWorkerRuntime } from '../src/worker/runtime.ts';
+import { startClientRuntime } from '../src/queue/client-runtime.ts';
+import { startWorkerRuntime } from '../src/worker/runtime.ts';
 import { startRedis } from '../test/support/redis-server.ts';
 import { percentile, tokens } from './bench-support.ts';
 

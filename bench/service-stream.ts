@@ -43,8 +43,8 @@ import { freePort, startRedis } from '../test/support/redis-server.ts';
 import { percentile } from './bench-support.ts';
 import { engineThreads } from '../src/worker/runtime.ts';
 import { SETTINGS } from '../src/config/config.ts';
-import { GPT2_SPLIT, loadTokenizer } from '../src/engine/tokenizer.ts';
-import { loadCatalog } from '../src/engine/model-catalog.ts';
+import { GPT2_SPLIT, loadTokenizer } from '../src/text/tokenizer.ts';
+import { loadCatalog } from '../src/model/model-catalog.ts';
 
 interface Ws {
   readyState: number;

@@ -6,7 +6,7 @@
 //   node --import tsx bench/tokenizer-long-piece.ts            (LETTERS: piece lengths, default "40000,100000")
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadTokenizer } from '../src/engine/tokenizer.ts';
+import { loadTokenizer } from '../src/text/tokenizer.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tok = await loadTokenizer(path.join(ROOT, 'models/rmt-brown-small/tokenizer.json'));

@@ -1,4 +1,4 @@
-// Tokens per second of the API's tokenizer pool (src/engine/tokenizer-pool.ts, RMT_TOKENIZER_THREADS)
+// Tokens per second of the API's tokenizer pool (src/text/tokenizer-pool.ts, RMT_TOKENIZER_THREADS)
 // on the service bench's text: 64 KB appends (as bench/service-stream.ts sends them) encoded by
 // THREADS threads at once, and the same text on this thread for the per-token cost.
 //
@@ -10,8 +10,8 @@
 // (1000000), REPEATS (3; the best is reported, with the spread), SELF (1; 0 skips this thread's run, e.g. to use
 // the pool as a CPU load beside another benchmark).
 import os from 'node:os';
-import { TokenizerPool } from '../src/engine/tokenizer-pool.ts';
-import { loadTokenizer } from '../src/engine/tokenizer.ts';
+import { TokenizerPool } from '../src/text/tokenizer-pool.ts';
+import { loadTokenizer } from '../src/text/tokenizer.ts';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';

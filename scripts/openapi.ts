@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { buildApp } from '../src/api/app.ts';
 import type { ApiDeps } from '../src/api/deps.ts';
 import { loadConfig } from '../src/config/config.ts';
-import { loadCatalog } from '../src/engine/model-catalog.ts';
+import { loadCatalog } from '../src/model/model-catalog.ts';
 
 export async function openapiYaml(): Promise<string> {
   const config = loadConfig({});

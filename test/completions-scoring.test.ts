@@ -9,7 +9,7 @@ import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { applyRequest, tokenLogprob, type ApplyContext, type ApplyHooks } from '../src/worker/apply-request.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, TokenLogprob } from '../src/queue/request.ts';
-import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
+import { DEFAULT_SAMPLING } from '../src/text/sampling.ts';
 
 const LM = 'rmt-brown-lm';
 

@@ -1,7 +1,7 @@
-// FairQueue (src/engine/fair-queue.ts): keys served in turn, each key's items in order.
+// FairQueue (src/text/fair-queue.ts): keys served in turn, each key's items in order.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FairQueue } from '../src/engine/fair-queue.ts';
+import { FairQueue } from '../src/text/fair-queue.ts';
 
 test('keys take turns; each key keeps its order; a key that comes back joins the end of the turn order', () => {
   const q = new FairQueue<string>();

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { startEngine, type Engine } from '../src/engine/engine.ts';
-import { loadModelPackage, type ModelPackage } from '../src/engine/model-package.ts';
+import { loadModelPackage, type ModelPackage } from '../src/model/model-package.ts';
 import { runSegment, runSegmentState } from '../src/engine/rmt-runner.ts';
 import { maxAbsDiff } from './helpers.ts';
 

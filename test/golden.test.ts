@@ -1,7 +1,7 @@
 // Replays golden.json (PyTorch reference outputs) through the ONNX graphs on CPU.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { loadModelPackage, type ModelPackage } from '../src/engine/model-package.ts';
+import { loadModelPackage, type ModelPackage } from '../src/model/model-package.ts';
 import { float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { greedyGenerate, runSegment, runSegmentState, segmentFeeds, type FeedScratch } from '../src/engine/rmt-runner.ts';
 import { SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff, topK, type TopLogits } from './helpers.ts';

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { startEngine, type BatchStat, type Engine } from '../src/engine/engine.ts';
 import { chunksOf, MAX_LOGITS_ROWS } from '../src/engine/logits-rows.ts';
-import { loadModelPackage, type ModelPackage } from '../src/engine/model-package.ts';
+import { loadModelPackage, type ModelPackage } from '../src/model/model-package.ts';
 import { prefillBatch } from '../src/engine/rmt-runner.ts';
 import { PACKAGE_DIR, loadGolden } from './helpers.ts';
 

@@ -6,8 +6,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { loadConfig } from '../src/config/config.ts';
-import { DEFAULT_SAMPLING } from '../src/engine/sampling.ts';
-import { startClientRuntime, startWorkerRuntime, type ClientRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
+import { DEFAULT_SAMPLING } from '../src/text/sampling.ts';
+import { startClientRuntime, type ClientRuntime } from '../src/queue/client-runtime.ts';
+import { startWorkerRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { pollUntil } from './support/poll.ts';
 import { familyNames, histogram, promtoolCheck } from './support/prom-text.ts';

@@ -4,7 +4,7 @@ import { copyFile, mkdtemp, readFile, rm, truncate, unlink, writeFile } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { loadModelPackage } from '../src/engine/model-package.ts';
+import { loadModelPackage } from '../src/model/model-package.ts';
 import { createSession, float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import { PRETOKENIZE_MIN_CHARS } from '../src/api/pretokenizer.ts';
-import { splitAtBoundaries } from '../src/engine/text-stream.ts';
+import { splitAtBoundaries } from '../src/text/text-stream.ts';
 import type { IngestRequest, SessionRequest } from '../src/queue/request.ts';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';

@@ -7,7 +7,7 @@ import {
   StopSequenceMatcher,
   validateSampling,
   type SamplingParams,
-} from '../src/engine/sampling.ts';
+} from '../src/text/sampling.ts';
 
 // Every assert.ok carries a message: without one, node re-reads the call site to build it,
 // which can hang on tsx-transformed sources when the assertion fails.

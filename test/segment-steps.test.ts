@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
-import { loadModelPackage, type Precision } from '../src/engine/model-package.ts';
+import { loadModelPackage, type Precision } from '../src/model/model-package.ts';
 import { runSegmentState, runSegmentSteps } from '../src/engine/rmt-runner.ts';
 import { maxAbsDiff } from './helpers.ts';
 

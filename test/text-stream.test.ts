@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import path from 'node:path';
-import { encodeInPieces, splitAtBoundaries, splitForTokenization } from '../src/engine/text-stream.ts';
-import { loadTokenizer } from '../src/engine/tokenizer.ts';
+import { encodeInPieces, splitAtBoundaries, splitForTokenization } from '../src/text/text-stream.ts';
+import { loadTokenizer } from '../src/text/tokenizer.ts';
 import { requestTokens } from '../src/worker/apply-request.ts';
 import type { IngestRequest } from '../src/queue/request.ts';
 import { PACKAGE_DIR } from './helpers.ts';

@@ -1,4 +1,4 @@
-// The API's tokenizer threads (src/engine/tokenizer-pool.ts): the real tokenizer in real worker
+// The API's tokenizer threads (src/text/tokenizer-pool.ts): the real tokenizer in real worker
 // threads; the ids must be those of the tokenizer on this thread, and no request may hang when a
 // thread dies or the pool closes.
 import assert from 'node:assert/strict';
@@ -6,8 +6,8 @@ import { copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { REQUEST_CHARS, TokenizerPool } from '../src/engine/tokenizer-pool.ts';
-import { loadTokenizer, type TextTokenizer } from '../src/engine/tokenizer.ts';
+import { REQUEST_CHARS, TokenizerPool } from '../src/text/tokenizer-pool.ts';
+import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.ts';
 import { heldOutText } from './support/brown.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { readFileSync } from 'node:fs';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { GPT2_SPLIT, IncrementalDetokenizer, MAX_REMEMBERED_CHARS, WORD_CACHE_SIZE, bytePairEncoder, loadTokenizer, type TextTokenizer, type TokenizerJson } from '../src/engine/tokenizer.ts';
+import { GPT2_SPLIT, IncrementalDetokenizer, MAX_REMEMBERED_CHARS, WORD_CACHE_SIZE, bytePairEncoder, loadTokenizer, type TextTokenizer, type TokenizerJson } from '../src/text/tokenizer.ts';
 import { heldOutText } from './support/brown.ts';
 import { randomChunks } from './support/chunks.ts';
 import { PACKAGE_DIR } from './helpers.ts';

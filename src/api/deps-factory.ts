@@ -1,11 +1,11 @@
 // Builds ApiDeps from config: the client side of the data plane (Redis, store, queue), progress
 // fan-out, model catalog and tokenizers, and the tokenizer threads for long appends.
 import type { Config } from '../config/config.ts';
-import { loadCatalog } from '../engine/model-catalog.ts';
-import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
-import { TokenizerPool } from '../engine/tokenizer-pool.ts';
+import { loadCatalog } from '../model/model-catalog.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
+import { TokenizerPool } from '../text/tokenizer-pool.ts';
 import { ProgressHub } from '../queue/progress-hub.ts';
-import { startClientRuntime } from '../worker/runtime.ts';
+import { startClientRuntime } from '../queue/client-runtime.ts';
 import type { ApiDeps } from './deps.ts';
 import { Pretokenizer } from './pretokenizer.ts';
 

@@ -1,8 +1,8 @@
 // What the routes are given: built once by app.ts (or a test), so routes never construct clients.
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
-import type { ModelCatalog } from '../engine/model-catalog.ts';
-import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { ModelCatalog } from '../model/model-catalog.ts';
+import type { TextTokenizer } from '../text/tokenizer.ts';
 import type { Pretokenizer } from './pretokenizer.ts';
 import type { ProgressHub } from '../queue/progress-hub.ts';
 import type { RequestQueue } from '../queue/request-queue.ts';

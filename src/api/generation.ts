@@ -7,8 +7,8 @@ import { randomInt } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type TSchema } from 'typebox';
-import type { CatalogModel } from '../engine/model-catalog.ts';
-import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../engine/sampling.ts';
+import type { CatalogModel } from '../model/model-catalog.ts';
+import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../text/sampling.ts';
 import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from '../queue/request.ts';
 import type { Submitted } from '../queue/request-queue.ts';
 import type { ApiDeps } from './deps.ts';
@@ -54,7 +54,7 @@ export interface SamplingFields {
   seed?: number | null;
 }
 
-/** The request field of each SamplingParams field (engine/sampling.ts names them in camelCase). */
+/** The request field of each SamplingParams field (text/sampling.ts names them in camelCase). */
 const SAMPLING_FIELDS: Record<string, keyof SamplingFields> = {
   temperature: 'temperature', topK: 'top_k', topP: 'top_p', presencePenalty: 'presence_penalty',
   frequencyPenalty: 'frequency_penalty', repetitionPenalty: 'repetition_penalty', seed: 'seed',

@@ -3,7 +3,7 @@
 // whichever transport carries it. The OpenAI-compatible REST contract is the reference: where the
 // websocket used to differ (max_tokens up to 8192, 16 stop sequences, seed 0 when none was sent) it
 // now follows REST.
-import { DEFAULT_SAMPLING } from '../engine/sampling.ts';
+import { DEFAULT_SAMPLING } from '../text/sampling.ts';
 
 /** Most tokens one request may generate (max_tokens, max_completion_tokens, generate.max_tokens). */
 export const MAX_TOKENS = 4096;
@@ -19,7 +19,7 @@ export const DEFAULT_STREAM_MAX_TOKENS = DEFAULT_COMPLETION_MAX_TOKENS;
 export const MAX_STOP_SEQUENCES = 4;
 
 /**
- * Sampling when a field is not sent: temperature 1, top_p 1, no top_k or penalties (engine/sampling.ts);
+ * Sampling when a field is not sent: temperature 1, top_p 1, no top_k or penalties (text/sampling.ts);
  * the seed is random unless sent, or 0 for greedy decoding (generation.ts uint32Seed).
  */
 export { DEFAULT_SAMPLING };

@@ -1,8 +1,8 @@
 // Tokenizing long appends in the API, on the tokenizer threads, before they are queued: the job
 // carries the text's middle as ids (TextPieces), so the worker's main thread, which also feeds the
 // engine, only tokenizes the ends (joined to the text its session holds back).
-import { splitAtBoundaries } from '../engine/text-stream.ts';
-import type { TokenizerPool } from '../engine/tokenizer-pool.ts';
+import { splitAtBoundaries } from '../text/text-stream.ts';
+import type { TokenizerPool } from '../text/tokenizer-pool.ts';
 import type { TextPieces } from '../queue/request.ts';
 import { apiMetrics } from './metrics.ts';
 

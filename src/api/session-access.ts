@@ -3,7 +3,7 @@
 // session_not_found (never 403: another key must not learn it exists); a session of another model
 // than the request's is 409 model_mismatch; the store's own errors map through the one table
 // (queue-errors.ts). A malformed id never gets here: the schemas refuse it (400) first.
-import type { CatalogModel } from '../engine/model-catalog.ts';
+import type { CatalogModel } from '../model/model-catalog.ts';
 import type { SessionRecord } from '../state/session-store.ts';
 import type { ApiDeps } from './deps.ts';
 import { ApiError, sessionNotFound } from './errors.ts';

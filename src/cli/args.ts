@@ -2,7 +2,7 @@
 // apply to it (each also an environment variable). --help is generated from these tables, and a flag
 // in neither is refused, so a typo cannot pass silently as a setting left at its default.
 import { ConfigError, SETTINGS, flagName, type Config } from '../config/config.ts';
-import { DEFAULT_SAMPLING } from '../engine/sampling.ts';
+import { DEFAULT_SAMPLING } from '../text/sampling.ts';
 
 export interface FlagSpec {
   name: string;

@@ -5,12 +5,13 @@
 import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
 import { ConfigError, type Config } from '../config/config.ts';
-import { validateSampling, DEFAULT_SAMPLING } from '../engine/sampling.ts';
+import { validateSampling, DEFAULT_SAMPLING } from '../text/sampling.ts';
 import { uint32Seed } from '../api/generation.ts';
 import { sessionObject } from '../api/routes/sessions.ts';
 import { redisKeys } from '../state/keys.ts';
 import type { ProgressEvent, RequestResult, SegmentScore, SessionRequest } from '../queue/request.ts';
-import { startClientRuntime, startWorkerRuntime, type WorkerRuntime } from '../worker/runtime.ts';
+import { startClientRuntime } from '../queue/client-runtime.ts';
+import { startWorkerRuntime, type WorkerRuntime } from '../worker/runtime.ts';
 import type { Log } from '../telemetry/log.ts';
 import type { Values } from './args.ts';
 import { ProgressBar } from './progress-bar.ts';

@@ -1,6 +1,7 @@
 // Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
 // Types only: nothing here runs, so either side can import it. The types both sides share live here
 // (engine.ts re-exports them), so neither imports the other.
+import type { ModelInfo } from '../model/model-spec.ts';
 import type { RingSlice, StateRingShared } from './state-ring.ts';
 
 export interface WorkerConfig {
@@ -103,21 +104,8 @@ export type FromWorker =
   | { type: 'replies'; replies: Reply[]; stats: BatchStat[]; ringEnd?: number }
   | { type: 'closed' };
 
-export interface ModelInfo {
-  name: string;
-  dir: string;
-  segmentLength: number;
-  memoryTokens: number;
-  dModel: number;
-  vocabSize: number;
-  specialTokens: { eos: number; pad: number };
-  stateShape: number[];
-  stateDtype: 'float32';
-  stateBytes: number;
-  initState: Float32Array;
-  tokenizerFile: string;
-  task?: unknown;
-}
+/** What a loaded model is, as the engine's users see it (model-spec.ts, the one reader of model.json). */
+export type { ModelInfo };
 
 /** Where the engine actually runs; fallbackReason says why a CUDA engine runs on the CPU. */
 export interface EngineDevice {

@@ -1,11 +1,12 @@
 // Loading an engine thread's models (loadModelPackage owns onnxruntime): on the configured provider,
 // or, when CUDA cannot start, the reason or (cpuFallback) the fp32 graphs on the CPU; then the warm-up.
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { bucketSizes } from './batch-buckets.ts';
 import { cudaPreflight, explainCudaFailure } from './cuda-check.ts';
 import type { EngineDevice, ModelInfo, WorkerConfig } from './engine-protocol.ts';
-import { loadModelPackage, type LoadOptions, type ModelPackage } from './model-package.ts';
+import { loadModelPackage, type LoadOptions, type ModelPackage } from '../model/model-package.ts';
+import { modelInfo } from '../model/model-spec.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
 import { runSegmentState, runSegmentSteps, type FeedScratch, type SegmentOptions } from './rmt-runner.ts';
 
@@ -25,27 +26,6 @@ function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function loadInfo(name: string, dir: string, pkg: ModelPackage): Promise<ModelInfo> {
-  const manifest = JSON.parse(await readFile(path.join(dir, 'model.json'), 'utf8')) as Record<string, unknown>;
-  const memory = pkg.state.find((s) => s.name === 'memory')!;
-  const stateShape = [...memory.shape];
-  const info: ModelInfo = {
-    name,
-    dir,
-    segmentLength: pkg.segmentLength,
-    memoryTokens: pkg.memoryTokens,
-    dModel: pkg.dModel,
-    vocabSize: pkg.vocabSize,
-    specialTokens: { ...pkg.specialTokens },
-    stateShape,
-    stateDtype: 'float32',
-    stateBytes: stateShape.reduce((a, b) => a * b, 1) * 4,
-    initState: pkg.initState.memory!.slice(),
-    tokenizerFile: path.join(dir, String(manifest.tokenizer)),
-  };
-  if (manifest.task !== undefined) info.task = manifest.task;
-  return info;
-}
 
 /** Every model with `opts`; when one fails, those loaded before are released. */
 async function loadAll(config: WorkerConfig, opts: LoadOptions): Promise<Map<string, Loaded>> {
@@ -54,7 +34,7 @@ async function loadAll(config: WorkerConfig, opts: LoadOptions): Promise<Map<str
     const dir = path.resolve(config.modelsDir, name);
     try {
       const pkg = await loadModelPackage(dir, opts);
-      models.set(name, { pkg, info: await loadInfo(name, dir, pkg), scratch: {} });
+      models.set(name, { pkg, info: modelInfo(name, pkg), scratch: {} });
     } catch (err) {
       await releaseModels(models);
       throw new Error(`failed to load model '${name}' from ${dir}: ${errorMessage(err)}`, { cause: err });

@@ -1,7 +1,8 @@
 // Segment recurrence and KV-cached decoding over a loaded model package.
 // Mirrors the reference algorithm in rmt_toolkit so outputs match golden.json.
-import type { ModelPackage } from './model-package.ts';
+import type { ModelPackage } from '../model/model-package.ts';
 import { float16, float32, int64, type Tensor } from './onnx-runtime.ts';
+import { argmax } from '../text/sampling.ts';
 
 /** A KV cache's elements: float32, or raw IEEE half floats for fp16 graphs (never converted here). */
 export type KvArray = Float32Array | Uint16Array;
@@ -302,13 +303,6 @@ export async function decodeStep(pkg: ModelPackage, token: number, kv: KvCache):
     past_key_values: kvTensor(pkg, kv.data, [layers, 2, 1, heads, kv.length, headDim]),
   });
   return { logits: asFloat32(out.logits, 'logits'), kv: kvFromOutput(pkg, out.present_key_values) };
-}
-
-/** Index of the largest value; ties go to the lowest index, like torch.argmax. */
-export function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
-  return best;
 }
 
 export interface GreedyResult {

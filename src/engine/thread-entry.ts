@@ -1,4 +1,4 @@
-// Starting a worker thread that runs a module of this folder, from the build or under tsx.
+// Starting a worker thread that runs a module of this project, from the build or under tsx.
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
 /**
@@ -17,10 +17,13 @@ export function startModuleThread(url: string, options: Omit<WorkerOptions, 'eva
   return new Worker(code, { ...options, eval: true });
 }
 
-/** Starts `./<name>.js` of this folder as a worker thread, or `./<name>.ts` when this file is .ts (under tsx). */
-export function startThread(name: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+/**
+ * Starts `./<name>.js` as a worker thread, or `./<name>.ts` when this file is .ts (under tsx), relative
+ * to `from` (the caller's import.meta.url: thread modules live beside their callers, not only here).
+ */
+export function startThread(name: string, options: Omit<WorkerOptions, 'eval'> = {}, from: string = import.meta.url): Worker {
   const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
-  return startModuleThread(new URL(`./${name}.${ext}`, import.meta.url).href, options);
+  return startModuleThread(new URL(`./${name}.${ext}`, from).href, options);
 }
 
 /**

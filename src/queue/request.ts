@@ -1,5 +1,5 @@
 // Requests as they travel through a session's log: validated before they are accepted, plain JSON in Redis.
-import type { SamplingParams } from '../engine/sampling.ts';
+import type { SamplingParams } from '../text/sampling.ts';
 
 /**
  * An append's text with its middle already tokenized (by the API's tokenizer threads): the text cut

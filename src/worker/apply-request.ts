@@ -4,10 +4,11 @@
 // also records how far into this request it got, so a retry resumes at the last commit: no segment is
 // applied twice and none is skipped. Generation continues the same recurrence: when the tail is full,
 // it is committed and decoding goes on in the next segment.
-import type { ChainRef, Engine, KvHandle, ModelInfo } from '../engine/engine.ts';
-import { StopSequenceMatcher, sampleNext } from '../engine/sampling.ts';
-import { IncrementalDetokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
-import { encodeInPieces, splitForTokenization } from '../engine/text-stream.ts';
+import type { ChainRef, Engine, KvHandle } from '../engine/engine.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
+import { StopSequenceMatcher, sampleNext } from '../text/sampling.ts';
+import { IncrementalDetokenizer, type TextTokenizer } from '../text/tokenizer.ts';
+import { encodeInPieces, splitForTokenization } from '../text/text-stream.ts';
 import type { CommitLease, SessionRecord, SessionStore } from '../state/session-store.ts';
 import type { ProgressEvent, LoggedRequest, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';

@@ -2,10 +2,8 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/config.ts';
 import { startEngine, type Engine } from '../engine/engine.ts';
-import { loadTokenizer, type TextTokenizer } from '../engine/tokenizer.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { SessionStore } from '../state/session-store.ts';
-import { RequestQueue } from '../queue/request-queue.ts';
-import { ProgressHub } from '../queue/progress-hub.ts';
 import { connectRedis } from '../state/redis-connection.ts';
 import { SessionWorker } from './session-worker.ts';
 import { WorkerMetrics, type ProbeResult } from '../telemetry/metrics.ts';
@@ -82,30 +80,6 @@ export async function startWorkerRuntime(
       await worker.close(graceMs);
       await metricsServer?.close();
       await engine.close();
-      redis.disconnect();
-    },
-  };
-}
-
-/** What submitters (the API, the CLI) use: the store, the request queue and the progress channel. */
-export interface ClientRuntime {
-  redis: Redis;
-  store: SessionStore;
-  queue: RequestQueue;
-  progress: ProgressHub;
-  close(): Promise<void>;
-}
-
-export function startClientRuntime(config: Config): ClientRuntime {
-  const redis = connectRedis(config);
-  const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
-  const progress = new ProgressHub(redis, config.keyPrefix);
-  const queue = new RequestQueue({ redis, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, progress });
-  return {
-    redis, store, queue, progress,
-    async close() {
-      await queue.close();
-      await progress.close();
       redis.disconnect();
     },
   };

@@ -6,7 +6,7 @@
 // visibly (it cannot be applied), the turn ends quietly (the session is gone or another worker has
 // it), or the turn throws and BullMQ retries it (a passing fault; the next lease counts an attempt).
 import { performance } from 'node:perf_hooks';
-import type { ModelInfo } from '../engine/engine.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
 import type { LoggedRequest, ProgressEvent, RequestResult } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 import type { SessionLog } from '../queue/session-log.ts';

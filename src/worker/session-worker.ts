@@ -5,7 +5,7 @@
 import { DelayedError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Engine } from '../engine/engine.ts';
-import type { TextTokenizer } from '../engine/tokenizer.ts';
+import type { TextTokenizer } from '../text/tokenizer.ts';
 import { redisKeys, type RedisKeys } from '../state/keys.ts';
 import type { SessionStore } from '../state/session-store.ts';
 import { RequestError } from '../queue/request.ts';

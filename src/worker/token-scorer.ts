@@ -10,7 +10,8 @@
 // - token 0 by the last position of the chunk before it, in this same pass. The old tail that opens
 //   the first chunk is the session's own (not this request's), so a request's first token always has
 //   its predictor; only the first token of a fresh session has none (null, as OpenAI's echo gives).
-import type { Engine, ModelInfo } from '../engine/engine.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { ModelInfo } from '../model/model-spec.ts';
 import type { SegmentScore, TokenLogprob } from '../queue/request.ts';
 import { tokenLogprob } from './apply-request.ts';
 

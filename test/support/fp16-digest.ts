@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadModelPackage } from '../../src/engine/model-package.ts';
+import { loadModelPackage } from '../../src/model/model-package.ts';
 import { decodeBatch, decodeStep, prefill, prefillBatch, type KvArray } from '../../src/engine/rmt-runner.ts';
 import { PACKAGE_DIR } from '../helpers.ts';
 

@@ -1,5 +1,5 @@
 // POST /v1/chat/completions, OpenAI-compatible. The conversation is rendered into a prompt by the
-// model package's chat template (tokenizer_config.json `chat_template`, Jinja: engine/chat-template.ts)
+// model package's chat template (tokenizer_config.json `chat_template`, Jinja: text/chat-template.ts)
 // and generated from like a completion (generation.ts): without session_id in a session of its own,
 // deleted afterwards; with session_id the caller's session is continued, its memory being the context,
 // and the rendered messages and the reply are appended to it (send only the new messages then).
@@ -8,9 +8,9 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
-import { ChatTemplateError, renderChatTemplate, type ChatMessage } from '../../engine/chat-template.ts';
-import type { CatalogModel } from '../../engine/model-catalog.ts';
-import type { TextTokenizer } from '../../engine/tokenizer.ts';
+import { ChatTemplateError, renderChatTemplate, type ChatMessage } from '../../text/chat-template.ts';
+import type { CatalogModel } from '../../model/model-catalog.ts';
+import type { TextTokenizer } from '../../text/tokenizer.ts';
 import type { GenerateRequest, TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, modelNotFound } from '../errors.ts';

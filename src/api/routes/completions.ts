@@ -8,9 +8,9 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
-import type { CatalogModel } from '../../engine/model-catalog.ts';
-import type { TextTokenizer } from '../../engine/tokenizer.ts';
-import type { SamplingParams } from '../../engine/sampling.ts';
+import type { CatalogModel } from '../../model/model-catalog.ts';
+import type { TextTokenizer } from '../../text/tokenizer.ts';
+import type { SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, modelNotFound } from '../errors.ts';
@@ -106,7 +106,12 @@ function refuseUnsupported(b: CompletionBody, prompts: number): void {
   if (b.logit_bias && Object.keys(b.logit_bias).length > 0) throw new ApiError('invalid_request', 'logit_bias is not supported (send null or {})', 'logit_bias', 'unsupported_parameter');
 }
 
-/** A session made for this request, deleted when it ends. */
+/**
+ * A session made for this request, deleted when it ends. A stateless completion still goes through a
+ * (throwaway) Redis session because the request log, the lease and the progress channel are per
+ * session: so any worker can run it, and a worker that crashes mid-completion leaves it to be resumed
+ * by another, as for any session's request.
+ */
 async function ephemeralSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
   const rec = await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner });
   return rec.id;

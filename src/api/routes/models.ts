@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { ApiDeps } from '../deps.ts';
-import type { CatalogModel } from '../../engine/model-catalog.ts';
+import type { CatalogModel } from '../../model/model-catalog.ts';
 import { observeRequests } from '../metrics.ts';
 import { ErrorResponses, ModelListSchema, ModelSchema, errorResponses, type ModelObject } from '../schemas.ts';
 import { Type } from 'typebox';

@@ -45,7 +45,7 @@ import { ApiError, sessionNotFound } from '../errors.ts';
 import { openAiFinish, samplingOf, STOP_SHAPE, type SamplingFields } from '../generation.ts';
 import { DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS } from '../limits.ts';
 import { ownedSession } from '../session-access.ts';
-import type { SamplingParams } from '../../engine/sampling.ts';
+import type { SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';

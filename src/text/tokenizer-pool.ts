@@ -7,7 +7,7 @@
 import type { Worker } from 'node:worker_threads';
 import { FairQueue } from './fair-queue.ts';
 import { piecesAtBoundaries } from './text-stream.ts';
-import { awaitReady, startThread } from './thread-entry.ts';
+import { awaitReady, startThread } from '../engine/thread-entry.ts';
 
 /**
  * Longest piece (chars) of one thread request (the pieces' ids are those of the whole text): one
@@ -65,7 +65,7 @@ interface Slot {
 function spawn(config: TokenizerThreadConfig): Promise<Worker> {
   // A small young generation: tokenizing keeps little alive, and V8's default (up to 48 MB per
   // isolate) would add tens of MB of resident memory per thread for no speed (measured).
-  const worker = startThread('tokenizer-thread', { workerData: config, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
+  const worker = startThread('tokenizer-thread', { workerData: config, resourceLimits: { maxYoungGenerationSizeMb: 4 } }, import.meta.url);
   return awaitReady<Worker, FromTokenizerThread>(worker, 'tokenizer thread', (msg) =>
     msg.type === 'ready' ? { ready: worker } : msg.type === 'loadError' ? { failed: msg.message } : undefined,
   );

@@ -1,5 +1,8 @@
 // Next-token sampling and stop-sequence streaming. Pure logic: no runtime, no I/O,
 // so a generation can be replayed bit-for-bit from (logits, params, counts, step).
+// In text/, not engine/: the engine returns logits and never samples; choosing the next token and
+// cutting the text at stop sequences is per-request decoding policy (params from the API, applied
+// by the worker beside its detokenizer), and the API and CLI validate the params without an engine.
 
 export interface SamplingParams {
   /** 0 => greedy: argmax, ties go to the lowest id (like torch.argmax). */
@@ -107,8 +110,11 @@ function applyPenalties(logits: Float32Array, p: SamplingParams, counts: Readonl
   return x;
 }
 
-/** First index of the maximum (strict >, so ties keep the lowest id); NaN never wins. */
-function argmax(x: Float64Array): number {
+/**
+ * First index of the maximum (strict >, so ties keep the lowest id, like torch.argmax); NaN never wins.
+ * Greedy decoding everywhere (sampleNext at temperature 0, rmt-runner's greedyGenerate) picks with it.
+ */
+export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   let bestV = -Infinity;
   for (let i = 0; i < x.length; i++) {

@@ -1,39 +1,13 @@
-// Loads and validates a model package (format rmt-serve/model@1) so that
+// Loads a model package (format rmt-serve/model@1) for the engine: model.json through readModelSpec,
+// then the graphs of one precision, checked against the contract the runner relies on, so that
 // contract problems surface at load time with the offending file named.
-import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createSession, type RunGate, type Session, type SessionOptions } from './onnx-runtime.ts';
-import { loadTokenizer, type TextTokenizer } from './tokenizer.ts';
-import { readChatTemplate } from './chat-template.ts';
+import { createSession, type RunGate, type Session, type SessionOptions } from '../engine/onnx-runtime.ts';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
+import { fail, isRecord, readModelSpec, requireFile, str, type ModelSpec } from './model-spec.ts';
 
-export const MODEL_FORMAT = 'rmt-serve/model@1';
-
-export interface StateSpec {
-  name: string;
-  shape: [number, number];
-  dtype: 'float32';
-  init: string;
-}
-
-export interface KvLayout {
-  layers: number;
-  heads: number;
-  headDim: number;
-}
-
-export interface ModelPackage {
-  dir: string;
-  name: string;
-  segmentLength: number;
-  memoryTokens: number;
-  dModel: number;
-  vocabSize: number;
-  specialTokens: { eos: number; pad: number };
-  state: StateSpec[];
-  /** Initial value of each state entry, keyed by state name. */
-  initState: Record<string, Float32Array>;
-  kv: KvLayout;
+/** model.json as read by readModelSpec, with the graphs of one precision open. */
+export interface ModelPackage extends ModelSpec {
   precision: Precision;
   /** dtype of the decode graph's past/present key values (the fp16 graphs keep them in fp16). */
   kvDtype: 'float32' | 'float16';
@@ -52,8 +26,6 @@ export interface ModelPackage {
    */
   steps?: number;
   tokenizer: TextTokenizer;
-  /** The chat template of tokenizer_config.json (`chat_template`), if the package has one. */
-  chatTemplate?: string;
   release(): Promise<void>;
 }
 
@@ -114,40 +86,6 @@ function decodeIo(kvDtype: string): { inputs: IoSpec[]; outputs: IoSpec[] } {
   };
 }
 
-class PackageError extends Error {}
-
-function fail(file: string, message: string): never {
-  throw new PackageError(`${file}: ${message}`);
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/** An integer >= min (1: positive, 0: non-negative), or a failure naming the key. */
-function intAtLeast(v: unknown, min: number, file: string, where: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
-    fail(file, `'${where}' must be ${min > 0 ? 'a positive' : 'a non-negative'} integer, found ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-function positiveInt(obj: Record<string, unknown>, key: string, file: string, where = key): number {
-  return intAtLeast(obj[key], 1, file, where);
-}
-
-function str(obj: Record<string, unknown>, key: string, file: string, where = key): string {
-  const v = obj[key];
-  if (typeof v !== 'string' || v === '') fail(file, `'${where}' must be a non-empty string`);
-  return v;
-}
-
-function requireFile(dir: string, name: string, what: string): string {
-  const full = path.join(dir, name);
-  if (!existsSync(full)) fail(name, `${what} file not found at ${full}`);
-  return full;
-}
-
 function checkIo(file: string, session: Session, spec: { inputs: IoSpec[]; outputs: IoSpec[] }): void {
   for (const [kind, declared, expected] of [
     ['input', session.inputs, spec.inputs],
@@ -185,81 +123,14 @@ function checkDim(file: string, session: Session, input: string, axis: number, e
 
 export async function loadModelPackage(dir: string, options: LoadOptions = {}): Promise<ModelPackage> {
   const MJ = 'model.json';
-  const manifestPath = requireFile(dir, MJ, 'manifest');
-  let manifest: unknown;
-  try {
-    manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
-  } catch (err) {
-    fail(MJ, `invalid JSON: ${(err as Error).message}`);
-  }
-  if (!isRecord(manifest)) fail(MJ, 'must be a JSON object');
-  if (manifest.format !== MODEL_FORMAT) {
-    fail(MJ, `'format' expected "${MODEL_FORMAT}", found ${JSON.stringify(manifest.format)}`);
-  }
-  if (manifest.architecture !== 'rmt') {
-    fail(MJ, `'architecture' expected "rmt", found ${JSON.stringify(manifest.architecture)}`);
-  }
-  const name = str(manifest, 'name', MJ);
-  const segmentLength = positiveInt(manifest, 'segment_length', MJ);
-  const memoryTokens = positiveInt(manifest, 'memory_tokens', MJ);
-  const vocabSize = positiveInt(manifest, 'vocab_size', MJ);
-
-  const special = manifest.special_tokens;
-  if (!isRecord(special)) fail(MJ, "'special_tokens' must be an object");
-  const specialTokens = {
-    eos: intAtLeast(special.eos, 0, MJ, 'special_tokens.eos'),
-    pad: intAtLeast(special.pad, 0, MJ, 'special_tokens.pad'),
-  };
-
-  const tokenizerName = str(manifest, 'tokenizer', MJ);
-  const tokenizerPath = requireFile(dir, tokenizerName, 'tokenizer');
-
-  // State entries: each init file holds raw little-endian float32 of product(shape) elements.
-  if (!Array.isArray(manifest.state) || manifest.state.length === 0) fail(MJ, "'state' must be a non-empty array");
-  const state: StateSpec[] = [];
-  const initState: Record<string, Float32Array> = {};
-  for (const [i, raw] of manifest.state.entries()) {
-    const where = `state[${i}]`;
-    if (!isRecord(raw)) fail(MJ, `'${where}' must be an object`);
-    const stateName = str(raw, 'name', MJ, `${where}.name`);
-    if (raw.dtype !== 'float32') fail(MJ, `'${where}.dtype' expected "float32", found ${JSON.stringify(raw.dtype)}`);
-    if (!Array.isArray(raw.shape) || raw.shape.length !== 2) fail(MJ, `'${where}.shape' must be [tokens, d_model]`);
-    const shape = raw.shape.map((v: unknown, k) => intAtLeast(v, 1, MJ, `${where}.shape[${k}]`));
-    const init = str(raw, 'init', MJ, `${where}.init`);
-    const initPath = requireFile(dir, init, `${where} init`);
-    const expectedBytes = shape[0]! * shape[1]! * 4;
-    const size = (await stat(initPath)).size;
-    if (size !== expectedBytes) {
-      fail(init, `state init size expected ${expectedBytes} bytes (float32 [${shape.join(', ')}]), found ${size}`);
-    }
-    const bytes = await readFile(initPath);
-    // Copy into an aligned buffer and decode explicitly as little-endian.
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const values = new Float32Array(expectedBytes / 4);
-    for (let k = 0; k < values.length; k++) values[k] = view.getFloat32(k * 4, true);
-    state.push({ name: stateName, shape: [shape[0]!, shape[1]!], dtype: 'float32', init });
-    initState[stateName] = values;
-  }
-  const memory = state.find((s) => s.name === 'memory');
-  if (!memory) fail(MJ, "'state' must contain an entry named \"memory\"");
-  if (memory.shape[0] !== memoryTokens) {
-    fail(MJ, `'state.memory.shape[0]' expected memory_tokens=${memoryTokens}, found ${memory.shape[0]}`);
-  }
-  const dModel = memory.shape[1];
-
-  const kvRaw = isRecord(manifest.decode) ? manifest.decode.past_key_values : undefined;
-  if (!isRecord(kvRaw)) fail(MJ, "'decode.past_key_values' must be an object");
-  const kv: KvLayout = {
-    layers: positiveInt(kvRaw, 'layers', MJ, 'decode.past_key_values.layers'),
-    heads: positiveInt(kvRaw, 'heads', MJ, 'decode.past_key_values.heads'),
-    headDim: positiveInt(kvRaw, 'head_dim', MJ, 'decode.past_key_values.head_dim'),
-  };
+  const spec = await readModelSpec(dir);
+  const { name, memoryTokens, dModel, kv } = spec;
 
   const precision = options.precision ?? 'fp32';
   const G = `graphs.${precision}`;
-  const graphs = isRecord(manifest.graphs) ? manifest.graphs[precision] : undefined;
+  const graphs = spec.graphs[precision];
   if (!isRecord(graphs)) {
-    const have = isRecord(manifest.graphs) ? Object.keys(manifest.graphs).join(', ') : 'none';
+    const have = Object.keys(spec.graphs).join(', ') || 'none';
     fail(MJ, `'${G}' must be an object (this package ships precisions: ${have})`);
   }
   const segmentName = str(graphs, 'segment', MJ, `${G}.segment`);
@@ -273,8 +144,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   if (typeof graphs.weights === 'string') requireFile(dir, graphs.weights, 'external weights');
   const kvDtype = precision === 'fp16' ? 'float16' : 'float32';
 
-  const tokenizer = await loadTokenizer(tokenizerPath);
-  const { chatTemplate } = await readChatTemplate(tokenizerPath);
+  const tokenizer = await loadTokenizer(spec.tokenizerFile);
 
   const base: SessionOptions = { executionProvider: options.executionProvider ?? 'cpu' };
   if (options.deviceId !== undefined) base.deviceId = options.deviceId;
@@ -325,22 +195,12 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   const sessions: ModelPackage['sessions'] = { segment, decode, ...(segmentState ? { segmentState } : {}), ...(segmentSteps ? { segmentSteps } : {}) };
 
   return {
-    dir,
-    name,
-    segmentLength,
-    memoryTokens,
-    dModel,
-    vocabSize,
-    specialTokens,
-    state,
-    initState,
-    kv,
+    ...spec,
     precision,
     kvDtype,
     sessions,
     ...(steps !== undefined ? { steps } : {}),
     tokenizer,
-    ...(chatTemplate !== undefined ? { chatTemplate } : {}),
     release: async () => {
       await Promise.all(opened.map((s) => s.release()));
     },
