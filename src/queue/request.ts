@@ -110,9 +110,16 @@ export type ProgressEvent =
   /** The owner reset a failed session: 'drop' discarded requests from..to (none for 'retry'). */
   | { type: 'reset'; seq: number; action: 'retry' | 'drop'; from: number; to: number };
 
+/**
+ * Why a worker could not apply a request (RequestResult.error.code, the session's failure code):
+ * a client mistake completes the request with the error, the others fail the session
+ * (session-runner.ts); the API maps each to a status (api/errors.ts fromCode).
+ */
+export type RequestErrorCode = 'empty_prompt' | 'invalid_request' | 'lost_progress' | 'model_not_loaded' | 'session_not_found';
+
 export class RequestError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: RequestErrorCode,
     message: string,
   ) {
     super(message);

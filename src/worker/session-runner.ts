@@ -8,9 +8,9 @@
 import { performance } from 'node:perf_hooks';
 import type { ModelInfo } from '../model/model-spec.ts';
 import type { LoggedRequest, ProgressEvent, RequestResult } from '../queue/request.ts';
-import { RequestError } from '../queue/request.ts';
+import { RequestError, type RequestErrorCode } from '../queue/request.ts';
 import type { SessionLog } from '../queue/session-log.ts';
-import { SessionError, type SessionRecord, type SessionStore } from '../state/session-store.ts';
+import { SessionError, type SessionErrorCode, type SessionRecord, type SessionStore } from '../state/session-store.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
 import { applyRequest, type ApplyContext, type ApplyHooks, type RequestStart } from './apply-request.ts';
 import type { Handoff } from './handoff.ts';
@@ -37,9 +37,9 @@ export type TurnOutcome = { kind: 'done' } | { kind: 'later'; delayMs: number };
 /** Requests read from the log at a time. */
 const PREFETCH = 4;
 /** A client mistake: the request is completed with the error (its submitter gets it), the session goes on. */
-const CLIENT_ERRORS = new Set(['empty_prompt', 'invalid_request']);
+const CLIENT_ERRORS = new Set<string>(['empty_prompt', 'invalid_request'] satisfies RequestErrorCode[]);
 /** The session cannot be applied by any worker: it fails visibly at this request. */
-const SESSION_ERRORS = new Set(['model_mismatch', 'state_mismatch', 'model_not_loaded', 'lost_progress']);
+const SESSION_ERRORS = new Set<string>(['model_mismatch', 'state_mismatch', 'model_not_loaded', 'lost_progress'] satisfies (RequestErrorCode | SessionErrorCode)[]);
 
 /** A request being applied: settles when it is done (or failed); `offered` when it can be continued from. */
 interface Running {
