@@ -2,6 +2,7 @@
 // unknown flags refused with a hint, one-line errors, and `serve` without REDIS_URL on a private
 // redis-server of its own, never on whatever answers at localhost:6379.
 import assert from 'node:assert/strict';
+import { startRedis } from './support/redis-server.ts';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
@@ -106,6 +107,24 @@ describe('help and flags', () => {
       const r = await run(args, { REDIS_URL: NOTHING });
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, want, args.join(' '));
+    }
+  });
+
+  test('generate: the API\'s limits (queue/generate-request.ts), refused before a session is opened, exit 2', async () => {
+    const redis = await startRedis();
+    try {
+      const cases: [string[], RegExp][] = [
+        [['--max-tokens', '5000'], /^rmt-serve: generate: max_tokens must be an integer in \[0, 4096\], got 5000\n$/],
+        [['a', 'b', 'c', 'd', 'e'].flatMap((t) => ['--stop', t]), /^rmt-serve: generate: at most 4 stop sequences, got 5\n$/],
+        [['--top-p', '2'], /^rmt-serve: generate: .*top_?[pP]/],
+      ];
+      for (const [extra, want] of cases) {
+        const r = await run(['generate', '--prompt', 'x', ...extra], { REDIS_URL: redis.url, RMT_PREFIX: `cli${process.pid}` });
+        assert.equal(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, want, extra.join(' '));
+      }
+    } finally {
+      await redis.stop();
     }
   });
 });

@@ -2,11 +2,11 @@
 // POST /v1/chat/completions, the session routes and the websocket's generate message. Each test sends
 // the same mistake (or the same request) every way and asserts the same answer: the status, `code` and
 // `param` of the OpenAI error over REST, the `code` and `param` of the error message on the websocket.
-// The limits come from src/api/limits.ts, so a change there is checked everywhere at once.
+// The limits come from src/queue/generate-request.ts, so a change there is checked everywhere at once.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { InjectOptions } from 'fastify';
-import { DEFAULT_COMPLETION_MAX_TOKENS, DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS } from '../src/api/limits.ts';
+import { DEFAULT_COMPLETION_MAX_TOKENS, DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS } from '../src/queue/generate-request.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { Client, WebSocket, connectStream, type Msg } from './support/ws-client.ts';
 

@@ -13,7 +13,7 @@ import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from
 import type { Submitted } from '../queue/request-queue.ts';
 import type { ApiDeps } from './deps.ts';
 import { ApiError, fromCode } from './errors.ts';
-import { MAX_STOP_SEQUENCES } from './limits.ts';
+import { MAX_STOP_SEQUENCES } from '../queue/generate-request.ts';
 import { apiMetrics } from './metrics.ts';
 import { fromQueueError } from './queue-errors.ts';
 import { sessionOfModel } from './session-access.ts';

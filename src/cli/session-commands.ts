@@ -5,7 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
 import { ConfigError, type Config } from '../config/config.ts';
-import { validateSampling, DEFAULT_SAMPLING } from '../text/sampling.ts';
+import { DEFAULT_SAMPLING } from '../text/sampling.ts';
+import { DEFAULT_COMPLETION_MAX_TOKENS, generateRequest } from '../queue/generate-request.ts';
 import { uint32Seed } from '../api/generation.ts';
 import { sessionObject } from '../api/routes/sessions.ts';
 import { redisKeys } from '../state/keys.ts';
@@ -183,21 +184,30 @@ export async function runGenerate(config: Config, log: Log, values: Values): Pro
   };
   // The API's defaults (DEFAULT_SAMPLING, max_tokens 16, a random seed unless greedy): the same request, the same behaviour.
   const temperature = num('temperature', DEFAULT_SAMPLING.temperature);
-  const sampling = validateSampling({
+  const sampling = {
     ...DEFAULT_SAMPLING,
     temperature,
     topK: num('top-k', DEFAULT_SAMPLING.topK),
     topP: num('top-p', DEFAULT_SAMPLING.topP),
     seed: uint32Seed(values.seed === undefined ? undefined : num('seed', 0), temperature),
-  });
-  const maxTokens = positiveInt(values, 'max-tokens', 16);
+  };
+  // The API's limits and defaults (queue/generate-request.ts); checked before a session is opened.
+  const maxTokens = positiveInt(values, 'max-tokens', DEFAULT_COMPLETION_MAX_TOKENS);
+  const stop = (values.stop as string[] | undefined) ?? [];
+  let generate: (text: string) => SessionRequest;
+  try {
+    generateRequest({ maxTokens, sampling, stop });
+    generate = (text) => generateRequest({ text, maxTokens, sampling, stop });
+  } catch (err) {
+    throw new ConfigError(`generate: ${(err as Error).message}`);
+  }
   const s = await openSession(config, log, values.model as string | undefined, values.session as string | undefined);
   try {
     // A long prompt goes in as several requests; the last carries the generation.
     const pieces = splitText(prompt ?? '', 65536);
     const last = pieces.pop() ?? '';
     const requests: SessionRequest[] = pieces.map((t) => ({ kind: 'ingest', text: t }));
-    requests.push({ kind: 'generate', text: last, maxTokens, sampling, stop: (values.stop as string[] | undefined) ?? [] });
+    requests.push(generate(last));
     const before = await sessionJson(s);
     const applied = new Applied([...pieces, last].map((p) => p.length), { tokens: before.tokens_ingested, segments: before.segments_committed });
     const bar = new ProgressBar('prompt', { plain: values['no-progress'] === true });

@@ -11,10 +11,10 @@ import { Type, type Static } from 'typebox';
 import { ChatTemplateError, renderChatTemplate, type ChatMessage } from '../../text/chat-template.ts';
 import type { CatalogModel } from '../../model/model-catalog.ts';
 import type { TextTokenizer } from '../../text/tokenizer.ts';
-import type { GenerateRequest, TokenLogprob } from '../../queue/request.ts';
+import type { TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, modelNotFound } from '../errors.ts';
-import { DEFAULT_CHAT_MAX_TOKENS, MAX_TOKENS } from '../limits.ts';
+import { DEFAULT_CHAT_MAX_TOKENS, MAX_TOKENS, generateRequest } from '../../queue/generate-request.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
 import { ChatCompletionSchema, CompletionEventStreamSchema, SessionIdSchema, errorResponses } from '../schemas.ts';
 import { admit } from '../queue-errors.ts';
@@ -192,11 +192,11 @@ export default async function chatCompletionsRoutes(app: FastifyInstance, deps: 
     const sampling = samplingOf(body);
     await admit(deps, reply);
     const top = body.top_logprobs ?? 0;
-    const request: GenerateRequest = {
-      kind: 'generate', text, maxTokens: body.max_completion_tokens ?? body.max_tokens ?? DEFAULT_CHAT_MAX_TOKENS, sampling, stop: stopList(body.stop),
+    const request = generateRequest({
+      text, maxTokens: body.max_completion_tokens ?? body.max_tokens ?? DEFAULT_CHAT_MAX_TOKENS, sampling, stop: stopList(body.stop),
       // The worker returns log-probabilities only with at least one alternative; extras are dropped here.
       ...(body.logprobs === true ? { logprobs: Math.max(1, top) } : {}),
-    };
+    });
 
     const emptyPrompt = text === '' ? new ApiError('invalid_request', 'the chat template rendered these messages as empty text', 'messages', 'empty_prompt') : undefined;
     const session = await openSession(deps, req.owner, model, body.session_id, emptyPrompt);

@@ -14,7 +14,7 @@ import type { SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
 import { ApiError, modelNotFound } from '../errors.ts';
-import { DEFAULT_COMPLETION_MAX_TOKENS, MAX_TOKENS } from '../limits.ts';
+import { DEFAULT_COMPLETION_MAX_TOKENS, MAX_TOKENS, generateRequest } from '../../queue/generate-request.ts';
 import { sessionOfModel } from '../session-access.ts';
 import { observeRequests, requestModel } from '../metrics.ts';
 import { admit } from '../queue-errors.ts';
@@ -160,19 +160,20 @@ async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt
   const session = sessionId ?? (await ephemeralSession(deps, p.model, p.owner));
   if (sessionId === undefined) p.ephemeral.push(session);
   const wantLogprobs = p.body.logprobs !== undefined && p.body.logprobs !== null ? p.body.logprobs : p.bestOf > p.n ? 0 : undefined;
-  const generate = (base: Prompt, j: number): GenerateRequest => ({
-    kind: 'generate', ...base, maxTokens: p.body.max_tokens ?? DEFAULT_COMPLETION_MAX_TOKENS, sampling: seeded(p.sampling, j), stop: p.stop,
+  const generate = (base: Prompt, j: number, promptLogprobs?: number): GenerateRequest => generateRequest({
+    ...base, maxTokens: p.body.max_tokens ?? DEFAULT_COMPLETION_MAX_TOKENS, sampling: seeded(p.sampling, j), stop: p.stop,
     ...(wantLogprobs !== undefined ? { logprobs: wantLogprobs } : {}),
+    ...(promptLogprobs !== undefined ? { promptLogprobs } : {}),
   });
   const echo = p.body.echo ? promptText : '';
   const split = p.bestOf > 1 || (p.body.stream === true && p.echoTop !== undefined);
   if (!split) {
-    const request = { ...generate(prompt, 0), ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}) };
+    const request = generate(prompt, 0, p.echoTop);
     return { jobs: [{ index: promptIndex, sessionId: session, request, echo, echoLogprobs: null }], promptTokens: 0 };
   }
-  const read = await runToResult(deps, reply, session, {
-    kind: 'generate', ...prompt, maxTokens: 0, sampling: p.sampling, stop: [], ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}),
-  });
+  const read = await runToResult(deps, reply, session, generateRequest({
+    ...prompt, maxTokens: 0, sampling: p.sampling, stop: [], ...(p.echoTop !== undefined ? { promptLogprobs: p.echoTop } : {}),
+  }));
   completionOf(read);
   const echoLogprobs = read.prompt ? openAiLogprobs(read.prompt.ids, read.prompt.logprobs, (t) => p.tokenizer.decode([t]), 0) : null;
   const sessions = [session];

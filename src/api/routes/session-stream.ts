@@ -9,7 +9,7 @@
 //   server -> {type:'token', text, index} ... {type:'done', finish_reason, text, usage:{prompt_tokens, completion_tokens, total_tokens}}
 //   server -> {type:'error', code, message[, param][, seq]}     recoverable unless the server closes the socket after it
 //
-// generate takes the limits, defaults and sampling of POST /v1/completions (limits.ts, generation.ts
+// generate takes the limits, defaults and sampling of POST /v1/completions (queue/generate-request.ts, generation.ts
 // samplingOf): max_tokens 1..MAX_TOKENS (default 16), at most 4 stop sequences, a random seed unless
 // one is sent (0 for greedy), finish_reason 'stop' or 'length'. A session that does not exist or is
 // another key's is refused before the upgrade with the same HTTP 404 session_not_found as REST; a
@@ -43,10 +43,10 @@ import type { IngestText } from '../pretokenizer.ts';
 import { SessionParamsSchema, errorResponses } from '../schemas.ts';
 import { ApiError, sessionNotFound } from '../errors.ts';
 import { openAiFinish, samplingOf, STOP_SHAPE, type SamplingFields } from '../generation.ts';
-import { DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS } from '../limits.ts';
+import { DEFAULT_STREAM_MAX_TOKENS, MAX_STOP_SEQUENCES, MAX_TOKENS, generateRequest } from '../../queue/generate-request.ts';
 import { ownedSession } from '../session-access.ts';
 import type { SamplingParams } from '../../text/sampling.ts';
-import type { GenerateRequest, IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
+import type { IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 import { OrderError } from '../../queue/session-log.ts';
@@ -398,10 +398,10 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (m.text !== undefined && (typeof m.text !== 'string' || LONE_SURROGATE.test(m.text))) {
           throw new ProtocolError('invalid_field', 'generate.text must be a valid Unicode string', 'text');
         }
-        const req: GenerateRequest = {
-          kind: 'generate', maxTokens, sampling: parseSampling(m), stop: parseStop(m.stop),
+        const req = generateRequest({
+          maxTokens, sampling: parseSampling(m), stop: parseStop(m.stop),
           ...(typeof m.text === 'string' ? { text: m.text } : {}),
-        };
+        });
         const g: { q: number | undefined; held: ProgressEvent[] } = { q: undefined, held: [] };
         gen = g;
         try {
