@@ -382,12 +382,10 @@ describe('engine (worker thread, fp32, cpu)', () => {
 });
 
 /** Stream 'gone' runs a segment and never sends again; then stream 'other' runs one: how long that took (ms). */
-async function afterGone(engine: Engine): Promise<number> {
+async function afterGone(engine: Engine): Promise<void> {
   const init = engine.model(SMALL).initState;
   await engine.advance(SMALL, corpus.slice(0, 128), init, 'gone');
-  const t0 = performance.now();
   await engine.advance(SMALL, corpus.slice(128, 256), init, 'other');
-  return performance.now() - t0;
 }
 
 describe('batch window (batchWaitMs)', () => {
@@ -429,13 +427,12 @@ describe('batch window (batchWaitMs)', () => {
     for (let s = 0; s < 4; s++) assert.ok(maxAbsDiff(windowed.states[s]!, greedy.states[s]!) === 0, `session ${s}: batching changed the state`);
   });
 
-  test('a stream that does not come back costs at most the window', async () => {
+  // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it. The
+  // test's own timeout is the bound on that wait (not a speed target).
+  test('a stream that does not come back costs at most the window', { timeout: 60_000 }, async () => {
     const engine = await startEngine({ modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu', intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, batchWaitMs: 300 });
     try {
-      const first = await afterGone(engine);
-      // 'gone' is waited for until its answer is 300 ms old, then never again: no call hangs on it
-      // (a bound on a wait, far above a segment's time on any machine: not a speed target).
-      assert.ok(first < 300 + 30_000, `first call took ${first} ms`);
+      await afterGone(engine);
       await engine.advance(SMALL, corpus.slice(256, 384), engine.model(SMALL).initState, 'other');
     } finally {
       await engine.close();
@@ -446,14 +443,13 @@ describe('batch window (batchWaitMs)', () => {
 for (const deviceTurns of [true, false]) describe(`batch window with several engine threads (${deviceTurns ? 'taking turns' : 'runs overlapping'})`, () => {
   const base = { modelsDir: MODELS_DIR, models: [SMALL], executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 8, maxBatchTokens: 2048, threads: 2, deviceTurns };
 
-  test('a run is not held back while the device is idle (sessions packed on one thread, the other idle)', async () => {
-    // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device.
-    const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 60_000 });
+  // Both streams on thread 0 (packStreams 16); thread 1 has nothing, so no run holds the device. The
+  // window is a day: waiting for 'gone' would never end, so finishing at all (within the test's
+  // timeout, a bound on the wait) shows the run was not held back.
+  test('a run is not held back while the device is idle (sessions packed on one thread, the other idle)', { timeout: 120_000 }, async () => {
+    const engine = await startEngine({ ...base, packStreams: 16, batchWaitMs: 24 * 3600_000 });
     try {
-      const ms = await afterGone(engine);
-      // Waiting for 'gone' would take the whole minute's window: the device would sit idle through it.
-      // Half the window tells the two apart on any machine (a segment takes milliseconds, not 30 s).
-      assert.ok(ms < 30_000, `the run waited ${ms.toFixed(0)} ms for a stream with the device idle`);
+      await afterGone(engine);
     } finally {
       await engine.close();
     }
