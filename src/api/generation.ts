@@ -8,13 +8,15 @@ import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type TSchema } from 'typebox';
 import type { CatalogModel } from '../model/model-catalog.ts';
+import type { TextTokenizer } from '../text/tokenizer.ts';
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from '../text/sampling.ts';
 import type { FinishReason, GenerateRequest, ProgressEvent, RequestResult } from '../queue/request.ts';
 import type { Submitted } from '../queue/request-queue.ts';
 import type { ApiDeps } from './deps.ts';
-import { ApiError, fromCode } from './errors.ts';
+import { ApiError, fromCode, modelNotFound } from './errors.ts';
 import { MAX_STOP_SEQUENCES } from '../queue/generate-request.ts';
-import { apiMetrics } from './metrics.ts';
+import { apiMetrics, requestModel } from './metrics.ts';
+import { CompletionEventStreamSchema, errorResponses } from './schemas.ts';
 import { fromQueueError } from './queue-errors.ts';
 import { sessionOfModel } from './session-access.ts';
 
@@ -160,8 +162,34 @@ export async function openSession(
     return { id: rec.id, ephemeral: false, cleanup: async () => undefined };
   }
   if (emptyPrompt) throw emptyPrompt;
-  const rec = await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner });
-  return { id: rec.id, ephemeral: true, cleanup: async () => void (await deps.store.delete(rec.id).catch(() => undefined)) };
+  const id = await freshSession(deps, model, owner);
+  return { id, ephemeral: true, cleanup: async () => void (await deps.store.delete(id).catch(() => undefined)) };
+}
+
+/** A new session of `model` at its initial state, owned by `owner` (the caller deletes it). */
+export async function freshSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
+  return (await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner })).id;
+}
+
+/** The model a generation route names, and its tokenizer; tags the request's metrics with it. */
+export function generationModel(deps: ApiDeps, req: FastifyRequest, name: string): { model: CatalogModel; tokenizer: TextTokenizer } {
+  const model = deps.catalog.get(name);
+  if (!model) throw modelNotFound(name);
+  requestModel(req, model.name);
+  const tokenizer = deps.tokenizers.get(model.name);
+  if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
+  return { model, tokenizer };
+}
+
+/** A generation route's responses: the object (JSON) or its server-sent events, and its own error statuses. */
+export function generationResponses(what: string, json: TSchema) {
+  return {
+    200: {
+      description: `The ${what} (JSON), or with stream: true its server-sent events`,
+      content: { 'application/json': { schema: json }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
+    },
+    ...errorResponses(404, 409, 429),
+  };
 }
 
 /** Submits `request` to the session and waits for its result (cancelled if the client leaves). */

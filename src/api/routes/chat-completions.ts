@@ -13,13 +13,13 @@ import type { CatalogModel } from '../../model/model-catalog.ts';
 import type { TextTokenizer } from '../../text/tokenizer.ts';
 import type { TokenLogprob } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
-import { ApiError, modelNotFound } from '../errors.ts';
+import { ApiError } from '../errors.ts';
 import { DEFAULT_CHAT_MAX_TOKENS, MAX_TOKENS, generateRequest } from '../../queue/generate-request.ts';
-import { observeRequests, requestModel } from '../metrics.ts';
-import { ChatCompletionSchema, CompletionEventStreamSchema, SessionIdSchema, errorResponses } from '../schemas.ts';
+import { observeRequests } from '../metrics.ts';
+import { ChatCompletionSchema, SessionIdSchema } from '../schemas.ts';
 import { admit } from '../queue-errors.ts';
 import {
-  completionOf, generateOnce, Nullable, openAiFinish, openSession, samplingOf, STOP_SHAPE, StopSchema, stopList,
+  completionOf, generateOnce, generationModel, generationResponses, Nullable, openAiFinish, openSession, samplingOf, STOP_SHAPE, StopSchema, stopList,
   streamGeneration, usageOf, validationError, type AjvError,
 } from '../generation.ts';
 
@@ -167,13 +167,7 @@ export default async function chatCompletionsRoutes(app: FastifyInstance, deps: 
       description: "OpenAI-compatible. The messages are rendered into a prompt by the model package's chat template (400 chat_template_missing " +
         'without one), then generated as a completion; with session_id the session is continued. stream: true answers with chat.completion.chunk events.',
       body: ChatCompletionBody,
-      response: {
-        200: {
-          description: 'The chat completion (JSON), or with stream: true its server-sent events',
-          content: { 'application/json': { schema: ChatCompletionSchema }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
-        },
-        ...errorResponses(404, 409, 429),
-      },
+      response: generationResponses('chat completion', ChatCompletionSchema),
     },
     attachValidation: true,
   }, async (req, reply) => {
@@ -182,11 +176,7 @@ export default async function chatCompletionsRoutes(app: FastifyInstance, deps: 
     const body = req.body;
     refuseUnsupported(body);
 
-    const model = deps.catalog.get(body.model);
-    if (!model) throw modelNotFound(body.model);
-    requestModel(req, model.name);
-    const tokenizer = deps.tokenizers.get(model.name);
-    if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
+    const { model, tokenizer } = generationModel(deps, req, body.model);
 
     const text = renderConversation(model, body.messages);
     const sampling = samplingOf(body);

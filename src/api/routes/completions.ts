@@ -13,17 +13,18 @@ import type { TextTokenizer } from '../../text/tokenizer.ts';
 import type { SamplingParams } from '../../text/sampling.ts';
 import type { GenerateRequest } from '../../queue/request.ts';
 import type { ApiDeps } from '../deps.ts';
-import { ApiError, modelNotFound } from '../errors.ts';
+import { ApiError } from '../errors.ts';
 import { DEFAULT_COMPLETION_MAX_TOKENS, MAX_TOKENS, generateRequest } from '../../queue/generate-request.ts';
 import { sessionOfModel } from '../session-access.ts';
-import { observeRequests, requestModel } from '../metrics.ts';
+import { observeRequests } from '../metrics.ts';
 import { admit } from '../queue-errors.ts';
 import { concatLogprobs, meanLogprob, openAiLogprobs, type OpenAiLogprobs } from '../completion-format.ts';
 import {
-  completionOf, Nullable, openAiFinish, runToResult, samplingOf, STOP_SHAPE, StopSchema, stopList, streamGeneration, validationError,
+  completionOf, freshSession, generationModel, generationResponses, Nullable, openAiFinish, runToResult, samplingOf, STOP_SHAPE, StopSchema, stopList,
+  streamGeneration, validationError,
   type AjvError, type StreamJob,
 } from '../generation.ts';
-import { CompletionChoiceSchema, CompletionEventStreamSchema, CompletionSchema, SessionIdSchema, errorResponses } from '../schemas.ts';
+import { CompletionChoiceSchema, CompletionSchema, SessionIdSchema } from '../schemas.ts';
 
 /** Most prompts in one request, and most choices (prompts x best_of) it may ask for. */
 const MAX_PROMPTS = 32;
@@ -106,16 +107,6 @@ function refuseUnsupported(b: CompletionBody, prompts: number): void {
   if (b.logit_bias && Object.keys(b.logit_bias).length > 0) throw new ApiError('invalid_request', 'logit_bias is not supported (send null or {})', 'logit_bias', 'unsupported_parameter');
 }
 
-/**
- * A session made for this request, deleted when it ends. A stateless completion still goes through a
- * (throwaway) Redis session because the request log, the lease and the progress channel are per
- * session: so any worker can run it, and a worker that crashes mid-completion leaves it to be resumed
- * by another, as for any session's request.
- */
-async function ephemeralSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
-  const rec = await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner });
-  return rec.id;
-}
 
 interface Plan {
   body: CompletionBody;
@@ -157,7 +148,11 @@ function seeded(s: SamplingParams, j: number): SamplingParams {
 async function preparePrompt(deps: ApiDeps, reply: FastifyReply, p: Plan, prompt: Prompt, promptIndex: number, sessionId: string | undefined): Promise<PreparedPrompt> {
   const promptText = 'text' in prompt ? prompt.text : p.tokenizer.decode(prompt.ids);
   if (sessionId === undefined && 'text' in prompt && prompt.text === '') throw new ApiError('invalid_request', 'prompt must not be empty', 'prompt', 'empty_prompt');
-  const session = sessionId ?? (await ephemeralSession(deps, p.model, p.owner));
+  // Without session_id the prompt gets a session of its own, deleted when the request ends. A stateless
+  // completion still goes through a (throwaway) Redis session because the request log, the lease and
+  // the progress channel are per session: any worker can run it, and one that crashes mid-completion
+  // leaves it to be resumed by another, as for any session's request.
+  const session = sessionId ?? (await freshSession(deps, p.model, p.owner));
   if (sessionId === undefined) p.ephemeral.push(session);
   const wantLogprobs = p.body.logprobs !== undefined && p.body.logprobs !== null ? p.body.logprobs : p.bestOf > p.n ? 0 : undefined;
   const generate = (base: Prompt, j: number, promptLogprobs?: number): GenerateRequest => generateRequest({
@@ -197,24 +192,14 @@ export default async function completionsRoutes(app: FastifyInstance, deps: ApiD
         "the caller's session is continued and prompt + completion are appended to it. Several prompts, n and best_of sample " +
         "choices from forks of the prompt's memory; echo with logprobs scores every prompt token. stream: true answers with server-sent events.",
       body: CompletionBody,
-      response: {
-        200: {
-          description: 'The completion (JSON), or with stream: true its server-sent events',
-          content: { 'application/json': { schema: CompletionSchema }, 'text/event-stream': { schema: CompletionEventStreamSchema } },
-        },
-        ...errorResponses(404, 409, 429),
-      },
+      response: generationResponses('completion', CompletionSchema),
     },
     attachValidation: true,
   }, async (req, reply) => {
     const startedAt = performance.now();
     if (req.validationError) throw validationError(req.validationError as Error & { validation?: AjvError[] }, FIELD_SHAPES);
     const body = req.body;
-    const model = deps.catalog.get(body.model);
-    if (!model) throw modelNotFound(body.model);
-    requestModel(req, model.name);
-    const tokenizer = deps.tokenizers.get(model.name);
-    if (!tokenizer) throw new ApiError('unavailable', `model ${model.name} has no tokenizer loaded`, 'model', 'model_not_loaded');
+    const { model, tokenizer } = generationModel(deps, req, body.model);
     const prompts = normalizePrompts(body.prompt, model);
     refuseUnsupported(body, prompts.length);
     const n = body.n ?? 1;
