@@ -67,12 +67,14 @@ export class Client {
 /** Opens the session's stream and waits for its hello. */
 export async function connectStream(wsBase: string, id: string, headers: Record<string, string> = {}): Promise<{ c: Client; hello: Msg }> {
   const ws = new WebSocket(`${wsBase}/v1/sessions/${id}/stream`, { headers });
+  // Listening before 'open': the 101 response and the hello can arrive in one read, and ws emits
+  // the hello before a listener attached after `await open` would exist.
+  const c = new Client(ws);
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('error', reject);
     ws.once('unexpected-response', (_req: unknown, res: { statusCode: number }) => reject(new Error(`HTTP ${res.statusCode}`)));
   });
-  const c = new Client(ws);
   // A bound, not a speed check: a new connection waits for the session's previous one to settle
   // (session-stream.ts, up to TAKEOVER_WAIT_MS = 30 s), which on a loaded machine can pass 15 s.
   const hello = await c.next((m) => m.type === 'hello', 45_000);
