@@ -4,7 +4,6 @@ import type { Config } from '../config/config.ts';
 import { loadCatalog } from '../model/model-catalog.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { TokenizerPool } from '../text/tokenizer-pool.ts';
-import { ProgressHub } from '../queue/progress-hub.ts';
 import { startClientRuntime } from '../queue/client-runtime.ts';
 import type { ApiDeps } from './deps.ts';
 import { Pretokenizer } from './pretokenizer.ts';
@@ -17,12 +16,12 @@ export async function createApiDeps(config: Config): Promise<ApiDeps & { close()
     ? await TokenizerPool.start({ threads: config.tokenizerThreads, nice: config.tokenizerNice, tokenizers: Object.fromEntries(catalog.list().map((m) => [m.name, m.tokenizerFile])) })
     : undefined;
   const client = startClientRuntime(config);
-  const progress = new ProgressHub(client.redis, config.keyPrefix);
   return {
-    config, redis: client.redis, store: client.store, queue: client.queue, progress, catalog, tokenizers,
+    // One progress hub (one subscriber connection) for the routes and the queue's results: a session's
+    // token events and its 'done' then arrive in publication order on the one connection.
+    config, redis: client.redis, store: client.store, queue: client.queue, progress: client.progress, catalog, tokenizers,
     ...(pool ? { pretokenizer: new Pretokenizer(pool) } : {}),
     async close() {
-      await progress.close();
       await client.close();
       await pool?.close();
     },

@@ -22,8 +22,6 @@ import { sessionOfModel } from './session-access.ts';
 
 /** Longest a request waits for its result before answering 503 (the worker still finishes it). */
 export const RESULT_TIMEOUT_MS = 10 * 60_000;
-/** After the job's result arrives, how long to wait for the progress channel's 'done' (late token events). */
-export const DONE_GRACE_MS = 1_000;
 
 export const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 
@@ -166,7 +164,13 @@ export async function openSession(
   return { id, ephemeral: true, cleanup: async () => void (await deps.store.delete(id).catch(() => undefined)) };
 }
 
-/** A new session of `model` at its initial state, owned by `owner` (the caller deletes it). */
+/**
+ * A new session of `model` at its initial state, owned by `owner` (the caller deletes it).
+ * A stateless completion runs in one too, on purpose: the queue's guarantees are per session (its
+ * request log, the compare-and-set commits a retried job resumes from when its worker dies mid-prompt,
+ * results, cancel and progress channels), and the session costs one Redis hash of the model's initial
+ * memory (kilobytes), deleted when the request ends.
+ */
 export async function freshSession(deps: ApiDeps, model: CatalogModel, owner: string | undefined): Promise<string> {
   return (await deps.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState, { owner })).id;
 }
@@ -302,16 +306,13 @@ export async function streamGeneration(deps: ApiDeps, req: FastifyRequest, reply
     out.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
   };
 
-  const state = jobs.map((job) => {
-    let signal!: () => void;
-    const done = new Promise<void>((resolve) => (signal = resolve));
-    return { job, streamed: '', nextIndex: 0, doneEvent: undefined as RequestResult | undefined, done, signal };
-  });
+  // finished: its rest and finish chunk were sent; a token event arriving after that is not sent again.
+  const state = jobs.map((job) => ({ job, streamed: '', nextIndex: 0, finished: false }));
   let lastTokenAt: number | undefined;
   for (const s of state) for (const c of fmt.opening(s.job.index)) send(c);
   handle = (j, ev) => {
     const s = state[j]!;
-    if (ev.seq !== submitted.subs[j]!.seq) return;
+    if (ev.seq !== submitted.subs[j]!.seq || s.finished) return;
     if (ev.type === 'token') {
       // A retried job re-publishes nothing it already published, but guard against duplicates anyway.
       if (ev.index < s.nextIndex) return;
@@ -323,30 +324,25 @@ export async function streamGeneration(deps: ApiDeps, req: FastifyRequest, reply
       const c = fmt.token(s.job.index, ev, s.streamed);
       s.streamed += ev.text;
       send(c);
-    } else if (ev.type === 'done') {
-      s.doneEvent = ev.result;
-      s.signal();
     }
   };
   for (const [j, ev] of early) handle(j, ev);
 
   const finishOne = async (j: number): Promise<{ prompt: number; generated: number }> => {
     const s = state[j]!;
+    // The result has one source, the queue. It resolves on the session's 'done' event, which the one
+    // progress hub (deps-factory.ts) delivers after every token event of the request; if that event
+    // was missed and the stored result answered instead, the text not streamed goes out below.
     let result: RequestResult;
     try {
-      result = await Promise.race([deps.queue.result(submitted.subs[j]!, RESULT_TIMEOUT_MS), s.done.then(() => s.doneEvent!)]);
+      result = await deps.queue.result(submitted.subs[j]!, RESULT_TIMEOUT_MS);
     } catch (err) {
       throw jobFailure(err);
-    }
-    // The job's result can overtake the last token events (another connection): give them a moment.
-    if (!s.doneEvent) {
-      let t: NodeJS.Timeout | undefined;
-      await Promise.race([s.done, new Promise<void>((res) => (t = setTimeout(res, DONE_GRACE_MS)))]);
-      clearTimeout(t);
     }
     const c = completionOf(result);
     // Text the worker held back (a possible stop-sequence prefix, flushed at the end) or events missed.
     const rest = c.text.startsWith(s.streamed) ? c.text.slice(s.streamed.length) : '';
+    s.finished = true;
     if (rest) send(fmt.text(s.job.index, rest));
     send(fmt.finish(s.job.index, openAiFinish(c.finishReason)));
     return { prompt: result.promptTokens, generated: c.ids.length };
