@@ -9,6 +9,7 @@ import {
   DTYPE_BYTES, assertCount, assertSpec, decodeState, decodeTail, describe, encodeState, encodeTail, newId, specBytes,
   type StateDtype, type StateSpec,
 } from './session-codec.ts';
+import { SessionError } from './session-error.ts';
 
 export type { StateDtype, StateSpec } from './session-codec.ts';
 
@@ -82,17 +83,6 @@ export interface CommitUpdate {
 
 /** Results kept per session: a submitter reads its own long before this many later requests apply. */
 export const RESULTS_KEPT = 1024;
-
-export type SessionErrorCode = 'not_found' | 'model_mismatch' | 'state_mismatch' | 'conflict' | 'lease_lost';
-
-export class SessionError extends Error {
-  readonly code: SessionErrorCode;
-  constructor(code: SessionErrorCode, message: string) {
-    super(message);
-    this.name = 'SessionError';
-    this.code = code;
-  }
-}
 
 /** Hash layout version; bump when fields change meaning so old code refuses new hashes. */
 export const SESSION_LAYOUT = 2;
