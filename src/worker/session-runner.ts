@@ -11,7 +11,8 @@ import type { LoggedRequest, ProgressEvent, RequestResult } from '../queue/reque
 import { RequestError, type RequestErrorCode } from '../queue/request.ts';
 import type { SessionLog } from '../queue/session-log.ts';
 import { SessionError, type SessionErrorCode } from '../state/session-error.ts';
-import type { SessionRecord, SessionStore } from '../state/session-store.ts';
+import type { SessionRecord } from '../state/session-record.ts';
+import type { SessionStore } from '../state/session-store.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
 import { applyRequest, type ApplyContext, type ApplyHooks, type RequestStart } from './apply-request.ts';
 import type { Handoff } from './handoff.ts';
