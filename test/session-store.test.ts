@@ -4,7 +4,9 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { redisKeys } from '../src/state/keys.ts';
-import { SessionError, SessionStore, type CommitUpdate, type StateSpec } from '../src/state/session-store.ts';
+import type { StateSpec } from '../src/state/session-codec.ts';
+import { SessionError } from '../src/state/session-error.ts';
+import { SessionStore, type CommitUpdate } from '../src/state/session-store.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 import { pollUntil } from './support/poll.ts';
 

@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { streamStats, MAX_UNAPPLIED_BYTES } from '../src/api/routes/session-stream.ts';
-import type { SessionRecord } from '../src/state/session-store.ts';
+import type { SessionRecord } from '../src/state/session-record.ts';
 import { heldOutText } from './support/brown.ts';
 import { startApiHarness, type ApiHarness } from './support/api-harness.ts';
 import { bytesOf, randomChunks } from './support/chunks.ts';

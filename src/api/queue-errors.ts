@@ -5,7 +5,7 @@ import type { ApiDeps } from './deps.ts';
 import { ApiError, fromCode } from './errors.ts';
 import { RequestDropped, ResultTimeout } from '../queue/request-queue.ts';
 import { OrderError } from '../queue/session-log.ts';
-import { SessionError } from '../state/session-store.ts';
+import { SessionError } from '../state/session-error.ts';
 
 /** Queue depth read at most this often per API process (admission asks on every request). */
 const DEPTH_MAX_AGE_MS = 250;

@@ -4,7 +4,7 @@
 // than the request's is 409 model_mismatch; the store's own errors map through the one table
 // (queue-errors.ts). A malformed id never gets here: the schemas refuse it (400) first.
 import type { CatalogModel } from '../model/model-catalog.ts';
-import type { SessionRecord } from '../state/session-store.ts';
+import type { SessionRecord } from '../state/session-record.ts';
 import type { ApiDeps } from './deps.ts';
 import { ApiError, sessionNotFound } from './errors.ts';
 import { fromQueueError } from './queue-errors.ts';

@@ -5,7 +5,7 @@
 // worker. Results come back over the session's progress channel, with the session's results hash as
 // the fallback (a pub/sub message lost to a reconnect is read from there).
 import type { Redis } from 'ioredis';
-import { SessionError } from '../state/session-store.ts';
+import { SessionError } from '../state/session-error.ts';
 import type { ProgressHub } from './progress-hub.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from './request.ts';
 import { OrderError, SessionLog, type AcceptOptions } from './session-log.ts';

@@ -13,7 +13,8 @@
 import type { Redis } from 'ioredis';
 import { redisKeys, type RedisKeys } from '../state/keys.ts';
 import { loadScript, runScript, scriptError, text, type ScriptArg } from '../state/lua-scripts.ts';
-import { SESSION_LAYOUT, SessionError } from '../state/session-store.ts';
+import { SessionError } from '../state/session-error.ts';
+import { SESSION_LAYOUT } from '../state/session-record.ts';
 import type { LoggedRequest, SessionRequest, TokenLogprob } from './request.ts';
 
 const SCRIPTS = {

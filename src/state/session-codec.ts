@@ -1,4 +1,4 @@
-// How a session's fields are written into its Redis hash (session-store.ts): the state as raw
+// How a session's fields are written into its Redis hash (session-record.ts): the state as raw
 // little-endian float32 bytes, the tail as uint32 LE token ids, and the checks of a state's spec.
 import { randomBytes } from 'node:crypto';
 import { endianness } from 'node:os';

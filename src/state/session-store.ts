@@ -1,63 +1,12 @@
-// Sessions in Redis. A session is one hash (keys.ts: session(id)) holding everything about it:
-// meta fields as decimal strings, `state` as raw little-endian float32 bytes and `tail` as uint32
-// LE token ids. One hash means one Lua script can compare-and-set and write all of it atomically,
-// and the stored size stays constant however many tokens a session has read.
+// Sessions in Redis: create, read, commit, fork and delete. A session is one hash (its record and
+// layout: session-record.ts). One hash means one Lua script can compare-and-set and write all of it
+// atomically, and the stored size stays constant however many tokens a session has read.
 import type { Redis } from 'ioredis';
 import { assertSessionId, redisKeys, type RedisKeys } from './keys.ts';
 import { loadScript, runScript, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
-import {
-  DTYPE_BYTES, assertCount, assertSpec, decodeState, decodeTail, describe, encodeState, encodeTail, newId, specBytes,
-  type StateDtype, type StateSpec,
-} from './session-codec.ts';
-
-export type { StateDtype, StateSpec } from './session-codec.ts';
-
-export interface SessionRecord {
-  id: string;
-  model: string;
-  /** Increments on every commit; the compare-and-set token for commit(). */
-  version: number;
-  state: Float32Array;
-  stateShape: number[];
-  stateDtype: StateDtype;
-  /** Uncommitted token ids (fewer than a segment), stored as uint32 LE. */
-  tail: number[];
-  /** Text not yet tokenized (a trailing partial word). */
-  pendingText: string;
-  tokensIngested: number;
-  segmentsCommitted: number;
-  tokensGenerated: number;
-  /** Last request sequence number handed out (session-log.ts accept). */
-  acceptedSeq: number;
-  /** Last request fully applied. */
-  appliedSeq: number;
-  /** The last websocket append accepted (the client's own numbering). */
-  clientSeq: number;
-  /** 'failed': a request could not be applied; nothing more is until the owner resets the session. */
-  status: SessionStatus;
-  failure?: SessionFailure;
-  /** The seqs the last reset dropped (0, 0: none). */
-  dropped: { from: number; to: number };
-  /** Request curSeq has consumed curOffset of its tokens. */
-  curSeq: number;
-  curOffset: number;
-  /** ms epoch */
-  createdAt: number;
-  lastUsedAt: number;
-  /** Opaque (API key hash) or ''. */
-  owner: string;
-}
-
-export type SessionStatus = 'ok' | 'failed';
-
-export interface SessionFailure {
-  /** The request that could not be applied (every later one waits behind it). */
-  seq: number;
-  code: string;
-  message: string;
-  /** ms epoch */
-  at: number;
-}
+import { assertCount, assertSpec, describe, encodeState, encodeTail, newId, specBytes, type StateSpec } from './session-codec.ts';
+import { SessionError } from './session-error.ts';
+import { SESSION_LAYOUT, parseSessionHash, sessionHashFields, type SessionRecord } from './session-record.ts';
 
 /** A worker's lease on the session (session-log.ts): its commits are refused once another holds it. */
 export interface CommitLease {
@@ -82,34 +31,6 @@ export interface CommitUpdate {
 
 /** Results kept per session: a submitter reads its own long before this many later requests apply. */
 export const RESULTS_KEPT = 1024;
-
-export type SessionErrorCode = 'not_found' | 'model_mismatch' | 'state_mismatch' | 'conflict' | 'lease_lost';
-
-export class SessionError extends Error {
-  readonly code: SessionErrorCode;
-  constructor(code: SessionErrorCode, message: string) {
-    super(message);
-    this.name = 'SessionError';
-    this.code = code;
-  }
-}
-
-/** Hash layout version; bump when fields change meaning so old code refuses new hashes. */
-export const SESSION_LAYOUT = 2;
-
-// Fields read back as numbers. Kept in one list so parse and fork cannot drift apart.
-const INT_FIELDS = [
-  'version',
-  'tokensIngested',
-  'segmentsCommitted',
-  'tokensGenerated',
-  'acceptedSeq',
-  'appliedSeq',
-  'curSeq',
-  'curOffset',
-  'createdAt',
-  'lastUsedAt',
-] as const;
 
 const SCRIPTS = {
   create: loadScript('create'),
@@ -178,7 +99,7 @@ export class SessionStore {
       throw this.mapError(err, id);
     }
     if (reply === null || reply === undefined) return null;
-    return this.parse(id, reply as Buffer[]);
+    return parseSessionHash(id, reply as Buffer[]);
   }
 
   async load(id: string, expect: StateSpec): Promise<SessionRecord> {
@@ -201,8 +122,9 @@ export class SessionStore {
         `session ${id} state: expected ${describe(expect.dtype, expect.shape)}, found ${describe(rec.stateDtype, rec.stateShape)}`,
       );
     }
-    // parse() already checked the bytes against the stored shape; this repeats it against the
-    // caller's spec so a state of the wrong size can never be handed out, whatever parse does.
+    // parseSessionHash() already checked the bytes against the stored shape; this repeats it
+    // against the caller's spec so a state of the wrong size can never be handed out, whatever
+    // parsing does.
     if (rec.state.byteLength !== specBytes(expect)) {
       throw new SessionError(
         'state_mismatch',
@@ -329,18 +251,7 @@ export class SessionStore {
 
   private async insert(rec: SessionRecord): Promise<void> {
     assertSessionId(rec.id);
-    const fields: Arg[] = [
-      'layout', SESSION_LAYOUT,
-      'id', rec.id,
-      'model', rec.model,
-      'stateShape', rec.stateShape.join(','),
-      'stateDtype', rec.stateDtype,
-      'state', encodeState(rec.state),
-      'tail', encodeTail(rec.tail),
-      'pendingText', Buffer.from(rec.pendingText, 'utf8'),
-      'owner', rec.owner,
-    ];
-    for (const f of INT_FIELDS) fields.push(f, rec[f]);
+    const fields = sessionHashFields(rec);
     try {
       await runScript(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields]);
     } catch (err) {
@@ -352,76 +263,6 @@ export class SessionStore {
   private keyList(id: string): string[] {
     const k = this.keys.sessionKeys(id);
     return [k.session, k.log, k.results];
-  }
-
-  private parse(id: string, flat: Buffer[]): SessionRecord {
-    const h = new Map<string, Buffer>();
-    for (let i = 0; i + 1 < flat.length; i += 2) h.set(flat[i]!.toString('utf8'), flat[i + 1]!);
-    const str = (f: string): string => {
-      const v = h.get(f);
-      if (v === undefined) throw new SessionError('state_mismatch', `session ${id} is corrupt: field ${f} is missing`);
-      return v.toString('utf8');
-    };
-    const int = (f: string): number => {
-      const s = str(f);
-      const n = Number(s);
-      if (!/^-?\d+$/.test(s) || !Number.isSafeInteger(n)) throw new SessionError('state_mismatch', `session ${id} is corrupt: field ${f} = ${JSON.stringify(s)}`);
-      return n;
-    };
-
-    // Fields a session gains as it is used (absent: 0).
-    const opt = (f: string): number => (h.has(f) ? int(f) : 0);
-    const status: SessionStatus = h.get('status')?.toString('utf8') === 'failed' ? 'failed' : 'ok';
-
-    const dtype = str('stateDtype');
-    if (!(dtype in DTYPE_BYTES)) {
-      throw new SessionError('state_mismatch', `session ${id} state: found unknown dtype ${JSON.stringify(dtype)}, this build reads ${Object.keys(DTYPE_BYTES).join(', ')}`);
-    }
-    const stateDtype = dtype as StateDtype;
-    const shapeStr = str('stateShape');
-    const stateShape = shapeStr.split(',').map(Number);
-    if (stateShape.some((d) => !Number.isSafeInteger(d) || d <= 0)) {
-      throw new SessionError('state_mismatch', `session ${id} is corrupt: stateShape = ${JSON.stringify(shapeStr)}`);
-    }
-    const stateBytes = h.get('state');
-    const want = specBytes({ shape: stateShape, dtype: stateDtype });
-    if (stateBytes === undefined || stateBytes.byteLength !== want) {
-      throw new SessionError(
-        'state_mismatch',
-        `session ${id} state: expected ${describe(stateDtype, stateShape)} = ${want} bytes, found ${stateBytes?.byteLength ?? 0} bytes`,
-      );
-    }
-    const tailBytes = h.get('tail') ?? Buffer.alloc(0);
-    if (tailBytes.byteLength % 4 !== 0) {
-      throw new SessionError('state_mismatch', `session ${id} is corrupt: tail is ${tailBytes.byteLength} bytes, not a whole number of uint32`);
-    }
-
-    return {
-      id: str('id'),
-      model: str('model'),
-      version: int('version'),
-      state: decodeState(stateBytes),
-      stateShape,
-      stateDtype,
-      tail: decodeTail(tailBytes),
-      pendingText: str('pendingText'),
-      tokensIngested: int('tokensIngested'),
-      segmentsCommitted: int('segmentsCommitted'),
-      tokensGenerated: int('tokensGenerated'),
-      acceptedSeq: int('acceptedSeq'),
-      appliedSeq: int('appliedSeq'),
-      clientSeq: opt('clientSeq'),
-      status,
-      ...(status === 'failed'
-        ? { failure: { seq: opt('failedSeq'), code: h.get('failCode')?.toString('utf8') ?? 'failed', message: h.get('failMessage')?.toString('utf8') ?? '', at: opt('failedAt') } }
-        : {}),
-      dropped: { from: opt('droppedFrom'), to: opt('droppedTo') },
-      curSeq: int('curSeq'),
-      curOffset: int('curOffset'),
-      createdAt: int('createdAt'),
-      lastUsedAt: int('lastUsedAt'),
-      owner: str('owner'),
-    };
   }
 
   private mapError(err: unknown, id: string, expectedVersion?: number): unknown {

@@ -8,7 +8,7 @@
 // compare-and-set on the version that one wrote); if the previous request does not apply, the next
 // one starts again the ordinary way, from what Redis holds.
 import type { ChainRef } from '../engine/engine.ts';
-import type { SessionRecord } from '../state/session-store.ts';
+import type { SessionRecord } from '../state/session-record.ts';
 
 export interface Handoff {
   /** The request that offers it. */

@@ -48,7 +48,8 @@ import { ownedSession } from '../session-access.ts';
 import type { SamplingParams } from '../../text/sampling.ts';
 import type { IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { isValidSessionId } from '../../state/keys.ts';
-import { SessionError, type SessionRecord } from '../../state/session-store.ts';
+import { SessionError } from '../../state/session-error.ts';
+import type { SessionRecord } from '../../state/session-record.ts';
 import { OrderError } from '../../queue/session-log.ts';
 import { RETRY_AFTER_S, saturated } from '../queue-errors.ts';
 

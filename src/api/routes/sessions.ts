@@ -13,7 +13,8 @@ import {
 import { admit, fromQueueError } from '../queue-errors.ts';
 import { ownedSession } from '../session-access.ts';
 import { MAX_HEADER_BYTES, SnapshotError, decodeSnapshot, encodeSnapshot } from '../state-snapshot.ts';
-import { SessionError, type SessionRecord } from '../../state/session-store.ts';
+import { SessionError } from '../../state/session-error.ts';
+import type { SessionRecord } from '../../state/session-record.ts';
 import type { IngestRequest } from '../../queue/request.ts';
 
 /** Snapshot bodies are raw bytes (application/octet-stream): Buffers bypass the JSON serializer. */
