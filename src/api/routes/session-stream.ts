@@ -20,12 +20,7 @@
 // 'overloaded' (retry_after_ms, last_seq) and the socket is not read for that long; the client resends
 // from last_seq + 1.
 //
-// Backpressure: bytes of messages received but not yet applied by a worker (or rejected) are
-// counted per connection; over MAX_UNAPPLIED_BYTES the socket is paused (ws pause(): the TCP socket
-// stops being read, so the client's sends back up in TCP) until 'done' progress events for earlier
-// appends bring the count under half of it. While paused, the session's appliedSeq is also polled,
-// so a lost pub/sub message cannot keep a connection paused forever. With @fastify/websocket's 4 MB
-// maxPayload, a connection holds at most about MAX_UNAPPLIED_BYTES + 2 * 4 MB of client text.
+// Backpressure (bytes received and not yet applied pause the socket): stream/backpressure.ts.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ApiDeps } from '../deps.ts';
 import type { IngestText } from '../pretokenizer.ts';
@@ -39,12 +34,11 @@ import { isValidSessionId } from '../../state/keys.ts';
 import { SessionError, type SessionRecord } from '../../state/session-store.ts';
 import { OrderError } from '../../queue/session-log.ts';
 import { RETRY_AFTER_S, saturated } from '../queue-errors.ts';
+import { Backpressure } from '../stream/backpressure.ts';
+import { streamStats } from '../stream/stream-stats.ts';
 
-/** Per connection: bytes received and not yet applied before reading from the socket pauses. */
-export const MAX_UNAPPLIED_BYTES = 8 * 1024 * 1024;
 /** Hash field on the session (keys.ts session(id)) holding the last accepted client seq (accept.lua). */
 export const LAST_SEQ_FIELD = 'clientSeq';
-const POLL_MS = 500;
 const TAKEOVER_WAIT_MS = 30_000;
 
 /** The parts of a ws 8 WebSocket used here (ws ships no types in this repo). */
@@ -58,9 +52,6 @@ interface WsLike {
   on(ev: 'close', fn: (code: number, reason: Buffer) => void): void;
   on(ev: 'error', fn: (err: Error) => void): void;
 }
-
-/** Counters for tests and metrics: connections currently paused, pauses so far, overload refusals so far. */
-export const streamStats = { open: 0, paused: 0, pausesTotal: 0, overloaded: 0 };
 
 const OPEN = 1;
 
@@ -119,16 +110,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       let tokens = initial.tokensIngested;
       let segments = initial.segmentsCommitted;
       let pendingTokens = initial.tail.length;
-      // Queue seqs known to be applied (done events arrive in queue order per session).
-      let appliedQ = initial.appliedSeq;
-      // Our submitted-not-applied appends, in queue-seq order: bytes and chars to release.
-      const inflight: { q: number; bytes: number; chars: number }[] = [];
-      let unappliedBytes = 0;
-      let unappliedChars = 0;
-      let paused = false;
-      let poll: NodeJS.Timeout | undefined;
-      /** Appends are refused until then (performance.now()): the service was overloaded. */
-      let overloadedUntil = 0;
+      const bp = new Backpressure(socket, initial.appliedSeq, () => redis.hget(sessionKey, 'appliedSeq'));
       // Generation in progress: its queue seq once known; events seen before it is known are held.
       let gen: { q: number | undefined; held: ProgressEvent[] } | undefined;
       let unsubscribe: (() => Promise<void>) | undefined;
@@ -140,41 +122,6 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
       };
       const sendError = (code: string, message: string, extra: object = {}): void => send({ type: 'error', code, message, ...extra });
       const sendProtocolError = (err: ProtocolError): void => sendError(err.code, err.message, err.param !== undefined ? { param: err.param } : {});
-
-      const setPaused = (p: boolean): void => {
-        if (p === paused) return;
-        paused = p;
-        if (p) {
-          streamStats.paused++;
-          streamStats.pausesTotal++;
-          socket.pause();
-          poll = setInterval(() => {
-            redis.hget(sessionKey, 'appliedSeq').then((v) => applied(Number(v ?? 0)), () => undefined);
-          }, POLL_MS);
-          poll.unref();
-        } else {
-          streamStats.paused--;
-          clearInterval(poll);
-          poll = undefined;
-          if (!closed) socket.resume();
-        }
-      };
-      const hold = (bytes: number): void => {
-        unappliedBytes += bytes;
-        if (unappliedBytes > MAX_UNAPPLIED_BYTES) setPaused(true);
-      };
-      const release = (bytes: number, chars = 0): void => {
-        unappliedBytes -= bytes;
-        unappliedChars -= chars;
-        if (paused && unappliedBytes <= MAX_UNAPPLIED_BYTES / 2) setPaused(false);
-      };
-      const applied = (q: number): void => {
-        if (q > appliedQ) appliedQ = q;
-        while (inflight.length > 0 && inflight[0]!.q <= appliedQ) {
-          const e = inflight.shift()!;
-          release(e.bytes, e.chars);
-        }
-      };
 
       const sendGenerationEvent = (ev: ProgressEvent): void => {
         if (ev.type === 'token') {
@@ -207,7 +154,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
             segments = Math.max(segments, r.segmentsCommitted);
             pendingTokens = r.pendingTokens;
           }
-          applied(ev.seq);
+          bp.applied(ev.seq);
         }
         if (ev.type === 'failed') {
           const f = ev.failure;
@@ -233,7 +180,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
 
       const handleAppend = async (m: Record<string, unknown>, bytes: number, tracked: { yes: boolean }, ingestText?: Promise<IngestText>): Promise<void> => {
         const { seq, text, flush } = parseAppend(m);
-        const counters = () => ({ tokens, segments, pending_tokens: pendingTokens, unapplied_chars: unappliedChars });
+        const counters = () => ({ tokens, segments, pending_tokens: pendingTokens, unapplied_chars: bp.unappliedChars });
         if (seq <= lastSeq) {
           send({ type: 'ack', seq, duplicate: true, ...counters() });
           return;
@@ -241,7 +188,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (seq !== lastSeq + 1) {
           throw new ProtocolError('seq_gap', `append.seq ${seq} skips ahead: the next expected seq is ${lastSeq + 1}`);
         }
-        if (performance.now() < overloadedUntil || (await saturated(deps).catch(() => ({ saturated: false }))).saturated) {
+        if (bp.overloaded || (await saturated(deps).catch(() => ({ saturated: false }))).saturated) {
           // Not accepted: the client resends from last_seq + 1 once retry_after_ms passed.
           overloaded(seq);
           return;
@@ -260,26 +207,19 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
           throw err;
         }
         // Durable from here on; hand the bytes over to the applied-tracking.
-        inflight.push({ q, bytes, chars: text.length });
-        unappliedChars += text.length;
+        bp.track(q, bytes, text.length);
         tracked.yes = true;
         lastSeq = seq;
-        applied(appliedQ); // a done event may have raced ahead of the submit's reply
+        bp.catchUp();
         send({ type: 'ack', seq, ...counters() });
       };
 
       /** Refuses append `seq` (overload) and stops reading for the retry time: TCP holds the client back. */
       const overloaded = (seq: number): void => {
         const ms = RETRY_AFTER_S * 1000;
-        const fresh = performance.now() >= overloadedUntil;
+        const fresh = !bp.overloaded;
         sendError('overloaded', `the service is overloaded; resend from last_seq + 1 after retry_after_ms`, { seq, last_seq: lastSeq, retry_after_ms: ms });
-        if (!fresh) return;
-        overloadedUntil = performance.now() + ms;
-        streamStats.overloaded++;
-        socket.pause();
-        setTimeout(() => {
-          if (!closed && !paused) socket.resume();
-        }, ms).unref();
+        if (fresh) bp.pauseForOverload(ms);
       };
 
       const handleGenerate = async (m: Record<string, unknown>): Promise<void> => {
@@ -343,7 +283,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
             shut(1011, 'internal_error');
           }
         } finally {
-          if (!tracked.yes) release(bytes);
+          if (!tracked.yes) bp.release(bytes);
         }
       };
 
@@ -356,11 +296,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         if (closed) return;
         closed = true;
         streamStats.open--;
-        if (paused) {
-          streamStats.paused--;
-          clearInterval(poll);
-          paused = false;
-        }
+        bp.stop();
         void unsubscribe?.().catch(() => undefined);
         void chain.finally(() => {
           if (current.get(sessionId) === self) current.delete(sessionId);
@@ -387,7 +323,7 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
         tokens = rec.tokensIngested;
         segments = rec.segmentsCommitted;
         pendingTokens = rec.tail.length;
-        appliedQ = Math.max(appliedQ, rec.appliedSeq);
+        bp.applied(rec.appliedSeq); // nothing is in flight yet: this only moves the known applied seq
         send({
           type: 'hello', session_id: sessionId, last_seq: lastSeq, segment_length: catalog.get(rec.model)?.segmentLength ?? null,
           tokens_ingested: rec.tokensIngested, segments_committed: rec.segmentsCommitted, model: rec.model, status: rec.status,
@@ -423,13 +359,13 @@ export default async function sessionStreamRoutes(app: FastifyInstance, deps: Ap
 
       socket.on('message', (data, isBinary) => {
         const bytes = frameBytes(data);
-        hold(bytes);
+        bp.hold(bytes);
         if (closed) {
-          chain = chain.then(() => release(bytes));
+          chain = chain.then(() => bp.release(bytes));
           return;
         }
         const frame = readFrame(data, isBinary);
-        chain = chain.then(() => (closed ? release(bytes) : handle(frame, bytes)));
+        chain = chain.then(() => (closed ? bp.release(bytes) : handle(frame, bytes)));
       });
       socket.on('close', () => cleanup());
       socket.on('error', (err) => {
