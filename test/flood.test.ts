@@ -6,7 +6,7 @@
 // (BENCHMARKS.md), this file asserts only behaviour.
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
-import { MAX_UNAPPLIED_BYTES } from '../src/api/routes/session-stream.ts';
+import { MAX_UNAPPLIED_BYTES } from '../src/api/stream/backpressure.ts';
 import { runFlood } from './support/flood.ts';
 import { startRedis, type RedisServerHandle } from './support/redis-server.ts';
 
