@@ -8,13 +8,14 @@ import type { ChainRef, Engine, KvHandle } from '../engine/engine.ts';
 import type { ModelInfo } from '../model/model-spec.ts';
 import { StopSequenceMatcher, sampleNext } from '../text/sampling.ts';
 import { IncrementalDetokenizer, type TextTokenizer } from '../text/tokenizer.ts';
-import { encodeInPieces, splitForTokenization } from '../text/text-stream.ts';
 import type { CommitLease, SessionRecord, SessionStore } from '../state/session-store.ts';
 import type { ProgressEvent, LoggedRequest, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 import { performance } from 'node:perf_hooks';
 import { HandoffLost, type Handoff } from './handoff.ts';
 import { TokenScorer } from './token-scorer.ts';
+import { tokenLogprob } from './token-logprob.ts';
+import { requestTokens } from './request-tokens.ts';
 
 export interface ApplyContext {
   engine: Engine;
@@ -52,51 +53,8 @@ type ResultOf = (after: SessionRecord) => RequestResult;
  */
 export type RequestStart = { stored?: SessionRecord | null; eager?: boolean } | { handoff: Handoff };
 
-/** log-softmax of the raw logits at `id`, and the `k` most likely ids (float64 sums). */
-export function tokenLogprob(logits: Float32Array, id: number, k: number): TokenLogprob {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
-  const lse = max + Math.log(sum);
-  const top: { id: number; logprob: number }[] = [];
-  for (let i = 0; i < logits.length && k > 0; i++) {
-    const v = logits[i]!;
-    if (top.length < k || v > top[top.length - 1]!.logprob) {
-      top.push({ id: i, logprob: v });
-      top.sort((a, b) => b.logprob - a.logprob || a.id - b.id);
-      if (top.length > k) top.pop();
-    }
-  }
-  return { logprob: logits[id]! - lse, top: top.map((t) => ({ id: t.id, logprob: t.logprob - lse })) };
-}
-
 function specOf(m: ModelInfo) {
   return { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
-}
-
-/**
- * Tokens of this request, derived only from the text the session held back when the request started
- * (`pendingText`), and the text to hold back after it. Pieces give the ids the same append as text
- * would: head and tail are cut at word boundaries (text-stream.ts splitAtBoundaries), so
- * pendingText + head and the middle tokenize apart exactly, and the tail splits as the whole would.
- */
-export function requestTokens(
-  tok: Pick<TextTokenizer, 'encode'>, pendingText: string, req: SessionRequest, maxPendingTextChars: number,
-): { ids: number[]; pendingAfter: string } {
-  const flush = req.kind === 'generate' || req.ids !== undefined || (req.kind === 'ingest' && req.flush === true);
-  const encode = (t: string) => encodeInPieces((x) => tok.encode(x), t);
-  if (req.ids !== undefined) return { ids: [...encode(pendingText), ...req.ids], pendingAfter: '' };
-  if (req.kind === 'ingest' && req.pieces !== undefined) {
-    const { head, ids, tail } = req.pieces;
-    const before = encode(pendingText + head);
-    const [ready, pending] = flush ? [tail, ''] : splitForTokenization(tail, maxPendingTextChars);
-    return { ids: before.concat(ids, ready ? encode(ready) : []), pendingAfter: pending };
-  }
-  const text = pendingText + (req.text ?? '');
-  if (flush) return { ids: encode(text), pendingAfter: '' };
-  const [ready, pending] = splitForTokenization(text, maxPendingTextChars);
-  return { ids: ready ? encode(ready) : [], pendingAfter: pending };
 }
 
 class SessionCursor {
