@@ -4,54 +4,22 @@
 // also records how far into this request it got, so a retry resumes at the last commit: no segment is
 // applied twice and none is skipped. Generation continues the same recurrence: when the tail is full,
 // it is committed and decoding goes on in the next segment.
-import type { ChainRef, Engine, KvHandle } from '../engine/engine.ts';
+import type { ChainRef, KvHandle } from '../engine/engine.ts';
 import type { ModelInfo } from '../model/model-spec.ts';
 import { StopSequenceMatcher, sampleNext } from '../text/sampling.ts';
-import { IncrementalDetokenizer, type TextTokenizer } from '../text/tokenizer.ts';
-import type { CommitLease, SessionRecord, SessionStore } from '../state/session-store.ts';
-import type { ProgressEvent, LoggedRequest, RequestResult, SegmentScore, SessionRequest, FinishReason, TokenLogprob } from '../queue/request.ts';
+import { IncrementalDetokenizer } from '../text/tokenizer.ts';
+import type { SessionRecord } from '../state/session-store.ts';
+import type { LoggedRequest, RequestResult, SegmentScore, FinishReason, TokenLogprob } from '../queue/request.ts';
 import { RequestError } from '../queue/request.ts';
 import { performance } from 'node:perf_hooks';
 import { HandoffLost, type Handoff } from './handoff.ts';
 import { TokenScorer } from './token-scorer.ts';
+import type { ApplyContext, ApplyHooks, RequestStart } from './apply-context.ts';
 import { tokenLogprob } from './token-logprob.ts';
 import { requestTokens } from './request-tokens.ts';
 
-export interface ApplyContext {
-  engine: Engine;
-  store: SessionStore;
-  tokenizer(model: string): TextTokenizer;
-  maxPendingTextChars: number;
-  /** Ingest commits at most every this many segments or milliseconds (default: every segment). */
-  commitEvery?: { segments: number; ms: number };
-  /** The worker turn's lease on the session: every commit is refused once another worker holds it. */
-  lease?: CommitLease;
-}
-
-export interface ApplyHooks {
-  progress(ev: ProgressEvent): void;
-  /** Persists ids generated so far (with each commit) so a retry can return the whole completion. */
-  saveGenerated(ids: number[], logprobs?: TokenLogprob[], prompt?: (TokenLogprob | null)[]): Promise<void>;
-  /** An ingest request offers the session's next request a start before it has landed (handoff.ts). */
-  offer?(h: Handoff): void;
-  /** A request that continued from an offer sent its segments after the session sat idle this long. */
-  continued?(idleMs: number): void;
-  /** Its segments continued the previous request's chain inside the engine thread (engine.ts, ChainRef). */
-  continuedInEngine?(): void;
-  /** True once the submitter went away: a generation stops before its next token (finish reason 'cancelled'). */
-  cancelled?(): boolean;
-}
-
 /** A request's result from the session as its final commit leaves it (kept for its submitter when it waits). */
 type ResultOf = (after: SessionRecord) => RequestResult;
-
-/**
- * Where a request starts: the session as just read (undefined: read it here), or an offer of the request
- * before it. `eager`: commit after its first segment (the first request of a worker's turn: a worker that
- * dies soon after taking the session still leaves progress, so its start is not counted as one without
- * progress — acquire.lua — unless the request itself kills workers before its first segment).
- */
-export type RequestStart = { stored?: SessionRecord | null; eager?: boolean } | { handoff: Handoff };
 
 function specOf(m: ModelInfo) {
   return { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
@@ -279,6 +247,9 @@ function offerNext(
  * `start`: the session as the caller just read it (one read per request; undefined: read here), or an
  * offer of the session's previous request, still landing (handoff.ts), to continue from.
  */
+// The applier's signature types, for its callers.
+export type { ApplyContext, ApplyHooks, RequestStart } from './apply-context.ts';
+
 export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks: ApplyHooks, start: RequestStart = {}): Promise<RequestResult> {
   const handoff = 'handoff' in start ? start.handoff : undefined;
   const stored = 'stored' in start ? start.stored : undefined;

@@ -12,7 +12,8 @@ import { RequestError, type RequestErrorCode } from '../queue/request.ts';
 import type { SessionLog } from '../queue/session-log.ts';
 import { SessionError, type SessionErrorCode, type SessionRecord, type SessionStore } from '../state/session-store.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
-import { applyRequest, type ApplyContext, type ApplyHooks, type RequestStart } from './apply-request.ts';
+import type { ApplyContext, ApplyHooks, RequestStart } from './apply-context.ts';
+import { applyRequest } from './apply-request.ts';
 import type { Handoff } from './handoff.ts';
 
 export interface RunnerOptions {
