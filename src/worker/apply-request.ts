@@ -17,190 +17,10 @@ import { TokenScorer } from './token-scorer.ts';
 import type { ApplyContext, ApplyHooks, RequestStart } from './apply-context.ts';
 import { tokenLogprob } from './token-logprob.ts';
 import { requestTokens } from './request-tokens.ts';
-
-/** A request's result from the session as its final commit leaves it (kept for its submitter when it waits). */
-type ResultOf = (after: SessionRecord) => RequestResult;
+import { CommitPolicy, requestResult } from './commit-policy.ts';
 
 function specOf(m: ModelInfo) {
   return { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
-}
-
-class SessionCursor {
-  // Mirrors the stored session; every commit goes through here so version and counters stay in step.
-  constructor(
-    private readonly ctx: ApplyContext,
-    public rec: SessionRecord,
-    private readonly model: ModelInfo,
-    private readonly seq: number,
-    /** Continuing from an offer: the record the previous request's final commit writes, adopted before this one's first commit. */
-    private base?: Promise<SessionRecord>,
-    /** Commit after the first segment, then as commitEvery says (RequestStart's `eager`). */
-    private eager = false,
-  ) {
-    this.latest = rec.state;
-  }
-  ingestedSinceCommit = 0;
-  generatedSinceCommit = 0;
-
-  /** One segment through the engine: the memory alone, without projecting every position onto the vocabulary. */
-  private runSegment(tail: number[], state: Float32Array): Promise<Float32Array> {
-    // The session id lets the batcher expect this session's next segment (RMT_BATCH_WAIT_MS).
-    return this.ctx.engine.advance(this.model.name, tail, state, this.rec.id);
-  }
-
-  async commitSegment(consumed: number, nextTail: number[]): Promise<void> {
-    await this.settle();
-    const nextState = await this.runSegment(this.rec.tail, this.rec.state);
-    this.latest = nextState;
-    this.ahead++;
-    await this.commit({ state: nextState, tail: nextTail, pendingText: this.rec.pendingText, addSegments: 1, curOffset: consumed });
-  }
-
-  /** Whether uncommitted segments should be committed now (commitEvery: so many segments, or so long since the last commit). */
-  private commitDue(): boolean {
-    const every = this.ctx.commitEvery ?? { segments: 1, ms: 0 };
-    return this.uncommitted > 0 && (this.eager || this.uncommitted >= every.segments || performance.now() - this.lastCommitAt >= every.ms);
-  }
-
-  /**
-   * The ingest loop's segments without scores, as one chain: the engine runs them back to back and
-   * hands over each segment's memory as it is made, so the session keeps its place in every batch
-   * instead of waiting for this thread between segments (bench/gpu-suite.sh, bench/results/gpu-5). Commits are batched:
-   * one every `commitEvery.segments` segments or `commitEvery.ms` milliseconds, whichever comes first
-   * (a commit writes the whole state to Redis and a progress event: per segment that cost more
-   * main-thread time than the segment's engine step); a crash loses at most that much work, never
-   * data: a retry resumes at the last commit. At most one is in flight; one that comes due while
-   * another is in flight starts when that one lands, with the newest memory. `ends[j]` is the request
-   * offset after segment j; `counted(end)` counts the request's tokens up to there. A failed commit
-   * stops the chain and is what this throws.
-   */
-  async chainSegments(
-    segments: number[][], ends: number[], counted: (end: number) => void, after: (consumed: number) => void,
-    links: { from?: ChainRef; chain?: ChainRef } = {},
-  ): Promise<void> {
-    const stop = new AbortController();
-    let commitError: unknown;
-    let latestEnd = 0;
-    const startCommit = () => {
-      const consumed = latestEnd;
-      const addSegments = this.uncommitted;
-      this.uncommitted = 0;
-      const p: Promise<void> = this.commit({ state: this.latest, tail: [], pendingText: this.rec.pendingText, addSegments, curOffset: consumed }).then(() => {
-        if (this.inFlight === p) this.inFlight = undefined;
-        after(consumed);
-        if (this.commitDue()) startCommit();
-      });
-      p.catch((err: unknown) => {
-        commitError ??= err;
-        stop.abort(err);
-      });
-      this.inFlight = p;
-    };
-    const onState = (j: number, state: Float32Array) => {
-      if (commitError !== undefined) return;
-      this.latest = state;
-      this.ahead++;
-      this.uncommitted++;
-      latestEnd = ends[j]!;
-      counted(latestEnd);
-      if (this.inFlight === undefined && this.commitDue()) startCommit();
-    };
-    // The previous request failing to apply makes this chain's work void: stop it at once.
-    this.base?.catch((err: unknown) => stop.abort(err));
-    try {
-      await this.ctx.engine.advanceMany(this.model.name, segments, links.from ?? this.latest, { stream: this.rec.id, onState, signal: stop.signal, ...(links.chain ? { chain: links.chain } : {}) });
-    } catch (err) {
-      // Continuing the previous request's chain, which failed: that request did not apply (HandoffLost).
-      const lost = links.from && this.base ? await this.base.then(() => undefined, (e: unknown) => e) : undefined;
-      throw commitError ?? lost ?? err;
-    }
-  }
-
-  /**
-   * Waits for the commit in flight, then commits what is still uncommitted (the newest state, `tail`
-   * and the other fields given): afterwards rec is the latest state.
-   */
-  async finish(u: { tail: number[]; pendingText: string; curOffset: number; appliedSeq?: number }, onlyIfUncommitted = false, result?: ResultOf): Promise<number> {
-    await this.settle();
-    if (onlyIfUncommitted && this.uncommitted === 0) return 0;
-    const addSegments = this.uncommitted;
-    this.uncommitted = 0;
-    await this.commit({ state: this.latest, addSegments, ...u }, result);
-    return addSegments;
-  }
-
-  /** A segment run outside the pipeline (scored requests): its memory is committed by finish(). */
-  ranSegment(nextState: Float32Array): void {
-    this.latest = nextState;
-    this.ahead++;
-    this.uncommitted++;
-  }
-
-  /** The newest memory (the state the next commit writes). */
-  get memory(): Float32Array {
-    return this.latest;
-  }
-
-  /** Waits for the commits in flight (chainSegments: one may start another as it lands). */
-  async settle(): Promise<void> {
-    while (this.inFlight !== undefined) {
-      const p = this.inFlight;
-      try {
-        await p;
-      } finally {
-        if (this.inFlight === p) this.inFlight = undefined;
-      }
-    }
-  }
-
-  private inFlight: Promise<void> | undefined;
-  /** Segments run but not yet in rec (committing or uncommitted), and those not yet committing. */
-  private ahead = 0;
-  private uncommitted = 0;
-  private lastCommitAt = performance.now();
-  /** The newest state: ahead of rec.state while segments are uncommitted or a commit is in flight. */
-  private latest: Float32Array;
-
-  /** Commits `u`; with appliedSeq and `result`, the request's result is kept with the same commit. */
-  async commit(u: { state: Float32Array; tail: number[]; pendingText: string; addSegments: number; curOffset: number; appliedSeq?: number }, result?: ResultOf): Promise<void> {
-    const ingested = this.ingestedSinceCommit;
-    const generated = this.generatedSinceCommit;
-    this.ingestedSinceCommit = 0;
-    this.generatedSinceCommit = 0;
-    if (this.base) {
-      // The version to compare against is the one the previous request's last commit writes.
-      this.rec = await this.base;
-      this.base = undefined;
-    }
-    const next: SessionRecord = {
-      ...this.rec,
-      state: u.state,
-      tail: u.tail,
-      pendingText: u.pendingText,
-      tokensIngested: this.rec.tokensIngested + ingested,
-      tokensGenerated: this.rec.tokensGenerated + generated,
-      segmentsCommitted: this.rec.segmentsCommitted + u.addSegments,
-      curSeq: this.seq,
-      curOffset: u.curOffset,
-      appliedSeq: u.appliedSeq ?? this.rec.appliedSeq,
-    };
-    const version = await this.ctx.store.commit(this.rec.id, this.rec.version, {
-      state: u.state,
-      tail: u.tail,
-      pendingText: u.pendingText,
-      addTokensIngested: ingested,
-      addSegments: u.addSegments,
-      addTokensGenerated: generated,
-      curSeq: this.seq,
-      curOffset: u.curOffset,
-      ...(u.appliedSeq !== undefined ? { appliedSeq: u.appliedSeq } : {}),
-      ...(u.appliedSeq !== undefined && result ? { result: JSON.stringify(result(next)) } : {}),
-    }, this.ctx.lease);
-    this.rec = { ...next, version };
-    this.ahead -= u.addSegments;
-    this.lastCommitAt = performance.now();
-    this.eager = false;
-  }
 }
 
 /**
@@ -262,16 +82,7 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
     rec = ctx.store.verify(first, specOf(ctx.engine.model(first.model)));
   }
   const model = ctx.engine.model(rec.model);
-  const base = (r: SessionRecord, promptTokens: number): RequestResult => ({
-    sessionId: r.id,
-    seq: data.seq,
-    tokensIngested: r.tokensIngested,
-    segmentsCommitted: r.segmentsCommitted,
-    tokensGenerated: r.tokensGenerated,
-    pendingTokens: r.tail.length,
-    promptTokens,
-  });
-  if (rec.appliedSeq >= data.seq) return { ...base(rec, 0), alreadyApplied: true };
+  if (rec.appliedSeq >= data.seq) return { ...requestResult(rec, data.seq, 0), alreadyApplied: true };
 
   const S = model.segmentLength;
   const { ids, pendingAfter } = requestTokens(ctx.tokenizer(rec.model), rec.pendingText, data.request, ctx.maxPendingTextChars);
@@ -315,33 +126,23 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
       rec = { ...rec, state };
     }
   }
-  const cur = new SessionCursor(ctx, rec, model, data.seq, handoff?.applied, 'eager' in start && start.eager === true);
-
-  const segmentProgress = (consumed: number) =>
-    hooks.progress({
-      type: 'segment', seq: data.seq, segmentsCommitted: cur.rec.segmentsCommitted, tokensIngested: cur.rec.tokensIngested,
-      requestTokens: ids.length, requestConsumed: consumed,
-    });
-  let countedTo = from;
-  const count = (end: number) => {
-    cur.ingestedSinceCommit += end - countedTo;
-    countedTo = end;
-  };
+  const cur = new CommitPolicy({
+    ctx, rec, model, seq: data.seq, requestTokens: ids.length, from, keepResult: data.wantResult === true, progress: hooks.progress,
+    base: handoff?.applied, eager: 'eager' in start && start.eager === true,
+  });
 
   /** The request's segments as one chain in the engine (continuing the previous request's, when it can). */
   const chainAll = async (chain?: ChainRef) => {
-    await cur.chainSegments(segments, ends, count, segmentProgress, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
+    await cur.chainSegments(segments, ends, { ...(continueFrom ? { from: continueFrom } : {}), ...(chain ? { chain } : {}) });
     if (continueFrom?.continued) hooks.continuedInEngine?.();
   };
-  /** A scored request's segments, then its partial last one (scored, not committed: finish() keeps it as the tail). */
+  /** A scored request's segments, then its partial last one (scored, not committed: the next commit keeps it as the tail). */
   const scoreAll = async (): Promise<TokenScorer> => {
     const scorer = new TokenScorer(ctx.engine, model, rec.id, rec.tail.length, scoreTop!);
     const first = cur.rec.segmentsCommitted + 1;
     for (let j = 0; j < segments.length; j++) {
       const out = await scorer.chunk(segments[j]!, cur.memory, first + j, true);
-      cur.ranSegment(out!.nextState);
-      count(ends[j]!);
-      segmentProgress(ends[j]!);
+      cur.ranSegment(out!.nextState, ends[j]!);
     }
     await scorer.chunk(tail, cur.memory, first + segments.length, false);
     return scorer;
@@ -349,6 +150,7 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
 
   if (data.request.kind === 'ingest') {
     let scores: SegmentScore[] | undefined;
+    let result: RequestResult;
     // The chain the session's next request may continue from inside the engine (before this one lands).
     const chain: ChainRef | undefined = hooks.offer && !scoring && segments.length > 0 ? {} : undefined;
     const offer = hooks.offer
@@ -363,20 +165,13 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
         await chainAll(chain);
       }
       offer?.memory(cur.memory);
-      // The request's last tokens count only once no commit can start any more: a commit the chain's
-      // commits started as they landed records its own offset, and must not take tokens past it (a retry
-      // after a failed final commit resumes there and counts them again).
-      await cur.settle();
-      count(ids.length);
-      // Segments of the last, partial batch are committed with the request: report them too.
-      const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), ...(scores ? { scores } : {}) });
-      if ((await cur.finish({ tail, pendingText: pendingAfter, curOffset: ids.length, appliedSeq: data.seq }, false, data.wantResult ? resultOf : undefined)) > 0) segmentProgress(ids.length);
+      await cur.inputDone(ids.length);
+      result = await cur.commitFinal({ tail, pendingText: pendingAfter, curOffset: ids.length }, scores ? { scores } : {});
       offer?.applied(cur.rec);
     } catch (err) {
       offer?.lost(err);
       throw err;
     }
-    const result: RequestResult = { ...base(cur.rec, ids.length), ...(scores ? { scores } : {}) };
     hooks.progress({ type: 'done', seq: data.seq, result });
     return result;
   }
@@ -389,13 +184,11 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
     await hooks.saveGenerated([], req.logprobs !== undefined ? [] : undefined, promptLogprobs);
   } else if (segments.length > 0) await chainAll();
   if (req.promptLogprobs !== undefined && !scoring) promptLogprobs = data.promptLogprobs ?? [];
-  // As for ingest: after the commits in flight, which record their own offsets.
-  await cur.settle();
-  count(ids.length);
+  await cur.inputDone(ids.length);
 
   // 2. Generation, from the committed state (prefill reads rec.state). Tokens generated before the last
   // commit (an earlier attempt) are already in the state.
-  if ((await cur.finish({ tail, pendingText: '', curOffset: ids.length }, true)) > 0) segmentProgress(ids.length);
+  await cur.flush({ tail, pendingText: '', curOffset: ids.length });
   if (tail.length === 0) throw new RequestError('empty_prompt', 'generation needs a prompt or earlier text in the session');
   const generated = resumeAt > ids.length ? [...(data.generated ?? [])].slice(0, resumeAt - ids.length) : [];
   if (generated.length !== Math.max(0, resumeAt - ids.length)) {
@@ -432,7 +225,7 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
       const lp = wantLogprobs ? tokenLogprob(logits, next, req.logprobs!) : undefined;
       if (lp) logprobs.push(lp);
       counts.set(next, (counts.get(next) ?? 0) + 1);
-      cur.generatedSinceCommit++;
+      cur.generatedToken();
       const piece = stops.push(detok.push(next));
       text += piece.text;
       hooks.progress({ type: 'token', seq: data.seq, index: generated.length - 1, id: next, text: piece.text, ...(lp ? { logprob: lp } : {}) });
@@ -449,10 +242,9 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
         // The segment is full: write it to memory and go on decoding in the next one.
         ctx.engine.releaseKv(kv!);
         kv = undefined;
-        cur.rec.tail = tail;
         // `next` opens the new tail, stored with this commit, so it counts as consumed.
         await hooks.saveGenerated(generated, wantLogprobs ? logprobs : undefined, promptLogprobs);
-        await cur.commitSegment(ids.length + generated.length, [next]);
+        await cur.commitSegment(tail, ids.length + generated.length, [next]);
         tail = [next];
         ({ logits, kv } = await ctx.engine.prefill(model.name, tail, cur.rec.state));
       } else {
@@ -466,9 +258,7 @@ export async function applyRequest(ctx: ApplyContext, data: LoggedRequest, hooks
   if (finish !== 'stop') text += stops.flush();
   const completion = { ids: generated, text, finishReason: finish, ...(wantLogprobs ? { logprobs } : {}) };
   const prompt = promptLogprobs ? { prompt: { ids, logprobs: promptLogprobs } } : {};
-  const resultOf: ResultOf = (r) => ({ ...base(r, ids.length), completion, ...prompt });
-  await cur.commit({ state: cur.rec.state, tail, pendingText: '', addSegments: 0, curOffset: ids.length + generated.length, appliedSeq: data.seq }, data.wantResult ? resultOf : undefined);
-  const result: RequestResult = resultOf(cur.rec);
+  const result = await cur.commitFinal({ tail, pendingText: '', curOffset: ids.length + generated.length }, { completion, ...prompt });
   hooks.progress({ type: 'done', seq: data.seq, result });
   return result;
 }
