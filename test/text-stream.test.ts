@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import path from 'node:path';
 import { encodeInPieces, splitAtBoundaries, splitForTokenization } from '../src/text/text-stream.ts';
 import { loadTokenizer } from '../src/text/tokenizer.ts';
-import { requestTokens } from '../src/worker/apply-request.ts';
+import { requestTokens } from '../src/worker/request-tokens.ts';
 import type { IngestRequest } from '../src/queue/request.ts';
 import { PACKAGE_DIR } from './helpers.ts';
 

@@ -14,7 +14,8 @@ import { SessionError, type SessionErrorCode } from '../state/session-error.ts';
 import type { SessionRecord } from '../state/session-record.ts';
 import type { SessionStore } from '../state/session-store.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
-import { applyRequest, type ApplyContext, type ApplyHooks, type RequestStart } from './apply-request.ts';
+import type { ApplyContext, ApplyHooks, RequestStart } from './apply-context.ts';
+import { applyRequest } from './apply-request.ts';
 import type { Handoff } from './handoff.ts';
 
 export interface RunnerOptions {

@@ -12,7 +12,7 @@ import { RequestError } from '../queue/request.ts';
 import { SessionLog } from '../queue/session-log.ts';
 import { WORK_QUEUE, WorkQueue, workRetryDelay, type WorkJobData } from '../queue/work-queue.ts';
 import type { WorkerMetrics } from '../telemetry/metrics.ts';
-import type { ApplyContext } from './apply-request.ts';
+import type { ApplyContext } from './apply-context.ts';
 import { SessionRunner } from './session-runner.ts';
 import { Sweeper } from './sweeper.ts';
 

@@ -13,7 +13,7 @@
 import type { Engine } from '../engine/engine.ts';
 import type { ModelInfo } from '../model/model-spec.ts';
 import type { SegmentScore, TokenLogprob } from '../queue/request.ts';
-import { tokenLogprob } from './apply-request.ts';
+import { tokenLogprob } from './token-logprob.ts';
 
 export interface ScoredChunk {
   /** The memory after the chunk (what advance() would return). */
