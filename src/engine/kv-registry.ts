@@ -1,8 +1,8 @@
 // KV caches kept in an engine thread, keyed by handle; the main thread only ever sees handles. Handles
 // are unique across the engine's threads and say which thread holds the cache: the handles of thread
 // `lane` of `lanes` are lane + 1 + k·lanes. Both sides number them here (the thread makes them,
-// engine.ts routes a cache's steps by them). Types only from kv-cache.ts: engine.ts imports this
-// module and must not load onnxruntime.
+// engine-client.ts routes a cache's steps by them). Types only from kv-cache.ts: the main thread
+// imports this module and must not load onnxruntime.
 import type { GrowableKvCache } from './kv-cache.ts';
 
 /** The `k`-th handle (0-based) of thread `lane` of `lanes`. */
