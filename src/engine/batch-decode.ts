@@ -3,6 +3,7 @@
 // instead of copying the whole cache out of every run.
 import type { ModelPackage } from '../model/model-package.ts';
 import { asFloat32, memoryState } from './graph-tensors.ts';
+import { invariant } from './invariant.ts';
 import { asKv, kvBlocks, kvCapacity, kvTensor, newKv, type GrowableKvCache } from './kv-cache.ts';
 import { float32, int64 } from './onnx-runtime.ts';
 import { writeInt64, type SegmentRow } from './segment-feeds.ts';
@@ -39,18 +40,15 @@ export async function prefillBatch(
 ): Promise<BatchPrefillResult[]> {
   if (rows.length === 0) return [];
   const M = pkg.memoryTokens;
+  // The rows are a planned batch of checked requests (engine-args.ts, request-check.ts): assertions.
   for (const [i, r] of rows.entries()) {
-    if (r.ids.length === 0 || r.ids.length > pkg.segmentLength || M + r.ids.length > capacity) {
-      throw new Error(`prefill row ${i} has ${r.ids.length} tokens, expected 1..${Math.min(pkg.segmentLength, capacity - M)}`);
-    }
+    invariant(r.ids.length > 0 && r.ids.length <= pkg.segmentLength && M + r.ids.length <= capacity, () => `prefill row ${i} has ${r.ids.length} tokens, expected 1..${Math.min(pkg.segmentLength, capacity - M)}`);
     memoryState(pkg, r.state);
   }
   const batch = rows.length;
   const longest = Math.max(...rows.map((r) => r.ids.length));
   const width = options.width ?? longest;
-  if (!Number.isInteger(width) || width < longest || width > pkg.segmentLength) {
-    throw new Error(`prefill width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
-  }
+  invariant(Number.isInteger(width) && width >= longest && width <= pkg.segmentLength, () => `prefill width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
   const stateSize = M * pkg.dModel;
   const ids = new BigInt64Array(batch * width);
   const mask = new BigInt64Array(batch * (M + width));
@@ -70,6 +68,7 @@ export async function prefillBatch(
   const logits = asFloat32(out.logits, 'logits');
   const present = asKv(pkg, out.present_key_values);
   const total = M + width;
+  // The graph's output sizes are the package's, not checked at load: checked here.
   if (present.length !== layers * 2 * batch * heads * total * headDim) {
     throw new Error(`present_key_values has ${present.length} values, expected [${layers}, 2, ${batch}, ${heads}, ${total}, ${headDim}]`);
   }
@@ -108,19 +107,17 @@ export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[],
   if (rows.length === 0) return [];
   const { layers, heads, headDim } = pkg.kv;
   const blocks = kvBlocks(pkg);
+  // Every cache was made by prefillBatch, a full one is refused before its decode runs (request-check.ts
+  // precheck) and a batch holds a cache once (the scheduler): assertions.
   for (const [i, r] of rows.entries()) {
-    if (r.kv.data.length !== blocks * r.kv.capacity * headDim) {
-      throw new Error(`decode row ${i}: cache has ${r.kv.data.length} values, expected ${blocks * r.kv.capacity * headDim}`);
-    }
-    if (r.kv.length < 1 || r.kv.length >= r.kv.capacity) {
-      throw new Error(`decode row ${i}: cache holds ${r.kv.length} of ${r.kv.capacity} positions, no room for another token`);
-    }
-    if (rows.findIndex((o) => o.kv === r.kv) !== i) throw new Error(`decode row ${i}: the same cache appears twice in one batch`);
+    invariant(r.kv.data.length === blocks * r.kv.capacity * headDim, () => `decode row ${i}: cache has ${r.kv.data.length} values, expected ${blocks * r.kv.capacity * headDim}`);
+    invariant(r.kv.length >= 1 && r.kv.length < r.kv.capacity, () => `decode row ${i}: cache holds ${r.kv.length} of ${r.kv.capacity} positions, no room for another token`);
+    invariant(rows.findIndex((o) => o.kv === r.kv) === i, () => `decode row ${i}: the same cache appears twice in one batch`);
   }
   const batch = rows.length;
   const longest = Math.max(...rows.map((r) => r.kv.length));
   const P = options.pastLength ?? longest;
-  if (!Number.isInteger(P) || P < longest) throw new Error(`decode past length ${P} must be an integer >= ${longest} (the longest cache)`);
+  invariant(Number.isInteger(P) && P >= longest, () => `decode past length ${P} must be an integer >= ${longest} (the longest cache)`);
   const past = newKv(pkg, layers * 2 * batch * heads * P * headDim);
   const mask = new BigInt64Array(batch * (P + 1));
   rows.forEach((r, b) => {

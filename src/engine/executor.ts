@@ -9,6 +9,7 @@ import { decodeBatch, prefillBatch, type BatchPrefillResult } from './batch-deco
 import type { Chains, Slot } from './chains.ts';
 import type { DeviceTurn } from './device-turn.ts';
 import type { BatchStat, EngineRequest, Reply, WorkerConfig } from './engine-protocol.ts';
+import { invariant } from './invariant.ts';
 import { kvCapacity } from './kv-cache.ts';
 import type { KvRegistry } from './kv-registry.ts';
 import { segmentOptions, type Loaded } from './loader.ts';
@@ -187,9 +188,10 @@ export class Executor {
       });
     } else {
       const rows = reqs.map((r) => {
-        if (r.op !== 'decode') throw new Error('internal: non-decode request in a decode batch');
+        invariant(r.op === 'decode', 'a decode batch holds only decodes');
+        // precheck found the cache, held for this decode since it was taken in (KvRegistry.hold).
         const e = this.kvs.get(r.kv);
-        if (!e) throw new Error(`decode(${r.model}): KV handle ${r.kv} is unknown or was released`);
+        invariant(e, () => `decode(${r.model}): KV handle ${r.kv} is held until its decodes are done`);
         return { token: r.token, kv: e.cache };
       });
       const out = await decodeBatch(pkg, rows, config.batchInvariant ? { pastLength: kvCapacity(pkg) - 1 } : {});
@@ -208,7 +210,7 @@ export class Executor {
    */
   private async runAdvances(loaded: Loaded, reqs: EngineRequest[]): Promise<RunOutcome> {
     const plan = this.stepsPlan(loaded, reqs) ?? reqs.map((r) => {
-      if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
+      invariant(r.op === 'advance', 'an advance batch holds only advances');
       return this.chains.slotsOf(r, 1);
     });
     const k = plan[0]!.length;
@@ -259,7 +261,7 @@ export class Executor {
   /** The rows of a segment, advance or prefill batch. */
   private segmentRows(reqs: EngineRequest[], graph: Graph): SegmentRow[] {
     return reqs.map((r) => {
-      if (r.op === 'decode') throw new Error(`internal: decode request in a ${graph} batch`);
+      invariant(r.op !== 'decode', () => `a ${graph} batch holds no decodes`);
       return { ids: this.chains.segmentIds(r), state: r.state };
     });
   }

@@ -1,6 +1,7 @@
 // A decode cache's layout and its tensors: [layers, 2, 1, heads, positions, head_dim] in the decode
 // graph's KV dtype (float32, or raw IEEE half floats for fp16 graphs, never converted here).
 import type { ModelPackage } from '../model/model-package.ts';
+import { invariant } from './invariant.ts';
 import { float16, float32, type Tensor } from './onnx-runtime.ts';
 
 /** A KV cache's elements: float32, or raw IEEE half floats for fp16 graphs (never converted here). */
@@ -36,18 +37,19 @@ export function newKv(pkg: ModelPackage, n: number): KvArray {
   return pkg.kvDtype === 'float16' ? new Uint16Array(n) : new Float32Array(n);
 }
 
+/** A cache as the decode graph's past (every cache is made by newKv or the graph, of the package's dtype). */
 export function kvTensor(pkg: ModelPackage, data: KvArray, dims: number[]): Tensor {
   if (pkg.kvDtype === 'float16') {
-    if (!(data instanceof Uint16Array)) throw new Error('KV cache holds float32 values but the decode graph takes float16');
+    invariant(data instanceof Uint16Array, 'KV cache holds float32 values but the decode graph takes float16');
     return float16(data, dims);
   }
-  if (!(data instanceof Float32Array)) throw new Error('KV cache holds float16 values but the decode graph takes float32');
+  invariant(data instanceof Float32Array, 'KV cache holds float16 values but the decode graph takes float32');
   return float32(data, dims);
 }
 
-/** The decode graph's present_key_values output. */
+/** The decode graph's present_key_values output (its dtype checked at load). */
 export function asKv(pkg: ModelPackage, t: Tensor | undefined): KvArray {
-  if (!t || t.dtype !== pkg.kvDtype) throw new Error(`expected ${pkg.kvDtype} output 'present_key_values', found ${t?.dtype ?? 'none'}`);
+  invariant(t !== undefined && t.dtype === pkg.kvDtype, () => `expected ${pkg.kvDtype} output 'present_key_values', found ${t?.dtype ?? 'none'}`);
   return t.data as KvArray;
 }
 

@@ -3,6 +3,7 @@
 // sequence-decode.ts). Mirrors the reference algorithm in rmt_toolkit so outputs match golden.json.
 import type { ModelPackage } from '../model/model-package.ts';
 import { asFloat32 } from './graph-tensors.ts';
+import { invariant } from './invariant.ts';
 import { feedsOf, segmentFeeds, type FeedOptions, type SegmentRow } from './segment-feeds.ts';
 
 export interface SegmentResult {
@@ -76,16 +77,18 @@ export interface StepsResult {
  * output buffers (see SegmentOptions.views).
  */
 export async function runSegmentSteps(pkg: ModelPackage, rows: readonly StepsRow[], options: SegmentOptions = {}): Promise<StepsResult> {
+  // Called only for a package with the graph, with rows of K segments (Executor.stepsPlan, the warm-up).
   const session = pkg.sessions.segmentSteps;
-  if (!session || pkg.steps === undefined) throw new Error(`model '${pkg.name}' has no segment_state_steps graph (${pkg.precision})`);
+  invariant(session && pkg.steps !== undefined, () => `model '${pkg.name}' has no segment_state_steps graph (${pkg.precision})`);
   if (rows.length === 0) return { steps: [], last: [] };
   const K = pkg.steps;
-  for (const [i, r] of rows.entries()) if (r.segments.length !== K) throw new Error(`steps row ${i} has ${r.segments.length} segments, expected ${K} (the graph's steps per run)`);
+  for (const [i, r] of rows.entries()) invariant(r.segments.length === K, () => `steps row ${i} has ${r.segments.length} segments, expected ${K} (the graph's steps per run)`);
   const { feeds } = feedsOf(pkg, rows.map((r) => r.segments), rows, options, true);
   const out = await session.run(feeds, ['next_state.memory', 'step_states.memory']);
   const batch = rows.length;
   const all = asFloat32(out['step_states.memory'], 'step_states.memory');
   const stateSize = pkg.memoryTokens * pkg.dModel;
+  // The graph's output sizes are the package's, not checked at load: checked here.
   if (all.length !== batch * K * stateSize) {
     throw new Error(`step_states.memory has ${all.length} values, expected [${batch}, ${K}, ${pkg.memoryTokens}, ${pkg.dModel}]`);
   }

@@ -3,6 +3,7 @@
 // (FeedScratch) or, for a chain's rows, taken from the run before without a copy (rowsInPlace).
 import type { ModelPackage } from '../model/model-package.ts';
 import { memoryState } from './graph-tensors.ts';
+import { invariant } from './invariant.ts';
 import { float32, int64, type Tensor } from './onnx-runtime.ts';
 
 export interface SegmentRow {
@@ -96,22 +97,19 @@ export function feedsOf(
   pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>,
   segments: readonly (readonly ArrayLike<number>[])[], rows: readonly { state: Float32Array }[], options: FeedOptions, stepped: boolean,
 ): { feeds: Record<string, Tensor>; width: number } {
+  // The rows are a planned batch of checked requests (engine-args.ts, request-check.ts): assertions.
   const k = segments[0]!.length;
   let longest = 0;
   for (const [i, segs] of segments.entries()) {
-    if (segs.length !== k) throw new Error(`row ${i} has ${segs.length} segments, expected ${k} (every row of a run the same)`);
+    invariant(segs.length === k, () => `row ${i} has ${segs.length} segments, expected ${k} (every row of a run the same)`);
     for (const [j, ids] of segs.entries()) {
-      if (ids.length === 0 || ids.length > pkg.segmentLength) {
-        throw new Error(`segment row ${i}${stepped ? ` step ${j}` : ''} has ${ids.length} tokens, expected 1..${pkg.segmentLength}`);
-      }
+      invariant(ids.length > 0 && ids.length <= pkg.segmentLength, () => `segment row ${i}${stepped ? ` step ${j}` : ''} has ${ids.length} tokens, expected 1..${pkg.segmentLength}`);
       longest = Math.max(longest, ids.length);
     }
     memoryState(pkg, rows[i]!.state);
   }
   const width = options.width ?? longest;
-  if (!Number.isInteger(width) || width < longest || width > pkg.segmentLength) {
-    throw new Error(`segment width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
-  }
+  invariant(Number.isInteger(width) && width >= longest && width <= pkg.segmentLength, () => `segment width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
   const batch = rows.length;
   const stateSize = pkg.memoryTokens * pkg.dModel;
   const inPlace = rowsInPlace(rows, stateSize);

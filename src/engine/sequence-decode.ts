@@ -3,6 +3,7 @@
 // instead (batch-decode.ts).
 import type { ModelPackage } from '../model/model-package.ts';
 import { asFloat32, memoryState } from './graph-tensors.ts';
+import { invariant } from './invariant.ts';
 import { emptyKv, kvFromOutput, kvTensor, type KvCache } from './kv-cache.ts';
 import { float32, int64 } from './onnx-runtime.ts';
 
@@ -17,7 +18,7 @@ function ones(n: number): BigInt64Array {
 
 /** Starts a decode cache: the memory tokens plus `ids`, attending to the given state. */
 export async function prefill(pkg: ModelPackage, ids: readonly number[], state: Float32Array): Promise<DecodeResult> {
-  if (ids.length === 0) throw new Error('prefill needs at least one token');
+  invariant(ids.length > 0, 'prefill needs at least one token');
   const out = await pkg.sessions.decode.run({
     input_ids: int64(ids, [1, ids.length]),
     attention_mask: int64(ones(pkg.memoryTokens + ids.length), [1, pkg.memoryTokens + ids.length]),
