@@ -35,7 +35,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadModelPackage, type ModelPackage, type Precision } from '../src/model/model-package.ts';
 import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
-import { segmentFeeds, type SegmentRow } from '../src/engine/rmt-runner.ts';
+import { segmentFeeds, type SegmentRow } from '../src/engine/segment-feeds.ts';
 import { startModuleThread } from '../src/engine/thread-entry.ts';
 import { percentile, tokens } from './bench-support.ts';
 import { summariseProfile } from './ort-profile.ts';

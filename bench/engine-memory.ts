@@ -18,7 +18,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadModelPackage } from '../src/model/model-package.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps } from '../src/engine/rmt-runner.ts';
+import { decodeBatch, prefillBatch } from '../src/engine/batch-decode.ts';
+import { kvCapacity } from '../src/engine/kv-cache.ts';
+import { runSegment, runSegmentState, runSegmentSteps } from '../src/engine/rmt-runner.ts';
 import { tokens } from './bench-support.ts';
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');

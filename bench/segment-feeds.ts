@@ -4,7 +4,7 @@
 //
 //   node --import tsx bench/segment-feeds.ts            BATCHES (1,8,32,64,128,256), REPEAT (200)
 import { performance } from 'node:perf_hooks';
-import { segmentFeeds, type SegmentRow } from '../src/engine/rmt-runner.ts';
+import { segmentFeeds, type SegmentRow } from '../src/engine/segment-feeds.ts';
 import { percentile, tokens } from './bench-support.ts';
 
 const BATCHES = (process.env.BATCHES ?? '1,8,32,64,128,256').split(',').map(Number);

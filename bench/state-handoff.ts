@@ -34,7 +34,7 @@ if (isMainThread) {
         let kept: Float32Array | undefined;
         w.on('message', (m: Msg) => {
           if ('done' in m) return resolve(m.done);
-          // As engine.ts does: each state its own array, the region released once copied out.
+          // As pending-calls.ts does: each state its own array, the region released once copied out.
           for (const s of m.states) kept = s instanceof Float32Array ? s : reader.read(s);
           if (m.ringEnd !== undefined) reader.release(m.ringEnd);
           void kept;

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { loadModelPackage, type ModelPackage } from '../src/model/model-package.ts';
 import { float32, int64 } from '../src/engine/onnx-runtime.ts';
-import { greedyGenerate, runSegment, runSegmentState, segmentFeeds, type FeedScratch } from '../src/engine/rmt-runner.ts';
+import { greedyGenerate } from '../src/engine/greedy-generate.ts';
+import { runSegment, runSegmentState } from '../src/engine/rmt-runner.ts';
+import { segmentFeeds, type FeedScratch } from '../src/engine/segment-feeds.ts';
 import { SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff, topK, type TopLogits } from './helpers.ts';
 
 function assertTop(actualLogits: Float32Array, expected: TopLogits, limit: number, label: string): void {

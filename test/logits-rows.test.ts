@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { startEngine, type BatchStat, type Engine } from '../src/engine/engine.ts';
 import { chunksOf, MAX_LOGITS_ROWS } from '../src/engine/logits-rows.ts';
 import { loadModelPackage, type ModelPackage } from '../src/model/model-package.ts';
-import { prefillBatch } from '../src/engine/rmt-runner.ts';
+import { prefillBatch } from '../src/engine/batch-decode.ts';
 import { PACKAGE_DIR, loadGolden } from './helpers.ts';
 
 const MODELS_DIR = path.dirname(PACKAGE_DIR);

@@ -6,10 +6,12 @@
 // Padded rows cost as much as real ones (above a few rows a run's time grows with its rows): steps of
 // 4 up to 64, where a worker's runs mostly are, instead of 8 (a 25-row run padded to 32 did 28 % more
 // work than needed; bench/gpu-suite.sh, bench/results/gpu-5).
+import { invariant } from './invariant.ts';
 
 /** 1, 2, 4, then multiples of 4 up to 64, then multiples of 8, capped at maxBatch. */
 export function bucketOf(rows: number, maxBatch: number): number {
-  if (!Number.isInteger(rows) || rows < 1) throw new Error(`bucketOf: rows must be a positive integer, found ${rows}`);
+  // A run has rows (the executor pads only what it runs; the warm-up counts from 1).
+  invariant(Number.isInteger(rows) && rows >= 1, () => `bucketOf: rows must be a positive integer, found ${rows}`);
   const b = rows <= 4 ? 2 ** Math.ceil(Math.log2(rows)) : rows <= 64 ? Math.ceil(rows / 4) * 4 : Math.ceil(rows / 8) * 8;
   return Math.min(b, Math.max(rows, maxBatch));
 }

@@ -1,4 +1,4 @@
-// Messages between the main thread (engine.ts) and the engine thread (engine-thread.ts).
+// Messages between the main thread (engine-client.ts, engine-lane.ts) and the engine thread (engine-thread.ts).
 // Types only: nothing here runs, so either side can import it. The types both sides share live here
 // (engine.ts re-exports them), so neither imports the other.
 import type { ModelInfo } from '../model/model-spec.ts';

@@ -3,7 +3,7 @@
 // executes; each iteration the scheduler plans groups (scheduler.ts), the executor runs each
 // (executor.ts) and the replies go back, the chains going on leading the next iteration (chains.ts).
 // KV caches live here, keyed by handle (kv-registry.ts); the main thread only ever sees handles.
-// An engine may run several of these threads (engine.ts routes each session to one); their runs overlap
+// An engine may run several of these threads (stream-placement.ts places each session on one); their runs overlap
 // on the device (or, with deviceTurns, take turns through a shared ticket lock: device-turn.ts), so one
 // thread's run covers the others' turnaround (replies, the sessions' next requests, planning) instead of
 // the device waiting through it.

@@ -2,19 +2,23 @@
 // per-position logits call for it), padded to a batch-size bucket (batch-buckets.ts); advances' memory
 // goes out through the state ring. With batchInvariant (the default) segment runs are padded to
 // segment_length and decode runs' past to the cache capacity, so batch composition cannot change a
-// row's results (see rmt-runner.ts).
+// row's results (see segment-feeds.ts, batch-decode.ts).
 import { performance } from 'node:perf_hooks';
 import { bucketOf } from './batch-buckets.ts';
+import { decodeBatch, prefillBatch, type BatchPrefillResult } from './batch-decode.ts';
 import type { Chains, Slot } from './chains.ts';
 import type { DeviceTurn } from './device-turn.ts';
 import type { BatchStat, EngineRequest, Reply, WorkerConfig } from './engine-protocol.ts';
+import { invariant } from './invariant.ts';
+import { kvCapacity } from './kv-cache.ts';
 import type { KvRegistry } from './kv-registry.ts';
 import { segmentOptions, type Loaded } from './loader.ts';
 import { chunksOf } from './logits-rows.ts';
 import type { RunGate } from './onnx-runtime.ts';
 import { precheck } from './request-check.ts';
-import { decodeBatch, kvCapacity, prefillBatch, runSegment, runSegmentState, runSegmentSteps, type BatchPrefillResult, type SegmentRow } from './rmt-runner.ts';
+import { runSegment, runSegmentState, runSegmentSteps } from './rmt-runner.ts';
 import type { Graph, Group } from './scheduler.ts';
+import type { SegmentRow } from './segment-feeds.ts';
 import type { RingSlice, StateRingWriter } from './state-ring.ts';
 
 export function errorMessage(err: unknown): string {
@@ -184,9 +188,10 @@ export class Executor {
       });
     } else {
       const rows = reqs.map((r) => {
-        if (r.op !== 'decode') throw new Error('internal: non-decode request in a decode batch');
+        invariant(r.op === 'decode', 'a decode batch holds only decodes');
+        // precheck found the cache, held for this decode since it was taken in (KvRegistry.hold).
         const e = this.kvs.get(r.kv);
-        if (!e) throw new Error(`decode(${r.model}): KV handle ${r.kv} is unknown or was released`);
+        invariant(e, () => `decode(${r.model}): KV handle ${r.kv} is held until its decodes are done`);
         return { token: r.token, kv: e.cache };
       });
       const out = await decodeBatch(pkg, rows, config.batchInvariant ? { pastLength: kvCapacity(pkg) - 1 } : {});
@@ -205,7 +210,7 @@ export class Executor {
    */
   private async runAdvances(loaded: Loaded, reqs: EngineRequest[]): Promise<RunOutcome> {
     const plan = this.stepsPlan(loaded, reqs) ?? reqs.map((r) => {
-      if (r.op !== 'advance') throw new Error('internal: non-advance request in an advance batch');
+      invariant(r.op === 'advance', 'an advance batch holds only advances');
       return this.chains.slotsOf(r, 1);
     });
     const k = plan[0]!.length;
@@ -213,7 +218,7 @@ export class Executor {
     const stateOf = (i: number) => (reqs[i] as Extract<EngineRequest, { op: 'advance' }>).state;
     const options = { ...segmentOptions(loaded, this.config.batchInvariant), views: true };
     // Views of the run's output: a row going on feeds its last memory to its next run as it is (in the
-    // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in rmt-runner.ts).
+    // same row order, the next run's state feed is that buffer, uncopied: rowsInPlace in segment-feeds.ts).
     let out: { steps: Float32Array[][]; last: Float32Array[] };
     let runRows: number;
     if (k > 1) {
@@ -256,7 +261,7 @@ export class Executor {
   /** The rows of a segment, advance or prefill batch. */
   private segmentRows(reqs: EngineRequest[], graph: Graph): SegmentRow[] {
     return reqs.map((r) => {
-      if (r.op === 'decode') throw new Error(`internal: decode request in a ${graph} batch`);
+      invariant(r.op !== 'decode', () => `a ${graph} batch holds no decodes`);
       return { ids: this.chains.segmentIds(r), state: r.state };
     });
   }

@@ -1,9 +1,9 @@
 // KV caches kept in an engine thread, keyed by handle; the main thread only ever sees handles. Handles
 // are unique across the engine's threads and say which thread holds the cache: the handles of thread
 // `lane` of `lanes` are lane + 1 + k·lanes. Both sides number them here (the thread makes them,
-// engine.ts routes a cache's steps by them). Types only from rmt-runner.ts: engine.ts imports this
-// module and must not load onnxruntime.
-import type { GrowableKvCache } from './rmt-runner.ts';
+// engine-client.ts routes a cache's steps by them). Types only from kv-cache.ts: the main thread
+// imports this module and must not load onnxruntime.
+import type { GrowableKvCache } from './kv-cache.ts';
 
 /** The `k`-th handle (0-based) of thread `lane` of `lanes`. */
 export function kvHandle(lane: number, lanes: number, k: number): number {

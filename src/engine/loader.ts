@@ -8,7 +8,8 @@ import type { EngineDevice, ModelInfo, WorkerConfig } from './engine-protocol.ts
 import { loadModelPackage, type LoadOptions, type ModelPackage } from '../model/model-package.ts';
 import { modelInfo } from '../model/model-spec.ts';
 import { ORT_VERSION } from './onnx-runtime.ts';
-import { runSegmentState, runSegmentSteps, type FeedScratch, type SegmentOptions } from './rmt-runner.ts';
+import { runSegmentState, runSegmentSteps, type SegmentOptions } from './rmt-runner.ts';
+import type { FeedScratch } from './segment-feeds.ts';
 
 export interface Loaded {
   pkg: ModelPackage;
@@ -17,7 +18,7 @@ export interface Loaded {
   scratch: FeedScratch;
 }
 
-/** How a thread's segment and advance runs are padded: to segment_length with batchInvariant (see rmt-runner.ts). */
+/** How a thread's segment and advance runs are padded: to segment_length with batchInvariant (see segment-feeds.ts). */
 export function segmentOptions({ pkg, scratch }: Loaded, batchInvariant: boolean): SegmentOptions {
   return batchInvariant ? { width: pkg.segmentLength, scratch } : { scratch };
 }

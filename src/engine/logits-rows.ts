@@ -6,6 +6,7 @@
 // padded to the batch's width, so every row's results are those of one run, bit for bit (rows are
 // independent at a given width). The ingest graphs (segment_state, segment_state_steps) and decode
 // steps are not chunked. Figures: BENCHMARKS.md, "Worker memory under load (soak)".
+import { invariant } from './invariant.ts';
 
 /**
  * Most rows in one run of a graph that produces per-position logits. After every batch size 1..32, the
@@ -17,7 +18,8 @@ export const MAX_LOGITS_ROWS = 8;
 
 /** `rows` in consecutive chunks of at most `size`, each with the index of its first row. */
 export function chunksOf<T>(rows: readonly T[], size: number): { start: number; rows: T[] }[] {
-  if (!Number.isInteger(size) || size < 1) throw new Error(`chunksOf: size must be a positive integer, found ${size}`);
+  // maxLogitsRows, checked by startEngine (engine-options.ts).
+  invariant(Number.isInteger(size) && size >= 1, () => `chunksOf: size must be a positive integer, found ${size}`);
   const out: { start: number; rows: T[] }[] = [];
   for (let start = 0; start < rows.length; start += size) out.push({ start, rows: rows.slice(start, start + size) });
   return out;

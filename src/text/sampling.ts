@@ -112,7 +112,7 @@ function applyPenalties(logits: Float32Array, p: SamplingParams, counts: Readonl
 
 /**
  * First index of the maximum (strict >, so ties keep the lowest id, like torch.argmax); NaN never wins.
- * Greedy decoding everywhere (sampleNext at temperature 0, rmt-runner's greedyGenerate) picks with it.
+ * Greedy decoding everywhere (sampleNext at temperature 0, greedy-generate.ts's greedyGenerate) picks with it.
  */
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;

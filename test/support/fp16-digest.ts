@@ -7,7 +7,9 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModelPackage } from '../../src/model/model-package.ts';
-import { decodeBatch, decodeStep, prefill, prefillBatch, type KvArray } from '../../src/engine/rmt-runner.ts';
+import { decodeBatch, prefillBatch } from '../../src/engine/batch-decode.ts';
+import type { KvArray } from '../../src/engine/kv-cache.ts';
+import { decodeStep, prefill } from '../../src/engine/sequence-decode.ts';
 import { PACKAGE_DIR } from '../helpers.ts';
 
 export async function fp16Digest(): Promise<string> {

@@ -1,0 +1,54 @@
+// The reference algorithm end to end, one sequence, greedy (golden.json is made by rmt_toolkit's).
+import type { ModelPackage } from '../model/model-package.ts';
+import { argmax } from '../text/sampling.ts';
+import type { KvCache } from './kv-cache.ts';
+import { runSegment } from './rmt-runner.ts';
+import { decodeStep, prefill } from './sequence-decode.ts';
+
+export interface GreedyResult {
+  ids: number[];
+  segmentsCommitted: number;
+  state: Float32Array;
+}
+
+/**
+ * Greedy decoding: full prompt segments go through the segment graph; the
+ * tail lives in the KV cache, and when it reaches segment_length it is
+ * committed to memory with the segment graph and the cache starts over.
+ */
+export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly number[], maxNew: number): Promise<GreedyResult> {
+  if (promptIds.length === 0) throw new Error('greedyGenerate needs a non-empty prompt');
+  const L = pkg.segmentLength;
+  let state = pkg.initState.memory!;
+  let logits: Float32Array | undefined;
+  const fullEnd = Math.floor(promptIds.length / L) * L;
+  for (let start = 0; start < fullEnd; start += L) {
+    const [r] = await runSegment(pkg, [{ ids: promptIds.slice(start, start + L), state }]);
+    state = r!.nextState;
+    logits = r!.logits;
+  }
+  let tail = promptIds.slice(fullEnd);
+  let kv: KvCache | undefined;
+  if (tail.length > 0) ({ logits, kv } = await prefill(pkg, tail, state));
+
+  const output: number[] = [];
+  let segmentsCommitted = 0;
+  while (output.length < maxNew) {
+    const tok = argmax(logits!);
+    output.push(tok);
+    tail = [...tail, tok];
+    if (tail.length === L) {
+      const [r] = await runSegment(pkg, [{ ids: tail, state }]);
+      state = r!.nextState;
+      logits = r!.logits;
+      tail = [];
+      kv = undefined;
+      segmentsCommitted++;
+    } else if (kv === undefined) {
+      ({ logits, kv } = await prefill(pkg, tail, state));
+    } else {
+      ({ logits, kv } = await decodeStep(pkg, tok, kv));
+    }
+  }
+  return { ids: output, segmentsCommitted, state };
+}
