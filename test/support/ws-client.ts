@@ -76,7 +76,7 @@ export async function connectStream(wsBase: string, id: string, headers: Record<
     ws.once('unexpected-response', (_req: unknown, res: { statusCode: number }) => reject(new Error(`HTTP ${res.statusCode}`)));
   });
   // A bound, not a speed check: a new connection waits for the session's previous one to settle
-  // (session-stream.ts, up to TAKEOVER_WAIT_MS = 30 s), which on a loaded machine can pass 15 s.
+  // (stream/stream-connection.ts, up to TAKEOVER_WAIT_MS = 30 s), which on a loaded machine can pass 15 s.
   const hello = await c.next((m) => m.type === 'hello', 45_000);
   return { c, hello };
 }
