@@ -69,12 +69,22 @@ def _verify_doc(a, model_cfg):
 
 
 def cmd_verify(a):
+    from .arch import is_rmt
     from .export import load_checkpoint
     from .verify import verify
 
     model, _ = load_checkpoint(a.ckpt)
     meta = json.load(open(os.path.join(a.package, "model.json")))
-    fp16 = meta["graphs"].get("fp16") if not a.skip_fp16 else None
+    if a.skip_fp16:
+        meta["graphs"].pop("fp16", None)
+    if not is_rmt(model):
+        from .verify_state import verify_state
+
+        verify_state(model, a.package, _verify_doc(a, model.cfg), meta, write_golden=not a.no_golden,
+                     allow_missing_ort=a.allow_missing_onnxruntime)
+        print("verify OK")
+        return
+    fp16 = meta["graphs"].get("fp16")
     verify(a.ckpt, a.package, _verify_doc(a, model.cfg), meta["graphs"]["fp32"], write_golden=not a.no_golden,
            fp16_graphs=fp16)
     print("verify OK")
@@ -141,13 +151,15 @@ def cmd_select(a):
 def cmd_random(a):
     import torch
 
+    from .arch import build_model
     from .config import gpt2_small, tiny
     from .export import export_graphs
-    from .model import RMT
 
     torch.manual_seed(a.seed)
+    if a.architecture != "rmt":
+        return random_state_package(a)
     cfg = tiny() if a.size == "tiny" else gpt2_small()
-    model = RMT(cfg).eval()
+    model = build_model(cfg).eval()
     os.makedirs(a.out, exist_ok=True)
     ck = os.path.join(a.out, "model.pt")
     torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
@@ -162,6 +174,37 @@ def cmd_random(a):
                   {"export": {"segment_attention": a.attention}})
     if a.size == "tiny":
         os.remove(ck)  # the package does not need it, and fixtures stay small
+    print(f"wrote {a.out}")
+
+
+def random_state_package(a):
+    """A random-weights package of a state-conditioned architecture (tiny: test fixtures; brown: the
+    configs/<architecture>.json size), with golden.json written by verify on random token ids."""
+    import torch
+
+    from .arch import build_model, parameter_count
+    from .config import load_config, tiny_config
+    from .export import export_graphs
+    from .package import write_package
+    from .verify_state import verify_state
+
+    if a.size == "gpt2-small" or a.attention != "masked":
+        raise SystemExit(f"{a.architecture}: use --size tiny or --size brown (masked attention only)")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = tiny_config(a.architecture) if a.size == "tiny" else load_config(os.path.join(here, "configs", f"{a.architecture}.json"))
+    model = build_model(cfg).eval()
+    os.makedirs(a.out, exist_ok=True)
+    ck = os.path.join(a.out, "model.pt")
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
+    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
+              for p in a.precisions.split(",")}
+    desc = f"{a.architecture}, {a.size} size ({parameter_count(model):,} parameters), random weights: a test fixture"
+    meta = write_package(ck, a.out, a.name if a.name != "rmt-gpt2-small-random" else f"{a.architecture}-{a.size}-random",
+                         desc, a.tokenizer, graphs)
+    rng = __import__("numpy").random.default_rng(a.seed)
+    doc = rng.integers(2, cfg.vocab_size, 14 * cfg.segment_length).tolist()
+    verify_state(model, a.out, doc, meta, allow_missing_ort=True)
+    os.remove(ck)
     print(f"wrote {a.out}")
 
 
@@ -193,6 +236,8 @@ def cmd_convert_check(a):
 
 
 def main(argv=None):
+    from .config import ARCHITECTURES
+
     p = argparse.ArgumentParser(prog="python -m rmt_toolkit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -269,6 +314,9 @@ def main(argv=None):
     s.add_argument("--tokenizer")
     s.add_argument("--skip-fp16", action="store_true")
     s.add_argument("--no-golden", action="store_true")
+    s.add_argument("--allow-missing-onnxruntime", action="store_true",
+                   help="state-conditioned packages on a CPU machine without onnxruntime for Python: PyTorch checks and "
+                        "golden.json only, the graphs left to ort-check.ts (refused where CUDA is present)")
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("evaluate", help="recall table and perplexity on the held-out files; writes model.json eval")
@@ -305,8 +353,11 @@ def main(argv=None):
     s.add_argument("--attention", default="masked", choices=["masked", "fused"],
                    help="segment graphs: masked attention (any exporter), or the fused layout with onnxruntime's MultiHeadAttention")
     s.add_argument("--name", default="rmt-gpt2-small-random")
-    s.add_argument("--size", default="gpt2-small", choices=["gpt2-small", "tiny"],
-                   help="tiny: 2 layers, d=64, 32-token segments, 4096-token vocabulary (test fixtures)")
+    s.add_argument("--size", default="gpt2-small", choices=["gpt2-small", "tiny", "brown"],
+                   help="tiny: 2 layers, d=64, 32-token segments, 4096-token vocabulary (test fixtures); brown: "
+                        "configs/<architecture>.json (not the RMT)")
+    s.add_argument("--architecture", default="rmt", choices=list(ARCHITECTURES),
+                   help="other than rmt: a state-conditioned package, golden.json from random ids included")
     s.set_defaults(fn=cmd_random)
 
     s = sub.add_parser("state-graph", help="add the segment_state graph (next memory only) to an existing package")

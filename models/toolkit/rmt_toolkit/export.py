@@ -15,7 +15,8 @@ import os
 import numpy as np
 import torch
 
-from .config import RMTConfig
+from .arch import build_model, is_rmt
+from .config import config_from_dict
 from .model import RMT, DecodeGraph, SegmentGraph
 
 OPSET = 17
@@ -30,8 +31,9 @@ DECODE_IO = {
 
 
 def load_checkpoint(path: str, device="cpu") -> tuple[RMT, dict]:
+    """Any architecture's checkpoint (the config's `architecture`; none = rmt)."""
     ck = torch.load(path, map_location=device)
-    model = RMT(RMTConfig.from_dict(ck["config"]))
+    model = build_model(config_from_dict(ck["config"]))
     model.load_state_dict(ck["state_dict"])
     return model.eval().to(device), ck
 
@@ -66,7 +68,15 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
     fused_attention: the segment graphs use the fused layout and com.microsoft.MultiHeadAttention
     (model.py); onnxruntime's CPU and CUDA providers run it. The decode graph keeps masked attention
     (its KV cache needs the per-layer keys and values). Needs the TorchScript exporter (the op comes
-    from a symbolic function)."""
+    from a symbolic function).
+
+    Architectures other than the RMT export their state-conditioned graphs (state_export.py)."""
+    if not is_rmt(model):
+        if fused_attention:
+            raise SystemExit("fused attention is an RMT export option")
+        from .state_export import export_state_graphs
+
+        return export_state_graphs(model, out_dir, precision, exporter)
     cfg = model.cfg
     if precision == "fp16":
         if not torch.cuda.is_available():

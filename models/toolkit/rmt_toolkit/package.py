@@ -13,6 +13,12 @@ FORMAT = "rmt-serve/model@1"
 def write_package(ckpt: str, out_dir: str, name: str, description: str, tokenizer: str | None,
                   graphs: dict, extra: dict | None = None) -> dict:
     model, ck = load_checkpoint(ckpt)
+    from .arch import is_rmt
+
+    if not is_rmt(model):
+        from .state_export import write_state_package
+
+        return write_state_package(model, ck, out_dir, name, description, tokenizer, graphs, extra)
     cfg = model.cfg
     os.makedirs(out_dir, exist_ok=True)
     init_file = "state.memory.f32"

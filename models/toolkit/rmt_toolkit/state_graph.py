@@ -27,12 +27,14 @@ def _subgraph_inputs(node) -> set[str]:
     return names
 
 
-def prune_to_state(segment_path: str, out_path: str) -> dict:
+def prune_to_state(segment_path: str, out_path: str, outputs=(STATE_OUTPUT,)) -> dict:
+    """Keeps the nodes that `outputs` (the next_state.* names) need; state-conditioned packages pass
+    one per state entry."""
     import onnx
 
     m = onnx.load(segment_path, load_external_data=False)
     g = m.graph
-    needed = {STATE_OUTPUT}
+    needed = set(outputs)
     keep = []
     for node in reversed(g.node):
         if any(o in needed for o in node.output):
@@ -44,13 +46,13 @@ def prune_to_state(segment_path: str, out_path: str) -> dict:
     before = len(g.node)
     for n in [n for n in g.node if id(n) not in kept_ids]:
         g.node.remove(n)
-    for out in [o for o in g.output if o.name != STATE_OUTPUT]:
+    for out in [o for o in g.output if o.name not in outputs]:
         g.output.remove(out)
     for init in [i for i in g.initializer if i.name not in needed]:
         g.initializer.remove(init)
     for vi in [v for v in g.value_info if v.name not in needed]:
         g.value_info.remove(vi)
-    # Graph inputs stay as they are (the contract's three), used or not.
+    # Graph inputs stay as they are (the contract's), used or not.
     onnx.save(m, out_path)
     return {"nodes_before": before, "nodes_after": len(g.node)}
 

@@ -1,0 +1,65 @@
+"""Architecture registry: the config's `architecture` picks the model class.
+
+"rmt" is model.RMT (its own contract: state `memory`, decode conditioned by a read-memory input at
+prefill). Every other architecture is an arch.common.StateModel (state-conditioned decode). The
+helpers below give both one interface for training and evaluation, without changing the RMT.
+"""
+from __future__ import annotations
+
+from ..config import architecture_of
+
+
+def model_class(arch: str):
+    if arch == "rmt":
+        from ..model import RMT
+        return RMT
+    if arch == "transformer-xl":
+        from .transformer_xl import TransformerXL
+        return TransformerXL
+    if arch == "lamemo":
+        from .lamemo import LaMemo
+        return LaMemo
+    if arch in ("memtransformer", "memctrl", "membottleneck"):
+        from .memtransformer import MemoryTransformer
+        return MemoryTransformer
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+def build_model(cfg):
+    return model_class(architecture_of(cfg))(cfg)
+
+
+def is_rmt(model) -> bool:
+    return architecture_of(model.cfg) == "rmt"
+
+
+def initial_state(model, batch: int, device=None) -> dict:
+    if is_rmt(model):
+        mem = model.initial_memory(batch)
+        return {"memory": mem.to(device) if device is not None else mem}
+    return model.initial_state(batch, device)
+
+
+def segment(model, input_ids, attention_mask, state: dict):
+    """The contract's segment step for any architecture: (next state dict, last logits, token_logprobs)."""
+    if is_rmt(model):
+        mem, logits, lp = model.segment(input_ids, attention_mask, state["memory"])
+        return {"memory": mem}, logits, lp
+    return model.segment(input_ids, attention_mask, state)
+
+
+def state_spec(model) -> list[tuple[str, tuple]]:
+    if is_rmt(model):
+        c = model.cfg
+        return [("memory", (c.memory_tokens, c.d_model))]
+    return model.state_spec()
+
+
+def state_bytes(model) -> int:
+    import math
+
+    return sum(4 * math.prod(s) for _, s in state_spec(model))
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())

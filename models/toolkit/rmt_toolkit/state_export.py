@@ -1,0 +1,168 @@
+"""ONNX export and package writing for the state-conditioned architectures (everything but the RMT).
+
+Graph IO follows models/README.md ("State-conditioned packages"): every state entry is an input
+`state.<name>` and an output `next_state.<name>` of segment.onnx, and an input of decode.onnx on
+every call. State and logits stay float32 in every precision (fp16 graphs cast inside), as for the
+RMT; the same share_weights puts each weight once in weights[.fp16].bin for all graphs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .export import _export, share_weights
+from .package import FORMAT
+
+
+class SegmentStateGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.names = model, [n for n, _ in model.state_spec()]
+
+    def forward(self, input_ids, attention_mask, *state):
+        nxt, logits, lp = self.model.segment(input_ids, attention_mask, dict(zip(self.names, state)))
+        return tuple(nxt[n] for n in self.names) + (logits, lp)
+
+
+class DecodeStateGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.names = model, [n for n, _ in model.state_spec()]
+
+    def forward(self, input_ids, attention_mask, *args):
+        state, past = dict(zip(self.names, args[:-1])), args[-1]
+        return self.model.decode(input_ids, attention_mask, state, past)
+
+
+def io_names(model) -> tuple[dict, dict]:
+    names = [n for n, _ in model.state_spec()]
+    seg = {"inputs": ["input_ids", "attention_mask"] + [f"state.{n}" for n in names],
+           "outputs": [f"next_state.{n}" for n in names] + ["logits", "token_logprobs"]}
+    dec = {"inputs": ["input_ids", "attention_mask"] + [f"state.{n}" for n in names] + ["past_key_values"],
+           "outputs": ["logits", "present_key_values"]}
+    return seg, dec
+
+
+def example_state(model, batch: int, device) -> dict:
+    """A plausible mid-document state for tracing (values do not shape the graph)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for n, s in model.state_spec():
+        t = torch.randn((batch,) + tuple(s), generator=g)
+        out[n] = (torch.ones((batch,) + tuple(s)) if n == "mem_mask" else t * 0.1).to(device)
+    return out
+
+
+def _check_io(path: str, io: dict) -> None:
+    import onnx
+
+    g = onnx.load(path, load_external_data=False).graph
+    got = ([i.name for i in g.input], [o.name for o in g.output])
+    if got != (io["inputs"], io["outputs"]):
+        raise SystemExit(f"{path}: graph IO {got} differs from the contract {(io['inputs'], io['outputs'])} "
+                         "(an unused input is dropped by the exporter)")
+
+
+def export_state_graphs(model, out_dir: str, precision: str, exporter: str = "auto") -> dict:
+    if precision == "fp16":
+        if not torch.cuda.is_available():
+            raise SystemExit("fp16 export needs a CUDA device (half-precision kernels)")
+        dev, dtype, suffix = torch.device("cuda"), torch.float16, ".fp16"
+    elif precision == "fp32":
+        dev, dtype, suffix = torch.device("cpu"), torch.float32, ""
+    else:
+        raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
+    m = copy.deepcopy(model).to(dev, dtype).eval()
+    cfg = m.cfg
+    seg_io, dec_io = io_names(m)
+    B, T = 2, cfg.segment_length
+    ids = torch.randint(2, cfg.vocab_size, (B, T), device=dev)
+    mask = torch.ones(B, T, dtype=torch.long, device=dev)
+    mask[1, T // 2:] = 0
+    state = example_state(m, B, dev)
+    batch = {0: "batch"}
+    seg_axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                "logits": batch, "token_logprobs": {0: "batch", 1: "tokens"}}
+    for n in seg_io["inputs"][2:] + seg_io["outputs"][:-2]:
+        seg_axes[n] = batch
+    seg_path = os.path.join(out_dir, f"segment{suffix}.onnx")
+    dec_path = os.path.join(out_dir, f"decode{suffix}.onnx")
+    with torch.no_grad():
+        used = _export(SegmentStateGraph(m), (ids, mask, *state.values()), seg_path, seg_io, seg_axes, exporter)
+        P, N = 5, 3
+        past = torch.randn(cfg.n_layers, 2, B, cfg.n_heads, P, cfg.head_dim, device=dev, dtype=dtype)
+        dec_axes = {"input_ids": {0: "batch", 1: "new_length"}, "attention_mask": {0: "batch", 1: "total_length"},
+                    "past_key_values": {2: "batch", 4: "past_length"}, "logits": batch,
+                    "present_key_values": {2: "batch", 4: "total_length"}}
+        for n in dec_io["inputs"][2:-1]:
+            dec_axes[n] = batch
+        _export(DecodeStateGraph(m), (ids[:, :N], torch.ones(B, P + N, dtype=torch.long, device=dev), *state.values(), past),
+                dec_path, dec_io, dec_axes, used)
+    _check_io(seg_path, seg_io)
+    _check_io(dec_path, dec_io)
+    weights = f"weights{suffix}.bin"
+    share_weights([seg_path, dec_path], os.path.join(out_dir, weights))
+    from .state_graph import prune_to_state
+
+    state_path = os.path.join(out_dir, f"segment.state{suffix}.onnx")
+    prune_to_state(seg_path, state_path, outputs=tuple(seg_io["outputs"][:-2]))
+    return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path),
+            "segment_state": os.path.basename(state_path), "weights": weights, "exporter": used}
+
+
+def write_state_package(model, ck: dict, out_dir: str, name: str, description: str, tokenizer: str | None,
+                        graphs: dict, extra: dict | None = None) -> dict:
+    """model.json (format rmt-serve/model@1, state-conditioned decode), one init file per state entry,
+    the tokenizer."""
+    cfg = model.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    init = model.initial_state(1)
+    entries = []
+    for n, shape in model.state_spec():
+        fname = f"state.{n}.f32"
+        init[n][0].detach().float().cpu().numpy().astype("<f4").tofile(os.path.join(out_dir, fname))
+        entries.append({"name": n, "shape": list(shape), "dtype": "float32", "init": fname})
+    if tokenizer:
+        shutil.copy(tokenizer, os.path.join(out_dir, "tokenizer.json"))
+        cfg_json = os.path.join(os.path.dirname(tokenizer), "tokenizer_config.json")
+        if os.path.exists(cfg_json):
+            shutil.copy(cfg_json, os.path.join(out_dir, "tokenizer_config.json"))
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "description": description,
+        "architecture": cfg.architecture,
+        "segment_length": cfg.segment_length,
+        "memory_tokens": cfg.memory_tokens,
+        "vocab_size": cfg.vocab_size,
+        "tokenizer": "tokenizer.json",
+        "special_tokens": {"eos": cfg.eos_id, "pad": cfg.pad_id},
+        "state": entries,
+        "graphs": graphs,
+        "decode": {"conditioning": "state",
+                   "past_key_values": {"layout": ["layers", "kv", "batch", "heads", "past_length", "head_dim"],
+                                       "layers": cfg.n_layers, "heads": cfg.n_heads, "head_dim": cfg.head_dim}},
+        "config": cfg.to_dict(),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "training": ck.get("training", {}),
+    }
+    if extra:
+        meta.update(extra)
+    path = os.path.join(out_dir, "model.json")
+    if os.path.exists(path) and "eval" not in meta:  # keep measured tables from an earlier `evaluate`
+        old = json.load(open(path))
+        if "eval" in old:
+            meta["eval"] = old["eval"]
+    with open(path, "w") as fh:
+        json.dump(meta, fh, indent=2)
+    return meta
+
+
+def state_arrays(state: dict) -> dict:
+    return {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) for k, v in state.items()}
