@@ -40,7 +40,7 @@ interface GreedyTrace {
   state: Float32Array;
 }
 
-/** greedyGenerate (src/engine/rmt-runner.ts) built from engine.segment / prefill / decode. */
+/** greedyGenerate (src/engine/greedy-generate.ts) built from engine.segment / prefill / decode. */
 async function engineGreedy(
   engine: Engine,
   model: string,
