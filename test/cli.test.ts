@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { startRedis } from './support/redis-server.ts';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -149,11 +149,35 @@ describe('Redis errors', () => {
   });
 });
 
-/** Keys under `prefix` in the machine's Redis on 6379, by SCAN only (a read): it is not ours to write. */
-function machineRedisKeys(prefix: string): string[] | undefined {
-  const r = spawnSync('redis-cli', ['-p', '6379', '--scan', '--pattern', `${prefix}*`], { encoding: 'utf8', timeout: 5000 });
-  if (r.error || r.status !== 0 || /Could not connect|NOAUTH/.test(r.stdout + r.stderr)) return undefined; // nothing there, or not readable
-  return r.stdout.split('\n').filter(Boolean);
+/**
+ * Whether `pid` or one of its children (other than `except`) has a TCP connection to `port`, read from
+ * /proc (its socket inodes against /proc/net/tcp{,6}): the machine's Redis on 6379 is not ours even to read.
+ */
+function connectsToPort(pid: number, port: number, except: number): boolean {
+  const pids = [pid, ...readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).filter((p) => {
+    if (p === except) return false;
+    try {
+      return Number(readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]) === pid;
+    } catch {
+      return false;
+    }
+  })];
+  const inodes = new Set<string>();
+  for (const p of pids) {
+    for (const fd of readdirSync(`/proc/${p}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${p}/fd/${fd}`));
+        if (m) inodes.add(m[1]!);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  return ['/proc/net/tcp', '/proc/net/tcp6'].some((f) => existsSync(f) && readFileSync(f, 'utf8').split('\n').slice(1).some((line) => {
+    const cols = line.trim().split(/\s+/);
+    return cols.length > 9 && cols[2]!.endsWith(`:${hexPort}`) && inodes.has(cols[9]!);
+  }));
 }
 
 describe('serve without REDIS_URL', () => {
@@ -197,9 +221,9 @@ describe('serve without REDIS_URL', () => {
     } finally {
       own.disconnect();
     }
-    // The machine's Redis (if any answers on 6379) got nothing: read with SCAN, never written.
-    const machine = machineRedisKeys(prefix);
-    if (machine) assert.deepEqual(machine, [], 'keys landed in the Redis on 6379');
+    // Nothing of serve's talks to whatever listens on 6379 (its own Redis is on another port).
+    assert.notEqual(new URL(rec.url).port, '6379');
+    assert.equal(connectsToPort(serve.pid!, 6379, rec.redis_pid), false, 'serve holds a connection to port 6379');
     serve.kill('SIGTERM');
     const [code] = await once(serve, 'exit');
     assert.equal(code, 0, err);
