@@ -13,7 +13,7 @@
 //
 // What is counted:
 //   tok/s       tokens run through the segment_state graph per second (segments × segment_length / elapsed).
-//               A session commits a full tail when its next token arrives (apply-request.ts), so each
+//               A session commits a full tail when its next token arrives (request-plan.ts), so each
 //               service session is primed with one unmeasured request; every measured request then
 //               commits exactly REQUEST_IDS/128 segments (counted from the results).
 //   latency     engine: per engine.advance call. service: submit → result of one request (one
