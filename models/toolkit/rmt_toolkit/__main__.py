@@ -23,8 +23,18 @@ def cmd_tokenizer(a):
     print(f"tokenizer: {tok.get_vocab_size()} tokens -> {a.out}")
 
 
+def cmd_encode(a):
+    from .tokenizer import encode_dump
+
+    print(f"{encode_dump(a.tokenizer, a.data, a.split, a.out)} texts -> {a.out}")
+
+
 def cmd_train(a):
+    from .config import architecture_of, load_config
     from .train import train
+
+    if a.config and architecture_of(load_config(a.config)) != "rmt":
+        raise SystemExit("train (the recall curriculum) trains the RMT; use train-lm for the other architectures")
 
     print(json.dumps(train(a), indent=1))
 
@@ -93,6 +103,7 @@ def cmd_verify(a):
 def cmd_evaluate(a):
     import torch
 
+    from .arch import is_rmt, parameter_count, state_bytes, state_spec
     from .evaluate import perplexity, recall_table
     from .export import load_checkpoint
     from .tokenizer import load_tokenizer
@@ -101,12 +112,19 @@ def cmd_evaluate(a):
     model, _ = load_checkpoint(a.ckpt, dev)
     tok = load_tokenizer(a.tokenizer)
     t0 = time.time()
-    lengths = [int(x) for x in a.lengths.split(",")]
-    ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed),
-          "perplexity": perplexity(model, tok, a.data),
-          "heldout": "Brown files whose number is divisible by 5, never seen in training (tokenizer included)",
-          "command": "python -m rmt_toolkit evaluate " + " ".join(sys.argv[2:]),
-          "wall_time_s": round(time.time() - t0, 1)}
+    if not is_rmt(model):
+        # The recall table reads the answer after the memory alone: a question for the RMT's memory.
+        print(f"{model.cfg.architecture}: recall table skipped (RMT only); perplexity with the state carried and reset", flush=True)
+        ev = {"perplexity": perplexity(model, tok, a.data, a.max_docs),
+              "state": {"bytes_per_session": state_bytes(model), "entries": [[n, list(s)] for n, s in state_spec(model)]},
+              "parameters": parameter_count(model)}
+    else:
+        lengths = [int(x) for x in a.lengths.split(",")]
+        ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed),
+              "perplexity": perplexity(model, tok, a.data)}
+    ev.update({"heldout": "Brown files whose number is divisible by 5, never seen in training (tokenizer included)",
+               "command": "python -m rmt_toolkit evaluate " + " ".join(sys.argv[2:]),
+               "wall_time_s": round(time.time() - t0, 1)})
     print(json.dumps(ev, indent=1))
     if a.package:
         path = os.path.join(a.package, "model.json")
@@ -157,6 +175,8 @@ def cmd_random(a):
 
     torch.manual_seed(a.seed)
     if a.architecture != "rmt":
+        from .state_export import random_state_package
+
         return random_state_package(a)
     cfg = tiny() if a.size == "tiny" else gpt2_small()
     model = build_model(cfg).eval()
@@ -174,37 +194,6 @@ def cmd_random(a):
                   {"export": {"segment_attention": a.attention}})
     if a.size == "tiny":
         os.remove(ck)  # the package does not need it, and fixtures stay small
-    print(f"wrote {a.out}")
-
-
-def random_state_package(a):
-    """A random-weights package of a state-conditioned architecture (tiny: test fixtures; brown: the
-    configs/<architecture>.json size), with golden.json written by verify on random token ids."""
-    import torch
-
-    from .arch import build_model, parameter_count
-    from .config import load_config, tiny_config
-    from .export import export_graphs
-    from .package import write_package
-    from .verify_state import verify_state
-
-    if a.size == "gpt2-small" or a.attention != "masked":
-        raise SystemExit(f"{a.architecture}: use --size tiny or --size brown (masked attention only)")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = tiny_config(a.architecture) if a.size == "tiny" else load_config(os.path.join(here, "configs", f"{a.architecture}.json"))
-    model = build_model(cfg).eval()
-    os.makedirs(a.out, exist_ok=True)
-    ck = os.path.join(a.out, "model.pt")
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
-    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
-              for p in a.precisions.split(",")}
-    desc = f"{a.architecture}, {a.size} size ({parameter_count(model):,} parameters), random weights: a test fixture"
-    meta = write_package(ck, a.out, a.name if a.name != "rmt-gpt2-small-random" else f"{a.architecture}-{a.size}-random",
-                         desc, a.tokenizer, graphs)
-    rng = __import__("numpy").random.default_rng(a.seed)
-    doc = rng.integers(2, cfg.vocab_size, 14 * cfg.segment_length).tolist()
-    verify_state(model, a.out, doc, meta, allow_missing_ort=True)
-    os.remove(ck)
     print(f"wrote {a.out}")
 
 
@@ -252,6 +241,13 @@ def main(argv=None):
     s.add_argument("--out", required=True, help="path of tokenizer.json")
     s.set_defaults(fn=cmd_tokenizer)
 
+    s = sub.add_parser("encode", help="token ids of a split's documents (tokenizer-check.ts compares them with the JS library)")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--data")
+    s.add_argument("--split", default="heldout")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_encode)
+
     s = sub.add_parser("train", help="curriculum training with backpropagation through the memory")
     s.add_argument("--data", required=True)
     s.add_argument("--tokenizer", required=True)
@@ -283,7 +279,7 @@ def main(argv=None):
     s = sub.add_parser("train-lm", help="language model only: memory carried over windows of segments, early stopping")
     s.add_argument("--data", required=True)
     s.add_argument("--tokenizer", required=True)
-    s.add_argument("--config", help="RMTConfig JSON (default: the shipped small model)")
+    s.add_argument("--config", help="model config JSON, any architecture (configs/*.json; default: the shipped small RMT)")
     s.add_argument("--out", required=True)
     s.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget (cosine lr schedule over it)")
     s.add_argument("--max-steps", type=int, default=0)
@@ -294,6 +290,7 @@ def main(argv=None):
     s.add_argument("--dropout", type=float, default=0.1)
     s.add_argument("--eval-every", type=int, default=50)
     s.add_argument("--patience", type=int, default=4, help="evaluations without a better validation perplexity")
+    s.add_argument("--val-docs", type=int, default=0, help="validation on the first N validation files only (CPU smoke runs; 0 = all)")
     s.add_argument("--seed", type=int, default=1234)
     s.set_defaults(fn=cmd_train_lm)
 
@@ -328,6 +325,7 @@ def main(argv=None):
     s.add_argument("--samples", type=int, default=500)
     s.add_argument("--batch", type=int, default=250)
     s.add_argument("--seed", type=int, default=777)
+    s.add_argument("--max-docs", type=int, default=0, help="perplexity on the first N held-out documents only (CPU smoke runs; 0 = all)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("card", help="write the package's README.md (model card) from its model.json")

@@ -166,3 +166,33 @@ def write_state_package(model, ck: dict, out_dir: str, name: str, description: s
 
 def state_arrays(state: dict) -> dict:
     return {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) for k, v in state.items()}
+
+
+def random_state_package(a):
+    """A random-weights package of a state-conditioned architecture (tiny: test fixtures; brown: the
+    configs/<architecture>.json size), with golden.json written by verify on random token ids."""
+    from .arch import build_model, parameter_count
+    from .config import load_config, tiny_config
+    from .export import export_graphs
+    from .package import write_package
+    from .verify_state import verify_state
+
+    torch.manual_seed(a.seed)
+    if a.size == "gpt2-small" or a.attention != "masked":
+        raise SystemExit(f"{a.architecture}: use --size tiny or --size brown (masked attention only)")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = tiny_config(a.architecture) if a.size == "tiny" else load_config(os.path.join(here, "configs", f"{a.architecture}.json"))
+    model = build_model(cfg).eval()
+    os.makedirs(a.out, exist_ok=True)
+    ck = os.path.join(a.out, "model.pt")
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)
+    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter).items() if k != "exporter"}
+              for p in a.precisions.split(",")}
+    desc = f"{a.architecture}, {a.size} size ({parameter_count(model):,} parameters), random weights: a test fixture"
+    meta = write_package(ck, a.out, a.name if a.name != "rmt-gpt2-small-random" else f"{a.architecture}-{a.size}-random",
+                         desc, a.tokenizer, graphs)
+    rng = __import__("numpy").random.default_rng(a.seed)
+    doc = rng.integers(2, cfg.vocab_size, 14 * cfg.segment_length).tolist()
+    verify_state(model, a.out, doc, meta, allow_missing_ort=True)
+    os.remove(ck)
+    print(f"wrote {a.out}")

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RMTConfig
+from . import arch
+from .config import RMTConfig, load_config
 from .data import RecallBuilder, RecallTask, TokenStream, load_split
 from .model import RMT
 from .tokenizer import load_tokenizer
@@ -135,7 +136,7 @@ def train(args) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resumed = torch.load(args.resume, map_location="cpu") if args.resume else None
     cfg = RMTConfig.from_dict(resumed["config"]) if resumed else (RMTConfig.load(args.config) if args.config else RMTConfig())
-    cfg.dropout = args.dropout
+    cfg.dropout = args.dropout  # (RMTConfig.load refuses other architectures' configs: the curriculum is the RMT's)
     tok = load_tokenizer(args.tokenizer)
     if tok.get_vocab_size() != cfg.vocab_size:
         raise SystemExit(f"config vocab_size {cfg.vocab_size} != tokenizer vocabulary {tok.get_vocab_size()}")
@@ -146,7 +147,7 @@ def train(args) -> dict:
     if resumed:
         model.load_state_dict(resumed["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01,
-                            fused=dev.type == "cuda")
+                            **({"fused": True} if dev.type == "cuda" else {}))  # torch 1.13 has no `fused`
     stages = [int(s) for s in args.stages.split(",")]
     prev = resumed.get("training", {}) if resumed else {}
     # A resumed run continues the curriculum where the checkpoint left it.
@@ -251,48 +252,109 @@ def is_validation(file_id: str) -> bool:
 
 
 @torch.no_grad()
-def lm_perplexity(model: RMT, docs_ids: list[np.ndarray], S: int, dev, reset: bool) -> float:
-    """Perplexity over whole documents (each starts from the initial memory), t >= 1 of each segment."""
+def lm_perplexity(model, docs_ids: list[np.ndarray], S: int, dev, reset: bool) -> float:
+    """Perplexity over whole documents (each starts from the initial state), t >= 1 of each segment."""
     model.eval()
     total, count = 0.0, 0
+    if not arch.is_rmt(model):
+        from .evaluate import batched_perplexity
+
+        total, count = batched_perplexity(model, docs_ids, S, dev, reset)
+        docs_ids = []
     for ids in docs_ids:
-        memory = model.initial_memory(1).to(dev)
+        state = arch.initial_state(model, 1, dev)
         for i in range(0, len(ids), S):
             seg = torch.from_numpy(ids[i:i + S]).unsqueeze(0).to(dev)
-            nxt, _, lp = model.segment(seg, torch.ones_like(seg), model.initial_memory(1).to(dev) if reset else memory)
+            nxt, _, lp = arch.segment(model, seg, torch.ones_like(seg), arch.initial_state(model, 1, dev) if reset else state)
             total -= lp[0, 1:].double().sum().item()
             count += seg.shape[1] - 1
-            memory = nxt
+            state = nxt
     model.train()
     return math.exp(total / count)
 
 
+def window_loss(model, ctx: torch.Tensor, S: int, amp) -> float:
+    """A state-conditioned model over a window of segments: the LM loss (t >= 1 of each segment) of
+    each segment, its state carried to the next. The state is detached between segments, as
+    Transformer-XL caches its mems (and LaMemo its memory) without gradient, so each segment's loss
+    is backpropagated at once (the same gradient as the window's mean, in one segment's memory)."""
+    B = ctx.shape[0]
+    n = ctx.shape[1] // S
+    state = model.initial_state(B, ctx.device)
+    ones = torch.ones(B, S, dtype=torch.long, device=ctx.device)
+    total = 0.0
+    for i in range(n):
+        seg = ctx[:, i * S:(i + 1) * S]
+        with torch.autocast(**amp) if amp else torch.enable_grad():
+            h, nxt = model.forward_segment(seg, ones, state)
+            logits = model.lm_logits(h[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), seg[:, 1:].reshape(-1)) / n
+        loss.backward()
+        total += loss.item()
+        state = {k: v.detach() for k, v in nxt.items()}
+    return total
+
+
 def train_lm(args) -> dict:
-    """Language model: windows of --segments consecutive segments of training text, the memory carried
-    with full backpropagation through it, dropout and weight decay; the checkpoint kept is the one with
-    the lowest perplexity (memory carried) on validation files taken from the training split."""
+    """Language model: windows of --segments consecutive segments of training text, the state carried
+    over the window (the RMT's memory with full backpropagation through it; the other architectures'
+    state detached between segments, window_loss), dropout and weight decay; the checkpoint kept is the
+    one with the lowest perplexity (state carried) on validation files taken from the training split."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = RMTConfig.load(args.config) if args.config else RMTConfig()
+    cfg = load_config(args.config) if args.config else RMTConfig()
     cfg.dropout = args.dropout
     tok = load_tokenizer(args.tokenizer)
     if tok.get_vocab_size() != cfg.vocab_size:
         raise SystemExit(f"config vocab_size {cfg.vocab_size} != tokenizer vocabulary {tok.get_vocab_size()}")
     docs = load_split(args.data, "train")
     train_docs = [d for d in docs if not is_validation(d["id"])]
-    val_ids = [np.asarray(tok.encode(" " + d["text"]).ids, dtype=np.int64) for d in docs if is_validation(d["id"])]
+    val_docs = [d for d in docs if is_validation(d["id"])][:args.val_docs or None]  # --val-docs: CPU smoke runs
+    val_ids = [np.asarray(tok.encode(" " + d["text"]).ids, dtype=np.int64) for d in val_docs]
     stream = TokenStream(tok, train_docs)
     S, n = cfg.segment_length, args.segments
-    model = RMT(cfg).to(dev).train()
+    model = arch.build_model(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
-                            fused=dev.type == "cuda")
+                            **({"fused": True} if dev.type == "cuda" else {}))  # torch 1.13 has no `fused`
     amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
     budget = args.minutes * 60.0
     t0 = time.time()
     best, best_step, step, log = float("inf"), 0, 0, []
     os.makedirs(args.out, exist_ok=True)
     task = RecallTask()
+
+    def evaluate_and_keep(lm: float, lr: float) -> bool:
+        """Validation perplexity; saves the checkpoint when it is the best so far. True: stop early."""
+        nonlocal best, best_step
+        ppl = lm_perplexity(model, val_ids, S, dev, reset=False)
+        row = {"step": step, "train_loss": round(lm, 4), "val_ppl_carried": round(ppl, 3), "lr": round(lr, 6),
+               "sec": round(time.time() - t0, 1)}
+        if ppl < best:
+            best, best_step = ppl, step
+            row["best"] = True
+            training = {"objective": "language model only (no recall task)", "architecture": arch.architecture_of(cfg),
+                        "state_across_segments": "backpropagated through the window" if arch.is_rmt(model) else
+                        "detached between segments (as Transformer-XL's mems)",
+                        "data": {"train_files": len(train_docs), "train_tokens": int(len(stream.ids)),
+                                 "validation_files": len(val_ids),
+                                 "note": "Brown training files (number not divisible by 5); validation = training "
+                                         "files with number % 20 == 1, used only to pick the checkpoint"},
+                        "steps": step, "batch": args.batch, "segments_per_window": n, "lr": args.lr,
+                        "dropout": cfg.dropout, "weight_decay": args.weight_decay,
+                        "validation_perplexity_carried": round(ppl, 3),
+                        "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+                        "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed,
+                        "wall_time_s": round(time.time() - t0, 1)}
+            save(model, cfg, task, training, os.path.join(args.out, "model.pt"))
+        log.append(row)
+        print(json.dumps(row), flush=True)
+        if step - best_step >= args.patience * args.eval_every:
+            print(json.dumps({"early_stop": step, "best_step": best_step, "best_val_ppl": round(best, 3)}), flush=True)
+            return True
+        return False
+
+    lm, lr = float("nan"), args.lr
     while time.time() - t0 < budget and (not args.max_steps or step < args.max_steps):
         frac = (time.time() - t0) / budget
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -300,37 +362,21 @@ def train_lm(args) -> dict:
             g["lr"] = lr
         starts = rng.integers(0, len(stream.ids) - n * S, args.batch)
         ctx = torch.from_numpy(np.stack([stream.ids[s:s + n * S] for s in starts])).to(dev)
-        with torch.autocast(**amp) if amp else torch.enable_grad():
-            _, lm = run_context(model, ctx, S, lm_loss=True)
         opt.zero_grad(set_to_none=True)
-        lm.backward()
+        if arch.is_rmt(model):
+            with torch.autocast(**amp) if amp else torch.enable_grad():
+                _, lm = run_context(model, ctx, S, lm_loss=True)
+            lm.backward()
+            lm = lm.item()
+        else:
+            lm = window_loss(model, ctx, S, amp)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        if step % args.eval_every == 0:
-            ppl = lm_perplexity(model, val_ids, S, dev, reset=False)
-            row = {"step": step, "train_loss": round(lm.item(), 4), "val_ppl_carried": round(ppl, 3), "lr": round(lr, 6),
-                   "sec": round(time.time() - t0, 1)}
-            if ppl < best:
-                best, best_step = ppl, step
-                row["best"] = True
-                training = {"objective": "language model only (no recall task)",
-                            "data": {"train_files": len(train_docs), "train_tokens": int(len(stream.ids)),
-                                     "validation_files": len(val_ids),
-                                     "note": "Brown training files (number not divisible by 5); validation = training "
-                                             "files with number % 20 == 1, used only to pick the checkpoint"},
-                            "steps": step, "batch": args.batch, "segments_per_window": n, "lr": args.lr,
-                            "dropout": cfg.dropout, "weight_decay": args.weight_decay,
-                            "validation_perplexity_carried": round(ppl, 3),
-                            "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
-                            "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed,
-                            "wall_time_s": round(time.time() - t0, 1)}
-                save(model, cfg, task, training, os.path.join(args.out, "model.pt"))
-            log.append(row)
-            print(json.dumps(row), flush=True)
-            if step - best_step >= args.patience * args.eval_every:
-                print(json.dumps({"early_stop": step, "best_step": best_step, "best_val_ppl": round(best, 3)}), flush=True)
-                break
+        if step % args.eval_every == 0 and evaluate_and_keep(lm, lr):
+            break
+    if best == float("inf"):  # the budget ended before the first evaluation: keep what there is
+        evaluate_and_keep(lm, lr)
     val_reset = None
     ck = torch.load(os.path.join(args.out, "model.pt"), map_location=dev)
     model.load_state_dict(ck["state_dict"])
