@@ -15,9 +15,9 @@ const rows = JSON.parse(readFileSync(idsFile, 'utf8')) as { text: string; ids: n
 let same = 0;
 let tokens = 0;
 for (const [i, r] of rows.entries()) {
-  const want = tok.encode(r.text, { add_special_tokens: false }).ids;
+  const want: number[] = tok.encode(r.text, { add_special_tokens: false }).ids;
   tokens += want.length;
-  const k = want.findIndex((id, j) => id !== r.ids[j]);
+  const k = want.findIndex((id: number, j: number) => id !== r.ids[j]);
   if (k < 0 && want.length === r.ids.length) same++;
   else console.log(`text ${i}: differs at token ${k < 0 ? Math.min(want.length, r.ids.length) : k}: library ${want.slice(k, k + 5)} vs python ${r.ids.slice(k, k + 5)}`);
 }
