@@ -21,6 +21,8 @@ export interface GreedyOptions {
    * oracle that decode computes what segment computes, as the package contract says).
    */
   via?: 'decode' | 'segment';
+  /** The next token from a step's logits (`index`: tokens generated before it); default argmax, greedy. */
+  pick?: (logits: Float32Array, index: number) => number;
 }
 
 /**
@@ -51,7 +53,7 @@ export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly numb
   const output: number[] = [];
   let segmentsCommitted = 0;
   while (output.length < maxNew) {
-    const tok = argmax(logits!);
+    const tok = options.pick ? options.pick(logits!, output.length) : argmax(logits!);
     output.push(tok);
     tail = [...tail, tok];
     if (tail.length === L) {
