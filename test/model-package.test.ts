@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { loadModelPackage } from '../src/model/model-package.ts';
 import { createSession, float32, int64 } from '../src/engine/onnx-runtime.ts';
 import { PACKAGE_DIR } from './helpers.ts';
+import { FIXTURES_DIR } from './support/state-packages.ts';
 
 // Only what an fp32 CPU load reads.
 const FILES = ['model.json', 'segment.onnx', 'segment.state.onnx', 'segment.state.x4.onnx', 'decode.onnx', 'weights.bin', 'state.memory.f32', 'tokenizer.json', 'tokenizer_config.json'];
@@ -121,6 +122,66 @@ describe('loadModelPackage', () => {
       m.segment_length = 0;
     });
     await assert.rejects(loadModelPackage(dir), /model\.json: 'segment_length' must be a positive integer, found 0/);
+  });
+});
+
+describe('loadModelPackage: state-conditioned packages (test/fixtures/transformer-xl-tiny)', () => {
+  const XL = path.join(FIXTURES_DIR, 'transformer-xl-tiny');
+  const XL_FILES = ['model.json', 'segment.onnx', 'segment.state.onnx', 'decode.onnx', 'weights.bin', 'state.mems.f32', 'state.mem_mask.f32', 'tokenizer.json', 'tokenizer_config.json'];
+  async function copyXl(): Promise<string> {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rmt-pkg-xl-'));
+    tempDirs.push(dir);
+    await Promise.all(XL_FILES.map((f) => copyFile(path.join(XL, f), path.join(dir, f))));
+    return dir;
+  }
+
+  test('loads: the entries as one flat state, decode conditioned on the state, no steps graph', async () => {
+    const pkg = await loadModelPackage(XL);
+    try {
+      assert.equal(pkg.architecture, 'transformer-xl');
+      assert.deepEqual(pkg.conditioning, { kind: 'state' });
+      assert.equal(pkg.memoryTokens, 0);
+      assert.deepEqual(pkg.stateLayout, {
+        slots: [{ name: 'mems', shape: [2, 32, 64], offset: 0, size: 4096 }, { name: 'mem_mask', shape: [32], offset: 4096, size: 32 }],
+        size: 4128,
+      });
+      assert.equal(pkg.steps, undefined);
+      assert.ok(pkg.sessions.segmentState);
+    } finally {
+      await pkg.release();
+    }
+  });
+
+  test("rejects state entries that disagree with the graphs, naming the graph, the input and the axis", async () => {
+    const dir = await copyXl();
+    await editManifest(dir, (m) => {
+      m.state[0].shape = [2, 16, 64];
+    });
+    await truncate(path.join(dir, 'state.mems.f32'), 2 * 16 * 64 * 4);
+    await assert.rejects(loadModelPackage(dir), /segment\.onnx: input 'state\.mems' axis 2 expected 16 \(from model\.json\), found 32/);
+    await editManifest(dir, (m) => {
+      m.state[0].shape = [2, 32, 64];
+      m.state[1].name = 'mask';
+    });
+    await truncate(path.join(dir, 'state.mems.f32'), 2 * 32 * 64 * 4);
+    await assert.rejects(loadModelPackage(dir), /segment\.onnx: inputs expected \[input_ids, attention_mask, state\.mems, state\.mask\].*missing state\.mask; unexpected state\.mem_mask/);
+  });
+
+  test('decode conditioning: an unknown kind, a state package read as an RMT, an RMT read as state-conditioned are refused', async () => {
+    const dir = await copyXl();
+    await editManifest(dir, (m) => {
+      m.decode.conditioning = 'prefix';
+    });
+    await assert.rejects(loadModelPackage(dir), /model\.json: 'decode\.conditioning' expected "state" \(or absent: the RMT's memory prefix\), found "prefix"/);
+    await editManifest(dir, (m) => {
+      delete m.decode.conditioning;
+    });
+    await assert.rejects(loadModelPackage(dir), /model\.json: 'architecture' expected "rmt" for a package without 'decode\.conditioning', found "transformer-xl"/);
+    const rmt = await copyPackage();
+    await editManifest(rmt, (m) => {
+      m.decode.conditioning = 'state';
+    });
+    await assert.rejects(loadModelPackage(rmt), /decode\.onnx: inputs expected \[input_ids, attention_mask, state\.memory, past_key_values\].*missing state\.memory; unexpected memory/);
   });
 });
 

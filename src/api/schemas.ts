@@ -24,16 +24,27 @@ export function errorResponses<S extends number>(...statuses: S[]): typeof Error
 
 // ---- models -------------------------------------------------------------------------------------
 
+export const StateEntrySchema = Type.Object({
+  name: Type.String(),
+  shape: Type.Array(Type.Integer()),
+  dtype: Type.Literal('float32'),
+  offset: Type.Integer({ description: 'Where the entry starts in the flat state, in float32 elements' }),
+  size: Type.Integer({ description: 'float32 elements of the entry' }),
+}, { title: 'StateEntry', description: "One tensor of a session's state" });
+
 export const ModelSchema = Type.Object({
   id: Type.String(),
   object: Type.Literal('model'),
   created: Type.Integer(),
   owned_by: Type.String(),
+  architecture: Type.String({ description: 'rmt, transformer-xl, lamemo, memtransformer, memctrl, membottleneck, ...' }),
   segment_length: Type.Integer(),
-  memory_tokens: Type.Integer(),
-  state_bytes: Type.Integer(),
+  memory_tokens: Type.Integer({ description: 'Memory tokens of the architecture (0: none)' }),
+  state_bytes: Type.Integer({ description: "A session's state: every entry's float32 values, entries back to back (constant per model)" }),
+  state_shape: Type.Array(Type.Integer(), { description: "The state's shape as sessions and snapshots carry it: the one entry's shape, or [total float32 values] for several entries" }),
+  state_entries: Type.Array(StateEntrySchema),
   description: Type.String(),
-}, { title: 'Model', description: 'A model package (OpenAI model object plus its RMT shape)' });
+}, { title: 'Model', description: 'A model package (OpenAI model object plus its segment and state shape)' });
 export type ModelObject = Static<typeof ModelSchema>;
 
 export const ModelListSchema = Type.Object({

@@ -1,12 +1,17 @@
 // Batched KV-cached decoding (the engine thread's prefill and decode runs): each row's cache grows in
 // place up to a fixed capacity (GrowableKvCache), so a decode step appends one position per row
-// instead of copying the whole cache out of every run.
+// instead of copying the whole cache out of every run. How the state goes in (the RMT's memory as the
+// cache's prefix, or every entry on every call, kept with the cache) is decodeStateFeeds'.
 import type { ModelPackage } from '../model/model-package.ts';
-import { asFloat32, memoryState } from './graph-tensors.ts';
+import { asFloat32 } from './graph-tensors.ts';
 import { invariant } from './invariant.ts';
-import { asKv, kvBlocks, kvCapacity, kvTensor, newKv, type GrowableKvCache } from './kv-cache.ts';
-import { float32, int64 } from './onnx-runtime.ts';
+import { asKv, kvBlocks, kvCapacity, kvPrefix, kvTensor, newKv, type GrowableKvCache } from './kv-cache.ts';
+import { int64 } from './onnx-runtime.ts';
 import { writeInt64, type SegmentRow } from './segment-feeds.ts';
+import { decodeStateFeeds, flatState } from './state-feeds.ts';
+
+/** A prefix cache's rows on a step (the RMT: its memory is in the cache, the feed is empty). */
+const EMPTY = new Float32Array(0);
 
 export interface BatchPrefillResult {
   logits: Float32Array;
@@ -28,9 +33,10 @@ export interface PrefillOptions {
 }
 
 /**
- * Prefills several rows in one decode.onnx call: ids right-padded, attention_mask
- * [B, M + width] with 1 for the memory and each row's real tokens, memory [B, M, D], empty past.
- * Each row gets its own cache of `capacity` positions holding its M + n valid entries.
+ * Prefills several rows in one decode.onnx call: ids right-padded, attention_mask [B, P + width] with 1
+ * for the prefix and each row's real tokens (P = kvPrefix: the RMT's M memory positions, else 0), the
+ * state, empty past. Each row gets its own cache of `capacity` positions holding its P + n valid
+ * entries, and, for a state-conditioned package, the row's state for its steps.
  */
 export async function prefillBatch(
   pkg: ModelPackage,
@@ -39,30 +45,27 @@ export async function prefillBatch(
   options: PrefillOptions = {},
 ): Promise<BatchPrefillResult[]> {
   if (rows.length === 0) return [];
-  const M = pkg.memoryTokens;
+  const M = kvPrefix(pkg);
   // The rows are a planned batch of checked requests (engine-args.ts, request-check.ts): assertions.
   for (const [i, r] of rows.entries()) {
     invariant(r.ids.length > 0 && r.ids.length <= pkg.segmentLength && M + r.ids.length <= capacity, () => `prefill row ${i} has ${r.ids.length} tokens, expected 1..${Math.min(pkg.segmentLength, capacity - M)}`);
-    memoryState(pkg, r.state);
+    flatState(pkg, r.state);
   }
   const batch = rows.length;
   const longest = Math.max(...rows.map((r) => r.ids.length));
   const width = options.width ?? longest;
   invariant(Number.isInteger(width) && width >= longest && width <= pkg.segmentLength, () => `prefill width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
-  const stateSize = M * pkg.dModel;
   const ids = new BigInt64Array(batch * width);
   const mask = new BigInt64Array(batch * (M + width));
-  const memory = new Float32Array(batch * stateSize);
   rows.forEach((r, b) => {
     writeInt64(ids, b * width, r.ids, width, pkg.specialTokens.pad);
     writeInt64(mask, b * (M + width), [], M + r.ids.length, 1);
-    memory.set(r.state, b * stateSize);
   });
   const { layers, heads, headDim } = pkg.kv;
   const out = await pkg.sessions.decode.run({
     input_ids: int64(ids, [batch, width]),
     attention_mask: int64(mask, [batch, M + width]),
-    memory: float32(memory, [batch, M, pkg.dModel]),
+    ...decodeStateFeeds(pkg, rows.map((r) => r.state), true),
     past_key_values: kvTensor(pkg, newKv(pkg, 0), [layers, 2, batch, heads, 0, headDim]),
   });
   const logits = asFloat32(out.logits, 'logits');
@@ -74,6 +77,9 @@ export async function prefillBatch(
   }
   const vocab = logits.length / batch;
   const blocks = kvBlocks(pkg);
+  // The steps of a state-conditioned cache are fed the state it was prefilled with: the row's own
+  // array (a request's, moved to the engine thread; the caller does not change it while the cache lives).
+  const keepState = pkg.conditioning.kind === 'state';
   return rows.map((r, b) => {
     const length = M + r.ids.length;
     const data = newKv(pkg, blocks * capacity * headDim);
@@ -83,7 +89,8 @@ export async function prefillBatch(
       const src = ((lk * batch + b) * heads + h) * total * headDim;
       data.set(present.subarray(src, src + length * headDim), j * capacity * headDim);
     }
-    return { logits: logits.slice(b * vocab, (b + 1) * vocab), kv: { data, length, capacity } };
+    const kv: GrowableKvCache = { data, length, capacity, ...(keepState ? { conditioning: r.state } : {}) };
+    return { logits: logits.slice(b * vocab, (b + 1) * vocab), kv };
   });
 }
 
@@ -113,6 +120,7 @@ export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[],
     invariant(r.kv.data.length === blocks * r.kv.capacity * headDim, () => `decode row ${i}: cache has ${r.kv.data.length} values, expected ${blocks * r.kv.capacity * headDim}`);
     invariant(r.kv.length >= 1 && r.kv.length < r.kv.capacity, () => `decode row ${i}: cache holds ${r.kv.length} of ${r.kv.capacity} positions, no room for another token`);
     invariant(rows.findIndex((o) => o.kv === r.kv) === i, () => `decode row ${i}: the same cache appears twice in one batch`);
+    invariant(pkg.conditioning.kind !== 'state' || r.kv.conditioning !== undefined, () => `decode row ${i}: a state-conditioned cache without its state`);
   }
   const batch = rows.length;
   const longest = Math.max(...rows.map((r) => r.kv.length));
@@ -134,7 +142,7 @@ export async function decodeBatch(pkg: ModelPackage, rows: readonly DecodeRow[],
   const out = await pkg.sessions.decode.run({
     input_ids: int64(rows.map((r) => r.token), [batch, 1]),
     attention_mask: int64(mask, [batch, P + 1]),
-    memory: float32(new Float32Array(0), [batch, 0, pkg.dModel]),
+    ...decodeStateFeeds(pkg, rows.map((r) => r.kv.conditioning ?? EMPTY), false),
     past_key_values: kvTensor(pkg, past, [layers, 2, batch, heads, P, headDim]),
   });
   const logits = asFloat32(out.logits, 'logits');

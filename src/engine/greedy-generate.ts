@@ -1,4 +1,5 @@
-// The reference algorithm end to end, one sequence, greedy (golden.json is made by rmt_toolkit's).
+// The reference algorithm end to end, one sequence, greedy (golden.json is made by rmt_toolkit's), for
+// any package: the state is the flat state of its entries (the RMT's memory alone).
 import type { ModelPackage } from '../model/model-package.ts';
 import { argmax } from '../text/sampling.ts';
 import type { KvCache } from './kv-cache.ts';
@@ -11,15 +12,29 @@ export interface GreedyResult {
   state: Float32Array;
 }
 
+export interface GreedyOptions {
+  /** The state before the prompt (default: the package's initial state). */
+  state?: Float32Array;
+  /**
+   * 'decode' (default): the tail in a KV cache through the decode graph. 'segment': every next token
+   * from the segment graph run over the whole tail from the state, no decode graph at all (slow: the
+   * oracle that decode computes what segment computes, as the package contract says).
+   */
+  via?: 'decode' | 'segment';
+  /** The next token from a step's logits (`index`: tokens generated before it); default argmax, greedy. */
+  pick?: (logits: Float32Array, index: number) => number;
+}
+
 /**
  * Greedy decoding: full prompt segments go through the segment graph; the
  * tail lives in the KV cache, and when it reaches segment_length it is
- * committed to memory with the segment graph and the cache starts over.
+ * committed to the state with the segment graph and the cache starts over.
  */
-export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly number[], maxNew: number): Promise<GreedyResult> {
+export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly number[], maxNew: number, options: GreedyOptions = {}): Promise<GreedyResult> {
   if (promptIds.length === 0) throw new Error('greedyGenerate needs a non-empty prompt');
   const L = pkg.segmentLength;
-  let state = pkg.initState.memory!;
+  const bySegment = options.via === 'segment';
+  let state = options.state ?? pkg.initFlat;
   let logits: Float32Array | undefined;
   const fullEnd = Math.floor(promptIds.length / L) * L;
   for (let start = 0; start < fullEnd; start += L) {
@@ -29,12 +44,16 @@ export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly numb
   }
   let tail = promptIds.slice(fullEnd);
   let kv: KvCache | undefined;
-  if (tail.length > 0) ({ logits, kv } = await prefill(pkg, tail, state));
+  const tailLogits = async (ids: readonly number[]) => (await runSegment(pkg, [{ ids, state }]))[0]!.logits;
+  if (tail.length > 0) {
+    if (bySegment) logits = await tailLogits(tail);
+    else ({ logits, kv } = await prefill(pkg, tail, state));
+  }
 
   const output: number[] = [];
   let segmentsCommitted = 0;
   while (output.length < maxNew) {
-    const tok = argmax(logits!);
+    const tok = options.pick ? options.pick(logits!, output.length) : argmax(logits!);
     output.push(tok);
     tail = [...tail, tok];
     if (tail.length === L) {
@@ -44,6 +63,8 @@ export async function greedyGenerate(pkg: ModelPackage, promptIds: readonly numb
       tail = [];
       kv = undefined;
       segmentsCommitted++;
+    } else if (bySegment) {
+      logits = await tailLogits(tail);
     } else if (kv === undefined) {
       ({ logits, kv } = await prefill(pkg, tail, state));
     } else {

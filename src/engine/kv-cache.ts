@@ -1,5 +1,7 @@
 // A decode cache's layout and its tensors: [layers, 2, 1, heads, positions, head_dim] in the decode
-// graph's KV dtype (float32, or raw IEEE half floats for fp16 graphs, never converted here).
+// graph's KV dtype (float32, or raw IEEE half floats for fp16 graphs, never converted here). What a
+// cache holds before its tokens follows from the package's decode conditioning: the RMT's memory
+// (memory_tokens positions), or nothing, the state being fed to every call instead (its `conditioning`).
 import type { ModelPackage } from '../model/model-package.ts';
 import { invariant } from './invariant.ts';
 import { float16, float32, type Tensor } from './onnx-runtime.ts';
@@ -11,6 +13,12 @@ export type KvArray = Float32Array | Uint16Array;
 export interface KvCache {
   data: KvArray;
   length: number;
+  /**
+   * A state-conditioned package's decode graph takes the session state on every call: the flat state
+   * the cache was prefilled with, kept with it for the steps. Absent for the RMT, whose memory is
+   * inside the cache.
+   */
+  conditioning?: Float32Array;
 }
 
 /**
@@ -21,11 +29,18 @@ export interface GrowableKvCache {
   data: KvArray;
   length: number;
   capacity: number;
+  /** As KvCache.conditioning. */
+  conditioning?: Float32Array;
 }
 
-/** Largest cache the decode graph can extend: [read memory; a full segment of tokens]. */
+/** Positions a cache holds before its tokens: the RMT's read memory (memory_tokens), else none. */
+export function kvPrefix(pkg: Pick<ModelPackage, 'conditioning'>): number {
+  return pkg.conditioning.kind === 'prefix' ? pkg.conditioning.positions : 0;
+}
+
+/** Largest cache the decode graph can extend: [prefix; a full segment of tokens]. */
 export function kvCapacity(pkg: ModelPackage): number {
-  return pkg.memoryTokens + pkg.segmentLength;
+  return kvPrefix(pkg) + pkg.segmentLength;
 }
 
 /** Blocks of head_dim-long rows per position: layers x (key, value) x heads. */
@@ -58,8 +73,8 @@ export function emptyKv(pkg: ModelPackage): Tensor {
   return kvTensor(pkg, newKv(pkg, 0), [pkg.kv.layers, 2, 1, pkg.kv.heads, 0, pkg.kv.headDim]);
 }
 
-/** One sequence's cache as the decode graph returned it. */
-export function kvFromOutput(pkg: ModelPackage, t: Tensor | undefined): KvCache {
+/** One sequence's cache as the decode graph returned it (with the state it is conditioned on, if any). */
+export function kvFromOutput(pkg: ModelPackage, t: Tensor | undefined, conditioning?: Float32Array): KvCache {
   const data = asKv(pkg, t);
-  return { data, length: data.length / (pkg.kv.layers * 2 * pkg.kv.heads * pkg.kv.headDim) };
+  return { data, length: data.length / (pkg.kv.layers * 2 * pkg.kv.heads * pkg.kv.headDim), ...(conditioning ? { conditioning } : {}) };
 }

@@ -17,6 +17,10 @@ export function laneOfKv(kv: number, lanes: number): number {
 
 export interface KvEntry {
   model: string;
+  /**
+   * The cache, and for a state-conditioned package the state it was prefilled with
+   * (cache.conditioning): every decode step of the cache is fed that state again.
+   */
   cache: GrowableKvCache;
   /** Decode requests for this cache that are queued or running. */
   queued: number;

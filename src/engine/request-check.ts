@@ -1,6 +1,7 @@
 // Checks of a request inside the engine thread: against its model as it arrives (the main thread checks
 // too; this guards the batch), and a decode against its cache just before it runs.
 import type { EngineRequest } from './engine-protocol.ts';
+import { kvPrefix } from './kv-cache.ts';
 import type { KvRegistry } from './kv-registry.ts';
 import type { Loaded } from './loader.ts';
 
@@ -52,8 +53,11 @@ export function precheck(loaded: Loaded, r: EngineRequest, kvs: KvRegistry): str
   const e = kvs.get(r.kv);
   if (!e) return `decode(${r.model}): KV handle ${r.kv} is unknown or was released`;
   if (e.cache.length >= e.cache.capacity) {
+    // The cache holds the package's prefix (the RMT's memory positions; none for a state-conditioned
+    // package) and then the tokens.
+    const prefix = kvPrefix(loaded.pkg);
     return (
-      `decode(${r.model}): KV cache ${r.kv} is full (${e.cache.length - loaded.pkg.memoryTokens} tokens after the memory, ` +
+      `decode(${r.model}): KV cache ${r.kv} is full (${e.cache.length - prefix} tokens${prefix > 0 ? ' after the memory' : ''}, ` +
       `segment_length ${loaded.pkg.segmentLength}); commit the tail with segment() and prefill again`
     );
   }

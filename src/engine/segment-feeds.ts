@@ -1,10 +1,13 @@
 // The feeds of a batched segment run (segment, segment_state and segment_state_steps graphs): ids and
-// mask as int64, right-padded and masked, and the rows' memories, built in reusable buffers
-// (FeedScratch) or, for a chain's rows, taken from the run before without a copy (rowsInPlace).
+// mask as int64, right-padded and masked, and the rows' states (state-feeds.ts), built in reusable
+// buffers (FeedScratch) or, for a chain's rows, taken from the run before without a copy.
 import type { ModelPackage } from '../model/model-package.ts';
-import { memoryState } from './graph-tensors.ts';
 import { invariant } from './invariant.ts';
-import { float32, int64, type Tensor } from './onnx-runtime.ts';
+import { int64, type Tensor } from './onnx-runtime.ts';
+import { feedsInPlace, flatState, stateFeeds } from './state-feeds.ts';
+
+/** What the segment feeds read of a package. */
+type FeedPackage = Pick<ModelPackage, 'segmentLength' | 'specialTokens' | 'stateLayout'>;
 
 export interface SegmentRow {
   /** Token ids (an Int32Array from the engine thread, or a plain array). */
@@ -70,21 +73,8 @@ function feedArrays(scratch: FeedScratch | undefined, n: number, m: number): { i
   return { ids: scratch.ids.subarray(0, n), mask: scratch.mask!.subarray(0, n), states: scratch.states.subarray(0, m) };
 }
 
-/**
- * When the rows' states lie one after another in one buffer, in row order (a chain's views of the run
- * before: SegmentOptions.views), that stretch of the buffer as the batch's state feed: no copy.
- */
-function rowsInPlace(rows: readonly { state: Float32Array }[], stateSize: number): Float32Array | undefined {
-  const first = rows[0]!.state;
-  for (let b = 1; b < rows.length; b++) {
-    const s = rows[b]!.state;
-    if (s.buffer !== first.buffer || s.byteOffset !== first.byteOffset + b * stateSize * 4) return undefined;
-  }
-  return new Float32Array(first.buffer, first.byteOffset, rows.length * stateSize);
-}
-
 /** Feeds of one batched segment call; rows are right-padded with the pad id and masked. */
-export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>, rows: readonly SegmentRow[], options: FeedOptions): { feeds: Record<string, Tensor>; width: number } {
+export function segmentFeeds(pkg: FeedPackage, rows: readonly SegmentRow[], options: FeedOptions): { feeds: Record<string, Tensor>; width: number } {
   return feedsOf(pkg, rows.map((r) => [r.ids]), rows, options, false);
 }
 
@@ -94,7 +84,7 @@ export function segmentFeeds(pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTo
  * segment right-padded to the same width and masked.
  */
 export function feedsOf(
-  pkg: Pick<ModelPackage, 'segmentLength' | 'memoryTokens' | 'dModel' | 'specialTokens'>,
+  pkg: FeedPackage,
   segments: readonly (readonly ArrayLike<number>[])[], rows: readonly { state: Float32Array }[], options: FeedOptions, stepped: boolean,
 ): { feeds: Record<string, Tensor>; width: number } {
   // The rows are a planned batch of checked requests (engine-args.ts, request-check.ts): assertions.
@@ -106,15 +96,13 @@ export function feedsOf(
       invariant(ids.length > 0 && ids.length <= pkg.segmentLength, () => `segment row ${i}${stepped ? ` step ${j}` : ''} has ${ids.length} tokens, expected 1..${pkg.segmentLength}`);
       longest = Math.max(longest, ids.length);
     }
-    memoryState(pkg, rows[i]!.state);
+    flatState(pkg, rows[i]!.state);
   }
   const width = options.width ?? longest;
   invariant(Number.isInteger(width) && width >= longest && width <= pkg.segmentLength, () => `segment width ${width} must be an integer in ${longest}..${pkg.segmentLength}`);
   const batch = rows.length;
-  const stateSize = pkg.memoryTokens * pkg.dModel;
-  const inPlace = rowsInPlace(rows, stateSize);
-  const { ids, mask, states: scratchStates } = feedArrays(options.scratch, batch * k * width, inPlace ? 0 : batch * stateSize);
-  const states = inPlace ?? scratchStates;
+  const inPlace = feedsInPlace(pkg.stateLayout, rows);
+  const { ids, mask, states } = feedArrays(options.scratch, batch * k * width, inPlace ? 0 : batch * pkg.stateLayout.size);
   const none: number[] = [];
   segments.forEach((segs, b) => {
     segs.forEach((seg, j) => {
@@ -124,13 +112,12 @@ export function feedsOf(
       writeInt64(mask, at, none, seg.length, 1);
       writeInt64(mask, at + seg.length, none, width - seg.length, 0);
     });
-    if (!inPlace) states.set(rows[b]!.state, b * stateSize);
   });
   const dims = stepped ? [batch, k, width] : [batch, width];
   const feeds = {
     input_ids: int64(ids, dims),
     attention_mask: int64(mask, dims),
-    'state.memory': float32(states, [batch, pkg.memoryTokens, pkg.dModel]),
+    ...stateFeeds(pkg.stateLayout, rows, inPlace ? undefined : states),
   };
   return { feeds, width };
 }

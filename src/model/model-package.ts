@@ -1,10 +1,11 @@
 // Loads a model package (format rmt-serve/model@1) for the engine: model.json through readModelSpec,
 // then the graphs of one precision, checked against the contract the runner relies on, so that
-// contract problems surface at load time with the offending file named.
+// contract problems surface at load time with the offending file named. The contract follows from
+// the manifest's state entries and decode conditioning, never from the architecture's name.
 import path from 'node:path';
 import { createSession, type RunGate, type Session, type SessionOptions } from '../engine/onnx-runtime.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
-import { fail, isRecord, readModelSpec, requireFile, str, type ModelSpec } from './model-spec.ts';
+import { fail, isRecord, readModelSpec, requireFile, str, type ModelSpec, type StateEntry } from './model-spec.ts';
 
 /** model.json as read by readModelSpec, with the graphs of one precision open. */
 export interface ModelPackage extends ModelSpec {
@@ -12,8 +13,8 @@ export interface ModelPackage extends ModelSpec {
   /** dtype of the decode graph's past/present key values (the fp16 graphs keep them in fp16). */
   kvDtype: 'float32' | 'float16';
   /**
-   * segmentState: optional graph (graphs.<precision>.segment_state) with next_state.memory as its
-   * only output. onnxruntime runs every node of a graph whatever outputs are fetched, and the full
+   * segmentState: optional graph (graphs.<precision>.segment_state) with the next state (every
+   * next_state.<name>) as its only outputs. onnxruntime runs every node of a graph whatever outputs are fetched, and the full
    * segment graph projects every position onto the vocabulary for token_logprobs; a run that needs
    * only the next memory uses this one when the package has it.
    */
@@ -22,7 +23,7 @@ export interface ModelPackage extends ModelSpec {
    * Segments per run of sessions.segmentSteps (graphs.<precision>.segment_state_steps, axis 1 of its
    * input_ids): the segment_state graph unrolled, each step's memory feeding the next inside the run, so
    * the engine thread's turnaround between a session's dependent runs is paid once per that many
-   * segments. Absent without that graph.
+   * segments. Absent without that graph (the toolkit makes it for RMT packages only).
    */
   steps?: number;
   tokenizer: TextTokenizer;
@@ -48,35 +49,49 @@ interface IoSpec {
   rank: number;
 }
 
-// The graph contract the runner relies on (names, dtypes, ranks). Segment graphs take ids and mask of
-// rank 2 ([batch, tokens]); the segment_state graph unrolled over K segments (rmt_toolkit steps-graph)
-// takes them as [batch, K, tokens].
-const segmentInputs = (idsRank: number): IoSpec[] => [
+// The graph contract the runner relies on (names, dtypes, ranks), from the package's state entries:
+// `state.<name>` in and `next_state.<name>` out for every entry, [batch, ...shape]. Segment graphs take
+// ids and mask of rank 2 ([batch, tokens]); the segment_state graph unrolled over K segments
+// (rmt_toolkit steps-graph) takes them as [batch, K, tokens] and adds `step_states.<name>` [batch, K, ...shape].
+type Io = { inputs: IoSpec[]; outputs: IoSpec[] };
+
+const segmentInputs = (entries: readonly StateEntry[], idsRank: number): IoSpec[] => [
   { name: 'input_ids', dtype: 'int64', rank: idsRank },
   { name: 'attention_mask', dtype: 'int64', rank: idsRank },
-  { name: 'state.memory', dtype: 'float32', rank: 3 },
+  ...entries.map((e) => ({ name: `state.${e.name}`, dtype: 'float32', rank: e.shape.length + 1 })),
 ];
-const NEXT_STATE: IoSpec = { name: 'next_state.memory', dtype: 'float32', rank: 3 };
+const nextState = (entries: readonly StateEntry[]): IoSpec[] =>
+  entries.map((e) => ({ name: `next_state.${e.name}`, dtype: 'float32', rank: e.shape.length + 1 }));
 
-const SEGMENT_IO = {
-  inputs: segmentInputs(2),
-  outputs: [NEXT_STATE, { name: 'logits', dtype: 'float32', rank: 2 }, { name: 'token_logprobs', dtype: 'float32', rank: 2 }],
-} satisfies Record<string, IoSpec[]>;
+function segmentIo(entries: readonly StateEntry[]): Io {
+  return {
+    inputs: segmentInputs(entries, 2),
+    outputs: [...nextState(entries), { name: 'logits', dtype: 'float32', rank: 2 }, { name: 'token_logprobs', dtype: 'float32', rank: 2 }],
+  };
+}
 
-const SEGMENT_STATE_IO = { inputs: segmentInputs(2), outputs: [NEXT_STATE] } satisfies Record<string, IoSpec[]>;
+const segmentStateIo = (entries: readonly StateEntry[]): Io => ({ inputs: segmentInputs(entries, 2), outputs: nextState(entries) });
 
-const SEGMENT_STEPS_IO = {
-  inputs: segmentInputs(3),
-  outputs: [NEXT_STATE, { name: 'step_states.memory', dtype: 'float32', rank: 4 }],
-} satisfies Record<string, IoSpec[]>;
+function segmentStepsIo(entries: readonly StateEntry[]): Io {
+  return {
+    inputs: segmentInputs(entries, 3),
+    outputs: [...nextState(entries), ...entries.map((e) => ({ name: `step_states.${e.name}`, dtype: 'float32', rank: e.shape.length + 2 }))],
+  };
+}
 
-/** State and logits are float32 in every precision; the KV cache has the graph's own dtype. */
-function decodeIo(kvDtype: string): { inputs: IoSpec[]; outputs: IoSpec[] } {
+/**
+ * State and logits are float32 in every precision; the KV cache has the graph's own dtype. The state
+ * goes in as the RMT's `memory` prefix, or as `state.<name>` of every entry (DecodeConditioning).
+ */
+function decodeIo(spec: ModelSpec, kvDtype: string): Io {
+  const state: IoSpec[] = spec.conditioning.kind === 'prefix'
+    ? [{ name: 'memory', dtype: 'float32', rank: 3 }]
+    : spec.state.map((e) => ({ name: `state.${e.name}`, dtype: 'float32', rank: e.shape.length + 1 }));
   return {
     inputs: [
       { name: 'input_ids', dtype: 'int64', rank: 2 },
       { name: 'attention_mask', dtype: 'int64', rank: 2 },
-      { name: 'memory', dtype: 'float32', rank: 3 },
+      ...state,
       { name: 'past_key_values', dtype: kvDtype, rank: 6 },
     ],
     outputs: [
@@ -86,7 +101,7 @@ function decodeIo(kvDtype: string): { inputs: IoSpec[]; outputs: IoSpec[] } {
   };
 }
 
-function checkIo(file: string, session: Session, spec: { inputs: IoSpec[]; outputs: IoSpec[] }): void {
+function checkIo(file: string, session: Session, spec: Io): void {
   for (const [kind, declared, expected] of [
     ['input', session.inputs, spec.inputs],
     ['output', session.outputs, spec.outputs],
@@ -121,10 +136,15 @@ function checkDim(file: string, session: Session, input: string, axis: number, e
   }
 }
 
+/** Every `state.<name>` input's fixed dims after `from` (the batch axis, and K for the steps graph) against the entry's shape. */
+function checkStateDims(file: string, session: Session, entries: readonly StateEntry[], from: number): void {
+  for (const e of entries) e.shape.forEach((n, k) => checkDim(file, session, `state.${e.name}`, from + k, n));
+}
+
 export async function loadModelPackage(dir: string, options: LoadOptions = {}): Promise<ModelPackage> {
   const MJ = 'model.json';
   const spec = await readModelSpec(dir);
-  const { name, memoryTokens, dModel, kv } = spec;
+  const { name, dModel, kv } = spec;
 
   const precision = options.precision ?? 'fp32';
   const G = `graphs.${precision}`;
@@ -165,25 +185,24 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     decode = await open(decodePath, 'decode');
     if (statePath !== undefined) segmentState = await open(statePath, 'segment_state');
     if (stepsPath !== undefined) segmentSteps = await open(stepsPath, 'segment_state_steps');
-    checkIo(segmentName, segment, SEGMENT_IO);
-    checkDim(segmentName, segment, 'state.memory', 1, memoryTokens);
-    checkDim(segmentName, segment, 'state.memory', 2, dModel);
+    const entries = spec.state;
+    checkIo(segmentName, segment, segmentIo(entries));
+    checkStateDims(segmentName, segment, entries, 1);
     if (segmentState) {
-      checkIo(stateName!, segmentState, SEGMENT_STATE_IO);
-      checkDim(stateName!, segmentState, 'state.memory', 1, memoryTokens);
-      checkDim(stateName!, segmentState, 'state.memory', 2, dModel);
+      checkIo(stateName!, segmentState, segmentStateIo(entries));
+      checkStateDims(stateName!, segmentState, entries, 1);
     }
     if (segmentSteps) {
-      checkIo(stepsName!, segmentSteps, SEGMENT_STEPS_IO);
+      checkIo(stepsName!, segmentSteps, segmentStepsIo(entries));
       const k = segmentSteps.inputs.find((i) => i.name === 'input_ids')!.shape[1];
       if (typeof k !== 'number' || k < 2) fail(stepsName!, `input 'input_ids' axis 1 (segments per run) must be a fixed number >= 2, found ${JSON.stringify(k)}`);
       checkDim(stepsName!, segmentSteps, 'attention_mask', 1, k);
-      checkDim(stepsName!, segmentSteps, 'state.memory', 1, memoryTokens);
-      checkDim(stepsName!, segmentSteps, 'state.memory', 2, dModel);
+      checkStateDims(stepsName!, segmentSteps, entries, 1);
       steps = k;
     }
-    checkIo(decodeName, decode, decodeIo(kvDtype));
-    checkDim(decodeName, decode, 'memory', 2, dModel);
+    checkIo(decodeName, decode, decodeIo(spec, kvDtype));
+    if (spec.conditioning.kind === 'prefix') checkDim(decodeName, decode, 'memory', 2, dModel);
+    else checkStateDims(decodeName, decode, entries, 1);
     checkDim(decodeName, decode, 'past_key_values', 0, kv.layers);
     checkDim(decodeName, decode, 'past_key_values', 1, 2);
     checkDim(decodeName, decode, 'past_key_values', 3, kv.heads);

@@ -5,16 +5,29 @@ import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { readChatTemplate } from '../text/chat-template.ts';
+import { flatShape, flattenState, stateLayout, type StateLayout, type StateSlot } from './state-layout.ts';
 
 export const MODEL_FORMAT = 'rmt-serve/model@1';
 
 /** One entry of model.json `state`: a named state tensor and the file of its initial value. */
 export interface StateEntry {
   name: string;
-  shape: [number, number];
+  /** Without the batch axis, e.g. [16, 256] (the RMT's memory) or [2, 32, 64] (Transformer-XL's mems). */
+  shape: number[];
   dtype: 'float32';
   init: string;
 }
+
+/**
+ * How decode.onnx is conditioned on the session state (model.json `decode.conditioning`), the one
+ * thing about generation that differs between packages:
+ * - `prefix` (no `conditioning`: the RMT's v1 contract): the one state entry `memory` [M, d_model] is
+ *   the decode graph's `memory` input at prefill and becomes the KV cache's first M positions; later
+ *   steps feed an empty `memory`. `positions` = M;
+ * - `state` (`"conditioning": "state"`): every call takes `state.<name>` of every entry; the cache
+ *   holds token positions only.
+ */
+export type DecodeConditioning = { kind: 'prefix'; positions: number } | { kind: 'state' };
 
 export interface KvLayout {
   layers: number;
@@ -28,16 +41,25 @@ export interface ModelSpec {
   /** model.json `name` (the service names a model by its folder: see ModelInfo.name). */
   name: string;
   description: string;
+  /** model.json `architecture`, as written (descriptive: what the engine runs follows from the contract). */
+  architecture: string;
   segmentLength: number;
+  /** model.json `memory_tokens` (the RMT's M; 0 for architectures without memory tokens). */
   memoryTokens: number;
+  /** The RMT's memory width; for other packages config.d_model (heads x head_dim without it). */
   dModel: number;
   vocabSize: number;
   specialTokens: { eos: number; pad: number };
   /** The tokenizer.json path. */
   tokenizerFile: string;
   state: StateEntry[];
+  /** Where each entry lies in a session's flat state (state-layout.ts). */
+  stateLayout: StateLayout;
   /** Initial value of each state entry, keyed by state name. */
   initState: Record<string, Float32Array>;
+  /** The initial flat state (every entry's initial value, in manifest order). */
+  initFlat: Float32Array;
+  conditioning: DecodeConditioning;
   kv: KvLayout;
   /** model.json `graphs`, per precision, as written: the loader checks the precision it opens. */
   graphs: Record<string, unknown>;
@@ -50,27 +72,30 @@ export interface ModelSpec {
 }
 
 /**
- * What the API and the workers know of a served model: the package's facts, with its memory state
- * flattened into one float32 tensor. `name` is the configured name (the package's folder).
+ * What the API and the workers know of a served model: the package's facts, with its state entries
+ * flattened into one float32 array (state-layout.ts). `name` is the configured name (the package's folder).
  */
 export interface ModelInfo extends Pick<ModelSpec,
-  'dir' | 'description' | 'segmentLength' | 'memoryTokens' | 'dModel' | 'vocabSize' | 'specialTokens' | 'tokenizerFile' | 'task' | 'chatTemplate' | 'bosToken' | 'eosToken'> {
+  'dir' | 'description' | 'architecture' | 'segmentLength' | 'memoryTokens' | 'dModel' | 'vocabSize' | 'specialTokens' | 'tokenizerFile' | 'task' | 'chatTemplate' | 'bosToken' | 'eosToken'> {
   name: string;
+  /** The flat state's shape as sessions and snapshots record it: the one entry's shape, or [total floats] (flatShape). */
   stateShape: number[];
   stateDtype: 'float32';
   stateBytes: number;
+  /** The entries within the flat state. */
+  stateEntries: StateSlot[];
   initState: Float32Array;
 }
 
 export function modelInfo(name: string, spec: ModelSpec): ModelInfo {
-  const memory = spec.state.find((s) => s.name === 'memory')!;
-  const stateShape = [...memory.shape];
+  const layout = spec.stateLayout;
   return {
-    name, dir: spec.dir, description: spec.description, segmentLength: spec.segmentLength, memoryTokens: spec.memoryTokens,
-    dModel: spec.dModel, vocabSize: spec.vocabSize, specialTokens: { ...spec.specialTokens }, stateShape, stateDtype: 'float32',
-    stateBytes: stateShape.reduce((a, b) => a * b, 1) * 4,
+    name, dir: spec.dir, description: spec.description, architecture: spec.architecture, segmentLength: spec.segmentLength, memoryTokens: spec.memoryTokens,
+    dModel: spec.dModel, vocabSize: spec.vocabSize, specialTokens: { ...spec.specialTokens }, stateShape: flatShape(layout), stateDtype: 'float32',
+    stateBytes: layout.size * 4,
+    stateEntries: layout.slots.map((s) => ({ ...s, shape: [...s.shape] })),
     // A copy: the info is posted between threads and handed to callers; the package keeps its own.
-    initState: spec.initState.memory!.slice(),
+    initState: spec.initFlat.slice(),
     tokenizerFile: spec.tokenizerFile,
     ...(spec.task !== undefined ? { task: spec.task } : {}),
     ...(spec.chatTemplate !== undefined ? { chatTemplate: spec.chatTemplate } : {}),
@@ -127,12 +152,19 @@ export async function readModelSpec(dir: string): Promise<ModelSpec> {
   if (manifest.format !== MODEL_FORMAT) {
     fail(MJ, `'format' expected "${MODEL_FORMAT}", found ${JSON.stringify(manifest.format)}`);
   }
-  if (manifest.architecture !== 'rmt') {
-    fail(MJ, `'architecture' expected "rmt", found ${JSON.stringify(manifest.architecture)}`);
+  const architecture = str(manifest, 'architecture', MJ);
+  const decodeRaw = isRecord(manifest.decode) ? manifest.decode : undefined;
+  const conditioningRaw = decodeRaw?.conditioning;
+  if (conditioningRaw !== undefined && conditioningRaw !== 'state') {
+    fail(MJ, `'decode.conditioning' expected "state" (or absent: the RMT's memory prefix), found ${JSON.stringify(conditioningRaw)}`);
+  }
+  // v1 packages without `conditioning` are RMTs, and say so.
+  if (conditioningRaw === undefined && architecture !== 'rmt') {
+    fail(MJ, `'architecture' expected "rmt" for a package without 'decode.conditioning', found ${JSON.stringify(architecture)}`);
   }
   const name = str(manifest, 'name', MJ);
   const segmentLength = positiveInt(manifest, 'segment_length', MJ);
-  const memoryTokens = positiveInt(manifest, 'memory_tokens', MJ);
+  const memoryTokens = intAtLeast(manifest.memory_tokens, conditioningRaw === 'state' ? 0 : 1, MJ, 'memory_tokens');
   const vocabSize = positiveInt(manifest, 'vocab_size', MJ);
 
   const special = manifest.special_tokens;
@@ -153,12 +185,14 @@ export async function readModelSpec(dir: string): Promise<ModelSpec> {
     const where = `state[${i}]`;
     if (!isRecord(raw)) fail(MJ, `'${where}' must be an object`);
     const stateName = str(raw, 'name', MJ, `${where}.name`);
+    if (state.some((e) => e.name === stateName)) fail(MJ, `'${where}.name' ${JSON.stringify(stateName)} is declared twice`);
     if (raw.dtype !== 'float32') fail(MJ, `'${where}.dtype' expected "float32", found ${JSON.stringify(raw.dtype)}`);
-    if (!Array.isArray(raw.shape) || raw.shape.length !== 2) fail(MJ, `'${where}.shape' must be [tokens, d_model]`);
+    // Rank 1..8: a snapshot header carries at most 8 dims.
+    if (!Array.isArray(raw.shape) || raw.shape.length === 0 || raw.shape.length > 8) fail(MJ, `'${where}.shape' must be a list of 1 to 8 dims`);
     const shape = raw.shape.map((v: unknown, k) => intAtLeast(v, 1, MJ, `${where}.shape[${k}]`));
     const init = str(raw, 'init', MJ, `${where}.init`);
     const initPath = requireFile(dir, init, `${where} init`);
-    const expectedBytes = shape[0]! * shape[1]! * 4;
+    const expectedBytes = shape.reduce((a, b) => a * b, 4);
     const size = (await stat(initPath)).size;
     if (size !== expectedBytes) {
       fail(init, `state init size expected ${expectedBytes} bytes (float32 [${shape.join(', ')}]), found ${size}`);
@@ -168,17 +202,11 @@ export async function readModelSpec(dir: string): Promise<ModelSpec> {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const values = new Float32Array(expectedBytes / 4);
     for (let k = 0; k < values.length; k++) values[k] = view.getFloat32(k * 4, true);
-    state.push({ name: stateName, shape: [shape[0]!, shape[1]!], dtype: 'float32', init });
+    state.push({ name: stateName, shape, dtype: 'float32', init });
     initState[stateName] = values;
   }
-  const memory = state.find((s) => s.name === 'memory');
-  if (!memory) fail(MJ, "'state' must contain an entry named \"memory\"");
-  if (memory.shape[0] !== memoryTokens) {
-    fail(MJ, `'state.memory.shape[0]' expected memory_tokens=${memoryTokens}, found ${memory.shape[0]}`);
-  }
-  const dModel = memory.shape[1];
 
-  const kvRaw = isRecord(manifest.decode) ? manifest.decode.past_key_values : undefined;
+  const kvRaw = decodeRaw?.past_key_values;
   if (!isRecord(kvRaw)) fail(MJ, "'decode.past_key_values' must be an object");
   const kv: KvLayout = {
     layers: positiveInt(kvRaw, 'layers', MJ, 'decode.past_key_values.layers'),
@@ -186,10 +214,31 @@ export async function readModelSpec(dir: string): Promise<ModelSpec> {
     headDim: positiveInt(kvRaw, 'head_dim', MJ, 'decode.past_key_values.head_dim'),
   };
 
+  let conditioning: DecodeConditioning;
+  let dModel: number;
+  if (conditioningRaw === undefined) {
+    // The RMT's contract: one entry, `memory` [memory_tokens, d_model], prepended to the decode cache.
+    const memory = state.find((s) => s.name === 'memory');
+    if (!memory) fail(MJ, "'state' must contain an entry named \"memory\"");
+    if (state.length !== 1) fail(MJ, `'state' of a package without 'decode.conditioning' must be the one entry "memory", found ${state.map((s) => s.name).join(', ')}`);
+    if (memory.shape.length !== 2) fail(MJ, "'state[0].shape' must be [tokens, d_model]");
+    if (memory.shape[0] !== memoryTokens) {
+      fail(MJ, `'state.memory.shape[0]' expected memory_tokens=${memoryTokens}, found ${memory.shape[0]}`);
+    }
+    conditioning = { kind: 'prefix', positions: memoryTokens };
+    dModel = memory.shape[1]!;
+  } else {
+    conditioning = { kind: 'state' };
+    const d = isRecord(manifest.config) ? manifest.config.d_model : undefined;
+    dModel = d === undefined ? kv.heads * kv.headDim : intAtLeast(d, 1, MJ, 'config.d_model');
+  }
+  const stateLayoutOf = stateLayout(state);
+
   const chat = await readChatTemplate(tokenizerFile);
   return {
-    dir, name, description: String(manifest.description ?? ''), segmentLength, memoryTokens, dModel, vocabSize, specialTokens,
-    tokenizerFile, state, initState, kv, graphs: isRecord(manifest.graphs) ? manifest.graphs : {},
+    dir, name, description: String(manifest.description ?? ''), architecture, segmentLength, memoryTokens, dModel, vocabSize, specialTokens,
+    tokenizerFile, state, stateLayout: stateLayoutOf, initState, initFlat: flattenState(stateLayoutOf, initState), conditioning, kv,
+    graphs: isRecord(manifest.graphs) ? manifest.graphs : {},
     ...(manifest.task !== undefined ? { task: manifest.task } : {}), ...chat,
   };
 }

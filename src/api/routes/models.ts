@@ -10,8 +10,10 @@ import { modelNotFound } from '../errors.ts';
 
 export function modelObject(m: CatalogModel, created: number): ModelObject {
   return {
-    id: m.name, object: 'model', created, owned_by: 'rmt-serve', segment_length: m.segmentLength, memory_tokens: m.memoryTokens,
-    state_bytes: m.stateBytes, description: m.description,
+    id: m.name, object: 'model', created, owned_by: 'rmt-serve', architecture: m.architecture, segment_length: m.segmentLength, memory_tokens: m.memoryTokens,
+    state_bytes: m.stateBytes, state_shape: [...m.stateShape],
+    state_entries: m.stateEntries.map((e) => ({ name: e.name, shape: [...e.shape], dtype: 'float32' as const, offset: e.offset, size: e.size })),
+    description: m.description,
   };
 }
 
