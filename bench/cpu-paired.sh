@@ -39,5 +39,5 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-grep -H 'tok/s\|rc=' "$OUT"/*.txt | sed "s#$OUT/##" >"$OUT/summary.txt"
+grep -H 'tok/s\|level\|rc=' "$OUT"/*.txt | sed "s#$OUT/##" >"$OUT/summary.txt"
 echo "summary: $OUT/summary.txt"
