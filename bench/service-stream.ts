@@ -34,7 +34,7 @@
 //   gpu %        nvidia-smi utilization.gpu sampled every 100 ms during the level (mean).
 //   TTFT / ITL   generate sent → first token message; gaps between token messages.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -497,6 +497,7 @@ async function main(): Promise<void> {
     await Promise.all([worker, api].map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
     await redis.stop();
   }
+  if (OUT_JSON) mkdirSync(path.dirname(path.resolve(OUT_JSON)), { recursive: true });
   if (OUT_JSON) writeFileSync(OUT_JSON, JSON.stringify(out, null, 1));
 }
 
