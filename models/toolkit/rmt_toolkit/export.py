@@ -30,6 +30,17 @@ DECODE_IO = {
 }
 
 
+def precision_target(precision: str):
+    """(device, dtype, file suffix) an export of `precision` runs on: fp16 needs CUDA (half-precision kernels)."""
+    if precision == "fp16":
+        if not torch.cuda.is_available():
+            raise SystemExit("fp16 export needs a CUDA device (half-precision kernels)")
+        return torch.device("cuda"), torch.float16, ".fp16"
+    if precision == "fp32":
+        return torch.device("cpu"), torch.float32, ""
+    raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
+
+
 def load_checkpoint(path: str, device="cpu") -> tuple[RMT, dict]:
     """Any architecture's checkpoint (the config's `architecture`; none = rmt)."""
     ck = torch.load(path, map_location=device)
@@ -78,14 +89,7 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
 
         return export_state_graphs(model, out_dir, precision, exporter)
     cfg = model.cfg
-    if precision == "fp16":
-        if not torch.cuda.is_available():
-            raise SystemExit("fp16 export needs a CUDA device (half-precision kernels)")
-        dev, dtype, suffix = torch.device("cuda"), torch.float16, ".fp16"
-    elif precision == "fp32":
-        dev, dtype, suffix = torch.device("cpu"), torch.float32, ""
-    else:
-        raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
+    dev, dtype, suffix = precision_target(precision)
     m = copy.deepcopy(model).to(dev, dtype).eval()
     if fused_attention and exporter == "dynamo":
         raise SystemExit("fused attention needs the torchscript exporter")

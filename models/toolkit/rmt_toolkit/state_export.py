@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .export import _export, share_weights
+from .export import _export, precision_target, share_weights
 from .package import FORMAT
 
 
@@ -70,14 +70,7 @@ def _check_io(path: str, io: dict) -> None:
 
 
 def export_state_graphs(model, out_dir: str, precision: str, exporter: str = "auto") -> dict:
-    if precision == "fp16":
-        if not torch.cuda.is_available():
-            raise SystemExit("fp16 export needs a CUDA device (half-precision kernels)")
-        dev, dtype, suffix = torch.device("cuda"), torch.float16, ".fp16"
-    elif precision == "fp32":
-        dev, dtype, suffix = torch.device("cpu"), torch.float32, ""
-    else:
-        raise SystemExit(f"unknown precision {precision!r}: use fp32 or fp16")
+    dev, dtype, suffix = precision_target(precision)
     m = copy.deepcopy(model).to(dev, dtype).eval()
     cfg = m.cfg
     seg_io, dec_io = io_names(m)
