@@ -88,7 +88,7 @@ describe('help and flags', () => {
     assert.match(generate, /--max-tokens N .*\(default: 16\)/);
     // Every setting is listed for serve, each with its environment variable.
     const serve = (await run(['serve', '--help'])).stdout;
-    for (const [k, s] of Object.entries(SETTINGS)) if (k !== 'workerProcesses') assert.ok(serve.includes(s.env), `${s.env} missing from serve --help`);
+    for (const [k, s] of Object.entries(SETTINGS)) if (k !== 'workerProcesses' && k !== 'devices') assert.ok(serve.includes(s.env), `${s.env} missing from serve --help`);
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -108,6 +108,31 @@ describe('help and flags', () => {
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, want, args.join(' '));
     }
+  });
+
+  test('worker --devices: bad lists refused, all without a GPU refused (exit 2, one line), serve does not take it', async () => {
+    const cases: [string[], RegExp][] = [
+      [['worker', '--devices', '0,x'], /^rmt-serve: --devices: expected all or device ids such as 0,1 \(integers in \[0, 64\]\), got "0,x"\n$/],
+      [['worker', '--devices', '-1'], /expected all or device ids/],
+      [['worker', '--devices', '1.5'], /expected all or device ids/],
+      [['worker', '--devices', '0,1,0'], /^rmt-serve: --devices: device 0 is listed twice in "0,1,0"\n$/],
+      [['worker', '--devices=1,01'], /device 01 is listed twice/],
+      [['serve', '--devices', '0'], /^rmt-serve: serve: --devices does not apply to this command/],
+    ];
+    for (const [args, want] of cases) {
+      const r = await run(args, { REDIS_URL: NOTHING });
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, want, args.join(' '));
+    }
+    const env = await run(['worker'], { REDIS_URL: NOTHING, RMT_DEVICES: '2,2' });
+    assert.equal(env.code, 2);
+    assert.match(env.stderr, /^rmt-serve: RMT_DEVICES: device 2 is listed twice/);
+    // `all` counts GPUs from /proc/driver/nvidia/gpus or nvidia-smi -L; with neither (PATH without
+    // nvidia-smi), it is refused before Redis is reached (NOTHING would fail otherwise).
+    if (existsSync('/proc/driver/nvidia/gpus')) return;
+    const all = await run(['worker', '--devices', 'all'], { REDIS_URL: NOTHING, PATH: path.dirname(process.execPath) });
+    assert.equal(all.code, 2, all.stderr);
+    assert.equal(all.stderr, 'rmt-serve: --devices all: no GPU found (neither /proc/driver/nvidia/gpus nor nvidia-smi -L lists one); give ids instead, e.g. --devices 0,1\n');
   });
 
   test('generate: the API\'s limits (queue/generate-request.ts), refused before a session is opened, exit 2', async () => {

@@ -27,7 +27,7 @@ export interface CommandSpec {
 // an engine or talks to Redis. A new setting is listed for every command until it is put here.
 const API_ONLY: SettingKey[] = ['port', 'host', 'apiKeys', 'apiKeyHashes', 'bodyLimitBytes', 'requestTimeoutMs', 'headersTimeoutMs',
   'keepAliveTimeoutMs', 'maxQueueDepth', 'tokenizerThreads', 'tokenizerNice'];
-const WORKER_ONLY: SettingKey[] = ['workerProcesses', 'metricsPort', 'shutdownGraceMs'];
+const WORKER_ONLY: SettingKey[] = ['workerProcesses', 'devices', 'metricsPort', 'shutdownGraceMs'];
 const ALL = Object.keys(SETTINGS) as SettingKey[];
 const without = (...groups: SettingKey[][]) => ALL.filter((k) => !groups.some((g) => g.includes(k)));
 const ENGINE: SettingKey[] = without(API_ONLY, WORKER_ONLY);
@@ -44,7 +44,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
     summary: 'API and worker in one process (npm start); without REDIS_URL it starts a private redis-server (data in RMT_DATA_DIR)',
     synopsis: 'rmt-serve serve [options]',
     flags: [],
-    settings: ALL.filter((k) => k !== 'workerProcesses'),
+    settings: ALL.filter((k) => k !== 'workerProcesses' && k !== 'devices'),
   },
   api: {
     summary: 'HTTP/WebSocket API only (deploy several, plus workers, sharing one Redis)',
@@ -53,7 +53,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
     settings: [...CLIENT, ...API_ONLY, 'modelsDir', 'models', 'maxPendingTextChars'],
   },
   worker: {
-    summary: 'advance sessions: BullMQ worker + onnxruntime engine threads',
+    summary: 'advance sessions: BullMQ worker + onnxruntime engine threads (--devices all|0,1,...: one process per GPU, restarted if it dies)',
     synopsis: 'rmt-serve worker [options]',
     flags: [],
     settings: [...ENGINE, ...WORKER_ONLY],

@@ -78,8 +78,12 @@ export async function main(argv: string[]): Promise<number> {
       case 'api':
         await runServe(config, log, false);
         return 0;
-      case 'worker':
-        return await (await import('./worker-command.ts')).runWorker(await withRedis(config, log), log);
+      case 'worker': {
+        const w = await import('./worker-command.ts');
+        // --devices all with no GPU is refused before anything connects.
+        const ids = config.devices !== '' ? w.deviceIds(config.devices) : undefined;
+        return await w.runWorker(await withRedis(config, log), log, ids);
+      }
       case 'ingest':
         await (await import('./session-commands.ts')).runIngest(await withRedis(config, log), log, args.values);
         return 0;

@@ -46,6 +46,19 @@ const oneOf = <T extends string>(...allowed: T[]): Parser<T> =>
     { schema: { type: 'string' as const, enum: [...allowed] } },
   );
 
+/** RMT_DEVICES: '' | 'all' | distinct integer ids in [0, 64], comma-separated (kept as given; deviceIds() reads it). */
+const devices: Parser<string> = (raw, name) => {
+  const v = raw.trim();
+  if (v === '' || v === 'all') return v;
+  const ids = v.split(',').map((s) => s.trim());
+  for (const id of ids) {
+    if (!/^\d+$/.test(id) || Number(id) > 64) throw new ConfigError(`${name}: expected all or device ids such as 0,1 (integers in [0, 64]), got ${JSON.stringify(raw)}`);
+  }
+  const dup = ids.find((id, i) => ids.findIndex((o) => Number(o) === Number(id)) !== i);
+  if (dup !== undefined) throw new ConfigError(`${name}: device ${dup} is listed twice in ${JSON.stringify(raw)}`);
+  return ids.map(Number).join(',');
+};
+
 function setting<T>(env: string, def: T, parse: Parser<T>, doc: string): Setting<T> {
   return { env, default: def, parse, doc, schema: parse.schema ?? { type: 'string' } };
 }
@@ -79,6 +92,7 @@ export const SETTINGS = {
   segmentSteps: setting('RMT_SEGMENT_STEPS', true, bool, 'worker: run a session\'s segments K per onnxruntime run through the package\'s segment_state_steps graph when it ships one and every row of the batch has K to go (the engine thread turns around once per K segments); 0 = one segment per run'),
   engineThreads: setting('RMT_ENGINE_THREADS', 0, int(0, 16), 'worker: engine threads per process, each with its own copy of the models and its own cohort of sessions, so one\'s run overlaps the others\' turnaround (RMT_ENGINE_TURNS); 0 = 2 on cuda, 1 on cpu'),
   engineTurns: setting('RMT_ENGINE_TURNS', false, bool, 'worker, engine threads > 1: 1 = one onnxruntime run on the device at a time (a ticket lock); 0 = the threads\' runs overlap, each onnxruntime session on its own CUDA stream (faster at 64 and 256 sessions on the H200, bench/gpu-suite.sh, bench/results/gpu-12)'),
+  devices: setting('RMT_DEVICES', '', devices, 'worker: `all` (every GPU nvidia-smi or /proc/driver/nvidia lists) or device ids (0,1,...): one worker process per device, each with RMT_DEVICE_ID set (times RMT_WORKER_PROCESSES); a process that dies is restarted (with a backoff; more than 5 restarts of one device in a minute stops the worker); empty = one device, RMT_DEVICE_ID'),
   workerProcesses: setting('RMT_WORKER_PROCESSES', 1, int(1, 64), 'worker: processes sharing this device (each its own engine and queue consumer; their main threads tokenize and commit in parallel)'),
   workerConcurrency: setting('RMT_WORKER_CONCURRENCY', 64, int(1, 10000), 'requests one worker process advances at once (their segments are batched)'),
   sessionTtlSeconds: setting('RMT_SESSION_TTL_S', 86400, int(1), 'a session idle this long is deleted'),
