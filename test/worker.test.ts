@@ -728,6 +728,91 @@ describe('worker processes', () => {
     }
   });
 
+  test('--devices 0,1: one process per device id (RMT_DEVICE_ID); a killed one is restarted on its device; SIGTERM stops all, exit 0', async () => {
+    const prefix = newPrefix();
+    const client = startClientRuntime(configFor(prefix));
+    // The supervisor's and its children's log lines (one stderr): who started on which device, who is ready.
+    type Line = { msg: string; deviceId?: number; pid?: number; signal?: string | null };
+    const lines: Line[] = [];
+    const waiters: { pred: () => boolean; resolve: () => void }[] = [];
+    const sup = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), 'worker', '--devices', '0,1'], {
+      env: { ...process.env, ...env(prefix), LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.push(sup);
+    let buf = '';
+    let exited = false;
+    sup.stderr!.on('data', (d: Buffer) => {
+      buf += String(d);
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const text = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          lines.push(JSON.parse(text) as Line);
+        } catch {
+          // not a log line
+        }
+      }
+      for (const w of waiters.splice(0)) if (w.pred()) w.resolve(); else waiters.push(w);
+    });
+    sup.once('exit', () => (exited = true));
+    const until = (pred: () => boolean, what: string) =>
+      new Promise<void>((resolve, reject) => {
+        if (pred()) return resolve();
+        waiters.push({ pred, resolve });
+        sup.once('exit', (code) => { if (!pred()) reject(new Error(`supervisor exited (${code}) waiting for ${what}: ${JSON.stringify(lines)}`)); });
+      });
+    const started = (dev: number) => lines.filter((l) => l.msg === 'worker process started' && l.deviceId === dev).map((l) => l.pid!);
+    const ready = (dev: number) => lines.filter((l) => l.msg === 'worker ready' && l.deviceId === dev).length;
+    const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    try {
+      await until(() => ready(0) === 1 && ready(1) === 1, 'both devices ready');
+      assert.equal(started(0).length, 1);
+      assert.equal(started(1).length, 1);
+      const [a0] = started(0);
+      const [a1] = started(1);
+      assert.notEqual(a0, a1);
+      assert.ok(lines.every((l) => l.msg !== 'worker ready' || l.deviceId === 0 || l.deviceId === 1), 'a child on another device');
+
+      // SIGKILL device 0's process: the supervisor logs it and starts another on device 0; device 1's lives on.
+      process.kill(a0!, 'SIGKILL');
+      await until(() => ready(0) === 2, 'device 0 restarted and ready');
+      const died = lines.find((l) => l.msg === 'a worker process died: restarting it');
+      assert.equal(died?.deviceId, 0);
+      assert.equal(died?.pid, a0);
+      assert.equal(died?.signal, 'SIGKILL');
+      const [, b0] = started(0);
+      assert.ok(b0 !== undefined && b0 !== a0 && alive(b0));
+      assert.deepEqual(started(1), [a1], 'device 1 was restarted too');
+      assert.ok(alive(a1!));
+
+      // The restarted process consumes the queue: with device 1's paused, every request still completes.
+      process.kill(a1!, 'SIGSTOP');
+      try {
+        const probe = await startWorkerRuntime({ ...configFor(prefix + 'probe') });
+        const m = probe.engine.model(MODEL);
+        await probe.close(0);
+        const spec = { model: m.name, shape: m.stateShape, dtype: m.stateDtype };
+        const sessions = await Promise.all(Array.from({ length: 3 }, () => client.store.create(spec, m.initState)));
+        const jobs = await Promise.all(sessions.map((s, i) => client.queue.submit(s.id, { kind: 'ingest', text: noise(2 * 128 * 5, i * 7000), flush: true })));
+        for (const r of await Promise.all(jobs.map((j) => client.queue.result(j, 60_000)))) assert.equal(r.error, undefined);
+      } finally {
+        process.kill(a1!, 'SIGCONT');
+      }
+
+      // SIGTERM: every process exits, the supervisor exits 0 and restarts nothing.
+      sup.kill('SIGTERM');
+      const [code] = exited ? [sup.exitCode] : await once(sup, 'exit');
+      assert.equal(code, 0, JSON.stringify(lines));
+      for (const pid of [b0!, a1!]) assert.ok(!alive(pid), `worker process ${pid} outlived SIGTERM`);
+      assert.equal(started(0).length + started(1).length, 3, 'a process was restarted during shutdown');
+      assert.ok(lines.some((l) => l.msg === 'worker processes stopped'));
+    } finally {
+      await client.close();
+    }
+  });
+
   test('SIGTERM during a long request: the worker finishes it, then exits', async () => {
     const prefix = newPrefix();
     const client = startClientRuntime(configFor(prefix));
