@@ -163,6 +163,37 @@ describe('helm chart', () => {
     assert.equal(envOf(tagged, 'RMT_PRECISION')?.value, 'fp32');
   });
 
+  test('GPU workers, several per pod: gpusPerPod GPUs, `worker --devices all`, a metrics port per process, all scraped', () => {
+    // Default: one GPU, one process per pod.
+    const one = find(all, 'Deployment', 'worker');
+    assert.deepEqual(container(one).args, ['worker']);
+    assert.deepEqual(container(one).ports.map((p: { name: string }) => p.name), ['metrics']);
+    const objs = render({ files: ['gpu-keda-monitoring-values.yaml'], set: ['worker.gpu.gpusPerPod=4'] });
+    const worker = find(objs, 'Deployment', 'worker');
+    const c = container(worker);
+    assert.equal(c.resources.limits['nvidia.com/gpu'], 4);
+    assert.deepEqual(c.args, ['worker', '--devices', 'all']);
+    const port = c.ports[0].containerPort as number;
+    assert.deepEqual(c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
+      [['metrics', port], ['metrics-1', port + 1], ['metrics-2', port + 2], ['metrics-3', port + 3]]);
+    assert.equal(envOf(worker, 'RMT_WORKER_METRICS_PORT')?.value, String(port));
+    const svc = find(objs, 'Service', 'worker');
+    assert.deepEqual(svc.spec.ports.map((p: { targetPort: string }) => p.targetPort), ['metrics', 'metrics-1', 'metrics-2', 'metrics-3']);
+    const sm = find(objs, 'ServiceMonitor', 'worker');
+    assert.deepEqual(sm.spec.endpoints.map((e: { port: string }) => e.port), ['metrics', 'metrics-1', 'metrics-2', 'metrics-3']);
+    // Without GPU workers gpusPerPod means nothing: one process, no GPU.
+    const cpu = find(render({ set: ['worker.gpu.gpusPerPod=4'] }), 'Deployment', 'worker');
+    assert.deepEqual(container(cpu).args, ['worker']);
+    assert.equal(container(cpu).resources.limits?.['nvidia.com/gpu'], undefined);
+    // count (GPUs of a one-process pod) and gpusPerPod both above 1: refused.
+    const both = helm(templateArgs({ set: ['worker.gpu.enabled=true', 'worker.gpu.gpusPerPod=2', 'worker.gpu.count=2'] }));
+    assert.notEqual(both.status, 0);
+    assert.match(both.stderr, /set gpusPerPod \(GPUs per pod, one worker process each\), not count/);
+    const bad = helm(templateArgs({ set: ['worker.gpu.gpusPerPod=0'] }));
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /gpusPerPod/);
+  });
+
   test('all enabled: KEDA on the BullMQ lists and rmt_queue_depth, ServiceMonitors, NetworkPolicies, HPA, PDBs, API keys', () => {
     const so = find(all, 'ScaledObject', 'worker');
     assert.equal(so.spec.scaleTargetRef.name, 'rel-rmt-serve-worker');

@@ -277,3 +277,8 @@ httpGet:
   port: {{ .port }}
 {{ toYaml .p }}
 {{- end }}
+
+{{/* Worker processes (GPUs) per worker pod: worker.gpu.gpusPerPod with GPU workers, else 1. */}}
+{{- define "rmt-serve.workerGpusPerPod" -}}
+{{- if .Values.worker.gpu.enabled }}{{ .Values.worker.gpu.gpusPerPod | default 1 | int }}{{ else }}1{{ end }}
+{{- end }}
