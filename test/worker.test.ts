@@ -813,6 +813,25 @@ describe('worker processes', () => {
     }
   });
 
+  test('--devices: a process that keeps dying is restarted a bounded number of times, then the supervisor exits 1', async () => {
+    // No such model: every process on device 3 exits at start.
+    const sup = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), 'worker', '--devices', '3'], {
+      env: { ...process.env, ...env(newPrefix()), RMT_MODELS: 'no-such-model', LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.push(sup);
+    let err = '';
+    sup.stderr!.on('data', (d: Buffer) => (err += String(d)));
+    const [code] = await once(sup, 'exit');
+    assert.equal(code, 1, err);
+    const lines = err.split('\n').flatMap((l) => { try { return [JSON.parse(l) as { msg: string; deviceId?: number; exitCode?: number }]; } catch { return []; } });
+    const restarts = lines.filter((l) => l.msg === 'a worker process died: restarting it');
+    assert.equal(restarts.length, 5, err);
+    assert.ok(restarts.every((l) => l.deviceId === 3 && l.exitCode !== 0));
+    assert.equal(lines.filter((l) => l.msg === 'worker process started' && l.deviceId === 3).length, 6);
+    assert.ok(lines.some((l) => l.msg === 'a worker process died 6 times within a minute: stopping the others' && l.deviceId === 3), err);
+  });
+
   test('SIGTERM during a long request: the worker finishes it, then exits', async () => {
     const prefix = newPrefix();
     const client = startClientRuntime(configFor(prefix));
