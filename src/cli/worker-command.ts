@@ -88,23 +88,27 @@ export function deviceIds(devices: string): number[] {
   return devices.split(',').map(Number);
 }
 
-/** More restarts of one device's process than this within RESTART_WINDOW_MS stop the supervisor (exit 1). */
+/**
+ * More restarts of one device's process than this, none of its runs lasting RESTART_WINDOW_MS, stop the
+ * supervisor (exit 1): a crash loop, counted by runs rather than by the clock, so a slow machine's slow
+ * starts do not let it go on.
+ */
 export const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 60_000;
-/** Backoff before a restart: 500 ms, doubled per recent restart of that process, at most 30 s. */
+/** Backoff before a restart: 500 ms, doubled per restart of that process in its crash loop, at most 30 s. */
 const restartDelay = (recent: number) => Math.min(30_000, 500 * 2 ** recent);
 
 /**
  * RMT_DEVICES: one worker process per device id (RMT_WORKER_PROCESSES of them per device), each with
  * RMT_DEVICE_ID set; metrics ports count up from RMT_WORKER_METRICS_PORT, one per process. Unlike
- * superviseWorkers, a process that dies unexpectedly is restarted on the same device (backoff, bounded
- * per minute), since one GPU's fault (Xid, OOM) should not take the others' sessions down. SIGTERM /
+ * superviseWorkers, a process that dies unexpectedly is restarted on the same device (backoff; a crash
+ * loop stops them all), since one GPU's fault (Xid, OOM) should not take the others' sessions down. SIGTERM /
  * SIGINT reach every process; each finishes its requests within RMT_SHUTDOWN_GRACE_MS; exit 0 then.
  */
 async function superviseDevices(config: Config, log: Log, ids: number[]): Promise<number> {
   const childArgs = withoutFlags(process.argv.slice(2), ['--devices', '--device-id', '--worker-processes']);
   const slots = ids.flatMap((deviceId) => Array.from({ length: config.workerProcesses }, () => deviceId))
-    .map((deviceId, i) => ({ deviceId, index: i, child: undefined as ChildProcess | undefined, restarts: [] as number[], timer: undefined as NodeJS.Timeout | undefined }));
+    .map((deviceId, i) => ({ deviceId, index: i, child: undefined as ChildProcess | undefined, restarts: 0, startedAt: 0, timer: undefined as NodeJS.Timeout | undefined }));
   let stopping = false;
   let failed = false;
   let resolveDone!: () => void;
@@ -136,7 +140,8 @@ async function superviseDevices(config: Config, log: Log, ids: number[]): Promis
       },
     });
     slot.child = c;
-    log({ deviceId: slot.deviceId, pid: c.pid, restarts: slot.restarts.length }, 'worker process started');
+    slot.startedAt = Date.now();
+    log({ deviceId: slot.deviceId, pid: c.pid, restarts: slot.restarts }, 'worker process started');
     c.once('exit', (exitCode, signal) => {
       slot.child = undefined;
       if (stopping) {
@@ -144,16 +149,16 @@ async function superviseDevices(config: Config, log: Log, ids: number[]): Promis
         settle();
         return;
       }
-      const now = Date.now();
-      slot.restarts = slot.restarts.filter((t) => now - t < RESTART_WINDOW_MS);
-      if (slot.restarts.length >= MAX_RESTARTS) {
-        log({ deviceId: slot.deviceId, pid: c.pid, exitCode, signal, restarts: slot.restarts.length }, `a worker process died ${MAX_RESTARTS + 1} times within a minute: stopping the others`);
+      // A run that lasted the window ends the crash loop: its restarts are forgiven.
+      if (Date.now() - slot.startedAt >= RESTART_WINDOW_MS) slot.restarts = 0;
+      if (slot.restarts >= MAX_RESTARTS) {
+        log({ deviceId: slot.deviceId, pid: c.pid, exitCode, signal, restarts: slot.restarts }, `a worker process died ${MAX_RESTARTS + 1} times, no run lasting a minute: stopping the others`);
         failed = true;
         stopAll('SIGTERM');
         return;
       }
-      const delayMs = restartDelay(slot.restarts.length);
-      slot.restarts.push(now);
+      const delayMs = restartDelay(slot.restarts);
+      slot.restarts++;
       log({ deviceId: slot.deviceId, pid: c.pid, exitCode, signal, delayMs }, 'a worker process died: restarting it');
       slot.timer = setTimeout(() => start(slot), delayMs);
     });
