@@ -47,10 +47,15 @@ def write_package(ckpt: str, out_dir: str, name: str, description: str, tokenize
     }
     if ck.get("task"):
         meta["task"] = ck["task"]
+    return write_manifest(out_dir, meta, extra)
+
+
+def write_manifest(out_dir: str, meta: dict, extra: dict | None = None) -> dict:
+    """Writes model.json (meta updated with extra), keeping the measured tables of an earlier `evaluate`."""
     if extra:
         meta.update(extra)
     path = os.path.join(out_dir, "model.json")
-    if os.path.exists(path) and "eval" not in meta:  # keep measured tables from an earlier `evaluate`
+    if os.path.exists(path) and "eval" not in meta:
         old = json.load(open(path))
         if "eval" in old:
             meta["eval"] = old["eval"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .export import _export, precision_target, share_weights
-from .package import FORMAT
+from .package import FORMAT, write_manifest
 
 
 class SegmentStateGraph(nn.Module):
@@ -145,16 +145,7 @@ def write_state_package(model, ck: dict, out_dir: str, name: str, description: s
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "training": ck.get("training", {}),
     }
-    if extra:
-        meta.update(extra)
-    path = os.path.join(out_dir, "model.json")
-    if os.path.exists(path) and "eval" not in meta:  # keep measured tables from an earlier `evaluate`
-        old = json.load(open(path))
-        if "eval" in old:
-            meta["eval"] = old["eval"]
-    with open(path, "w") as fh:
-        json.dump(meta, fh, indent=2)
-    return meta
+    return write_manifest(out_dir, meta, extra)
 
 
 def state_arrays(state: dict) -> dict:
