@@ -8,7 +8,6 @@ RMT; the same share_weights puts each weight once in weights[.fp16].bin for all 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 
