@@ -3,6 +3,7 @@
 // redis-server of its own, never on whatever answers at localhost:6379.
 import assert from 'node:assert/strict';
 import { startRedis } from './support/redis-server.ts';
+import { runProcess, type ProcessResult } from './support/run-process.ts';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
@@ -28,14 +29,8 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, RMT_INTRA_OP_THREADS: '1', ...extra };
 }
 
-async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], { env: cleanEnv(env) });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => (stdout += String(d)));
-  child.stderr.on('data', (d) => (stderr += String(d)));
-  const [code] = await once(child, 'exit');
-  return { code, stdout, stderr };
+function run(args: string[], env: Record<string, string> = {}): Promise<ProcessResult> {
+  return runProcess([process.execPath, BIN, ...args], cleanEnv(env));
 }
 
 /** Private redis-servers seen (their own process group: a killed serve would leave them running). */

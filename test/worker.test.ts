@@ -1,4 +1,5 @@
 // The data plane end to end: real redis-server, real BullMQ, real onnxruntime on CPU, shipped models.
+import { runProcess, type ProcessResult } from './support/run-process.ts';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -556,14 +557,8 @@ describe('shutdown', () => {
 });
 
 describe('command line', () => {
-  async function run(args: string[], prefix: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), ...args], { env: { ...process.env, ...env(prefix), RMT_MODELS: 'rmt-brown-lm,rmt-brown-small' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += String(d)));
-    child.stderr.on('data', (d) => (stderr += String(d)));
-    const [code] = await once(child, 'exit');
-    return { code, stdout, stderr };
+  function run(args: string[], prefix: string): Promise<ProcessResult> {
+    return runProcess([process.execPath, path.join(ROOT, 'bin/rmt-serve.js'), ...args], { ...process.env, ...env(prefix), RMT_MODELS: 'rmt-brown-lm,rmt-brown-small' });
   }
 
   test('ingest a file: returns once every token of it is applied, plain progress lines off a terminal, the session as the API shows it; then generate from it', async () => {
