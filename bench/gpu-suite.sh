@@ -11,7 +11,8 @@
 # GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
 # masked one, and profiles; LIMIT_ONLY=fused: the fused package alone), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
 # GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), engine (the
-# engine thread alone with N dependent sessions: bench/engine-event-loop.ts; ENGINE_THREADS engine threads), plots.
+# engine thread alone with N dependent sessions: bench/engine-event-loop.ts; ENGINE_THREADS engine threads),
+# architectures (bench/architectures.sh: every architecture's engine on the GPU), plots.
 # Results: $OUT (default bench/out/gpu).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -77,6 +78,13 @@ step_engine() {
   MODELS_DIR=$MODELS MODEL=$FUSED PROVIDER=cuda PRECISION=fp16 OP=advance SESSIONS=${SESSIONS:-1,8,64,256} MAX_BATCH=256 \
     MAX_BATCH_TOKENS=262144 BASELINE_SECONDS=0 SECONDS=5 "$NODE" --import tsx bench/engine-event-loop.ts 2>&1 | grep --line-buffered -v 'W:onnxruntime' \
     | tee "$OUT/engine-thread${ENGINE_THREADS:+-t$ENGINE_THREADS}.txt"
+}
+
+step_architectures() {
+  # Every architecture's engine (models/README.md, "Architectures compared"): random weights at the
+  # comparison's shape, fp32, the engine thread alone.
+  MODELS=$MODELS PROVIDER=cuda NODE=$NODE PYTHON=python3 SESSIONS=${SESSIONS:-1,8,64} MAX_BATCH=64 MAX_BATCH_TOKENS=8192 \
+    bash bench/architectures.sh "$OUT/architectures-cuda.txt" 2>&1 | grep --line-buffered -v 'W:onnxruntime'
 }
 
 step_plots() {

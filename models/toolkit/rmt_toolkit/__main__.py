@@ -30,11 +30,7 @@ def cmd_encode(a):
 
 
 def cmd_train(a):
-    from .config import architecture_of, load_config
     from .train import train
-
-    if a.config and architecture_of(load_config(a.config)) != "rmt":
-        raise SystemExit("train (the recall curriculum) trains the RMT; use train-lm for the other architectures")
 
     print(json.dumps(train(a), indent=1))
 
@@ -109,19 +105,22 @@ def cmd_evaluate(a):
     from .tokenizer import load_tokenizer
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _ = load_checkpoint(a.ckpt, dev)
+    model, ck = load_checkpoint(a.ckpt, dev)
     tok = load_tokenizer(a.tokenizer)
     t0 = time.time()
-    if not is_rmt(model):
-        # The recall table reads the answer after the memory alone: a question for the RMT's memory.
-        print(f"{model.cfg.architecture}: recall table skipped (RMT only); perplexity with the state carried and reset", flush=True)
+    if not is_rmt(model) and not ck.get("task"):
+        # A language model of another architecture: the recall table asks what it was never trained on.
+        print(f"{model.cfg.architecture}: recall table skipped (not trained on the recall task); perplexity with the state carried and reset", flush=True)
         ev = {"perplexity": perplexity(model, tok, a.data, a.max_docs),
               "state": {"bytes_per_session": state_bytes(model), "entries": [[n, list(s)] for n, s in state_spec(model)]},
               "parameters": parameter_count(model)}
     else:
         lengths = [int(x) for x in a.lengths.split(",")]
         ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed),
-              "perplexity": perplexity(model, tok, a.data)}
+              "perplexity": perplexity(model, tok, a.data, a.max_docs)}
+        if not is_rmt(model):
+            ev.update({"state": {"bytes_per_session": state_bytes(model), "entries": [[n, list(s)] for n, s in state_spec(model)]},
+                       "parameters": parameter_count(model)})
     ev.update({"heldout": "Brown files whose number is divisible by 5, never seen in training (tokenizer included)",
                "command": "python -m rmt_toolkit evaluate " + " ".join(sys.argv[2:]),
                "wall_time_s": round(time.time() - t0, 1)})
@@ -251,7 +250,7 @@ def main(argv=None):
     s = sub.add_parser("train", help="curriculum training with backpropagation through the memory")
     s.add_argument("--data", required=True)
     s.add_argument("--tokenizer", required=True)
-    s.add_argument("--config", help="RMTConfig JSON (default: the shipped small model)")
+    s.add_argument("--config", help="model config JSON, any architecture (default: the shipped small RMT); the state is backpropagated through in every architecture")
     s.add_argument("--out", required=True)
     s.add_argument("--resume", help="checkpoint to continue from")
     s.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget")

@@ -75,15 +75,7 @@ def render(package_dir: str, notes: str = "") -> str:
             f"{c['memory_tokens']} | {c['memory_tokens'] * c['d_model'] * 4} |", ""]
     if t:
         out += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]
-    rec = ev.get("recall")
-    if rec:
-        lengths = [k for k in rec["carried"]]
-        out += ["## Recall (held-out noise)", "",
-                f"{rec['samples_per_length']} samples per length; correct = greedy decoding reproduces the whole answer. "
-                f"Chance (guessing a place) = {rec['chance']}.", "",
-                "| segments of noise | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|",
-                "| memory carried | " + " | ".join(str(rec["carried"][k]) for k in lengths) + " |",
-                "| memory reset every segment | " + " | ".join(str(rec["reset"][k]) for k in lengths) + " |", ""]
+    out += recall_section(ev.get("recall"), "memory")
     ppl = ev.get("perplexity")
     if ppl:
         out += ["## Perplexity (held-out documents)", "",
@@ -94,6 +86,19 @@ def render(package_dir: str, notes: str = "") -> str:
         out += ["Measured by:", "", "```", ev["command"], "```", "", ev.get("heldout", ""), ""]
     out += ["## Files", "", "See models/README.md for the package contract. Graphs: `" + json.dumps(m["graphs"]) + "`.", ""]
     return "\n".join(out)
+
+
+def recall_section(rec: dict | None, what: str) -> list[str]:
+    """The recall table (evaluate's recall_table), for a package trained on the recall task."""
+    if not rec:
+        return []
+    lengths = [k for k in rec["carried"]]
+    return ["## Recall (held-out noise)", "",
+            f"{rec['samples_per_length']} samples per length; correct = greedy decoding reproduces the whole answer. "
+            f"Chance (guessing a place) = {rec['chance']}.", "",
+            "| segments of noise | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|",
+            f"| {what} carried | " + " | ".join(str(rec["carried"][k]) for k in lengths) + " |",
+            f"| {what} reset every segment | " + " | ".join(str(rec["reset"][k]) for k in lengths) + " |", ""]
 
 
 def render_state(m: dict, notes: str = "") -> str:
@@ -115,6 +120,7 @@ def render_state(m: dict, notes: str = "") -> str:
     out += ["", why, ""]
     if t:
         out += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]
+    out += recall_section(ev.get("recall"), "state")
     ppl = ev.get("perplexity")
     if ppl:
         out += ["## Perplexity (held-out documents)", "",

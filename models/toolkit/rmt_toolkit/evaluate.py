@@ -13,19 +13,18 @@ import torch
 
 from . import arch
 from .data import RecallBuilder, RecallTask, TokenStream, load_split
-from .model import RMT
 from .train import question_batch, run_context
 
 
 @torch.no_grad()
-def greedy_answer(model: RMT, memory: torch.Tensor, samples: list[dict], pad_id: int) -> list[bool]:
-    dev = memory.device
+def greedy_answer(model, state: dict, samples: list[dict], pad_id: int) -> list[bool]:
+    dev = next(iter(state.values())).device
     qids, qmask, _ = question_batch(samples, pad_id, with_answer=False)
     ids, mask = torch.from_numpy(qids).to(dev), torch.from_numpy(qmask).to(dev)
     want = [s["answer"].tolist() for s in samples]
     got = [[] for _ in samples]
     for _ in range(max(len(w) for w in want)):
-        _, logits, _ = model.segment(ids, mask, memory)
+        _, logits, _ = arch.segment(model, ids, mask, state)
         nxt = logits.argmax(-1)
         # append each row's token right after its last real token
         lengths = mask.sum(1)
@@ -40,7 +39,7 @@ def greedy_answer(model: RMT, memory: torch.Tensor, samples: list[dict], pad_id:
 
 
 @torch.no_grad()
-def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int,
+def recall_table(model, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int,
                  split: str = "heldout", modes=("carried", "reset")) -> dict:
     cfg = model.cfg
     dev = next(model.parameters()).device
@@ -55,8 +54,8 @@ def recall_table(model: RMT, tok, data_dir: str, lengths, samples_per_length: in
             for i in range(0, len(samples), batch):
                 chunk = samples[i:i + batch]
                 ctx = torch.from_numpy(np.stack([s["context"] for s in chunk])).to(dev)
-                memory, _ = run_context(model, ctx, cfg.segment_length, reset=(mode == "reset"))
-                ok += greedy_answer(model, memory, chunk, cfg.pad_id)
+                state, _ = run_context(model, ctx, cfg.segment_length, reset=(mode == "reset"))
+                ok += greedy_answer(model, state, chunk, cfg.pad_id)
             table[mode][str(n)] = round(float(np.mean(ok)), 4)
         print({"segments": n, **{m: table[m][str(n)] for m in modes}}, flush=True)
     table["samples_per_length"] = samples_per_length

@@ -144,6 +144,8 @@ def write_state_package(model, ck: dict, out_dir: str, name: str, description: s
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "training": ck.get("training", {}),
     }
+    if ck.get("task"):  # trained on the recall task (train's curriculum)
+        meta["task"] = ck["task"]
     return write_manifest(out_dir, meta, extra)
 
 

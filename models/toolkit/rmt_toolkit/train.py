@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import arch
-from .config import RMTConfig, load_config
+from .config import RMTConfig, config_from_dict, load_config
 from .data import RecallBuilder, RecallTask, TokenStream, load_split
-from .model import RMT
 from .tokenizer import load_tokenizer
 
 
@@ -77,12 +76,12 @@ def qa_batch(samples: list[dict], pad_id: int, in_context: bool):
     return ids, mask, tgt, np.asarray(first, dtype=np.int64).reshape(-1, 2)
 
 
-def answer_loss(model: RMT, samples, memory, pad_id: int, in_context: bool = False):
+def answer_loss(model, samples, state: dict, pad_id: int, in_context: bool = False):
     """Cross-entropy on every answer token; first-answer-token accuracy."""
-    dev = memory.device
+    dev = next(iter(state.values())).device
     ids, mask, tgt, first = qa_batch(samples, pad_id, in_context)
     ids, mask, tgt = (torch.from_numpy(a).to(dev) for a in (ids, mask, tgt))
-    h_tok, _ = model.encode_segment(ids, mask, memory)
+    h_tok, _ = arch.forward(model, ids, mask, state)
     logits = model.lm_logits(h_tok[:, :-1]).float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
     with torch.no_grad():
@@ -91,24 +90,25 @@ def answer_loss(model: RMT, samples, memory, pad_id: int, in_context: bool = Fal
     return loss, acc
 
 
-def run_context(model: RMT, ctx: torch.Tensor, S: int, reset: bool = False, lm_loss: bool = False):
-    """Feed [B, n*S] tokens segment by segment; returns final memory and the mean LM loss."""
+def run_context(model, ctx: torch.Tensor, S: int, reset: bool = False, lm_loss: bool = False):
+    """Feed [B, n*S] tokens segment by segment; returns the final state (a dict, any architecture) and
+    the mean LM loss. The state is not detached: the recall curriculum backpropagates through it over
+    the whole sample (for Transformer-XL too, which the LM training detaches per segment)."""
     B = ctx.shape[0]
     n = ctx.shape[1] // S
-    init = model.initial_memory(B).to(ctx.device)
-    memory = init
+    init = arch.initial_state(model, B, ctx.device)
+    state = init
     ones = torch.ones(B, S, dtype=torch.long, device=ctx.device)
     losses = []
     for i in range(n):
         seg = ctx[:, i * S:(i + 1) * S]
-        h_tok, h_write = model.encode_segment(seg, ones, init if reset else memory)
+        h_tok, state = arch.forward(model, seg, ones, init if reset else state)
         if lm_loss:
             logits = model.lm_logits(h_tok[:, :-1])
             losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), seg[:, 1:].reshape(-1)))
-        memory = h_write.float()
     if reset:
-        memory = init
-    return memory, (torch.stack(losses).mean() if losses else None)
+        state = init
+    return state, (torch.stack(losses).mean() if losses else None)
 
 
 def in_context_samples(builder: RecallBuilder, rng, count: int, max_facts: int) -> list[dict]:
@@ -123,7 +123,7 @@ def in_context_samples(builder: RecallBuilder, rng, count: int, max_facts: int) 
     return out
 
 
-def save(model: RMT, cfg: RMTConfig, task: RecallTask, training: dict, path: str) -> None:
+def save(model, cfg, task: RecallTask, training: dict, path: str) -> None:
     ck = {"config": cfg.to_dict(), "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()},
           "task": task.to_dict(), "training": training}
     torch.save(ck, path + ".tmp")
@@ -135,15 +135,15 @@ def train(args) -> dict:
     rng = np.random.default_rng(args.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resumed = torch.load(args.resume, map_location="cpu") if args.resume else None
-    cfg = RMTConfig.from_dict(resumed["config"]) if resumed else (RMTConfig.load(args.config) if args.config else RMTConfig())
-    cfg.dropout = args.dropout  # (RMTConfig.load refuses other architectures' configs: the curriculum is the RMT's)
+    cfg = config_from_dict(resumed["config"]) if resumed else (load_config(args.config) if args.config else RMTConfig())
+    cfg.dropout = args.dropout
     tok = load_tokenizer(args.tokenizer)
     if tok.get_vocab_size() != cfg.vocab_size:
         raise SystemExit(f"config vocab_size {cfg.vocab_size} != tokenizer vocabulary {tok.get_vocab_size()}")
     task = RecallTask()
     stream = TokenStream(tok, load_split(args.data, "train"))
     builder = RecallBuilder(tok, task, stream, cfg.segment_length)
-    model = RMT(cfg).to(dev).train()
+    model = arch.build_model(cfg).to(dev).train()
     if resumed:
         model.load_state_dict(resumed["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01,
@@ -167,7 +167,7 @@ def train(args) -> dict:
                 "batch": args.batch, "stages": stages, "reached_stage": stages[stage], "passed": passed,
                 "lr": args.lr, "answer_weight": args.answer_weight, "lm_weight": args.lm_weight,
                 "in_context_batch": args.in_context_batch, "train_max_facts": args.train_max_facts,
-                "dropout": cfg.dropout, "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+                "architecture": arch.architecture_of(cfg), "dropout": cfg.dropout, "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                 "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed,
                 "runs": prev.get("runs", 0) + 1}
 
@@ -187,7 +187,7 @@ def train(args) -> dict:
             if n_max == 0:
                 n = 0
                 ic = in_context_samples(builder, rng, args.batch, args.ic_max_facts)
-                ans, acc = answer_loss(model, ic, model.initial_memory(len(ic)).to(dev), cfg.pad_id, in_context=True)
+                ans, acc = answer_loss(model, ic, arch.initial_state(model, len(ic), dev), cfg.pad_id, in_context=True)
                 # Two segments of plain text keep the language model and the memory's LM use going.
                 lm_ctx = np.stack([builder.sample(rng, 2)["context"] for _ in range(args.lm_batch)])
                 _, lm = run_context(model, torch.from_numpy(lm_ctx).to(dev), S, lm_loss=True)
@@ -203,7 +203,7 @@ def train(args) -> dict:
                 loss = args.lm_weight * lm + args.answer_weight * ans
                 if args.in_context_batch:
                     ic = in_context_samples(builder, rng, args.in_context_batch, args.ic_max_facts)
-                    ic_loss, ic_acc = answer_loss(model, ic, model.initial_memory(len(ic)).to(dev), cfg.pad_id,
+                    ic_loss, ic_acc = answer_loss(model, ic, arch.initial_state(model, len(ic), dev), cfg.pad_id,
                                                   in_context=True)
                     loss = loss + args.answer_weight * ic_loss
                     row["ic_acc"] = round(ic_acc, 3)

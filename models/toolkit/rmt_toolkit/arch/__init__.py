@@ -40,6 +40,15 @@ def initial_state(model, batch: int, device=None) -> dict:
     return model.initial_state(batch, device)
 
 
+def forward(model, input_ids, attention_mask, state: dict):
+    """Training's step for any architecture: (final hidden states at the tokens [B,T,D], next state
+    dict), with the graph kept (the recall curriculum backpropagates through the state)."""
+    if is_rmt(model):
+        h_tok, h_write = model.encode_segment(input_ids, attention_mask, state["memory"])
+        return h_tok, {"memory": h_write.float()}
+    return model.forward_segment(input_ids, attention_mask, state)
+
+
 def segment(model, input_ids, attention_mask, state: dict):
     """The contract's segment step for any architecture: (next state dict, last logits, token_logprobs)."""
     if is_rmt(model):
