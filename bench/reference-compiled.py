@@ -15,6 +15,7 @@ reaches the next memory. Both variants are reported when the flag is given.
 MFU: the card's dense matmul peak is measured in the same run (an N×N×N matmul per dtype); FLOPs per
 input token count the matmuls (2 × weights × positions) and causal attention (QK^T and AV) of one
 step over its S+2M positions, divided by S. floor = peak ÷ FLOPs per token, the tok/s at 100 % of it.
+`first step` is each batch size's first call, timed alone: compile (dynamo, inductor) and first run.
 
   PYTHONPATH=models/toolkit python3 bench/reference-compiled.py --ckpt DIR/model.pt --batches 1,8,64,256 \
       --segments 8 --dtypes fp16,bf16 --last-layer-write-only --out reference-compiled.json
@@ -349,7 +350,7 @@ def main():
                 results.append({"dtype": dn, "variant": vname[wo], "batch": B, "seconds": t, "tokPerS": tps,
                                 "mfu": mfu, "floorTokPerS": floor, "firstStepSeconds": compile_s})
                 print(f"{dn} {vname[wo]:10s} batch {B:4d} | {tps:10.0f} tok/s ({t:.4f} s) | MFU {100 * mfu:5.1f} % | "
-                      f"floor {floor:10.0f} tok/s | first step (compile) {compile_s:6.1f} s", flush=True)
+                      f"floor {floor:10.0f} tok/s | first step {compile_s:6.1f} s", flush=True)
                 del ids
         for (dn2, wo), dv in diffs.items():
             if dn2 == dn:
