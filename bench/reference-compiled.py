@@ -288,7 +288,7 @@ def main():
     p.add_argument("--dynamic-batch", action="store_true",
                    help="one compiled graph for all batch sizes > 1 instead of static shapes per batch size")
     p.add_argument("--warmup", type=int, default=2, help="untimed recurrences after the first (compiling) step")
-    p.add_argument("--repeats", type=int, default=3, help="timed recurrences (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed recurrences (median reported)")
     p.add_argument("--peak-n", type=int, default=8192)
     p.add_argument("--peak-iters", type=int, default=20)
     p.add_argument("--out")
