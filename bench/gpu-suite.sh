@@ -9,7 +9,10 @@
 # Steps: prepare (random GPT-2-small-shaped packages, the same weights with masked and with fused
 # attention; segment_state graphs for the bundled shipped models), limit (bench/engine-limit.ts: both
 # GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
-# masked one, and profiles; LIMIT_ONLY=fused: the fused package alone), reference (bench/reference-pytorch.py), service (bench/service-stream.ts,
+# masked one, and profiles; LIMIT_ONLY=fused: the fused package alone), reference (bench/reference-pytorch.py), compiled
+# (bench/reference-compiled.py: a user's own torch.compile'd next-memory step on the GPT-2-small checkpoint, fp16 and
+# bf16, with and without the write-only last layer, MFU against the measured matmul peak; COMPILED_DYNAMIC=1: one
+# graph for batches > 1 if compiling every batch size takes too long), service (bench/service-stream.ts,
 # GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), engine (the
 # engine thread alone with N dependent sessions: bench/engine-event-loop.ts; ENGINE_THREADS engine threads),
 # architectures (bench/architectures.sh: every architecture's engine on the GPU), plots.
@@ -59,6 +62,15 @@ step_limit() {
 step_reference() {
   python3 bench/reference-pytorch.py --ckpt "$MODELS/$GPT2/model.pt" --docs 1,8,64,256 --segments 8 --single-docs 64 \
     --out "$OUT/reference.json" | tee "$OUT/reference.txt"
+}
+
+step_compiled() {
+  # fp32 parity with the toolkit's RMT first (on the GPU: the CPU takes minutes), then the timed runs.
+  {
+    python3 bench/reference-compiled.py --ckpt "$MODELS/$GPT2/model.pt" --check --check-device cuda
+    python3 bench/reference-compiled.py --ckpt "$MODELS/$GPT2/model.pt" --dtypes fp16,bf16 --batches 1,8,64,256 --segments 8 \
+      --last-layer-write-only ${COMPILED_DYNAMIC:+--dynamic-batch} --out "$OUT/reference-compiled.json"
+  } 2>&1 | tee "$OUT/reference-compiled.txt"
 }
 
 step_service() {
