@@ -185,12 +185,12 @@ def cmd_random(a):
     from .package import write_package
 
     fused = a.attention == "fused"
-    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter, fused).items() if k != "exporter"}
-              for p in a.precisions.split(",")}
+    graphs = {p: {k: v for k, v in export_graphs(model, a.out, p, a.exporter, fused, a.state_graph).items()
+                  if k != "exporter"} for p in a.precisions.split(",")}
     shape = "tiny RMT (2 layers, d=64), random weights, a test fixture" if a.size == "tiny" else \
         "GPT-2-small-shaped RMT, random weights, for throughput benchmarks only (not committed)"
     write_package(ck, a.out, a.name, f"{shape}; segment graphs with {a.attention} attention", a.tokenizer, graphs,
-                  {"export": {"segment_attention": a.attention}})
+                  {"export": {"segment_attention": a.attention, "state_graph": a.state_graph if fused else "pruned"}})
     if a.size == "tiny":
         os.remove(ck)  # the package does not need it, and fixtures stay small
     print(f"wrote {a.out}")
@@ -349,6 +349,8 @@ def main(argv=None):
     s.add_argument("--tokenizer", help="tokenizer.json to ship (a smaller vocabulary is fine: its ids are valid ids here)")
     s.add_argument("--attention", default="masked", choices=["masked", "fused"],
                    help="segment graphs: masked attention (any exporter), or the fused layout with onnxruntime's MultiHeadAttention")
+    s.add_argument("--state-graph", default="write-rows", choices=["write-rows", "pruned"],
+                   help="fused packages' segment_state graph: the last block at the write rows only, or the segment graph pruned")
     s.add_argument("--name", default="rmt-gpt2-small-random")
     s.add_argument("--size", default="gpt2-small", choices=["gpt2-small", "tiny", "brown"],
                    help="tiny: 2 layers, d=64, 32-token segments, 4096-token vocabulary (test fixtures); brown: "

@@ -17,13 +17,14 @@ import torch
 
 from .arch import build_model, is_rmt
 from .config import config_from_dict
-from .model import RMT, DecodeGraph, SegmentGraph
+from .model import RMT, DecodeGraph, SegmentGraph, WriteRowsStateGraph
 
 OPSET = 17
 SEGMENT_IO = {
     "inputs": ["input_ids", "attention_mask", "state.memory"],
     "outputs": ["next_state.memory", "logits", "token_logprobs"],
 }
+STATE_IO = {"inputs": SEGMENT_IO["inputs"], "outputs": ["next_state.memory"]}
 DECODE_IO = {
     "inputs": ["input_ids", "attention_mask", "memory", "past_key_values"],
     "outputs": ["logits", "present_key_values"],
@@ -73,13 +74,18 @@ def _export(module, args, path, io, dynamic_axes, exporter: str):
     return "dynamo"
 
 
-def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto", fused_attention: bool = False) -> dict:
+def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "auto", fused_attention: bool = False,
+                  state_graph: str = "write-rows") -> dict:
     """Writes segment[.fp16].onnx, segment.state[.fp16].onnx, decode[.fp16].onnx and weights[.fp16].bin; returns their file names.
 
     fused_attention: the segment graphs use the fused layout and com.microsoft.MultiHeadAttention
     (model.py); onnxruntime's CPU and CUDA providers run it. The decode graph keeps masked attention
     (its KV cache needs the per-layer keys and values). Needs the TorchScript exporter (the op comes
     from a symbolic function).
+
+    state_graph (fused packages): "write-rows" exports segment.state.onnx from fused_next_memory (the
+    last block at the write rows only); "pruned" cuts the segment graph down to its next memory
+    (state_graph.py; what masked packages always do).
 
     Architectures other than the RMT export their state-conditioned graphs (state_export.py)."""
     if not is_rmt(model):
@@ -115,18 +121,30 @@ def export_graphs(model: RMT, out_dir: str, precision: str, exporter: str = "aut
             "memory": {0: "batch", 1: "memory_length"}, "past_key_values": {2: "batch", 4: "past_length"},
             "logits": {0: "batch"}, "present_key_values": {2: "batch", 4: "total_length"}}, used)
     weights = f"weights{suffix}.bin"
-    share_weights([seg_path, dec_path], os.path.join(out_dir, weights))
-    from .state_graph import prune_to_state
-
     state_path = os.path.join(out_dir, f"segment.state{suffix}.onnx")
-    prune_to_state(seg_path, state_path)
+    write_rows = fused_attention and state_graph == "write-rows"
+    if write_rows:
+        with torch.no_grad():
+            _export(WriteRowsStateGraph(m), (ids, mask, mem), state_path, STATE_IO, {
+                "input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                "state.memory": {0: "batch"}, "next_state.memory": {0: "batch"}}, "torchscript")
+    share_weights([seg_path, dec_path] + ([state_path] if write_rows else []), os.path.join(out_dir, weights))
+    if not write_rows:
+        from .state_graph import prune_to_state
+
+        prune_to_state(seg_path, state_path)
     if fused_attention and precision == "fp32":
-        print(f"fused attention check (onnxruntime CPU vs masked PyTorch): {json.dumps(fused_check(model, seg_path))}", flush=True)
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:  # the CPU machines: test/fused-attention.test.ts checks
+            print("fused attention check skipped (no onnxruntime for Python here)", flush=True)
+        else:
+            print(f"fused attention check (onnxruntime CPU vs masked PyTorch): {json.dumps(fused_check(model, seg_path, state_path))}", flush=True)
     return {"segment": os.path.basename(seg_path), "decode": os.path.basename(dec_path),
             "segment_state": os.path.basename(state_path), "weights": weights, "exporter": used}
 
 
-def fused_check(model: RMT, seg_path: str, tol: float = 2e-4) -> dict:
+def fused_check(model: RMT, seg_path: str, state_path: str, tol: float = 2e-4) -> dict:
     """The fused segment graph (onnxruntime, CPU, fp32) against the masked-attention PyTorch model on a
     batch with padded rows; exits non-zero above `tol`."""
     import onnxruntime as ort
@@ -146,6 +164,9 @@ def fused_check(model: RMT, seg_path: str, tol: float = 2e-4) -> dict:
     sess = ort.InferenceSession(seg_path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "state.memory": mem.numpy()})
     report = {name: float(np.abs(r - o).max()) for name, r, o in zip(SEGMENT_IO["outputs"], ref, got)}
+    state = ort.InferenceSession(state_path, providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "state.memory": mem.numpy()})[0]
+    report["segment_state"] = float(np.abs(ref[0] - state).max())
     ops = {n.op_type for n in __import__("onnx").load(seg_path, load_external_data=False).graph.node}
     report["multi_head_attention_op"] = "MultiHeadAttention" in ops
     if max(v for k, v in report.items() if k != "multi_head_attention_op") > tol or not report["multi_head_attention_op"]:

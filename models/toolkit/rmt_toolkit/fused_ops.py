@@ -18,6 +18,16 @@ import torch
 import torch.nn.functional as F
 
 
+def _causal_attention(q, k, v):
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # torch < 2.0 (the CPU machines' Debian torch 1.13): the same softmax written out.
+    t = q.shape[-2]
+    s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
 def _typed(out, like):
     out.setType(like.type())
     return out
@@ -31,7 +41,7 @@ class CausalAttention(torch.autograd.Function):
         b, t, d = q.shape
         bq, bk, bv = bias.split(d)
         heads = lambda x: x.view(b, t, n_heads, d // n_heads).transpose(1, 2)  # noqa: E731
-        y = F.scaled_dot_product_attention(heads(q + bq), heads(k + bk), heads(v + bv), is_causal=True)
+        y = _causal_attention(heads(q + bq), heads(k + bk), heads(v + bv))
         return y.transpose(1, 2).reshape(b, t, d)
 
     @staticmethod

@@ -177,14 +177,18 @@ class RMT(nn.Module):
         write = M + lengths + torch.arange(M, device=input_ids.device).unsqueeze(0)
         return x[:, M:M + T], x.reshape(B * L, D)[(write + rows).reshape(-1)].reshape(B, M, D)
 
-    def fused_blocks(self, x):
+    def fused_blocks(self, x, layers: int | None = None):
         """The blocks and ln_f as fused ops: each SkipLayerNormalization adds the previous projection's
-        output and bias to the residual stream and normalises for the next sub-layer."""
+        output and bias to the residual stream and normalises for the next sub-layer.
+        layers: run only the first `layers` blocks and return (h, residual stream), h normalised for
+        the next block."""
         eps = self.cfg.layer_norm_eps
         d = self.cfg.d_model
         h = F.layer_norm(x, (d,), self.h[0].ln_1.weight, self.h[0].ln_1.bias, eps)
         res = x
         for i, blk in enumerate(self.h):
+            if layers is not None and i == layers:
+                return h, res
             at, mlp = blk.attn, blk.mlp
             q, k, v = torch.matmul(h, at.c_attn.weight).split(d, dim=2)
             a = torch.matmul(CausalAttention.apply(q, k, v, at.c_attn.bias, at.n_heads), at.c_proj.weight)
@@ -193,6 +197,41 @@ class RMT(nn.Module):
             nxt = self.h[i + 1].ln_1 if i + 1 < len(self.h) else self.ln_f
             h, res = SkipLayerNorm.apply(m, res, nxt.weight, nxt.bias, mlp.c_proj.bias, eps)
         return h
+
+    def fused_next_memory(self, input_ids, attention_mask, memory):
+        """encode_segment_causal's write memory alone, the last block computed at the M write rows
+        only: of the last block, only the keys and values of the other rows reach the next memory
+        (their queries, attention outputs and MLP do not), about 1/n_layers of the step's work."""
+        M = self.cfg.memory_tokens
+        B, T = input_ids.shape
+        L = T + 2 * M
+        d, eps = self.cfg.d_model, self.cfg.layer_norm_eps
+        mem = memory.to(self.wte.weight.dtype)
+        lengths = attention_mask.sum(dim=1, keepdim=True)
+        src = torch.cat([mem, self.wte(input_ids), mem], dim=1)
+        p = torch.arange(L, device=input_ids.device).unsqueeze(0)
+        idx = torch.where(p < M + lengths, p, torch.where(p < 2 * M + lengths, p - lengths + T, p - M))
+        rows = torch.arange(B, device=input_ids.device).unsqueeze(1) * L
+        x = src.reshape(B * L, d)[(idx + rows).reshape(-1)].reshape(B, L, d) + self.wpe(p)
+        h, res = self.fused_blocks(x, layers=len(self.h) - 1)
+        blk = self.h[-1]
+        at, mlp = blk.attn, blk.mlp
+        write = M + lengths + torch.arange(M, device=input_ids.device).unsqueeze(0)  # [B, M] positions
+        wrows = (write + rows).reshape(-1)
+        q, k, v = (torch.matmul(h, at.c_attn.weight) + at.c_attn.bias).split(d, dim=2)
+        q = q.reshape(B * L, d)[wrows].reshape(B, M, d)
+        heads = lambda t: t.reshape(B, t.shape[1], at.n_heads, d // at.n_heads).transpose(1, 2)  # noqa: E731
+        scores = torch.matmul(heads(q), heads(k).transpose(2, 3)) / math.sqrt(d // at.n_heads)
+        # Write slot j (position M + len + j) sees positions up to itself: the causal mask's rows.
+        allowed = (p.unsqueeze(1) <= write.unsqueeze(2)).unsqueeze(1)  # [B, 1, M, L]
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        a = torch.matmul(torch.softmax(scores, dim=-1), heads(v)).transpose(1, 2).reshape(B, M, d)
+        resw = res.reshape(B * L, d)[wrows].reshape(B, M, d)
+        h2, res2 = SkipLayerNorm.apply(torch.matmul(a, at.c_proj.weight), resw, blk.ln_2.weight, blk.ln_2.bias,
+                                       at.c_proj.bias, eps)
+        m = torch.matmul(BiasFastGelu.apply(torch.matmul(h2, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight)
+        out, _ = SkipLayerNorm.apply(m, res2, self.ln_f.weight, self.ln_f.bias, mlp.c_proj.bias, eps)
+        return out
 
     def lm_logits(self, h):
         return torch.matmul(h, self.wte.weight.t())
@@ -258,6 +297,17 @@ class SegmentGraph(nn.Module):
 
     def forward(self, input_ids, attention_mask, memory):
         return self.rmt.segment(input_ids, attention_mask, memory)
+
+
+class WriteRowsStateGraph(nn.Module):
+    """Export wrapper: segment.state.onnx computed by fused_next_memory (fused packages)."""
+
+    def __init__(self, rmt: RMT):
+        super().__init__()
+        self.rmt = rmt
+
+    def forward(self, input_ids, attention_mask, memory):
+        return self.rmt.fused_next_memory(input_ids, attention_mask, memory).float()
 
 
 class DecodeGraph(nn.Module):
