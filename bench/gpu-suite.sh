@@ -30,7 +30,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 # The checkout's TypeScript runs with the bundle's production node_modules (tsx, onnxruntime-node).
 [ -e node_modules ] || ln -s "$BUNDLE/node_modules" node_modules
-GPT2=rmt-gpt2-small-random
+GPT2=${GPT2:-rmt-gpt2-small-random}
 FUSED=rmt-gpt2-small-fused
 
 step_prepare() {
