@@ -49,14 +49,14 @@ for step in "$@"; do
     done 2>&1 | tee "$OUT/$step/install.txt" ;;
   limit)
     for p in $FUSED $PRUNED; do
-      MODEL_DIR=$R/models/$p PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state,steps BATCHES=1,8,64,256 SECONDS=3 OUT_JSON=$OUT/$step/limit-$p.json \
+      MODEL_DIR=$R/models/$p PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state,steps BATCHES=1,8,64,256 SECONDS=${LIMIT_SECONDS:-2} OUT_JSON=$OUT/$step/limit-$p.json \
         node --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$p.txt" | grep -E '^fp16'
     done ;;
   compiled)
     env $S GPT2=$FUSED OUT=$OUT/$step bash bench/gpu-suite.sh compiled 2>&1 | grep -E 'batch|peak|diff|check|first|Error' ;;
   service)
     env $S TEXT_FILE=$PWD/bench/out/brown.txt LEVEL_TIMEOUT_S=150 WORKER_CONCURRENCY=1024 SESSIONS=1,8,64,256 \
-      TOTAL_TOKENS=2000000,8000000,16000000,16000000 GEN= ONE_DOC_TOKENS=1000000 OUT=$OUT/$step \
+      TOTAL_TOKENS=${TOTAL_TOKENS:-1000000,4000000,8000000,8000000} GEN= ONE_DOC_TOKENS=1000000 OUT=$OUT/$step \
       bash bench/gpu-suite.sh service 2>&1 | grep -E '^(N=|one|  )' | tail -12 ;;
   architectures)
     env $S OUT=$OUT/$step bash bench/gpu-suite.sh architectures 2>&1 | grep -E 'tok/s' ;;
