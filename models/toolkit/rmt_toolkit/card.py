@@ -95,8 +95,10 @@ def recall_section(rec: dict | None, what: str) -> list[str]:
     lengths = [k for k in rec["carried"]]
     return ["## Recall (held-out noise)", "",
             f"{rec['samples_per_length']} samples per length; correct = greedy decoding reproduces the whole answer. "
-            f"Chance (guessing a place) = {rec['chance']}.", "",
-            "| segments of noise | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|",
+            f"Chance (guessing a place) = {rec['chance']}. A sample is n segments of noise with its facts at random "
+            "sentence starts anywhere in them, then the question, so a column averages fact-to-question distances "
+            "of 0 to n - 1 full segments (bench/recall-service.ts measures fixed distances).", "",
+            "| n segments of noise (facts anywhere in them) | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|",
             f"| {what} carried | " + " | ".join(str(rec["carried"][k]) for k in lengths) + " |",
             f"| {what} reset every segment | " + " | ".join(str(rec["reset"][k]) for k in lengths) + " |", ""]
 
