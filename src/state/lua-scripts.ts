@@ -3,7 +3,7 @@
 // `-- @include "name"` is replaced by ./lua/includes/name.lua, as BullMQ's scripts share helpers.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './redis-connection.ts';
 
 export interface LuaScript {
   name: string;
@@ -21,7 +21,7 @@ export function loadScript(name: string): LuaScript {
 
 export type ScriptArg = string | Buffer | number;
 
-export async function runScript(redis: Redis, script: LuaScript, keys: string[], args: ScriptArg[]): Promise<unknown> {
+export async function runScript(redis: RedisClient, script: LuaScript, keys: string[], args: ScriptArg[]): Promise<unknown> {
   // callBuffer so binary fields come back as Buffers, not lossy UTF-8 strings.
   try {
     return await redis.callBuffer('evalsha', [script.sha, keys.length, ...keys, ...args]);
