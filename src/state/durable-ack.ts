@@ -19,8 +19,9 @@ export class NotDurableError extends Error {
   constructor(
     readonly confirmed: number,
     readonly wanted: number,
+    why = `the write was confirmed on ${confirmed} of the ${wanted} replicas asked for (RMT_REDIS_WAIT_REPLICAS) in time`,
   ) {
-    super(`the write was confirmed on ${confirmed} of the ${wanted} replicas asked for (RMT_REDIS_WAIT_REPLICAS) in time; it may be lost on a failover: send it again`);
+    super(`${why}; it may be lost on a failover: send it again`);
     this.name = 'NotDurableError';
   }
 }

@@ -28,6 +28,10 @@ export interface RedisClusterHandle {
   topology(): Promise<ClusterNodeInfo[]>;
   /** SIGKILL one node (a crashed master, for failover tests). */
   kill(port: number): void;
+  /** Starts a killed node again on its own files: it rejoins the cluster (as a replica once it was replaced). */
+  restart(port: number): void;
+  /** Resolves once every live replica is attached and synced (WAIT counts only those), at least `n` of them. */
+  waitReplicas(n: number, deadlineMs?: number): Promise<void>;
   /** Resolves once every live node reports cluster_state:ok and `port`'s slots have a live master. */
   waitHealthy(deadlineMs?: number): Promise<void>;
   stop(): Promise<void>;
@@ -57,16 +61,18 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
     for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   };
   process.once('exit', killAll);
-  for (let i = 0; i < NODES; i++) {
-    const port = await freePort();
+  const startNode = (port: number) => {
     const nodeDir = path.join(dir, String(port));
-    mkdirSync(nodeDir); // distinct dirs: each node writes its own nodes.conf and append-only file
-    const child = spawn('redis-server', [
+    mkdirSync(nodeDir, { recursive: true }); // distinct dirs: each node writes its own nodes.conf and append-only file
+    children.set(port, spawn('redis-server', [
       '--port', String(port), '--bind', '127.0.0.1', '--dir', nodeDir, '--save', '',
       '--cluster-enabled', 'yes', '--cluster-node-timeout', '1000', '--appendonly', 'yes',
       '--cluster-config-file', `nodes-${port}.conf`,
-    ], { stdio: 'ignore' });
-    children.set(port, child);
+    ], { stdio: 'ignore' }));
+  };
+  for (let i = 0; i < NODES; i++) {
+    const port = await freePort();
+    startNode(port);
     ports.push(port);
   }
   const answering = async (p: number) => (await cli(p, 'PING').catch(() => '')).trim() === 'PONG';
@@ -96,21 +102,28 @@ export async function startRedisCluster(): Promise<RedisClusterHandle> {
       return t.filter((n) => n.role === 'master' && n.slots.length > 0).every((n) => alive(n.port) && !n.failed);
     }, deadlineMs);
   };
+  const waitReplicas = async (n: number, deadlineMs = 30_000) => {
+    await until(`${n} replicas synced with their masters`, async () => {
+      const replicas = (await topology()).filter((r) => r.role === 'slave' && !r.failed && alive(r.port));
+      if (replicas.length < n) return false;
+      const infos = await Promise.all(replicas.map((r) => cli(r.port, 'INFO', 'replication')));
+      return infos.every((i) => /master_link_status:up/.test(i) && !/master_sync_in_progress:1/.test(i));
+    }, deadlineMs);
+  };
   await waitHealthy();
-  // Every replica attached and synced (WAIT counts only those), or a failover has no candidate.
-  await until('three replicas synced with their masters', async () => {
-    const replicas = (await topology()).filter((n) => n.role === 'slave');
-    if (replicas.length !== 3) return false;
-    const infos = await Promise.all(replicas.map((n) => cli(n.port, 'INFO', 'replication')));
-    return infos.every((i) => /master_link_status:up/.test(i) && !/master_sync_in_progress:1/.test(i));
-  }, 30_000);
+  // Every replica attached and synced, or a failover has no candidate and WAIT confirms nothing.
+  await waitReplicas(3);
   return {
     nodes: ports.map((p) => `127.0.0.1:${p}`),
     ports,
     topology,
     waitHealthy,
+    waitReplicas,
     kill(port) {
       children.get(port)?.kill('SIGKILL');
+    },
+    restart(port) {
+      if (!alive(port)) startNode(port);
     },
     async stop() {
       await Promise.all([...children.values()].map((c) => {

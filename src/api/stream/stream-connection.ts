@@ -245,6 +245,11 @@ export class StreamConnection {
     try {
       ({ seq: q } = await this.deps.queue.submit(this.sessionId, req, { clientSeq: seq, wantResult: false }));
     } catch (err) {
+      if (err instanceof OrderError && err.code === 'client_seq' && err.at >= seq) {
+        // This very append is stored: a command retried across a failover (ioredis resends one whose
+        // reply was lost). Whether it is durable is unknown, so the client resumes from its hello.
+        throw new NotDurableError(0, 0, `append ${seq} was stored by a command retried after a connection loss`);
+      }
       if (err instanceof OrderError && err.code === 'client_seq') {
         throw new ProtocolError('conflict', `another connection is appending to session ${this.sessionId} (stored last_seq ${err.at})`);
       }
