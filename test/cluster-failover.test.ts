@@ -121,15 +121,7 @@ describe('failover on a Redis Cluster', { skip, timeout: 300_000 }, () => {
     assert.ok(killed, 'the master was killed mid-stream');
     await fault;
     assert.notEqual(await masterOf(keySlot(h.deps.store.keys.session(id))), victim, 'a replica took over the session\'s slot');
-    const dbg = setInterval(async () => {
-      const r = await h.deps.store.get(id).catch((e) => String(e));
-      const k = h.deps.store.keys;
-      const lease = await h.deps.redis.hmget(k.session(id), 'lease', 'leaseUntil', 'acceptedSeq', 'appliedSeq', 'curSeq', 'curOffset', 'version').catch((e) => String(e));
-      const counts = await Promise.all(h.deps.queue.work.queues.map((q) => q.getJobCounts().catch((e) => String(e))));
-      console.log('DBG', typeof r === 'string' ? r : r?.appliedSeq, lease, JSON.stringify(counts), k.queueShardOf(id), Date.now());
-    }, 3000);
     const rec = await settled(id);
-    clearInterval(dbg);
     assert.equal(rec.clientSeq, chunks.length, 'every append accepted once');
     assert.equal(rec.tokensIngested, reference.tokensIngested, 'tokens');
     assert.deepEqual(rec.tail, reference.tail, 'tail');

@@ -4,11 +4,10 @@
 // that /readyz reads, the sweeper (sweeper.ts), and the control channel that carries cancellations.
 // With a sharded queue (keys.ts) there is one BullMQ worker per shard, sharing the concurrency.
 import { DelayedError, Worker, type Job } from 'bullmq';
-import type { RedisClient } from '../state/redis-connection.ts';
 import type { Engine } from '../engine/engine.ts';
 import type { TextTokenizer } from '../text/tokenizer.ts';
 import { redisKeys, type KeyLayout, type RedisKeys } from '../state/keys.ts';
-import { duplicateClient } from '../state/redis-connection.ts';
+import { duplicateClient, type RedisClient } from '../state/redis-connection.ts';
 import type { SessionStore } from '../state/session-store.ts';
 import { RequestError } from '../queue/request.ts';
 import { SessionLog } from '../queue/session-log.ts';
@@ -17,6 +16,7 @@ import type { WorkerMetrics } from '../telemetry/metrics.ts';
 import type { ApplyContext } from './apply-context.ts';
 import { SessionRunner } from './session-runner.ts';
 import { Sweeper } from './sweeper.ts';
+import { ShardWatchdog } from './shard-watchdog.ts';
 
 export interface SessionWorkerOptions {
   redis: RedisClient;
@@ -54,12 +54,17 @@ export class SessionWorker {
   readonly runner: SessionRunner;
   readonly log: SessionLog;
   readonly sweeper: Sweeper;
+  /** On a cluster: replaces a shard's consumer left parked by a failover (shard-watchdog.ts). */
+  readonly watchdog?: ShardWatchdog;
   readonly id = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   private readonly keys: RedisKeys;
   private readonly work: WorkQueue;
   private readonly conns: RedisClient[];
   private readonly control: RedisClient;
   private heartbeat?: NodeJS.Timeout;
+  private readonly perShard: number;
+  /** Jobs of each shard this process is running. */
+  private readonly inFlight: number[];
 
   constructor(private readonly o: SessionWorkerOptions) {
     this.keys = redisKeys(o.prefix, o.layout);
@@ -93,28 +98,48 @@ export class SessionWorker {
     const shards = this.keys.layout.queueShards;
     // The process's concurrency split over the shards (at least one each): sessions spread evenly
     // over the shards by their slots, so each shard's consumer gets its share of them.
-    const perShard = Math.max(1, Math.ceil(o.concurrency / shards));
+    this.perShard = Math.max(1, Math.ceil(o.concurrency / shards));
+    this.inFlight = new Array<number>(shards).fill(0);
     this.conns = Array.from({ length: shards }, () => duplicateClient(o.redis));
-    this.workers = this.conns.map((connection, shard) => {
-      const w = new Worker<WorkJobData>(WORK_QUEUE, (job, token) => this.process(job, token), {
-        connection,
-        prefix: this.keys.queuePrefix(shard),
-        concurrency: perShard,
-        lockDuration: o.lockDurationMs,
-        stalledInterval: o.stalledIntervalMs,
-        maxStalledCount: MAX_STALLED,
-        settings: { backoffStrategy: workRetryDelay },
-        autorun: false,
+    this.workers = this.conns.map((connection, shard) => this.consumer(shard, connection));
+    if (this.keys.layout.cluster) {
+      this.watchdog = new ShardWatchdog({
+        queues: this.work.queues, idle: (shard) => this.inFlight[shard] === 0, restart: (shard) => this.replace(shard),
+        overdueMs: 2 * o.lockDurationMs + o.stalledIntervalMs, ...(o.log ? { log: o.log } : {}),
       });
-      w.on('error', (err) => o.log?.({ err: String(err), shard }, 'worker error'));
-      w.on('failed', (job, err) => o.log?.({ sessionId: job?.data.sessionId, err: String(err) }, 'session turn failed; retrying'));
-      return w;
-    });
+    }
     this.control = duplicateClient(o.redis);
     this.control.on('message', (_channel: string, msg: string) => {
       const m = JSON.parse(msg) as { type?: string; sessionId?: string; seq?: number };
       if (m.type === 'cancel' && typeof m.sessionId === 'string' && typeof m.seq === 'number') this.runner.cancel(m.sessionId, m.seq);
     });
+  }
+
+  private consumer(shard: number, connection: RedisClient): Worker<WorkJobData> {
+    const o = this.o;
+    const w = new Worker<WorkJobData>(WORK_QUEUE, (job, token) => this.process(shard, job, token), {
+      connection,
+      prefix: this.keys.queuePrefix(shard),
+      concurrency: this.perShard,
+      lockDuration: o.lockDurationMs,
+      stalledInterval: o.stalledIntervalMs,
+      maxStalledCount: MAX_STALLED,
+      settings: { backoffStrategy: workRetryDelay },
+      autorun: false,
+    });
+    w.on('error', (err) => o.log?.({ err: String(err), shard }, 'worker error'));
+    w.on('failed', (job, err) => o.log?.({ sessionId: job?.data.sessionId, err: String(err) }, 'session turn failed; retrying'));
+    return w;
+  }
+
+  /** A new consumer for the shard; the old one is closed without waiting (it may never answer). */
+  private async replace(shard: number): Promise<void> {
+    const [old, oldConn] = [this.workers[shard]!, this.conns[shard]!];
+    this.conns[shard] = duplicateClient(this.o.redis);
+    this.workers[shard] = this.consumer(shard, this.conns[shard]);
+    void old.close(true).catch(() => undefined).finally(() => oldConn.disconnect());
+    await this.workers[shard].waitUntilReady();
+    void this.workers[shard].run();
   }
 
   /** The single-Redis layout's one BullMQ worker (shard 0). */
@@ -133,10 +158,17 @@ export class SessionWorker {
     this.heartbeat = setInterval(beat, 2000);
     this.heartbeat.unref();
     this.sweeper.start(Math.max(1000, this.o.stalledIntervalMs));
+    this.watchdog?.start(Math.max(1000, this.o.stalledIntervalMs));
   }
 
-  private async process(job: Job<WorkJobData>, token?: string): Promise<void> {
-    const out = await this.runner.run(job.data.sessionId);
+  private async process(shard: number, job: Job<WorkJobData>, token?: string): Promise<void> {
+    this.inFlight[shard]!++;
+    let out;
+    try {
+      out = await this.runner.run(job.data.sessionId);
+    } finally {
+      this.inFlight[shard]!--;
+    }
     if (out.kind === 'later') {
       // Another worker's lease is still live (it stalled, or died and its lease has not lapsed yet).
       await job.moveToDelayed(Date.now() + out.delayMs, token);
@@ -152,6 +184,7 @@ export class SessionWorker {
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.o.redis.zrem(this.keys.workers(), this.id).catch(() => undefined);
     await this.sweeper.stop();
+    await this.watchdog?.stop();
     this.runner.stopping = true;
     // BullMQ's close() keeps its first call's promise, so a graceful close() followed by close(true)
     // still waits for every active job. Wait here instead (pause: no new job is taken), then close
