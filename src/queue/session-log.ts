@@ -11,9 +11,9 @@
 //   release  -> lease let go unless more was accepted (release.lua)
 //   fail / reset / cancel                             (fail.lua, reset.lua, cancel.lua)
 import type { RedisClient } from '../state/redis-connection.ts';
-import { confirmDurable, NO_WAIT, type Durability } from '../state/durable-ack.ts';
+import { NO_WAIT, type Durability } from '../state/durable-ack.ts';
 import { redisKeys, type KeyLayout, type RedisKeys } from '../state/keys.ts';
-import { loadScript, runScript, scriptError, text, type ScriptArg } from '../state/lua-scripts.ts';
+import { loadScript, runScript, runScriptDurable, scriptError, text, type ScriptArg } from '../state/lua-scripts.ts';
 import { SessionError } from '../state/session-error.ts';
 import { SESSION_LAYOUT } from '../state/session-record.ts';
 import type { LoggedRequest, SessionRequest, TokenLogprob } from './request.ts';
@@ -77,14 +77,12 @@ export class SessionLog {
    */
   async accept(sessionId: string, request: SessionRequest, opts: AcceptOptions = {}): Promise<number> {
     const args: ScriptArg[] = [SESSION_LAYOUT, this.ttlMs, JSON.stringify(request), opts.clientSeq ?? '', opts.wantResult === false ? '' : '1'];
-    let seq: number;
+    const k = this.keys.sessionKeys(sessionId);
     try {
-      seq = Number(await this.run(SCRIPTS.accept, sessionId, args));
+      return Number(await runScriptDurable(this.redis, SCRIPTS.accept, [k.session, k.log, k.results], args, this.durability));
     } catch (err) {
       throw this.mapError(err, sessionId);
     }
-    await confirmDurable(this.redis, this.keys.session(sessionId), this.durability);
-    return seq;
   }
 
   /** The session's accepted requests `from`..`to` (fewer if some are gone: applied meanwhile). */

@@ -4,7 +4,6 @@
 // session) is first confirmed on RMT_REDIS_WAIT_REPLICAS replicas by WAIT on the master that holds it;
 // a WAIT that confirms fewer fails the call with NotDurableError (503 not_durable): the write may or
 // may not survive, so the client resends (a websocket's client seq makes that exactly-once).
-import type { RedisClient } from './redis-connection.ts';
 
 export interface Durability {
   /** Replicas WAIT must confirm; 0 = acknowledge on the master's reply. */
@@ -27,21 +26,10 @@ export class NotDurableError extends Error {
 }
 
 /**
- * Waits until the writes this connection sent before (among them the caller's, to `key`) reached
- * `d.replicas` replicas of the master holding `key`. On a cluster a pipeline whose one keyed command
- * names `key` goes to that key's master, and WAIT rides with it.
+ * The reply of `WAIT` sent in one pipeline right behind a write (lua-scripts.ts runScriptDurable):
+ * both travel on one connection, so the count covers that write, never only a later connection's.
  */
-export async function confirmDurable(redis: RedisClient, key: string, d: Durability): Promise<void> {
-  if (d.replicas <= 0) return;
-  let confirmed: number;
-  try {
-    const replies = await redis.pipeline().exists(key).wait(d.replicas, d.timeoutMs).exec();
-    const [err, n] = replies?.[1] ?? [new Error('no reply to WAIT'), 0];
-    if (err) throw err;
-    confirmed = Number(n);
-  } catch {
-    // The master went away before it answered: the write is as unconfirmed as with too few replicas.
-    confirmed = 0;
-  }
+export function checkWaitReply(reply: [Error | null, unknown] | undefined, d: Durability): void {
+  const confirmed = reply && !reply[0] ? Number(reply[1]) : 0;
   if (confirmed < d.replicas) throw new NotDurableError(confirmed, d.replicas);
 }

@@ -2,9 +2,9 @@
 // layout: session-record.ts). One hash means one Lua script can compare-and-set and write all of it
 // atomically, and the stored size stays constant however many tokens a session has read.
 import { masters, publishTo, type RedisClient } from './redis-connection.ts';
-import { confirmDurable, NO_WAIT, type Durability } from './durable-ack.ts';
+import { NO_WAIT, type Durability } from './durable-ack.ts';
 import { assertSessionId, redisKeys, type KeyLayout, type RedisKeys } from './keys.ts';
-import { loadScript, runScript, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
+import { loadScript, runScript, runScriptDurable, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
 import { assertCount, assertSpec, describe, encodeState, encodeTail, newId, specBytes, type StateSpec } from './session-codec.ts';
 import { SessionError } from './session-error.ts';
 import { SESSION_LAYOUT, parseSessionHash, sessionHashFields, type SessionRecord } from './session-record.ts';
@@ -170,16 +170,13 @@ export class SessionStore {
       u.appliedSeq !== undefined && u.result !== undefined ? u.result : '',
       RESULTS_KEPT,
     ];
-    let version: number;
+    // A commit outside a lease (a snapshot import) is acknowledged to a client; a worker's is not (a
+    // lost one is redone from the last commit that survived).
     try {
-      version = Number(await runScript(this.redis, SCRIPTS.commit, this.keyList(id), args));
+      return Number(await runScriptDurable(this.redis, SCRIPTS.commit, this.keyList(id), args, lease ? NO_WAIT : this.durability));
     } catch (err) {
       throw this.mapError(err, id, expectedVersion);
     }
-    // A commit outside a lease (a snapshot import) is acknowledged to a client; a worker's is not (a
-    // lost one is redone from the last commit that survived).
-    if (!lease) await confirmDurable(this.redis, this.keys.session(id), this.durability);
-    return version;
   }
 
   /**
@@ -263,11 +260,10 @@ export class SessionStore {
     assertSessionId(rec.id);
     const fields = sessionHashFields(rec);
     try {
-      await runScript(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields]);
+      await runScriptDurable(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields], this.durability);
     } catch (err) {
       throw this.mapError(err, rec.id);
     }
-    await confirmDurable(this.redis, this.keys.session(rec.id), this.durability);
   }
 
   /** KEYS of the session scripts: hash, log, results (one cluster slot). */
