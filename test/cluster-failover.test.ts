@@ -127,5 +127,6 @@ describe('failover on a Redis Cluster', { skip, timeout: 300_000 }, () => {
     assert.deepEqual(rec.tail, reference.tail, 'tail');
     assert.ok(bytesOf(rec.state).equals(bytesOf(reference.state)), 'state bytes equal the fault-free run');
     assert.ok(reconnects >= 1, `the client had to reconnect (errors: ${[...errors].join(', ') || 'none'})`);
+    assert.ok(errors.has('not_durable'), `appends in flight at the kill were refused as not durable, not acknowledged (errors: ${[...errors].join(', ')})`);
   });
 });
