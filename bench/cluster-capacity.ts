@@ -23,7 +23,7 @@ import type { Redis } from 'ioredis';
 import { loadConfig } from '../src/config/config.ts';
 import { keySlot } from '../src/state/key-slot.ts';
 import { redisKeys, type KeyLayout } from '../src/state/keys.ts';
-import { connectRedis, masters, type RedisClient } from '../src/state/redis-connection.ts';
+import { connectRedis, duplicateClient, masters, type RedisClient } from '../src/state/redis-connection.ts';
 import { SessionStore } from '../src/state/session-store.ts';
 import { SessionLog } from '../src/queue/session-log.ts';
 import { WORK_QUEUE, WorkQueue } from '../src/queue/work-queue.ts';
@@ -184,7 +184,7 @@ for (const shards of [1, 3]) {
   const keys = redisKeys(`capc${shards}`, { cluster: true, queueShards: shards });
   const work = new WorkQueue(redis, keys);
   let done = 0;
-  const conns = Array.from({ length: shards }, () => redis.duplicate());
+  const conns = Array.from({ length: shards }, () => duplicateClient(redis));
   const workers = conns.map((connection, shard) => new Worker(WORK_QUEUE, async () => void done++, { connection, prefix: keys.queuePrefix(shard), concurrency: 16 }));
   await Promise.all(workers.map((w) => w.waitUntilReady()));
   const before = await readAll(redis);
