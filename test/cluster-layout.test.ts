@@ -2,11 +2,10 @@
 // (src/worker/shard-watchdog.ts), without a Redis.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Queue } from 'bullmq';
 import { CLUSTER_SLOTS, keySlot } from '../src/state/key-slot.ts';
 import { queueShardTag, redisKeys } from '../src/state/keys.ts';
 import { durability, keyLayout } from '../src/state/redis-connection.ts';
-import { ShardWatchdog } from '../src/worker/shard-watchdog.ts';
+import { ShardWatchdog, type ShardHead } from '../src/worker/shard-watchdog.ts';
 
 test('one Redis: the layout is the one it always was', () => {
   const k = redisKeys('rmt');
@@ -37,15 +36,19 @@ test('a cluster: hash-tagged queue shards over the slot space, sessions mapped b
   assert.throws(() => k.queuePrefix(3), RangeError);
 });
 
-test('the shard watchdog replaces an idle shard\'s consumer only when a job is overdue', async () => {
+test('the shard watchdog replaces an idle shard\'s consumer only when its work is overdue', async () => {
   const now = 1_000_000;
-  const queue = (timestamp: number, delay = 0) => ({ getJobs: async () => [{ timestamp, delay }] }) as unknown as Queue;
+  const heads: ShardHead[] = [{ delayedDueAt: now - 5000 }, { delayedDueAt: now - 20_000 }, { delayedDueAt: now - 60_000 }, { waitingHead: '7' }];
   const restarted: number[] = [];
   const busy = new Set([2]);
   const w = new ShardWatchdog({
-    queues: [queue(now - 5000), queue(now - 20_000, 1000), queue(now - 60_000)],
-    idle: (s) => !busy.has(s), restart: async (s) => void restarted.push(s), overdueMs: 12_000,
+    shards: 4, head: async (s) => heads[s]!, idle: (s) => !busy.has(s), restart: async (s) => void restarted.push(s), overdueMs: 12_000,
   });
-  assert.deepEqual(await w.check(now), [1], 'shard 0 not overdue yet; shard 2 is running a job');
-  assert.deepEqual(restarted, [1]);
+  assert.deepEqual(await w.check(now), [1], 'shard 0 not due long enough; shard 2 is running a job; shard 3 just seen');
+  heads[1] = {};
+  assert.deepEqual(await w.check(now + 6000), [], 'the same waiting head for 6 s');
+  heads[3] = { waitingHead: '8' };
+  assert.deepEqual(await w.check(now + 13_000), [0], 'a new head starts over; shard 0 now overdue');
+  assert.deepEqual(await w.check(now + 26_000), [0, 3], 'the same head past the bound');
+  assert.deepEqual(restarted, [1, 0, 0, 3]);
 });

@@ -44,7 +44,7 @@ export class WorkQueue {
   private cached = { at: -Infinity, depth: 0 };
 
   constructor(
-    redis: RedisClient,
+    private readonly redis: RedisClient,
     private readonly keys: RedisKeys,
   ) {
     this.queues = Array.from({ length: keys.layout.queueShards }, (_, shard) =>
@@ -65,6 +65,14 @@ export class WorkQueue {
   async depth(): Promise<number> {
     const counts = await Promise.all(this.queues.map((q) => q.getJobCounts('waiting', 'delayed', 'prioritized')));
     return counts.reduce((n, c) => n + (c.waiting ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), 0);
+  }
+
+  /** The shard's oldest work: when its first delayed job became due, and the job next in its wait list. */
+  async oldest(shard: number): Promise<{ delayedDueAt?: number; waitingHead?: string }> {
+    const q = this.queues[shard]!;
+    const [delayed, wait] = await Promise.all([this.redis.zrange(q.keys.delayed!, '0', '0', 'WITHSCORES'), this.redis.lrange(q.keys.wait!, '-1', '-1')]);
+    // BullMQ scores a delayed job by its due time × 4096 (the low bits order jobs due in the same ms).
+    return { ...(delayed[1] ? { delayedDueAt: Math.floor(Number(delayed[1]) / 0x1000) } : {}), ...(wait[0] ? { waitingHead: wait[0] } : {}) };
   }
 
   /** depth(), read at most every `maxAgeMs` (admission control asks on every request). */

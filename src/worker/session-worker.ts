@@ -104,7 +104,7 @@ export class SessionWorker {
     this.workers = this.conns.map((connection, shard) => this.consumer(shard, connection));
     if (this.keys.layout.cluster) {
       this.watchdog = new ShardWatchdog({
-        queues: this.work.queues, idle: (shard) => this.inFlight[shard] === 0, restart: (shard) => this.replace(shard),
+        shards, head: (shard) => this.work.oldest(shard), idle: (shard) => this.inFlight[shard] === 0, restart: (shard) => this.replace(shard),
         overdueMs: 2 * o.lockDurationMs + o.stalledIntervalMs, ...(o.log ? { log: o.log } : {}),
       });
     }
