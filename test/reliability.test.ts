@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { loadConfig } from '../src/config/config.ts';
 import type { TextTokenizer } from '../src/text/tokenizer.ts';
 import type { ProgressEvent } from '../src/queue/request.ts';
@@ -118,7 +119,7 @@ describe('reliability', { timeout: 180_000 }, () => {
       const a = await client.queue.submit(s.id, { kind: 'ingest', text: TEXT.slice(0, half) });
       const b = await client.queue.submit(s.id, { kind: 'ingest', text: TEXT.slice(half), flush: true });
       // A worker that takes the session's job and dies; BullMQ's stalled check (allowing no stall) fails it.
-      const conns = [client.redis.duplicate({ maxRetriesPerRequest: null }), client.redis.duplicate({ maxRetriesPerRequest: null })];
+      const conns = [(client.redis as Redis).duplicate({ maxRetriesPerRequest: null }), (client.redis as Redis).duplicate({ maxRetriesPerRequest: null })];
       const opts = { connection: conns[0]!, prefix: client.store.keys.queuePrefix(), lockDuration: 500, stalledInterval: 200, maxStalledCount: 0 };
       let took!: () => void;
       const taken = new Promise<void>((r) => (took = r));

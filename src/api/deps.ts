@@ -1,5 +1,5 @@
 // What the routes are given: built once by app.ts (or a test), so routes never construct clients.
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../state/redis-connection.ts';
 import type { Config } from '../config/config.ts';
 import type { ModelCatalog } from '../model/model-catalog.ts';
 import type { TextTokenizer } from '../text/tokenizer.ts';
@@ -10,7 +10,7 @@ import type { SessionStore } from '../state/session-store.ts';
 
 export interface ApiDeps {
   config: Config;
-  redis: Redis;
+  redis: RedisClient;
   store: SessionStore;
   queue: RequestQueue;
   progress: ProgressHub;

@@ -8,9 +8,12 @@ import type { Duplex } from 'node:stream';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ApiError, kindOfStatus } from './errors.ts';
 import { validationError, type AjvError } from './validation-error.ts';
+import { NotDurableError } from '../state/durable-ack.ts';
 
 export function toApiError(err: FastifyError | Error): ApiError {
   if (err instanceof ApiError) return err;
+  // Wherever a write the client would be told about was not confirmed on the replicas (durable-ack.ts).
+  if (err instanceof NotDurableError) return new ApiError('unavailable', err.message, null, 'not_durable');
   const fe = err as FastifyError & { validation?: AjvError[]; validationContext?: string };
   // The same codes and params as the generation routes' own (unknown_parameter, missing_required_parameter, invalid_type).
   if (fe.validation) return validationError(fe);

@@ -31,7 +31,7 @@ const WORKER_ONLY: SettingKey[] = ['workerProcesses', 'devices', 'metricsPort', 
 const ALL = Object.keys(SETTINGS) as SettingKey[];
 const without = (...groups: SettingKey[][]) => ALL.filter((k) => !groups.some((g) => g.includes(k)));
 const ENGINE: SettingKey[] = without(API_ONLY, WORKER_ONLY);
-const CLIENT: SettingKey[] = ['logLevel', 'dataDir', 'redisUrl', 'keyPrefix', 'sessionTtlSeconds'];
+const CLIENT: SettingKey[] = ['logLevel', 'dataDir', 'redisUrl', 'redisClusterNodes', 'queueShards', 'redisWaitReplicas', 'redisWaitTimeoutMs', 'keyPrefix', 'sessionTtlSeconds'];
 
 const PROGRESS: FlagSpec = { name: 'no-progress', doc: 'plain progress lines instead of a redrawn bar (always so when stderr is not a terminal)' };
 const SESSION: FlagSpec[] = [

@@ -15,7 +15,7 @@ import type { Log } from '../telemetry/log.ts';
 export interface ResolvedRedis {
   url: string;
   /** Where the URL came from, for log lines and error messages. */
-  source: 'REDIS_URL' | 'private';
+  source: 'REDIS_URL' | 'REDIS_CLUSTER_NODES' | 'private';
   child?: ChildProcess;
   stop(): Promise<void>;
 }
@@ -62,6 +62,11 @@ export async function unreachable(url: string): Promise<string> {
   }
 }
 
+/** A Redis Cluster is named by its nodes; the connection (redis-connection.ts) finds the rest. */
+function fromCluster(config: Config): ResolvedRedis {
+  return { url: config.redisUrl, source: 'REDIS_CLUSTER_NODES', stop: async () => undefined };
+}
+
 /** The Redis that REDIS_URL names, if it answers; else one line saying so. */
 async function fromEnv(url: string): Promise<ResolvedRedis> {
   const why = await unreachable(url);
@@ -106,6 +111,7 @@ async function recordedAndServing(rec: RedisRecord, dataDir: string): Promise<bo
  * RMT_DATA_DIR. Never a Redis found by trying ports: that could be anybody's.
  */
 export async function findRedis(config: Config, log?: Log): Promise<ResolvedRedis> {
+  if (config.redisClusterNodes.length > 0) return fromCluster(config);
   if (config.redisUrl) return fromEnv(config.redisUrl);
   const rec = readRecord(config.dataDir);
   if (rec && alive(rec.serve_pid) && (await recordedAndServing(rec, config.dataDir))) {
@@ -142,6 +148,7 @@ async function waitExit(pid: number, ms: number): Promise<boolean> {
  * a serve that was killed is shut down (SHUTDOWN writes its append-only file) before a new one starts.
  */
 export async function resolveRedis(config: Config, log: Log): Promise<ResolvedRedis> {
+  if (config.redisClusterNodes.length > 0) return fromCluster(config);
   if (config.redisUrl) return fromEnv(config.redisUrl);
   const dataDir = path.resolve(config.dataDir);
   const rec = readRecord(dataDir);

@@ -3,13 +3,13 @@
 // progress events), and a command returns once its requests are applied, never when merely sent.
 // What they print is in the API's shapes: the session as GET /v1/sessions/{id} shows it.
 import { readFile } from 'node:fs/promises';
-import { Redis } from 'ioredis';
 import { ConfigError, type Config } from '../config/config.ts';
 import { DEFAULT_SAMPLING } from '../text/sampling.ts';
 import { DEFAULT_COMPLETION_MAX_TOKENS, generateRequest } from '../queue/generate-request.ts';
 import { uint32Seed } from '../api/generation.ts';
 import { sessionObject } from '../api/routes/sessions.ts';
-import { redisKeys } from '../state/keys.ts';
+import { ProgressHub } from '../queue/progress-hub.ts';
+import { keyLayout } from '../state/redis-connection.ts';
 import type { ProgressEvent, RequestResult, SegmentScore, SessionRequest } from '../queue/request.ts';
 import { startClientRuntime } from '../queue/client-runtime.ts';
 import { startWorkerRuntime, type WorkerRuntime } from '../worker/runtime.ts';
@@ -23,7 +23,7 @@ const RESULT_WAIT_MS = 3_600_000;
 interface Opened {
   rt: WorkerRuntime;
   sessionId: string;
-  events: Redis;
+  events: ProgressHub;
   onEvent(fn: (ev: ProgressEvent) => void): void;
 }
 
@@ -37,11 +37,9 @@ async function openSession(config: Config, log: Log, modelArg: string | undefine
       const model = rt.engine.model(modelArg ?? config.models[0]!);
       sessionId = (await rt.store.create({ model: model.name, shape: model.stateShape, dtype: model.stateDtype }, model.initState)).id;
     }
-    const events = rt.redis.duplicate();
-    events.on('error', () => undefined);
+    const events = new ProgressHub(rt.redis, config.keyPrefix, keyLayout(config));
     const listeners: ((ev: ProgressEvent) => void)[] = [];
-    events.on('message', (_ch, msg) => listeners.forEach((l) => l(JSON.parse(msg) as ProgressEvent)));
-    await events.subscribe(redisKeys(config.keyPrefix).progressChannel(sessionId));
+    await events.subscribe(sessionId, (ev) => listeners.forEach((l) => l(ev)));
     return { rt, sessionId, events, onEvent: (fn) => listeners.push(fn) };
   } catch (err) {
     await rt.close(0);
@@ -169,7 +167,7 @@ export async function runIngest(config: Config, log: Log, values: Values): Promi
     const perplexity: SegmentScore[] = results.flatMap((r) => r.scores ?? []);
     process.stdout.write(JSON.stringify({ ...session, ...(score ? { perplexity } : {}) }) + '\n');
   } finally {
-    await s.events.quit().catch(() => undefined);
+    await s.events.close();
     await s.rt.close(0);
   }
 }
@@ -229,7 +227,7 @@ export async function runGenerate(config: Config, log: Log, values: Values): Pro
       usage: { prompt_tokens: r.promptTokens, completion_tokens: completion, total_tokens: r.promptTokens + completion },
     }) + '\n');
   } finally {
-    await s.events.quit().catch(() => undefined);
+    await s.events.close();
     await s.rt.close(0);
   }
 }

@@ -4,12 +4,14 @@
 // (work-queue.ts) — all three before submit() resolves, so an acknowledged request always reaches a
 // worker. Results come back over the session's progress channel, with the session's results hash as
 // the fallback (a pub/sub message lost to a reconnect is read from there).
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../state/redis-connection.ts';
 import { SessionError } from '../state/session-error.ts';
 import type { ProgressHub } from './progress-hub.ts';
 import type { ProgressEvent, RequestResult, SessionRequest } from './request.ts';
 import { OrderError, SessionLog, type AcceptOptions } from './session-log.ts';
 import { WorkQueue } from './work-queue.ts';
+import type { Durability } from '../state/durable-ack.ts';
+import type { KeyLayout } from '../state/keys.ts';
 
 /** A request in a session's log. */
 export interface Submitted {
@@ -18,9 +20,13 @@ export interface Submitted {
 }
 
 export interface RequestQueueOptions {
-  redis: Redis;
+  redis: RedisClient;
   prefix: string;
   ttlSeconds: number;
+  /** One Redis (the default) or a cluster's layout (keys.ts). */
+  layout?: KeyLayout;
+  /** WAIT for replicas before a request counts as accepted (durable-ack.ts). */
+  durability?: Durability;
   /** Where results are awaited (one subscriber connection per process). */
   progress: ProgressHub;
 }
@@ -52,8 +58,8 @@ export class RequestQueue {
   readonly work: WorkQueue;
 
   constructor(private readonly o: RequestQueueOptions) {
-    this.log = new SessionLog(o.redis, { prefix: o.prefix, ttlSeconds: o.ttlSeconds });
-    this.work = new WorkQueue(o.redis, o.prefix);
+    this.log = new SessionLog(o.redis, { prefix: o.prefix, ttlSeconds: o.ttlSeconds, ...(o.layout ? { layout: o.layout } : {}), ...(o.durability ? { durability: o.durability } : {}) });
+    this.work = new WorkQueue(o.redis, this.log.keys);
   }
 
   /** Accepts a request (it is durable when this resolves) and makes sure a worker will see it. */
@@ -65,7 +71,7 @@ export class RequestQueue {
 
   /** The session has work: index it for the sweeper, then make sure a job says so (both idempotent). */
   async wake(sessionId: string): Promise<void> {
-    await this.o.redis.zadd(this.log.keys.active(), Date.now(), sessionId);
+    await this.o.redis.zadd(this.log.keys.active(this.log.keys.queueShardOf(sessionId)), Date.now(), sessionId);
     await this.work.wake(sessionId);
   }
 
@@ -77,6 +83,7 @@ export class RequestQueue {
   /** The submitter went away: a request not started is completed without running; a generation stops between tokens. */
   async cancel(s: Submitted): Promise<void> {
     if (await this.log.cancel(s.sessionId, s.seq)) {
+      // Classic PUBLISH even on a cluster: a cancel is for every worker, and a cluster broadcasts it to every node.
       await this.o.redis.publish(this.log.keys.controlChannel(), JSON.stringify({ type: 'cancel', sessionId: s.sessionId, seq: s.seq }));
     }
   }

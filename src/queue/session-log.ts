@@ -10,9 +10,10 @@
 //   commit   -> state + appliedSeq, log[seq] removed  (commit.lua, through SessionStore)
 //   release  -> lease let go unless more was accepted (release.lua)
 //   fail / reset / cancel                             (fail.lua, reset.lua, cancel.lua)
-import type { Redis } from 'ioredis';
-import { redisKeys, type RedisKeys } from '../state/keys.ts';
-import { loadScript, runScript, scriptError, text, type ScriptArg } from '../state/lua-scripts.ts';
+import type { RedisClient } from '../state/redis-connection.ts';
+import { NO_WAIT, type Durability } from '../state/durable-ack.ts';
+import { redisKeys, type KeyLayout, type RedisKeys } from '../state/keys.ts';
+import { loadScript, runScript, runScriptDurable, scriptError, text, type ScriptArg } from '../state/lua-scripts.ts';
 import { SessionError } from '../state/session-error.ts';
 import { SESSION_LAYOUT } from '../state/session-record.ts';
 import type { LoggedRequest, SessionRequest, TokenLogprob } from './request.ts';
@@ -59,20 +60,26 @@ export interface AcceptOptions {
 export class SessionLog {
   readonly keys: RedisKeys;
   private readonly ttlMs: number;
+  private readonly durability: Durability;
 
   constructor(
-    private readonly redis: Redis,
-    opts: { prefix: string; ttlSeconds: number },
+    private readonly redis: RedisClient,
+    opts: { prefix: string; ttlSeconds: number; layout?: KeyLayout; durability?: Durability },
   ) {
-    this.keys = redisKeys(opts.prefix);
+    this.keys = redisKeys(opts.prefix, opts.layout);
+    this.durability = opts.durability ?? NO_WAIT;
     this.ttlMs = Math.max(1, Math.round(opts.ttlSeconds * 1000));
   }
 
-  /** Durably accepts a request: when this resolves it is in the session's log and has its seq. */
+  /**
+   * Durably accepts a request: when this resolves it is in the session's log and has its seq (and, with
+   * RMT_REDIS_WAIT_REPLICAS, on that many replicas: else NotDurableError).
+   */
   async accept(sessionId: string, request: SessionRequest, opts: AcceptOptions = {}): Promise<number> {
     const args: ScriptArg[] = [SESSION_LAYOUT, this.ttlMs, JSON.stringify(request), opts.clientSeq ?? '', opts.wantResult === false ? '' : '1'];
+    const k = this.keys.sessionKeys(sessionId);
     try {
-      return Number(await this.run(SCRIPTS.accept, sessionId, args));
+      return Number(await runScriptDurable(this.redis, SCRIPTS.accept, [k.session, k.log, k.results], args, this.durability));
     } catch (err) {
       throw this.mapError(err, sessionId);
     }

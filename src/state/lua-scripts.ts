@@ -3,7 +3,8 @@
 // `-- @include "name"` is replaced by ./lua/includes/name.lua, as BullMQ's scripts share helpers.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Redis } from 'ioredis';
+import { checkWaitReply, NotDurableError, type Durability } from './durable-ack.ts';
+import type { RedisClient } from './redis-connection.ts';
 
 export interface LuaScript {
   name: string;
@@ -21,7 +22,7 @@ export function loadScript(name: string): LuaScript {
 
 export type ScriptArg = string | Buffer | number;
 
-export async function runScript(redis: Redis, script: LuaScript, keys: string[], args: ScriptArg[]): Promise<unknown> {
+export async function runScript(redis: RedisClient, script: LuaScript, keys: string[], args: ScriptArg[]): Promise<unknown> {
   // callBuffer so binary fields come back as Buffers, not lossy UTF-8 strings.
   try {
     return await redis.callBuffer('evalsha', [script.sha, keys.length, ...keys, ...args]);
@@ -29,6 +30,32 @@ export async function runScript(redis: Redis, script: LuaScript, keys: string[],
     if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
     return await redis.callBuffer('eval', [script.lua, keys.length, ...keys, ...args]);
   }
+}
+
+/**
+ * runScript with the script and `WAIT d.replicas` in one pipeline (one connection, the master of the
+ * keys' slot), so an acknowledged write is on that many replicas (durable-ack.ts). A pipeline that
+ * fails as a whole (the master went away) leaves the write's fate unknown: NotDurableError.
+ */
+export async function runScriptDurable(redis: RedisClient, script: LuaScript, keys: string[], args: ScriptArg[], d: Durability): Promise<unknown> {
+  if (d.replicas <= 0) return runScript(redis, script, keys, args);
+  const attempt = async (cmd: 'evalsha' | 'eval') => {
+    const p = redis.pipeline();
+    p.callBuffer(cmd, [cmd === 'evalsha' ? script.sha : script.lua, keys.length, ...keys, ...args]);
+    p.wait(d.replicas, d.timeoutMs);
+    try {
+      return (await p.exec()) ?? [];
+    } catch {
+      throw new NotDurableError(0, d.replicas, 'the connection to the master was lost before the write was confirmed');
+    }
+  };
+  let replies = await attempt('evalsha');
+  const first = replies[0]?.[0];
+  if (first instanceof Error && first.message.startsWith('NOSCRIPT')) replies = await attempt('eval');
+  const [err, value] = replies[0] ?? [new NotDurableError(0, d.replicas, 'no reply to the write'), undefined];
+  if (err) throw err; // the script's own error: nothing was written that needs confirming
+  checkWaitReply(replies[1] as [Error | null, unknown] | undefined, d);
+  return value;
 }
 
 /** Splits a script's error reply "CODE rest" (see the lua headers); null for other errors. */

@@ -1,9 +1,10 @@
 // Sessions in Redis: create, read, commit, fork and delete. A session is one hash (its record and
 // layout: session-record.ts). One hash means one Lua script can compare-and-set and write all of it
 // atomically, and the stored size stays constant however many tokens a session has read.
-import type { Redis } from 'ioredis';
-import { assertSessionId, redisKeys, type RedisKeys } from './keys.ts';
-import { loadScript, runScript, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
+import { masters, publishTo, type RedisClient } from './redis-connection.ts';
+import { NO_WAIT, type Durability } from './durable-ack.ts';
+import { assertSessionId, redisKeys, type KeyLayout, type RedisKeys } from './keys.ts';
+import { loadScript, runScript, runScriptDurable, scriptError, type ScriptArg as Arg } from './lua-scripts.ts';
 import { assertCount, assertSpec, describe, encodeState, encodeTail, newId, specBytes, type StateSpec } from './session-codec.ts';
 import { SessionError } from './session-error.ts';
 import { SESSION_LAYOUT, parseSessionHash, sessionHashFields, type SessionRecord } from './session-record.ts';
@@ -42,15 +43,17 @@ const SCRIPTS = {
 
 export class SessionStore {
   readonly keys: RedisKeys;
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly ttlMs: number;
+  private readonly durability: Durability;
 
-  constructor(redis: Redis, opts: { prefix: string; ttlSeconds: number }) {
+  constructor(redis: RedisClient, opts: { prefix: string; ttlSeconds: number; layout?: KeyLayout; durability?: Durability }) {
     if (!(opts.ttlSeconds > 0) || !Number.isFinite(opts.ttlSeconds)) {
       throw new RangeError(`ttlSeconds must be a positive number, got ${opts.ttlSeconds}`);
     }
     this.redis = redis;
-    this.keys = redisKeys(opts.prefix);
+    this.keys = redisKeys(opts.prefix, opts.layout);
+    this.durability = opts.durability ?? NO_WAIT;
     this.ttlMs = Math.max(1, Math.round(opts.ttlSeconds * 1000));
   }
 
@@ -167,8 +170,10 @@ export class SessionStore {
       u.appliedSeq !== undefined && u.result !== undefined ? u.result : '',
       RESULTS_KEPT,
     ];
+    // A commit outside a lease (a snapshot import) is acknowledged to a client; a worker's is not (a
+    // lost one is redone from the last commit that survived).
     try {
-      return Number(await runScript(this.redis, SCRIPTS.commit, this.keyList(id), args));
+      return Number(await runScriptDurable(this.redis, SCRIPTS.commit, this.keyList(id), args, lease ? NO_WAIT : this.durability));
     } catch (err) {
       throw this.mapError(err, id, expectedVersion);
     }
@@ -207,15 +212,17 @@ export class SessionStore {
     return record;
   }
 
-  /** Live sessions (SCAN, O(keys in the database)): for a gauge that is sampled, not for requests. */
+  /** Live sessions (SCAN of every master, O(keys in the database)): for a gauge that is sampled, not for requests. */
   async count(): Promise<number> {
     let n = 0;
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.keys.sessionPattern(), 'COUNT', 1000);
-      cursor = next;
-      n += keys.length;
-    } while (cursor !== '0');
+    for (const node of masters(this.redis)) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', this.keys.sessionPattern(), 'COUNT', 1000);
+        cursor = next;
+        n += keys.length;
+      } while (cursor !== '0');
+    }
     return n;
   }
 
@@ -244,7 +251,7 @@ export class SessionStore {
   }
 
   async publishProgress(id: string, event: object): Promise<void> {
-    await this.redis.publish(this.keys.progressChannel(id), JSON.stringify(event));
+    await publishTo(this.redis, this.keys.progressChannel(id), JSON.stringify(event));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -253,7 +260,7 @@ export class SessionStore {
     assertSessionId(rec.id);
     const fields = sessionHashFields(rec);
     try {
-      await runScript(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields]);
+      await runScriptDurable(this.redis, SCRIPTS.create, this.keyList(rec.id), [this.ttlMs, ...fields], this.durability);
     } catch (err) {
       throw this.mapError(err, rec.id);
     }

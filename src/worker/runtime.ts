@@ -1,16 +1,16 @@
-// Assembles a worker process: Redis connection, session store, engine thread, tokenizers, BullMQ worker.
-import type { Redis } from 'ioredis';
+// Assembles a worker process: RedisClient connection, session store, engine thread, tokenizers, BullMQ worker.
+import type { RedisClient } from '../state/redis-connection.ts';
 import type { Config } from '../config/config.ts';
 import { startEngine, type Engine } from '../engine/engine.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { SessionStore } from '../state/session-store.ts';
-import { connectRedis } from '../state/redis-connection.ts';
+import { connectRedis, durability, keyLayout } from '../state/redis-connection.ts';
 import { SessionWorker } from './session-worker.ts';
 import { WorkerMetrics, type ProbeResult } from '../telemetry/metrics.ts';
 import type { Registry } from 'prom-client';
 
 export interface WorkerRuntime {
-  redis: Redis;
+  redis: RedisClient;
   store: SessionStore;
   engine: Engine;
   tokenizers: Map<string, TextTokenizer>;
@@ -33,7 +33,8 @@ export async function startWorkerRuntime(
   opts: { registry?: Registry } = {},
 ): Promise<WorkerRuntime> {
   const redis = connectRedis(config);
-  const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds });
+  const layout = keyLayout(config);
+  const store = new SessionStore(redis, { prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, layout, durability: durability(config) });
   const engine = await startEngine({
     modelsDir: config.modelsDir,
     models: config.models,
@@ -66,7 +67,7 @@ export async function startWorkerRuntime(
   };
   const metricsServer = config.metricsPort >= 0 ? await metrics.serve(config.metricsPort, { ready }) : undefined;
   const worker = new SessionWorker({
-    redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, ttlSeconds: config.sessionTtlSeconds, concurrency: config.workerConcurrency,
+    redis, store, engine, tokenizers, metrics, prefix: config.keyPrefix, layout, ttlSeconds: config.sessionTtlSeconds, concurrency: config.workerConcurrency,
     lockDurationMs: config.lockDurationMs, stalledIntervalMs: config.stalledIntervalMs, maxAttempts: config.requestAttempts,
     maxPendingTextChars: config.maxPendingTextChars, commitEvery: { segments: config.commitSegments, ms: config.commitMs }, ...(log ? { log } : {}),
   });

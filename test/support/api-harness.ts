@@ -21,8 +21,11 @@ export interface ApiHarness {
 
 let n = 0;
 
+/** Stands for the Redis when the harness runs on a cluster the test started (REDIS_CLUSTER_NODES in env). */
+const NO_SERVER: RedisServerHandle = { url: '', port: 0, stop: async () => undefined, kill: () => undefined };
+
 export async function startApiHarness(opts: AppOptions = {}, env: NodeJS.ProcessEnv = {}): Promise<ApiHarness> {
-  const redis = await startRedis();
+  const redis = env.REDIS_CLUSTER_NODES ? NO_SERVER : await startRedis();
   const config = loadConfig({
     REDIS_URL: redis.url, RMT_PREFIX: `api${process.pid}x${++n}`, RMT_INTRA_OP_THREADS: '1',
     RMT_LOCK_MS: '5000', RMT_STALLED_CHECK_MS: '2000', ...env,

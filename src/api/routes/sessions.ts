@@ -144,7 +144,7 @@ export default async function sessionsRoutes(app: FastifyInstance, deps: ApiDeps
     const id = req.params.id;
     if ((await deps.store.owner(id)) !== req.owner) throw notFound(id);
     await deps.store.delete(id);
-    await deps.redis.zrem(deps.store.keys.active(), id);
+    await deps.redis.zrem(deps.store.keys.active(deps.store.keys.queueShardOf(id)), id);
     apiMetrics.sessionsDeleted.inc();
     return reply.code(204).send(null);
   });

@@ -27,6 +27,7 @@ import { openAiFinish } from '../generation.ts';
 import { RETRY_AFTER_S, saturated } from '../queue-errors.ts';
 import type { IngestRequest, ProgressEvent, RequestResult } from '../../queue/request.ts';
 import { OrderError } from '../../queue/session-log.ts';
+import { NotDurableError } from '../../state/durable-ack.ts';
 import { SessionError } from '../../state/session-error.ts';
 import type { SessionRecord } from '../../state/session-record.ts';
 import { Backpressure, type Pausable } from './backpressure.ts';
@@ -207,6 +208,11 @@ export class StreamConnection {
       if (err instanceof ProtocolError) {
         this.sendProtocolError(err);
         if (err.code === 'conflict' || err.code === 'session_not_found') this.close(1008, err.code);
+      } else if (err instanceof NotDurableError) {
+        // The append may or may not survive a failover: the client reconnects and resends from the
+        // last_seq its hello reads from Redis (a resend of one that survived is acked as a duplicate).
+        this.sendError('not_durable', `${err.message}; reconnect and resend from last_seq + 1`, { last_seq: this.lastSeq });
+        this.close(1011, 'not_durable');
       } else if (err instanceof SessionError && err.code === 'not_found') {
         this.sendError('session_not_found', err.message);
         this.close(1008, 'session_not_found');
@@ -239,6 +245,11 @@ export class StreamConnection {
     try {
       ({ seq: q } = await this.deps.queue.submit(this.sessionId, req, { clientSeq: seq, wantResult: false }));
     } catch (err) {
+      if (err instanceof OrderError && err.code === 'client_seq' && err.at >= seq) {
+        // This very append is stored: a command retried across a failover (ioredis resends one whose
+        // reply was lost). Whether it is durable is unknown, so the client resumes from its hello.
+        throw new NotDurableError(0, 0, `append ${seq} was stored by a command retried after a connection loss`);
+      }
       if (err instanceof OrderError && err.code === 'client_seq') {
         throw new ProtocolError('conflict', `another connection is appending to session ${this.sessionId} (stored last_seq ${err.at})`);
       }
