@@ -5,7 +5,7 @@
 #   bash bench/gpu-lease.sh <step> [...]
 # Steps:
 #   recall-start   the recall curriculum for RMT and Transformer-XL side by side (compare-architectures.sh
-#                  --task recall --phase train), started in the background: RECALL_MINUTES (6.3); data from
+#                  --task recall --phase train), started in the background: RECALL_MINUTES (5); data from
 #                  var/brown-data (carried)
 #   recall-post    waits for it, then export / verify / evaluate (recall at 1,4,16,64,128 segments) / card
 #   install        the bundle into /opt/rmt; the fused GPT-2-small package in fp16 twice from the same seed:
@@ -30,14 +30,14 @@ for step in "$@"; do
   recall-start)
     mkdir -p $W && cp -r var/brown-data $W/data
     ARCHS="rmt transformer-xl" PYTHON=python3 setsid nohup bash models/toolkit/compare-architectures.sh --task recall \
-      --data $W/data --out $W/recall --minutes "${RECALL_MINUTES:-6.3}" --phase train --train-args "--stages 0,1,2,4,8,16" \
+      --data $W/data --out $W/recall --minutes "${RECALL_MINUTES:-5}" --phase train --train-args "--stages 0,1,2,4,8,16" \
       >$W/recall-train.log 2>&1 </dev/null &
     echo "recall training started (pid $!)" ;;
   recall-post)
     while pgrep -f "rmt_toolkit train " >/dev/null; do sleep 5; done
     ls $W/recall/work/*/model.pt || { echo "no checkpoints: the training did not run (log below)"; tail -5 $W/recall-train.log $W/recall/*.train.log; }
     ARCHS="rmt transformer-xl" PYTHON=python3 bash models/toolkit/compare-architectures.sh --task recall --data $W/data \
-      --out $W/recall --minutes "${RECALL_MINUTES:-6.3}" --phase post --results "$OUT/$step/results" 2>&1 | tail -3
+      --out $W/recall --minutes "${RECALL_MINUTES:-5}" --phase post --results "$OUT/$step/results" 2>&1 | tail -3
     cp $W/recall/*.log "$OUT/$step/"
     grep -h "segments" $W/recall/*.post.log | head -20 ;;
   install)

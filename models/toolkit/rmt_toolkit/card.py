@@ -119,6 +119,9 @@ def render_state(m: dict, notes: str = "") -> str:
             "## State (per session, float32, constant in the input length)", "",
             "| entry | shape | bytes | what |", "|---|---|---|---|"]
     out += [f"| `{e['name']}` | {e['shape']} | {4 * _prod(e['shape']):,} | {entries[e['name']]} |" for e in m["state"]]
+    if m.get("task"):  # the recall curriculum (train) backpropagates through the state, whatever the architecture
+        why = ("Trained on the recall task (`train`): the state is backpropagated through over each whole sample, "
+               "as the RMT's memory is, not detached between segments as in language-model training (`train-lm`).")
     out += ["", why, ""]
     if t:
         out += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]
