@@ -116,7 +116,7 @@ def cmd_evaluate(a):
               "parameters": parameter_count(model)}
     else:
         lengths = [int(x) for x in a.lengths.split(",")]
-        ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed),
+        ev = {"recall": recall_table(model, tok, a.data, lengths, a.samples, a.batch, a.seed, task=ck.get("task"), facts=a.facts),
               "perplexity": perplexity(model, tok, a.data, a.max_docs)}
         if not is_rmt(model):
             ev.update({"state": {"bytes_per_session": state_bytes(model), "entries": [[n, list(s)] for n, s in state_spec(model)]},
@@ -154,8 +154,8 @@ def cmd_select(a):
     lengths = [int(x) for x in a.lengths.split(",")]
     scores = {}
     for ck in a.ckpts:
-        model, _ = load_checkpoint(ck, dev)
-        t = recall_table(model, tok, a.data, lengths, a.samples, 250, 99, split="train", modes=("carried",))
+        model, c = load_checkpoint(ck, dev)
+        t = recall_table(model, tok, a.data, lengths, a.samples, 250, 99, split="train", modes=("carried",), task=c.get("task"))
         scores[ck] = sum(t["carried"].values()) / len(lengths)
         print(json.dumps({"ckpt": ck, "recall": t["carried"]}), flush=True)
     best = max(scores, key=scores.get)
@@ -268,8 +268,10 @@ def main(argv=None):
     s.add_argument("--lm-weight", type=float, default=0.5)
     s.add_argument("--lm-batch", type=int, default=32, help="stage 0: rows of two-segment plain text per step")
     s.add_argument("--in-context-batch", type=int, default=32, help="stages >= 1: extra in-context rows per step")
-    s.add_argument("--ic-max-facts", type=int, default=3, help="facts per in-context row (1..this)")
-    s.add_argument("--train-max-facts", type=int, default=3, help="facts per memory-stage sample (1..this)")
+    s.add_argument("--task", choices=["recall", "qa2"], help="recall (names -> places) or qa2 (two supporting facts: "
+                   "who picked up an object, where they went); default: the resumed checkpoint's, else recall")
+    s.add_argument("--ic-max-facts", type=int, help="facts (qa2: holders) per in-context row, 1..this; default: the task's max_facts (recall 3, qa2 2)")
+    s.add_argument("--train-max-facts", type=int, help="facts (qa2: holders) per memory-stage sample, 1..this; default as --ic-max-facts; saved as the task's max_facts")
     s.add_argument("--dropout", type=float, default=0.0)
     s.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoints")
     s.add_argument("--seed", type=int, default=1234)
@@ -324,6 +326,7 @@ def main(argv=None):
     s.add_argument("--samples", type=int, default=500)
     s.add_argument("--batch", type=int, default=250)
     s.add_argument("--seed", type=int, default=777)
+    s.add_argument("--facts", type=int, help="facts (qa2: holders) in every recall sample (default: the task's min..max)")
     s.add_argument("--max-docs", type=int, default=0, help="perplexity on the first N held-out documents only (CPU smoke runs; 0 = all)")
     s.set_defaults(fn=cmd_evaluate)
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from . import arch
-from .data import RecallBuilder, RecallTask, TokenStream, load_split
+from .data import TokenStream, load_split
+from .two_fact import make_builder, task_from_dict
 from .train import question_batch, run_context
 
 
@@ -40,15 +41,19 @@ def greedy_answer(model, state: dict, samples: list[dict], pad_id: int) -> list[
 
 @torch.no_grad()
 def recall_table(model, tok, data_dir: str, lengths, samples_per_length: int, batch: int, seed: int,
-                 split: str = "heldout", modes=("carried", "reset")) -> dict:
+                 split: str = "heldout", modes=("carried", "reset"), task: dict | None = None,
+                 facts: int | None = None) -> dict:
+    """task: the checkpoint's task dict (its kind picks the builder; none = recall); facts: fix k per sample
+    (default: k drawn from the task's min_facts..max_facts)."""
     cfg = model.cfg
     dev = next(model.parameters()).device
     stream = TokenStream(tok, load_split(data_dir, split))
-    builder = RecallBuilder(tok, RecallTask(), stream, cfg.segment_length)
+    task = task_from_dict(task)
+    builder = make_builder(tok, task, stream, cfg.segment_length)
     table = {"carried": {}, "reset": {}}
     for n in lengths:
         rng = np.random.default_rng(seed + n)
-        samples = [builder.sample(rng, n) for _ in range(samples_per_length)]
+        samples = [builder.sample(rng, n, k=facts) for _ in range(samples_per_length)]
         for mode in modes:
             ok = []
             for i in range(0, len(samples), batch):
@@ -59,7 +64,9 @@ def recall_table(model, tok, data_dir: str, lengths, samples_per_length: int, ba
             table[mode][str(n)] = round(float(np.mean(ok)), 4)
         print({"segments": n, **{m: table[m][str(n)] for m in modes}}, flush=True)
     table["samples_per_length"] = samples_per_length
-    table["chance"] = round(1.0 / len(RecallTask().places), 4)
+    table["chance"] = round(1.0 / len(task.places), 4)
+    if facts:
+        table["facts"] = facts
     return table
 
 

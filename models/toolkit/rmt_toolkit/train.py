@@ -27,6 +27,7 @@ from . import arch
 from .config import RMTConfig, config_from_dict, load_config
 from .data import RecallBuilder, RecallTask, TokenStream, load_split
 from .tokenizer import load_tokenizer
+from .two_fact import make_builder, task_from_dict
 
 
 def question_batch(samples: list[dict], pad_id: int, with_answer: bool, in_context: bool = False):
@@ -140,9 +141,14 @@ def train(args) -> dict:
     tok = load_tokenizer(args.tokenizer)
     if tok.get_vocab_size() != cfg.vocab_size:
         raise SystemExit(f"config vocab_size {cfg.vocab_size} != tokenizer vocabulary {tok.get_vocab_size()}")
-    task = RecallTask()
+    # --task (default: the resumed checkpoint's kind, else recall); facts per sample default to the task's.
+    old_task = (resumed or {}).get("task") or {}
+    task = task_from_dict(old_task if args.task in (None, old_task.get("kind", "recall")) else None, args.task)
+    args.train_max_facts = args.train_max_facts or task.max_facts
+    args.ic_max_facts = args.ic_max_facts or task.max_facts
+    task.max_facts = args.train_max_facts  # what evaluation samples (evaluate --facts fixes a count)
     stream = TokenStream(tok, load_split(args.data, "train"))
-    builder = RecallBuilder(tok, task, stream, cfg.segment_length)
+    builder = make_builder(tok, task, stream, cfg.segment_length)
     model = arch.build_model(cfg).to(dev).train()
     if resumed:
         model.load_state_dict(resumed["state_dict"])
@@ -167,6 +173,7 @@ def train(args) -> dict:
                 "batch": args.batch, "stages": stages, "reached_stage": stages[stage], "passed": passed,
                 "lr": args.lr, "answer_weight": args.answer_weight, "lm_weight": args.lm_weight,
                 "in_context_batch": args.in_context_batch, "train_max_facts": args.train_max_facts,
+                "ic_max_facts": args.ic_max_facts, "task": getattr(task, "kind", "recall"),
                 "architecture": arch.architecture_of(cfg), "dropout": cfg.dropout, "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                 "precision": "bf16 autocast" if amp else "fp32", "seed": args.seed,
                 "runs": prev.get("runs", 0) + 1}
