@@ -122,8 +122,8 @@ class TwoFactBuilder:
         noise = self.stream.ids[start:start + noise_len]
         st = self.stream.starts
         cand = st[np.searchsorted(st, start):np.searchsorted(st, start + noise_len)] - start
-        offs = sorted(int(cand[rng.integers(len(cand))]) if len(cand) else int(rng.integers(0, noise_len + 1))
-                      for _ in fact_ids)
+        # No sentence start in a short crop: the facts open the context (still a sentence start).
+        offs = sorted(int(cand[rng.integers(len(cand))]) if len(cand) else 0 for _ in fact_ids)
         pieces, spans, prev, pos = [], [], 0, 0
         for off, ids in zip(offs, fact_ids):
             pieces += [noise[prev:off], ids]
