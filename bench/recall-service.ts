@@ -6,7 +6,9 @@
 // re-tokenized, and each session's counters are checked before and after the question), then one
 // fact's question as a greedy completion on the session; correct = the text starts with the answer
 // (" kitchen."). The same question on no session is the "reset" ablation (the initial memory;
-// chance 1/8). Samples: test/support/recall-samples.ts (shared with test/long-recall.test.ts).
+// chance 1/8). Samples: test/support/recall-samples.ts (shared with test/long-recall.test.ts); a model
+// whose model.json task has kind "qa2" gets two-supporting-facts samples (FACTS = holders, each a pickup
+// and a move, asked where the object is).
 //
 //   node --import tsx bench/recall-service.ts [--distances 0,16,256] [--facts 1,3] [--samples 8] ...
 //
@@ -84,8 +86,8 @@ interface Cell {
   samples: number;
   correct: number;
   resetCorrect: number;
-  /** Per sample: the name asked, the answer, what came back with the context and with none. */
-  answers: { name: string; answer: string; text: string; resetText: string }[];
+  /** Per sample: the name asked (qa2: the holder, and the object asked), the answer, what came back with the context and with none. */
+  answers: { name: string; object?: string; answer: string; text: string; resetText: string }[];
 }
 
 const fmt = (c: number, n: number) => `${String(c).padStart(4)}/${String(n).padEnd(4)} ${(n ? c / n : NaN).toFixed(3)}`;
@@ -143,7 +145,7 @@ async function main(): Promise<void> {
         cell.samples++;
         cell.correct += o.correct ? 1 : 0;
         cell.resetCorrect += o.resetCorrect ? 1 : 0;
-        cell.answers[index] = { name: s.target.name, answer: s.answer, text: o.text, resetText: o.resetText };
+        cell.answers[index] = { name: s.target.name, object: s.target.object, answer: s.answer, text: o.text, resetText: o.resetText };
         tokens += s.contextTokens;
         if (cell.samples === SAMPLES) console.error(`D=${cell.distance} k=${cell.facts}: ${fmt(cell.correct, cell.samples)} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
       }

@@ -9,29 +9,41 @@
 //   segments 1..D      noise, continuing the same text
 //   then the question, opening segment D + 1 (the models were trained with the question opening one).
 // The card's evaluation instead places facts anywhere in n segments (an average over distances).
+// A task with kind "qa2" (the toolkit's two_fact.py) has k holders instead of k facts: each picks up
+// its own object and moves (plus up to `distractors` extra moves: its own earlier one, or another
+// name's), all in segment 0; the question asks for an object, the answer is its holder's last place.
 import type { TextTokenizer } from '../../src/text/tokenizer.ts';
 
 /** model.json `task` (the fields a sample needs). */
 export interface RecallTask {
+  /** Absent: the recall task (packages shipped before kinds). */
+  kind?: 'recall' | 'qa2';
   names: string[];
   places: string[];
   verbs: string[];
   fact_template: string;
   question_template: string;
   answer_template: string;
+  /** qa2 only. */
+  objects?: string[];
+  pickup_verbs?: string[];
+  pickup_template?: string;
+  distractors?: number;
 }
 
 export interface Fact {
   name: string;
   verb: string;
   place: string;
+  /** qa2: a pickup statement has `object` and no place; a holder (target) has both. */
+  object?: string;
 }
 
 export interface RecallSample {
   /** Full segments of noise between the facts' segment and the question. */
   distance: number;
   facts: Fact[];
-  /** The fact asked about. */
+  /** The fact asked about (qa2: the holder, with its object and last place). */
   target: Fact;
   question: number[];
   /** What a correct answer starts with (the answer template's text). */
@@ -97,15 +109,19 @@ export class RecallSampler {
     const S = this.segmentLength;
     if (!(k >= 1 && k <= t.names.length)) throw new Error(`${k} facts: each needs its own name, and there are ${t.names.length}`);
     const rand = rng(hash32(`${seed}/${distance}/${k}/${index}`));
+    const qa2 = t.kind === 'qa2';
     // k distinct names (a partial Fisher-Yates shuffle), each with a random verb and place.
     const names = [...t.names];
-    const facts: Fact[] = [];
+    let facts: Fact[] = [];
     for (let i = 0; i < k; i++) {
       const j = i + rand(names.length - i);
       [names[i], names[j]] = [names[j]!, names[i]!];
       facts.push({ name: names[i]!, verb: t.verbs[rand(t.verbs.length)]!, place: t.places[rand(t.places.length)]! });
     }
-    const factIds = facts.map((f) => this.tokenizer.encode(fill(t.fact_template, { ...f })));
+    const holders = qa2 ? facts : [];
+    if (qa2) facts = this.qa2Statements(rand, holders, names.slice(k));
+    const factIds = facts.map((f) =>
+      this.tokenizer.encode(f.object !== undefined && !f.place ? fill(t.pickup_template!, { ...f }) : fill(t.fact_template, { ...f })));
     const noiseLen = S - factIds.reduce((n, f) => n + f.length, 0);
     if (noiseLen < 0) throw new Error(`${k} facts (${S - noiseLen} tokens) do not fit in one segment of ${S}`);
     // The crop starts at a sentence start (so there is always one to insert at) and fits unwrapped.
@@ -117,7 +133,7 @@ export class RecallSampler {
     if (cand.length === 0) cand.push(0); // facts filling the whole segment
     const offs = facts.map(() => cand[rand(cand.length)]!).sort((a, b) => a - b);
     const order = facts.map((_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
+    for (let i = order.length - 1; i > 0 && !qa2; i--) { // qa2 statements keep their (constrained) order
       const j = rand(i + 1);
       [order[i], order[j]] = [order[j]!, order[i]!];
     }
@@ -129,7 +145,7 @@ export class RecallSampler {
     });
     head.push(...this.stream.subarray(start + prev, start + noiseLen));
     if (head.length !== S) throw new Error(`fact segment of ${head.length} tokens, expected ${S}`);
-    const target = facts[rand(k)]!;
+    const target = qa2 ? holders[rand(k)]! : facts[rand(k)]!;
     const stream = this.stream;
     const L = stream.length;
     const noiseFrom = start + noiseLen; // the noise segments continue the same text, wrapping round
@@ -137,7 +153,7 @@ export class RecallSampler {
     const answer = fill(t.answer_template, { place: target.place });
     return {
       distance, facts, target, contextTokens,
-      question: this.tokenizer.encode(fill(t.question_template, { name: target.name })),
+      question: this.tokenizer.encode(fill(t.question_template, { name: target.name, object: target.object })),
       answer, answerTokens: this.tokenizer.encode(answer).length,
       ids(from, to) {
         const out = new Array<number>(Math.max(0, Math.min(to, contextTokens) - from));
@@ -145,5 +161,41 @@ export class RecallSampler {
         return out;
       },
     };
+  }
+
+  /** qa2: gives each holder a distinct object; returns the statements in context order: per holder a
+   * pickup and its final move (the holder's place), up to `distractors` extra moves (its own earlier
+   * one, or a non-holder's), shuffled, a holder's earlier move kept before its final one. */
+  private qa2Statements(rand: (n: number) => number, holders: Fact[], others: string[]): Fact[] {
+    const t = this.task;
+    const objects = [...(t.objects ?? [])];
+    if (holders.length > objects.length) throw new Error(`${holders.length} holders: each needs its own object, and there are ${objects.length}`);
+    const move = (name: string): Fact => ({ name, verb: t.verbs[rand(t.verbs.length)]!, place: t.places[rand(t.places.length)]! });
+    const out: { f: Fact; early?: string; final?: string }[] = [];
+    holders.forEach((h, i) => {
+      const j = i + rand(objects.length - i);
+      [objects[i], objects[j]] = [objects[j]!, objects[i]!];
+      h.object = objects[i]!;
+      const pv = t.pickup_verbs!;
+      out.push({ f: { name: h.name, verb: pv[rand(pv.length)]!, place: '', object: h.object } }, { f: h, final: h.name });
+      for (let d = rand((t.distractors ?? 1) + 1); d > 0; d--) {
+        if (others.length === 0 || rand(2) === 0) out.push({ f: move(h.name), early: h.name });
+        else out.push({ f: move(others[rand(others.length)]!) });
+      }
+    });
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = rand(i + 1);
+      [out[i], out[j]] = [out[j]!, out[i]!];
+    }
+    for (const h of holders) {
+      let fin = out.findIndex((o) => o.final === h.name);
+      for (let i = fin + 1; i < out.length; i++) {
+        if (out[i]!.early === h.name) {
+          [out[i], out[fin]] = [out[fin]!, out[i]!];
+          fin = i;
+        }
+      }
+    }
+    return out.map((o) => o.f);
   }
 }
