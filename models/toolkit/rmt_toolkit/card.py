@@ -75,7 +75,7 @@ def render(package_dir: str, notes: str = "") -> str:
             f"{c['memory_tokens']} | {c['memory_tokens'] * c['d_model'] * 4} |", ""]
     if t:
         out += ["## Training", "", "```json", json.dumps(t, indent=1), "```", ""]
-    out += recall_section(ev.get("recall"), "memory")
+    out += recall_section(ev.get("recall"), "memory", (m.get("task") or {}).get("kind", "recall"))
     ppl = ev.get("perplexity")
     if ppl:
         out += ["## Perplexity (held-out documents)", "",
@@ -88,12 +88,16 @@ def render(package_dir: str, notes: str = "") -> str:
     return "\n".join(out)
 
 
-def recall_section(rec: dict | None, what: str) -> list[str]:
-    """The recall table (evaluate's recall_table), for a package trained on the recall task."""
+def recall_section(rec: dict | None, what: str, kind: str = "recall") -> list[str]:
+    """The recall table (evaluate's recall_table), for a package trained on the recall task (or qa2)."""
     if not rec:
         return []
     lengths = [k for k in rec["carried"]]
-    return ["## Recall (held-out noise)", "",
+    task = ("Task qa2 (two supporting facts): each holder picks up an object and moves; the question asks where "
+            "an object is, the answer is its holder's last place. " if kind == "qa2" else "")
+    if rec.get("facts"):
+        task += f"{rec['facts']} {'holders' if kind == 'qa2' else 'facts'} in every sample. "
+    return ["## Recall (held-out noise)", "", task +
             f"{rec['samples_per_length']} samples per length; correct = greedy decoding reproduces the whole answer. "
             f"Chance (guessing a place) = {rec['chance']}. A sample is n segments of noise with its facts at random "
             "sentence starts anywhere in them, then the question, so a column averages fact-to-question distances "
