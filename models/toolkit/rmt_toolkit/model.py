@@ -162,6 +162,18 @@ class RMT(nn.Module):
         M = self.cfg.memory_tokens
         B, T = input_ids.shape
         L = T + 2 * M
+        x, lengths, rows = self.fused_input(input_ids, attention_mask, memory)
+        D = x.shape[2]
+        x = self.fused_blocks(x)
+        write = M + lengths + torch.arange(M, device=input_ids.device).unsqueeze(0)
+        return x[:, M:M + T], x.reshape(B * L, D)[(write + rows).reshape(-1)].reshape(B, M, D)
+
+    def fused_input(self, input_ids, attention_mask, memory):
+        """The fused layout's input [B, L, D] with positions, each row's length [B, 1] and its first
+        flat row index [B, 1] (row b's positions are rows[b] + 0..L-1 of the [B*L, D] view)."""
+        M = self.cfg.memory_tokens
+        B, T = input_ids.shape
+        L = T + 2 * M
         mem = memory.to(self.wte.weight.dtype)
         lengths = attention_mask.sum(dim=1, keepdim=True)
         src = torch.cat([mem, self.wte(input_ids), mem], dim=1)  # [read; tokens incl. padding; write]
@@ -172,10 +184,7 @@ class RMT(nn.Module):
         # Row gathers on [B*L, D] (Gather), not element gathers with an index expanded to [B,L,D].
         D = src.shape[2]
         rows = torch.arange(B, device=input_ids.device).unsqueeze(1) * L
-        x = src.reshape(B * L, D)[(idx + rows).reshape(-1)].reshape(B, L, D) + self.wpe(p)
-        x = self.fused_blocks(x)
-        write = M + lengths + torch.arange(M, device=input_ids.device).unsqueeze(0)
-        return x[:, M:M + T], x.reshape(B * L, D)[(write + rows).reshape(-1)].reshape(B, M, D)
+        return src.reshape(B * L, D)[(idx + rows).reshape(-1)].reshape(B, L, D) + self.wpe(p), lengths, rows
 
     def fused_blocks(self, x, layers: int | None = None):
         """The blocks and ln_f as fused ops: each SkipLayerNormalization adds the previous projection's
@@ -206,13 +215,8 @@ class RMT(nn.Module):
         B, T = input_ids.shape
         L = T + 2 * M
         d, eps = self.cfg.d_model, self.cfg.layer_norm_eps
-        mem = memory.to(self.wte.weight.dtype)
-        lengths = attention_mask.sum(dim=1, keepdim=True)
-        src = torch.cat([mem, self.wte(input_ids), mem], dim=1)
+        x, lengths, rows = self.fused_input(input_ids, attention_mask, memory)
         p = torch.arange(L, device=input_ids.device).unsqueeze(0)
-        idx = torch.where(p < M + lengths, p, torch.where(p < 2 * M + lengths, p - lengths + T, p - M))
-        rows = torch.arange(B, device=input_ids.device).unsqueeze(1) * L
-        x = src.reshape(B * L, d)[(idx + rows).reshape(-1)].reshape(B, L, d) + self.wpe(p)
         h, res = self.fused_blocks(x, layers=len(self.h) - 1)
         blk = self.h[-1]
         at, mlp = blk.attn, blk.mlp
