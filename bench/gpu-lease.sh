@@ -10,10 +10,22 @@
 #   recall-post    waits for it, then export / verify / evaluate (recall at 1,4,16,64,128 segments) / card
 #   install        the bundle into /opt/rmt; the fused GPT-2-small package in fp16 twice from the same seed:
 #                  segment_state at the write rows only (the default) and pruned; 4-step graphs for both
+#                  (INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" makes only the first; INSTALL_STEPS=0 no 4-step graphs)
 #   limit          bench/engine-limit.ts on both packages, batches 1, 8, 64, 256, one- and 4-segment graphs
+#   profile        onnxruntime's profile of the fused fp16 segment_state run at PROFILE_BATCHES (64 256), with the
+#                  attention kernel it picks (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO)
 #   compiled       bench/reference-compiled.py (gpu-suite.sh compiled) on the same weights
 #   service        the service on the write-rows package: 1, 8, 64, 256 sessions and one 1M-token document
 #   architectures  every architecture's engine on the GPU (bench/architectures.sh)
+#   long-recall-start  issue 28's fine-tunes from the shipped rmt-brown-small, both at once in the background
+#                  (models/toolkit/build-long-recall.sh base, then a-ft: binding 1-5 facts; b-ft: qa2):
+#                  LR_MINUTES (10) each; data from var/brown-data, var/rmt-brown-small.pt (carried)
+#   long-recall-wait   waits for them (at most WAIT_S, 540) and prints their progress
+#   long-recall-pkg    select, export, verify, evaluate (a-pkg, b-pkg); the packages come back as
+#                  $OUT/long-recall-pkgs.tar.xz.partNN (15 MB parts; cat | tar -xJ)
+#   long-recall-service  bench/recall-service.ts on the GPU through the service: binding at 1,024 segments
+#                  (LR_BIND_FACTS 3,5), qa2 at 8,192 (LR_QA2_FACTS 2), LR_SAMPLES (100) each; held-out text
+#                  from bench/out/heldout.txt (carried: bench/brown-text.ts bench/out/heldout.txt --heldout)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
@@ -42,16 +54,23 @@ for step in "$@"; do
     grep -h "segments" $W/recall/*.post.log | head -20 ;;
   install)
     bash /opt/b/rmt-serve-gpu-install.sh $R 2>&1 | tail -2
-    for v in write-rows:$FUSED pruned:$PRUNED; do
+    for v in ${INSTALL_VARIANTS:-write-rows:$FUSED pruned:$PRUNED}; do
       python3 -m rmt_toolkit random-gpt2-small --attention fused --state-graph "${v%%:*}" --precisions fp16 --name "${v#*:}" \
         --out "$R/models/${v#*:}" --tokenizer $R/models/rmt-brown-small/tokenizer.json 2>&1 | grep -v Warning | tail -2
-      python3 -m rmt_toolkit steps-graph --package "$R/models/${v#*:}" --steps 4 --precisions fp16 2>&1 | tail -1
+      [ "${INSTALL_STEPS:-1}" = 0 ] || python3 -m rmt_toolkit steps-graph --package "$R/models/${v#*:}" --steps 4 --precisions fp16 2>&1 | tail -1
     done 2>&1 | tee "$OUT/$step/install.txt" ;;
   limit)
     for p in $FUSED $PRUNED; do
       MODEL_DIR=$R/models/$p PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state,steps BATCHES=1,8,64,256 SECONDS=${LIMIT_SECONDS:-2} OUT_JSON=$OUT/$step/limit-$p.json \
         node --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$p.txt" | grep -E '^fp16'
     done ;;
+  profile)  # onnxruntime's profile of the write-rows package's fp16 segment_state run, and the attention kernel it picks
+    for b in ${PROFILE_BATCHES:-64 256}; do
+      CUDA_LAUNCH_BLOCKING=1 ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state PROFILE_BATCH=$b \
+        PROFILE_ONLY=1 node --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/$step/profile-$b.txt" \
+        | grep -E 'profile|^  [A-Z]|[Kk]ernel|Flash|flash|Efficient|cudnn' | sort | uniq -c | sort -rn | head -24
+    done
+    mv ./*.json "$OUT/$step/" 2>/dev/null ;;
   compiled)
     env $S GPT2=$FUSED OUT=$OUT/$step bash bench/gpu-suite.sh compiled 2>&1 | grep -E 'batch|peak|diff|check|first|Error' ;;
   service)
@@ -60,6 +79,32 @@ for step in "$@"; do
       bash bench/gpu-suite.sh service 2>&1 | grep -E '^(N=|one|  )' | tail -12 ;;
   architectures)
     env $S OUT=$OUT/$step bash bench/gpu-suite.sh architectures 2>&1 | grep -E 'tok/s' ;;
+  long-recall-start)
+    mkdir -p $W && rm -rf $W/data && cp -r var/brown-data $W/data
+    export DATA=$W/data WORK=$W/lr MINUTES=${LR_MINUTES:-10}
+    # var/rmt-brown-small.pt (carried; `python -m rmt_toolkit convert --package models/rmt-brown-small`), else imported here
+    BASE=$([ -f var/rmt-brown-small.pt ] && echo "$PWD/var/rmt-brown-small.pt") STEP=base bash models/toolkit/build-long-recall.sh 2>&1 | tail -1
+    for s in b-ft a-ft; do STEP=$s setsid nohup bash models/toolkit/build-long-recall.sh >$W/lr-$s.log 2>&1 </dev/null & done
+    sleep 60; tail -n 2 $W/lr-*.log ;;
+  long-recall-wait)
+    end=$((SECONDS + ${WAIT_S:-540}))
+    while pgrep -f "rmt_toolkit train " >/dev/null && [ $SECONDS -lt $end ]; do sleep 10; done
+    for s in a-ft b-ft; do echo "== $s"; grep -h '"advance"' $W/lr-$s.log; tail -n 1 $W/lr-$s.log | cut -c1-300; done
+    pgrep -f "rmt_toolkit train " >/dev/null && echo "still training" ;;
+  long-recall-pkg)
+    export DATA=$W/data WORK=$W/lr EVAL_SAMPLES=${EVAL_SAMPLES:-200}
+    for s in a-pkg b-pkg; do STEP=$s bash models/toolkit/build-long-recall.sh >$W/lr-$s.log 2>&1 & done; wait
+    for s in a-pkg b-pkg; do echo "== $s"; grep -E '"best"|max-abs|OK|FAIL|carried|Error' $W/lr-$s.log | cut -c1-400; done
+    cp $W/lr-*.log $W/lr/long-recall/eval-facts-*.json "$OUT/$step/" 2>/dev/null
+    for d in long-recall qa2; do cp $W/lr/$d/*/train-log.json "$OUT/$step/" 2>/dev/null; done
+    tar -C $W/lr/pkg -cf - . | xz -T0 -6 | split -b 15000000 -d - "$OUT/long-recall-pkgs.tar.xz.part" ;;
+  long-recall-service)
+    for m in "rmt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" "rmt-brown-qa2 8192 ${LR_QA2_FACTS:-2}"; do
+      read -r model dist facts <<<"$m"
+      MODELS_DIR=$W/lr/pkg MODEL=$model PROVIDER=cuda DISTANCES=$dist FACTS=$facts SAMPLES=${LR_SAMPLES:-100} CONCURRENCY=${LR_CONCURRENCY:-64} \
+        HELDOUT_TEXT=$PWD/bench/out/heldout.txt OUT_JSON=$OUT/$step/$model.json node --import tsx bench/recall-service.ts 2>&1 \
+        | grep -v 'W:onnxruntime' | tee "$OUT/$step/$model.txt" | grep -E '^(recall|D=|reset)|tok/s|Error'
+    done ;;
   *) echo "unknown step $step (see the header of $0)" >&2; exit 2 ;;
   esac
   pack "$step"

@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 WORK=${WORK:-/opt/rmt-work}
 DATA=${DATA:?set DATA to the folder written by: python -m rmt_toolkit prepare}
-STEP=${STEP:?set STEP to a1..a4, a-pkg, b1..b4 or b-pkg}
+STEP=${STEP:?set STEP to base, a-ft, b-ft, a1..a4, a-pkg, b1..b4 or b-pkg}
 TOK=${TOK:-$repo/models/rmt-brown-small/tokenizer.json}
 CFG=$here/configs/rmt-brown-small.json
 export PYTHONPATH=$here PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -35,7 +35,17 @@ package() {  # name ckpt description
   tk verify --ckpt "$2" --package "$pkg" --data "$DATA" --tokenizer "$TOK" --skip-fp16
 }
 
+ft() {  # out-dir extra-args...: the curriculum to 32 segments again, from the shipped model
+  local out=$1; shift
+  tk train --data "$DATA" --tokenizer "$TOK" --resume "$WORK/base.pt" --restart-curriculum --out "$out" \
+    --stages 0,1,2,4,8,16,32 --batch "${BATCH:-48}" --lr 5e-4 --decay 0.3 --minutes "${MINUTES:-10}" "$@"
+}
+
 case $STEP in
+base)  # BASE: an already imported checkpoint (where the package's weights do not travel)
+  if [ -n "${BASE:-}" ]; then cp "$BASE" "$WORK/base.pt"; else tk convert --package "$repo/models/rmt-brown-small" --out "$WORK/base.pt"; fi ;;
+a-ft) ft "$A/ft" --train-max-facts 5 --ic-max-facts 3 ;;
+b-ft) ft "$Q/ft" --task qa2 ;;
 a1)  # from scratch (or RESUME), facts 1..5 in the memory stages
   tk train --data "$DATA" --tokenizer "$TOK" --config "$CFG" --out "$A/s16" ${RESUME:+--resume "$RESUME" --restart-curriculum} \
     --stages 0,1,2,4,8,16 --batch 128 --train-max-facts 5 --ic-max-facts 3 --minutes 8 ;;
@@ -51,11 +61,11 @@ a4)
   tk train --data "$DATA" --tokenizer "$TOK" --resume "$ck" --out "$A/s64" \
     --stages 0,1,2,4,8,16,32,64 --batch 32 --train-max-facts 5 --ic-max-facts 3 --decay 0.35 --minutes 8 ;;
 a-pkg)
-  tk select $(ls "$A"/s32/passed-32.pt "$A"/s64/*.pt 2>/dev/null) --data "$DATA" --tokenizer "$TOK" \
+  tk select $(ls "$A"/s32/passed-32.pt "$A"/s64/*.pt "$A"/ft/*.pt 2>/dev/null) --data "$DATA" --tokenizer "$TOK" \
     --lengths 32,128 --samples 200 --link "$A/best.pt"
   package rmt-brown-recall5 "$A/best.pt" "Recurrent Memory Transformer (4 layers, d=256, 16 memory tokens, 128-token segments) trained on the Brown corpus: recall of up to 5 facts hidden in text"
   tk evaluate --ckpt "$A/best.pt" --data "$DATA" --tokenizer "$TOK" --package "$WORK/pkg/rmt-brown-recall5" \
-    --lengths 1,4,16,64,256,1024 --samples 500
+    --lengths 1,4,16,64,256,1024 --samples "${EVAL_SAMPLES:-500}"
   for k in 1 3 4 5; do  # recall by number of facts (for the card's notes; not written to model.json)
     tk evaluate --ckpt "$A/best.pt" --data "$DATA" --tokenizer "$TOK" --facts $k --lengths 64,1024 --samples 200 \
       --max-docs 1 > "$A/eval-facts-$k.json"
@@ -73,11 +83,11 @@ b4)
   tk train --data "$DATA" --tokenizer "$TOK" --resume "$ck" --out "$Q/s64" --stages 0,1,2,4,8,16,32,64 --batch 32 \
     --decay 0.35 --minutes 8 ;;
 b-pkg)
-  tk select $(ls "$Q"/s32/passed-32.pt "$Q"/s64/*.pt 2>/dev/null) --data "$DATA" --tokenizer "$TOK" \
+  tk select $(ls "$Q"/s32/passed-32.pt "$Q"/s64/*.pt "$Q"/ft/*.pt 2>/dev/null) --data "$DATA" --tokenizer "$TOK" \
     --lengths 32,128 --samples 200 --link "$Q/best.pt"
   package rmt-brown-qa2 "$Q/best.pt" "Recurrent Memory Transformer (4 layers, d=256, 16 memory tokens, 128-token segments) trained on the Brown corpus: two supporting facts (who picked up an object, where they went), bAbI qa2 style"
   tk evaluate --ckpt "$Q/best.pt" --data "$DATA" --tokenizer "$TOK" --package "$WORK/pkg/rmt-brown-qa2" \
-    --lengths 1,4,16,64,256,1024 --samples 500 ;;
+    --lengths 1,4,16,64,256,1024 --samples "${EVAL_SAMPLES:-500}" ;;
 *) echo "unknown STEP $STEP" >&2; exit 2 ;;
 esac
 echo "step $STEP done; cards: python -m rmt_toolkit card --package <pkg> --notes <notes.md>"

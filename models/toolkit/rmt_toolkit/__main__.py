@@ -211,8 +211,12 @@ def cmd_steps_graph(a):
 
 
 def cmd_convert(a):
-    from .convert import convert
+    from .convert import convert, from_package
 
+    if a.package:
+        return from_package(a.package, a.out)
+    if not (a.checkpoint and a.hf_config and a.memory_tokens and a.segment_length):
+        raise SystemExit("convert: give --package, or --checkpoint, --hf-config, --memory-tokens and --segment-length")
     convert(a.checkpoint, a.hf_config, a.memory_tokens, a.segment_length, a.out)
 
 
@@ -373,11 +377,12 @@ def main(argv=None):
     s.add_argument("--precisions", default="fp32,fp16")
     s.set_defaults(fn=cmd_steps_graph)
 
-    s = sub.add_parser("convert", help="Hugging Face GPT-2 RMT checkpoint (MemoryCell + RecurrentWrapper) -> checkpoint")
-    s.add_argument("--checkpoint", required=True, help="pytorch_model.bin / model.safetensors / torch.save'd state dict")
-    s.add_argument("--hf-config", required=True, help="the GPT-2 config.json")
-    s.add_argument("--memory-tokens", type=int, required=True)
-    s.add_argument("--segment-length", type=int, required=True)
+    s = sub.add_parser("convert", help="-> checkpoint: a Hugging Face GPT-2 RMT (MemoryCell + RecurrentWrapper), or an rmt package")
+    s.add_argument("--package", help="an rmt model package (its fp32 ONNX weights), e.g. models/rmt-brown-small")
+    s.add_argument("--checkpoint", help="pytorch_model.bin / model.safetensors / torch.save'd state dict")
+    s.add_argument("--hf-config", help="the GPT-2 config.json")
+    s.add_argument("--memory-tokens", type=int)
+    s.add_argument("--segment-length", type=int)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_convert)
 

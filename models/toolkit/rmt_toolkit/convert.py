@@ -69,3 +69,70 @@ def convert(checkpoint: str, hf_config: str, memory_tokens: int, segment_length:
     torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(),
                 "training": {"converted_from": os.path.basename(checkpoint)}}, out)
     print(f"converted {checkpoint} -> {out} ({sum(p.numel() for p in model.parameters())} parameters)")
+
+
+def from_package(package: str, out: str) -> None:
+    """A shipped RMT package (ONNX weights only) back into a checkpoint, so training can continue from it.
+
+    The fp32 segment graph's initializers carry the parameter names (prefixed "rmt."); the learned initial
+    memory is the package's state init file. Every parameter must be found with its exact shape.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    meta = json.load(open(os.path.join(package, "model.json")))
+    if meta.get("architecture", "rmt") != "rmt":
+        raise ConfigError(f"{package}: architecture {meta.get('architecture')!r}; only rmt packages can be imported")
+    from .config import config_from_dict
+
+    cfg = config_from_dict(meta["config"])
+    graph = os.path.join(package, meta["graphs"]["fp32"]["segment"])
+    inits = {i.name: i for i in onnx.load(graph, load_external_data=False).graph.initializer}
+    model = RMT(cfg)
+    new = {}
+    for name, p in model.state_dict().items():
+        if name == "memory":
+            arr = np.fromfile(os.path.join(package, meta["state"][0]["init"]), dtype="<f4").reshape(tuple(p.shape))
+        else:
+            init = inits.get("rmt." + name)
+            if init is None:
+                raise ConfigError(f"{graph}: no initializer rmt.{name}")
+            arr = numpy_helper.to_array(init, base_dir=package)  # weights.bin beside the graph
+        if tuple(arr.shape) != tuple(p.shape):
+            raise ConfigError(f"{name}: shape {tuple(arr.shape)} in the package, expected {tuple(p.shape)}")
+        new[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
+    model.load_state_dict(new)
+    replay = _replay_golden(model.eval(), package)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    ck = {"config": cfg.to_dict(), "state_dict": model.state_dict(),
+          "training": dict(meta.get("training", {}), imported_from=meta["name"])}
+    if meta.get("task"):
+        ck["task"] = meta["task"]
+    torch.save(ck, out)
+    print(f"imported {package} -> {out} ({sum(p.numel() for p in model.parameters())} parameters; {replay})")
+
+
+def _replay_golden(model, package: str) -> str:
+    """The package's golden sequence (PyTorch fp32 at export) replayed by the imported model: same states."""
+    import base64
+
+    import numpy as np
+
+    from .verify import TorchRunner
+
+    path = os.path.join(package, "golden.json")
+    if not os.path.exists(path):
+        return "no golden.json to replay"
+    golden = json.load(open(path))
+    tol = golden["tolerance"]["state"]
+    runner = TorchRunner(model)
+    state, worst = runner.init_state(1), 0.0
+    for i, seg in enumerate(golden["sequence"]["segments"]):
+        ids = np.asarray([seg["input_ids"]], dtype=np.int64)
+        state, _, _ = runner.segment(ids, np.ones_like(ids), state)
+        want = np.frombuffer(base64.b64decode(seg["state_after"]), dtype="<f4")
+        worst = max(worst, float(np.max(np.abs(np.asarray(state, np.float64).ravel() - want))))
+        if worst > tol:
+            raise ConfigError(f"{package}: golden segment {i} state differs by {worst:.3g} (> {tol:g}) after import")
+    return f"golden.json replayed, {len(golden['sequence']['segments'])} segments, max state diff {worst:.2g}"

@@ -163,7 +163,7 @@ def train(args) -> dict:
     budget = args.minutes * 60.0
     t0 = last_save = time.time()
     stage_steps, step, recent = 0, 0, []
-    log, passed = [], list(prev.get("passed", []))
+    log, passed = [], ([] if args.restart_curriculum else list(prev.get("passed", [])))  # passes of this curriculum
     os.makedirs(args.out, exist_ok=True)
 
     def training_record() -> dict:
