@@ -22,7 +22,7 @@ from rmt_toolkit.arch import build_model
 from rmt_toolkit.config import tiny_config
 from rmt_toolkit.evaluate import batched_perplexity
 
-ARCHS = ["transformer-xl", "lamemo", "memtransformer", "memctrl", "membottleneck"]
+ARCHS = ["transformer-xl", "lamemo", "memtransformer", "memctrl", "membottleneck", "armt"]
 results = [0, 0]
 
 
@@ -36,6 +36,8 @@ def tiny_model(arch: str):
         for name, p in m.named_parameters():
             if name.startswith("r_") and name.count("bias"):
                 p.normal_(0.0, 1.0)
+            if name.startswith("assoc.") and name.endswith("w_v.weight"):  # zero at init: nothing stored
+                p.normal_(0.0, 0.2)
     return m
 
 
@@ -214,7 +216,38 @@ def behaviour_checks(arch):
               abs(tb - ts) / ts + abs(cb - cs), 1e-7)
 
 
+@torch.no_grad()
+def armt_checks():
+    """ARMT: with W_v = 0 (its init) it computes the RMT of the same weights; with W_v set, the matrices
+    carry information a reset state does not (a read changes the logits)."""
+    from rmt_toolkit.model import RMT
+
+    torch.manual_seed(1)
+    armt = build_model(tiny_config("armt")).eval()
+    rmt = RMT(tiny_config("rmt")).eval()
+    rmt.load_state_dict({k: v for k, v in armt.state_dict().items() if not k.startswith("assoc.")})
+    S = armt.cfg.segment_length
+    ids = torch.randint(2, 4096, (2, 3 * S))
+    st, mem, d = armt.initial_state(2), rmt.initial_memory(2), 0.0
+    for i in range(3):
+        x, mask = ids[:, i * S:(i + 1) * S], torch.ones(2, S, dtype=torch.long)
+        st, la, lpa = armt.segment(x, mask, st)
+        mem, lr, lpr = rmt.segment(x, mask, mem)
+        d = max(d, (st["memory"] - mem).abs().max().item(), (la - lr).abs().max().item(), (lpa - lpr).abs().max().item())
+    check("armt: with W_v = 0 it is the RMT of the same weights", d)
+    for blk in armt.assoc:
+        blk.w_v.weight.normal_(0.0, 0.2)
+    st = armt.initial_state(2)
+    for i in range(2):
+        st, _, _ = armt.segment(ids[:, i * S:(i + 1) * S], torch.ones(2, S, dtype=torch.long), st)
+    x = ids[:, 2 * S:]
+    reset = dict(st, assoc=torch.zeros_like(st["assoc"]), assoc_z=torch.zeros_like(st["assoc_z"]))
+    moved = (armt.segment(x, torch.ones_like(x), st)[1] - armt.segment(x, torch.ones_like(x), reset)[1]).abs().max().item()
+    check("armt: the associative matrices change the logits (1 - max |diff|)", max(0.0, 1.0 - moved), 0.999)
+
+
 if __name__ == "__main__":
+    armt_checks()
     reference_checks()
     for a in ARCHS:
         behaviour_checks(a)

@@ -13,7 +13,7 @@ import { decodeF32, type TopLogits } from '../helpers.ts';
 
 export const FIXTURES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures');
 
-export const STATE_ARCHITECTURES = ['transformer-xl', 'lamemo', 'memtransformer', 'memctrl', 'membottleneck'] as const;
+export const STATE_ARCHITECTURES = ['transformer-xl', 'lamemo', 'memtransformer', 'memctrl', 'membottleneck', 'armt'] as const;
 
 /** One package per architecture: its name is its folder under FIXTURES_DIR. */
 export const STATE_PACKAGES = STATE_ARCHITECTURES.map((architecture) => ({

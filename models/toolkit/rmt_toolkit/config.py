@@ -11,9 +11,10 @@ class ConfigError(ValueError):
 
 
 # The model families the toolkit builds (config key `architecture`; model.json `architecture`).
-# "rmt" is RMTConfig (its config dicts carry no `architecture` key, as before); the others are
-# XLConfig: a Transformer-XL backbone whose session state is a list of fixed-shape tensors.
-ARCHITECTURES = ("rmt", "transformer-xl", "lamemo", "memtransformer", "memctrl", "membottleneck")
+# "rmt" is RMTConfig (its config dicts carry no `architecture` key, as before); "armt" is ARMTConfig (the
+# RMT's with the associative memory's sizes); the others are XLConfig: a Transformer-XL backbone whose
+# session state is a list of fixed-shape tensors.
+ARCHITECTURES = ("rmt", "transformer-xl", "lamemo", "memtransformer", "memctrl", "membottleneck", "armt")
 MEMORY_FAMILY = ("memtransformer", "memctrl", "membottleneck")
 
 
@@ -91,6 +92,35 @@ def gpt2_small(vocab_size: int = 50257) -> RMTConfig:
 
 
 @dataclass
+class ARMTConfig(RMTConfig):
+    """The RMT plus a per-layer associative memory (arch/armt.py): d_mem key features before DPFP
+    (2 nu d_mem after), assoc_heads heads; carry_memory keeps the RMT's recurrent memory tokens."""
+    architecture: str = "armt"
+    d_mem: int = 32
+    nu: int = 3
+    assoc_heads: int = 1
+    carry_memory: bool = True
+
+    def validate(self) -> "ARMTConfig":
+        problems = []
+        if self.architecture != "armt":
+            problems.append(f"architecture must be 'armt', got {self.architecture!r}")
+        for name in ("d_mem", "nu", "assoc_heads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        if not problems:
+            if self.d_mem % self.assoc_heads or self.d_model % self.assoc_heads:
+                problems.append(f"d_mem ({self.d_mem}) and d_model ({self.d_model}) must be divisible by assoc_heads ({self.assoc_heads})")
+            if self.nu >= 2 * self.d_mem // self.assoc_heads:
+                problems.append(f"nu ({self.nu}) must be below 2 * d_mem / assoc_heads (DPFP rolls a head's 2 d_mem features)")
+        if problems:
+            raise ConfigError("inconsistent ARMT config:\n  - " + "\n  - ".join(problems))
+        super().validate()
+        return self
+
+
+@dataclass
 class XLConfig:
     """Transformer-XL-style models (relative positions, post-LayerNorm, ReLU feed-forward as in
     kimiyoung/transformer-xl) whose state crosses segments as fixed-shape tensors.
@@ -120,8 +150,8 @@ class XLConfig:
 
     def validate(self) -> "XLConfig":
         problems = []
-        if self.architecture not in ARCHITECTURES or self.architecture == "rmt":
-            problems.append(f"architecture {self.architecture!r} is not one of {[a for a in ARCHITECTURES if a != 'rmt']}")
+        if self.architecture not in ARCHITECTURES or self.architecture in ("rmt", "armt"):
+            problems.append(f"architecture {self.architecture!r} is not one of {[a for a in ARCHITECTURES if a not in ('rmt', 'armt')]}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "segment_length", "mem_len"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -168,6 +198,8 @@ def config_from_dict(d: dict):
         raise ConfigError(f"unknown architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "rmt":
         return RMTConfig.from_dict({k: v for k, v in d.items() if k != "architecture"})
+    if arch == "armt":
+        return ARMTConfig.from_dict(d)
     return XLConfig.from_dict(d)
 
 
@@ -184,5 +216,7 @@ def tiny_config(arch: str, vocab_size: int = 4096):
     """Test-fixture size (2 layers, d=64, 32-token segments) of any architecture, random weights."""
     if arch == "rmt":
         return tiny(vocab_size)
+    if arch == "armt":
+        return ARMTConfig(**{**tiny(vocab_size).to_dict(), "d_mem": 8}).validate()
     return XLConfig(architecture=arch, vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, d_ff=256,
                     segment_length=32, mem_len=32, memory_tokens=4 if arch in MEMORY_FAMILY else 0).validate()

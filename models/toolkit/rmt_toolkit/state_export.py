@@ -168,6 +168,10 @@ def random_state_package(a):
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = tiny_config(a.architecture) if a.size == "tiny" else load_config(os.path.join(here, "configs", f"{a.architecture}.json"))
     model = build_model(cfg).eval()
+    if cfg.architecture == "armt":  # W_v starts at zero (nothing stored): give the fixture's matrices content
+        with torch.no_grad():
+            for blk in model.assoc:
+                blk.w_v.weight.normal_(0.0, 0.2)
     os.makedirs(a.out, exist_ok=True)
     ck = os.path.join(a.out, "model.pt")
     torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "training": {"note": "random init"}}, ck)

@@ -29,7 +29,7 @@ class TorchRunner:
         self.m = model
 
     def init_state(self, batch):
-        return {k: v.numpy() for k, v in self.m.initial_state(batch, "cpu").items()}
+        return {k: v.detach().numpy() for k, v in self.m.initial_state(batch, "cpu").items()}
 
     @torch.no_grad()
     def segment(self, ids, mask, state):
@@ -146,8 +146,12 @@ def verify_state(model, package_dir: str, doc_ids: list[int], meta: dict, n_segm
             failures.append(f"{what}: max-abs-diff {d:.3g} > {tol:g}")
         return d
 
+    # ARMT's associative matrices are sums over segments (values of 10+ after a few): float32 summation
+    # order alone moves them by about 1e-5 of that, so their absolute tolerance is 10x the others'.
+    tol = dict(TOL, state=TOL["state"] * (10 if cfg.architecture == "armt" else 1))
+
     def check_state(what, a, b):
-        return max(check(f"{what} {n}", a[n], b[n], TOL["state"]) for n in a)
+        return max(check(f"{what} {n}", a[n], b[n], tol["state"]) for n in a)
 
     # 1. consecutive full segments, state carried
     s_ref = ref.init_state(1)
@@ -240,7 +244,7 @@ def verify_state(model, package_dir: str, doc_ids: list[int], meta: dict, n_segm
             "reference": "PyTorch fp32 (rmt_toolkit), " + ("checked against onnxruntime CPU" if ort_ else
                                                            "NOT checked against onnxruntime by verify (see ort-check.ts)"),
             "graphs": graphs,
-            "tolerance": TOL,
+            "tolerance": tol,
             "state_encoding": "per state entry: {name: base64 of float32 little-endian, row-major, shape = model.json state[].shape}",
             "sequence": {"note": "consecutive full segments of a held-out Brown document, state carried from the initial state",
                          "segments": golden_segments},

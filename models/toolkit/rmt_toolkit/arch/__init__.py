@@ -1,7 +1,8 @@
 """Architecture registry: the config's `architecture` picks the model class.
 
 "rmt" is model.RMT (its own contract: state `memory`, decode conditioned by a read-memory input at
-prefill). Every other architecture is an arch.common.StateModel (state-conditioned decode). The
+prefill). Every other architecture has arch.common.StateModel's contract (state-conditioned decode);
+armt (arch/armt.py) implements it on the RMT's GPT-2 blocks. The
 helpers below give both one interface for training and evaluation, without changing the RMT.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ def model_class(arch: str):
     if arch == "lamemo":
         from .lamemo import LaMemo
         return LaMemo
+    if arch == "armt":
+        from .armt import ARMT
+        return ARMT
     if arch in ("memtransformer", "memctrl", "membottleneck"):
         from .memtransformer import MemoryTransformer
         return MemoryTransformer
