@@ -8,7 +8,7 @@
 #   bench/gpu-suite.sh architectures runs this)
 # Needs python3 with torch and onnx (PYTHON, default /usr/bin/python3). PROVIDER (cpu or cuda, default cpu;
 # fp32 graphs either way), NODE (default node), SESSIONS (default "1,8") and
-# BENCH_SECONDS (the bench's SECONDS per level, default 5; bash's own SECONDS is a clock). Packages go to
+# BENCH_SECONDS (the bench's SECONDS per level, default 5; bash's own SECONDS is a clock), ARCHS (default all). Packages go to
 # bench/out/arch-pkgs.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +22,7 @@ mkdir -p "$pkgs" "$(dirname "$OUTFILE")"
 export SESSIONS=${SESSIONS:-1,8}
 secs=${BENCH_SECONDS:-5}
 : >"$OUTFILE"
-for arch in rmt transformer-xl lamemo memtransformer memctrl membottleneck; do
+for arch in ${ARCHS:-rmt transformer-xl lamemo memtransformer memctrl membottleneck armt}; do
   dir=$pkgs name=$arch-brown-random
   if [ "$arch" = rmt ]; then
     dir=${MODELS:-models} name=rmt-brown-lm # the shipped RMT at this shape (MODELS: where it is, e.g. a GPU bundle's models/)

@@ -17,15 +17,17 @@
 #   compiled       bench/reference-compiled.py (gpu-suite.sh compiled) on the same weights
 #   service        the service on the write-rows package: 1, 8, 64, 256 sessions and one 1M-token document
 #   architectures  every architecture's engine on the GPU (bench/architectures.sh)
-#   long-recall-start  issue 28's fine-tunes from the shipped rmt-brown-small, both at once in the background
-#                  (models/toolkit/build-long-recall.sh base, then a-ft: binding 1-5 facts; b-ft: qa2):
-#                  LR_MINUTES (10) each; data from var/brown-data, var/rmt-brown-small.pt (carried)
+#   long-recall-start  issue 28's fine-tunes from the shipped rmt-brown-small, all at once in the background
+#                  (models/toolkit/build-long-recall.sh base, then LR_VARIANTS "a b c d": RMT binding 1-5 facts,
+#                  RMT qa2, ARMT binding, ARMT qa2): LR_MINUTES (10) each at LR_BATCH (32) rows; data from
+#                  var/brown-data, var/rmt-brown-small.pt (carried)
 #   long-recall-wait   waits for them (at most WAIT_S, 540) and prints their progress
-#   long-recall-pkg    select, export, verify, evaluate (a-pkg, b-pkg); the packages come back as
-#                  $OUT/long-recall-pkgs.tar.xz.partNN (15 MB parts; cat | tar -xJ)
-#   long-recall-service  bench/recall-service.ts on the GPU through the service: binding at 1,024 segments
-#                  (LR_BIND_FACTS 3,5), qa2 at 8,192 (LR_QA2_FACTS 2), LR_SAMPLES (100) each; held-out text
-#                  from bench/out/heldout.txt (carried: bench/brown-text.ts bench/out/heldout.txt --heldout)
+#   long-recall-pkg    select, export, verify, evaluate each variant (?-pkg); logs and eval tables come back
+#   long-recall-fetch  the packages named in LR_FETCH as $OUT/long-recall-pkgs.tar.xz.partNN (15 MB parts)
+#   long-recall-service  bench/recall-service.ts on the GPU through the service, LR_SERVICE variants (a c):
+#                  binding at 1,024 segments (LR_BIND_FACTS 3,5), qa2 at 8,192 (LR_QA2_FACTS 2), LR_SAMPLES
+#                  (100) each; held-out text from bench/out/heldout.txt (carried: bench/brown-text.ts
+#                  bench/out/heldout.txt --heldout)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
@@ -81,25 +83,32 @@ for step in "$@"; do
     env $S OUT=$OUT/$step bash bench/gpu-suite.sh architectures 2>&1 | grep -E 'tok/s' ;;
   long-recall-start)
     mkdir -p $W && rm -rf $W/data && cp -r var/brown-data $W/data
-    export DATA=$W/data WORK=$W/lr MINUTES=${LR_MINUTES:-10}
+    export DATA=$W/data WORK=$W/lr MINUTES=${LR_MINUTES:-10} BATCH=${LR_BATCH:-32}
     # var/rmt-brown-small.pt (carried; `python -m rmt_toolkit convert --package models/rmt-brown-small`), else imported here
     BASE=$([ -f var/rmt-brown-small.pt ] && echo "$PWD/var/rmt-brown-small.pt") STEP=base bash models/toolkit/build-long-recall.sh 2>&1 | tail -1
-    for s in b-ft a-ft; do STEP=$s setsid nohup bash models/toolkit/build-long-recall.sh >$W/lr-$s.log 2>&1 </dev/null & done
-    sleep 60; tail -n 2 $W/lr-*.log ;;
+    for v in ${LR_VARIANTS:-a b c d}; do
+      STEP=$v-ft setsid nohup bash models/toolkit/build-long-recall.sh >$W/lr-$v-ft.log 2>&1 </dev/null &
+    done
+    sleep 60; tail -n 1 $W/lr-*-ft.log | cut -c1-300 ;;
   long-recall-wait)
     end=$((SECONDS + ${WAIT_S:-540}))
     while pgrep -f "rmt_toolkit train " >/dev/null && [ $SECONDS -lt $end ]; do sleep 10; done
-    for s in a-ft b-ft; do echo "== $s"; grep -h '"advance"' $W/lr-$s.log; tail -n 1 $W/lr-$s.log | cut -c1-300; done
+    for v in ${LR_VARIANTS:-a b c d}; do echo "== $v"; grep -h '"advance"' $W/lr-$v-ft.log; tail -n 1 $W/lr-$v-ft.log | cut -c1-300; done
     pgrep -f "rmt_toolkit train " >/dev/null && echo "still training" ;;
   long-recall-pkg)
     export DATA=$W/data WORK=$W/lr EVAL_SAMPLES=${EVAL_SAMPLES:-200}
-    for s in a-pkg b-pkg; do STEP=$s bash models/toolkit/build-long-recall.sh >$W/lr-$s.log 2>&1 & done; wait
-    for s in a-pkg b-pkg; do echo "== $s"; grep -E '"best"|max-abs|OK|FAIL|carried|Error' $W/lr-$s.log | cut -c1-400; done
-    cp $W/lr-*.log $W/lr/long-recall/eval-facts-*.json "$OUT/$step/" 2>/dev/null
-    for d in long-recall qa2; do cp $W/lr/$d/*/train-log.json "$OUT/$step/" 2>/dev/null; done
-    tar -C $W/lr/pkg -cf - . | xz -T0 -6 | split -b 15000000 -d - "$OUT/long-recall-pkgs.tar.xz.part" ;;
+    for v in ${LR_VARIANTS:-a b c d}; do STEP=$v-pkg bash models/toolkit/build-long-recall.sh >$W/lr-$v-pkg.log 2>&1 & done; wait
+    for v in ${LR_VARIANTS:-a b c d}; do echo "== $v"; grep -hE '"best"|verify OK|FAIL|"carried"|Error' $W/lr-$v-pkg.log | cut -c1-400; done
+    cp $W/lr-*.log "$OUT/$step/"
+    for d in $W/lr/*/; do for f in "$d"eval-facts-*.json "$d"ft/train-log.json; do
+      [ -f "$f" ] && cp "$f" "$OUT/$step/$(basename "$d")-$(basename "$f")"; done; done ;;
+  long-recall-fetch)  # LR_FETCH: package names (default the binding and qa2 RMTs); 15 MB parts, cat | tar -xJ
+    (cd $W/lr/pkg && tar -cf - ${LR_FETCH:-rmt-brown-recall5 rmt-brown-qa2}) | xz -T0 -6 | split -b 15000000 -d - "$OUT/long-recall-pkgs.tar.xz.part" ;;
   long-recall-service)
-    for m in "rmt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" "rmt-brown-qa2 8192 ${LR_QA2_FACTS:-2}"; do
+    # LR_SERVICE: variants (a, c binding at 1,024 segments with LR_BIND_FACTS 3,5; b, d qa2 at 8,192 with LR_QA2_FACTS 2)
+    for v in ${LR_SERVICE:-a c}; do
+      case $v in a) m="rmt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" ;; c) m="armt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" ;;
+                 b) m="rmt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;; d) m="armt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;; esac
       read -r model dist facts <<<"$m"
       MODELS_DIR=$W/lr/pkg MODEL=$model PROVIDER=cuda DISTANCES=$dist FACTS=$facts SAMPLES=${LR_SAMPLES:-100} CONCURRENCY=${LR_CONCURRENCY:-64} \
         HELDOUT_TEXT=$PWD/bench/out/heldout.txt OUT_JSON=$OUT/$step/$model.json node --import tsx bench/recall-service.ts 2>&1 \

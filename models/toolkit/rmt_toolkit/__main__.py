@@ -214,7 +214,7 @@ def cmd_convert(a):
     from .convert import convert, from_package
 
     if a.package:
-        return from_package(a.package, a.out)
+        return from_package(a.package, a.out, a.architecture)
     if not (a.checkpoint and a.hf_config and a.memory_tokens and a.segment_length):
         raise SystemExit("convert: give --package, or --checkpoint, --hf-config, --memory-tokens and --segment-length")
     convert(a.checkpoint, a.hf_config, a.memory_tokens, a.segment_length, a.out)
@@ -379,6 +379,7 @@ def main(argv=None):
 
     s = sub.add_parser("convert", help="-> checkpoint: a Hugging Face GPT-2 RMT (MemoryCell + RecurrentWrapper), or an rmt package")
     s.add_argument("--package", help="an rmt model package (its fp32 ONNX weights), e.g. models/rmt-brown-small")
+    s.add_argument("--architecture", choices=["rmt", "armt"], default="rmt", help="with --package: armt adds an untrained associative memory")
     s.add_argument("--checkpoint", help="pytorch_model.bin / model.safetensors / torch.save'd state dict")
     s.add_argument("--hf-config", help="the GPT-2 config.json")
     s.add_argument("--memory-tokens", type=int)

@@ -71,7 +71,23 @@ def convert(checkpoint: str, hf_config: str, memory_tokens: int, segment_length:
     print(f"converted {checkpoint} -> {out} ({sum(p.numel() for p in model.parameters())} parameters)")
 
 
-def from_package(package: str, out: str) -> None:
+def as_armt(ck: dict, d_mem: int = 32) -> dict:
+    """An RMT checkpoint as an ARMT one (arch/armt.py): the same weights, the associative memory new with
+    W_v = 0, so it computes exactly the RMT until trained (check_models.py checks this)."""
+    from .arch import build_model
+    from .config import ARMTConfig
+
+    cfg = ARMTConfig(**{**ck["config"], "architecture": "armt", "d_mem": d_mem}).validate()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    if unexpected or any(not k.startswith("assoc.") for k in missing):
+        raise ConfigError(f"not an RMT checkpoint: unexpected {unexpected}, missing {missing}")
+    return dict(ck, config=cfg.to_dict(), state_dict=model.state_dict(),
+                training=dict(ck.get("training", {}), armt_from=ck.get("training", {}).get("imported_from", "rmt")))
+
+
+def from_package(package: str, out: str, architecture: str = "rmt") -> None:
     """A shipped RMT package (ONNX weights only) back into a checkpoint, so training can continue from it.
 
     The fp32 segment graph's initializers carry the parameter names (prefixed "rmt."); the learned initial
@@ -109,8 +125,10 @@ def from_package(package: str, out: str) -> None:
           "training": dict(meta.get("training", {}), imported_from=meta["name"])}
     if meta.get("task"):
         ck["task"] = meta["task"]
+    if architecture == "armt":
+        ck = as_armt(ck)
     torch.save(ck, out)
-    print(f"imported {package} -> {out} ({sum(p.numel() for p in model.parameters())} parameters; {replay})")
+    print(f"imported {package} -> {out} ({architecture}; {replay})")
 
 
 def _replay_golden(model, package: str) -> str:
