@@ -37,7 +37,7 @@ export const ModelSchema = Type.Object({
   object: Type.Literal('model'),
   created: Type.Integer(),
   owned_by: Type.String(),
-  architecture: Type.String({ description: 'rmt, transformer-xl, lamemo, memtransformer, memctrl, membottleneck, ...' }),
+  architecture: Type.String({ description: 'rmt, armt, transformer-xl, lamemo, memtransformer, memctrl, membottleneck, ...' }),
   segment_length: Type.Integer(),
   memory_tokens: Type.Integer({ description: 'Memory tokens of the architecture (0: none)' }),
   state_bytes: Type.Integer({ description: "A session's state: every entry's float32 values, entries back to back (constant per model)" }),
