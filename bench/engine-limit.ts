@@ -19,7 +19,11 @@
 // memory, dependent runs as one session's; the build is timed apart), LIMIT_THREAD (main; worker: the
 // sweep runs in a worker thread, as the engine's runs do), GRAPHS ("state"; "state,steps" also times the
 // package's segment_state_steps graph, K segments per run: lines "<precision> steps<K> batch", tokens and
-// FLOPs of all K segments, its two outputs fetched as the engine does; fixed feeds only). Profile in a process
+// FLOPs of all K segments, its two outputs fetched as the engine does; fixed feeds only), RUNNER (ort:
+// onnxruntime-node, as the engine; bound: the segment_state graph through the IO-binding addon,
+// src/engine/ort-native.ts, `npm run native:build`; with CUDA_GRAPH=1 each batch size's run is captured
+// as a CUDA graph and replayed; FREE_DIMS=1 fixes batch and tokens per session, one session per batch
+// size; CUDART: the CUDA runtime library, default libcudart.so.13). Profile in a process
 // started with CUDA_LAUNCH_BLOCKING=1 so each kernel's time is its GPU time (bench/ort-profile.ts).
 //
 // FLOPs per row and segment (what the architecture needs; the memory positions included):
@@ -37,6 +41,7 @@ import { loadModelPackage, type ModelPackage, type Precision } from '../src/mode
 import { float32, int64, type Session, type Tensor } from '../src/engine/onnx-runtime.ts';
 import { segmentFeeds, type SegmentRow } from '../src/engine/segment-feeds.ts';
 import { startModuleThread } from '../src/engine/thread-entry.ts';
+import { createBoundSession } from '../src/engine/ort-native.ts';
 import { percentile, tokens } from './bench-support.ts';
 import { summariseProfile } from './ort-profile.ts';
 
@@ -53,6 +58,23 @@ const PROFILE_BATCH = process.env.PROFILE_BATCH ? Number(process.env.PROFILE_BAT
 const OUT_JSON = process.env.OUT_JSON;
 const FEEDS = (process.env.FEEDS ?? 'fixed') as 'fixed' | 'chained';
 const GRAPHS = (process.env.GRAPHS ?? 'state').split(',') as ('state' | 'steps')[];
+const RUNNER = process.env.RUNNER ?? 'ort';
+if (RUNNER !== 'ort' && RUNNER !== 'bound') throw new Error(`RUNNER must be ort or bound, found ${RUNNER}`);
+const boundSessions = new Map<number, Session>();
+/** RUNNER=bound: the addon's session for the segment_state graph (per batch size with FREE_DIMS=1). */
+function boundFor(file: string, batch: number, S: number): Session {
+  const key = process.env.FREE_DIMS === '1' ? batch : 0;
+  let s = boundSessions.get(key);
+  if (!s) {
+    s = createBoundSession(file, {
+      executionProvider: PROVIDER, deviceId: DEVICE_ID, ...(INTRA_OP_THREADS ? { intraOpThreads: INTRA_OP_THREADS } : {}),
+      cudaGraph: process.env.CUDA_GRAPH === '1', ...(key ? { freeDims: { batch, tokens: S } } : {}),
+      ...(process.env.CUDART ? { cudart: process.env.CUDART } : {}),
+    });
+    boundSessions.set(key, s);
+  }
+  return s;
+}
 for (const g of GRAPHS) if (g !== 'state' && g !== 'steps') throw new Error(`GRAPHS: state or steps, found ${g}`);
 if (GRAPHS.includes('steps') && FEEDS !== 'fixed') throw new Error('GRAPHS=steps times fixed feeds only');
 if (FEEDS !== 'fixed' && FEEDS !== 'chained') throw new Error(`FEEDS must be fixed or chained, found ${FEEDS}`);
@@ -190,7 +212,8 @@ async function main(): Promise<void> {
         const label = k === undefined ? `${precision} batch` : `${precision} steps${k} batch`;
         let times: number[];
         try {
-          times = await timeRuns(k === undefined ? session : pkg.sessions.segmentSteps!, pkg, batch, k);
+          const run = k !== undefined ? pkg.sessions.segmentSteps! : RUNNER === 'bound' ? boundFor(session.file, batch, pkg.segmentLength) : session;
+          times = await timeRuns(run, pkg, batch, k);
         } catch (err) {
           console.log(`${label} ${batch}: failed: ${(err as Error).message.slice(0, 300)}`);
           break;

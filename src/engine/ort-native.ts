@@ -1,0 +1,110 @@
+// The onnxruntime IO-binding addon (src/engine/native/ort-bound-session.cc, built by `npm run
+// native:build` into build/native/) as a Session (onnx-runtime.ts's interface): every run's inputs and
+// outputs live in buffers the session keeps, one slot per set of input shapes, and on CUDA each slot can
+// be a captured CUDA graph that later runs replay (onnxruntime-node binds no device memory, so it cannot
+// capture one). The addon loads onnxruntime-node's own libonnxruntime; runs are synchronous (an engine
+// thread's, not the main event loop's). Optional: loadBoundSessions() says why it is unavailable.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { checkFeeds, elementCount, type Session, type SessionOptions, type Tensor, type ValueInfo } from './onnx-runtime.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const require = createRequire(import.meta.url);
+
+/** Where `npm run native:build` writes the addon (RMT_NATIVE_ADDON overrides, e.g. in a bundle). */
+export const NATIVE_ADDON = process.env.RMT_NATIVE_ADDON ?? path.join(ROOT, 'build/native/ort-bound-session.node');
+
+export interface BoundSessionOptions extends SessionOptions {
+  /** CUDA only: capture each slot's run as a CUDA graph and replay it (the provider's enable_cuda_graph). */
+  cudaGraph?: boolean;
+  /** Fixes symbolic dimensions (e.g. { batch: 8 }): static shapes let a captured graph skip shape arithmetic. */
+  freeDims?: Record<string, number>;
+  /** CUDA only: the CUDA runtime library the copies in and out use (default libcudart.so.13). */
+  cudart?: string;
+}
+
+export interface BoundSession extends Session {
+  /** Binding slots made so far (one per distinct set of input shapes). */
+  slots(): number;
+}
+
+interface Port { name: string; type: string; shape: (number | string)[] }
+interface NativeTensor { type: string; dims: number[]; data: Float32Array | Uint16Array | BigInt64Array }
+interface NativeSession {
+  readonly inputs: Port[];
+  readonly outputs: Port[];
+  readonly slots: number;
+  run(feeds: Record<string, NativeTensor>, fetches: string[]): Record<string, NativeTensor>;
+  release(): void;
+}
+type Addon = { BoundSession: new (file: string, options: object) => NativeSession };
+
+/** onnxruntime-node's shared library: the one the addon must use (same release as the CUDA provider). */
+function ortLibrary(): string {
+  const pkg = path.dirname(require.resolve('onnxruntime-node/package.json'));
+  return path.join(pkg, 'bin/napi-v6', process.platform, process.arch, 'libonnxruntime.so.1');
+}
+
+let addon: Addon | undefined;
+
+/** The addon, or an Error saying why it cannot be used here. */
+export function loadBoundSessions(): Addon | Error {
+  if (addon) return addon;
+  if (process.platform !== 'linux') return new Error(`the onnxruntime IO-binding addon is built for Linux only (this is ${process.platform})`);
+  if (!existsSync(NATIVE_ADDON)) return new Error(`${NATIVE_ADDON} is missing: run npm run native:build (needs g++)`);
+  try {
+    addon = require(NATIVE_ADDON) as Addon;
+    return addon;
+  } catch (err) {
+    return new Error(`${NATIVE_ADDON}: ${(err as Error).message}`);
+  }
+}
+
+function info(p: Port): ValueInfo {
+  return { name: p.name, type: p.type, shape: p.shape };
+}
+
+export function createBoundSession(file: string, options: BoundSessionOptions): BoundSession {
+  const mod = loadBoundSessions();
+  if (mod instanceof Error) throw mod;
+  if (options.profilePrefix !== undefined) throw new Error(`${file}: profiling is not available through the IO-binding addon`);
+  const native = new mod.BoundSession(file, {
+    ortLibrary: ortLibrary(),
+    provider: options.executionProvider,
+    deviceId: options.deviceId ?? 0,
+    ...(options.intraOpThreads !== undefined ? { intraOpThreads: options.intraOpThreads } : {}),
+    cudaGraph: options.cudaGraph ?? false,
+    ...(options.freeDims ? { freeDims: options.freeDims } : {}),
+    cudart: options.executionProvider === 'cuda' ? options.cudart ?? 'libcudart.so.13' : '',
+  });
+  const label = path.basename(file);
+  const inputs = native.inputs.map(info);
+  const outputs = native.outputs.map(info);
+  return {
+    file,
+    inputs,
+    outputs,
+    async run(feeds, fetches) {
+      checkFeeds(label, inputs, feeds);
+      const names = fetches ?? outputs.map((o) => o.name);
+      const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
+      if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
+      const call = async () => native.run(Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }])), names);
+      const result = await (options.exclusive ? options.exclusive(call) : call());
+      const out: Record<string, Tensor> = {};
+      for (const name of names) {
+        const t = result[name]!;
+        if (elementCount(t.dims) !== t.data.length) throw new Error(`${label}: output '${name}' came back with ${t.data.length} elements for dims [${t.dims}]`);
+        out[name] = { dtype: t.type, data: t.data, dims: t.dims } as Tensor;
+      }
+      return out;
+    },
+    endProfiling: () => undefined,
+    slots: () => native.slots,
+    async release() {
+      native.release();
+    },
+  };
+}
