@@ -12,6 +12,9 @@
 #                  segment_state at the write rows only (the default) and pruned; 4-step graphs for both
 #                  (INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" makes only the first; INSTALL_STEPS=0 no 4-step graphs)
 #   limit          bench/engine-limit.ts on both packages, batches 1, 8, 64, 256, one- and 4-segment graphs
+#   bound          bench/engine-limit.ts on the write-rows package through onnxruntime-node and through the
+#                  IO-binding addon (RUNNER=bound: plain, CUDA graphs, CUDA graphs with static shapes); carry
+#                  build/native (npm run native:build here)
 #   profile        onnxruntime's profile of the fused fp16 segment_state run at PROFILE_BATCHES (64 256), with the
 #                  attention kernel it picks (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO)
 #   compiled       bench/reference-compiled.py (gpu-suite.sh compiled) on the same weights
@@ -65,6 +68,13 @@ for step in "$@"; do
     for p in $FUSED $PRUNED; do
       MODEL_DIR=$R/models/$p PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state,steps BATCHES=1,8,64,256 SECONDS=${LIMIT_SECONDS:-2} OUT_JSON=$OUT/$step/limit-$p.json \
         node --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$p.txt" | grep -E '^fp16'
+    done ;;
+  bound)  # the IO-binding addon (carried: build/native from npm run native:build) against onnxruntime-node, same call
+    for v in "ort" "bound" "bound CUDA_GRAPH=1" "bound CUDA_GRAPH=1 FREE_DIMS=1"; do
+      read -r runner extra <<<"$v"
+      env RUNNER=$runner $extra MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state BATCHES=${BOUND_BATCHES:-1,8,64,256} \
+        SECONDS=${LIMIT_SECONDS:-2} OUT_JSON="$OUT/$step/limit-$runner${extra:+-${extra// /-}}.json" node --import tsx bench/engine-limit.ts 2>&1 \
+        | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$runner${extra:+-${extra// /-}}.txt" | grep -E '^fp16 batch|rror' | sed "s/^/$v: /"
     done ;;
   profile)  # onnxruntime's profile of the write-rows package's fp16 segment_state run, and the attention kernel it picks
     for b in ${PROFILE_BATCHES:-64 256}; do

@@ -1,7 +1,8 @@
 // The onnxruntime IO-binding addon (src/engine/ort-native.ts; `npm run native:build`) against
 // onnxruntime-node on the same graphs and feeds, CPU: every output bit-identical, for the shipped RMT's
 // graphs (fp32, fp16), a fused-attention fixture and a state-conditioned one (three state inputs); a
-// slot per set of input shapes, refilled on every run. Where the addon is not built the tests are
+// slot per set of input shapes, refilled on every run; and the engine with RMT_ORT_RUNNER=bound gives
+// the states onnxruntime-node gives, bit for bit. Where the addon is not built the tests are
 // skipped with the reason, unless RMT_REQUIRE_NATIVE=1 (CI builds it and sets that).
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -9,6 +10,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createSession, int64, type Session, type Tensor, type ValueInfo } from '../src/engine/onnx-runtime.ts';
 import { createBoundSession, loadBoundSessions } from '../src/engine/ort-native.ts';
+import { startEngine } from '../src/engine/engine.ts';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const available = loadBoundSessions();
@@ -79,6 +81,39 @@ describe('onnxruntime IO-binding addon (CPU)', { skip }, () => {
       await assert.rejects(bound.run(ok, ['nope']), /unknown outputs requested: nope/);
     } finally {
       await bound.release();
+    }
+  });
+});
+
+describe('engine with ortRunner bound (CPU)', { skip }, () => {
+  test('concurrent sessions, chains and single advances: the same states as onnxruntime-node, bit for bit', async () => {
+    const models = ['rmt-tiny-masked', 'rmt-tiny-fused', 'armt-tiny'];
+    const common = { modelsDir: path.join(ROOT, 'test/fixtures'), models, executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 4, maxBatchTokens: 4096 };
+    const ref = await startEngine(common);
+    const bound = await startEngine({ ...common, ortRunner: 'bound' });
+    const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    try {
+      for (const m of models) {
+        const S = ref.model(m).segmentLength;
+        const init = ref.model(m).initState;
+        // Three sessions of 5 segments (the last short), run at once: batches of several rows and of one.
+        const segs = (s: number) => [0, 1, 2, 3, 4].map((k) => Array.from({ length: k === 4 ? 7 + s : S }, (_, i) => 2 + ((i * 31 + k * 7 + s * 13) % 4000)));
+        const run = (eng: typeof ref) => Promise.all([0, 1, 2].map(async (s) => {
+          const chained = await eng.advanceMany(m, segs(s), init, { stream: `c-${s}` });
+          let one = init;
+          for (const ids of segs(s)) one = await eng.advance(m, ids, one, `a-${s}`);
+          return [chained, one];
+        }));
+        const [want, got] = await Promise.all([run(ref), run(bound)]);
+        for (let s = 0; s < 3; s++) {
+          assert.ok(bits(got[s]![0]!).equals(bits(want[s]![0]!)), `${m} session ${s}: chain`);
+          assert.ok(bits(got[s]![1]!).equals(bits(want[s]![1]!)), `${m} session ${s}: advances`);
+        }
+      }
+      await assert.rejects(startEngine({ ...common, cudaGraphs: true }), /cudaGraphs needs ortRunner 'bound' and executionProvider 'cuda'/);
+    } finally {
+      await ref.close();
+      await bound.close();
     }
   });
 });

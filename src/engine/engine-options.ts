@@ -18,6 +18,14 @@ export interface EngineOptions {
   cpuFallback?: boolean;
   /** Write onnxruntime profiles (one JSON per graph, flushed at close) into this folder. */
   profileDir?: string;
+  /**
+   * What runs the segment_state graphs (ingest's runs): onnxruntime-node (default), or 'bound': the
+   * IO-binding addon (src/engine/ort-native.ts; npm run native:build), whose sessions keep their input
+   * and output buffers, so that on cuda a run can be a replayed CUDA graph (cudaGraphs).
+   */
+  ortRunner?: 'onnxruntime-node' | 'bound';
+  /** bound on cuda only: capture each batch bucket's segment_state run as a CUDA graph and replay it (default false). */
+  cudaGraphs?: boolean;
   /** Max rows per onnxruntime run. */
   maxBatch: number;
   /** Max sum of row token counts per segment/prefill run (a single larger request still runs, alone). */
@@ -123,6 +131,14 @@ export function checkOptions(opts: EngineOptions): CheckedOptions {
   const deviceId = opts.deviceId ?? 0;
   if (!Number.isInteger(deviceId) || deviceId < 0) throw new Error(`startEngine: deviceId must be a non-negative integer, found ${JSON.stringify(opts.deviceId)}`);
   if (opts.intraOpThreads !== undefined) positiveInt(opts.intraOpThreads, 'intraOpThreads');
+  const ortRunner = opts.ortRunner ?? 'onnxruntime-node';
+  if (ortRunner !== 'onnxruntime-node' && ortRunner !== 'bound') {
+    throw new Error(`startEngine: ortRunner must be 'onnxruntime-node' or 'bound', found ${JSON.stringify(opts.ortRunner)}`);
+  }
+  const cudaGraphs = opts.cudaGraphs ?? false;
+  if (cudaGraphs && (ortRunner !== 'bound' || opts.executionProvider !== 'cuda')) {
+    throw new Error(`startEngine: cudaGraphs needs ortRunner 'bound' and executionProvider 'cuda' (found ${ortRunner}, ${opts.executionProvider})`);
+  }
   return {
     modelsDir: path.resolve(opts.modelsDir),
     models: [...opts.models],
@@ -132,6 +148,8 @@ export function checkOptions(opts: EngineOptions): CheckedOptions {
     cpuFallback: opts.cpuFallback ?? false,
     ...(opts.profileDir !== undefined ? { profileDir: path.resolve(opts.profileDir) } : {}),
     ...(opts.intraOpThreads !== undefined ? { intraOpThreads: opts.intraOpThreads } : {}),
+    ortRunner,
+    cudaGraphs,
     maxBatch: positiveInt(opts.maxBatch, 'maxBatch'),
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
     maxLogitsRows: positiveInt(opts.maxLogitsRows ?? MAX_LOGITS_ROWS, 'maxLogitsRows'),

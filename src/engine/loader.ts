@@ -68,7 +68,9 @@ async function loadsOnCpu(config: WorkerConfig): Promise<boolean> {
  * or, with cpuFallback, loads the fp32 graphs on the CPU and says why in the device.
  */
 export async function loadModels(config: WorkerConfig, exclusive: NonNullable<LoadOptions['exclusive']>): Promise<{ models: Map<string, Loaded>; device: EngineDevice }> {
-  const common: LoadOptions = { exclusive, ...(config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {}) };
+  const common: LoadOptions = {
+    exclusive, runner: config.ortRunner, ...(config.intraOpThreads !== undefined ? { intraOpThreads: config.intraOpThreads } : {}),
+  };
   // One folder per thread: each thread profiles its own sessions, under the same graph names.
   if (config.profileDir !== undefined) {
     common.profileDir = config.lanes > 1 ? path.join(config.profileDir, `thread-${config.lane}`) : config.profileDir;
@@ -86,7 +88,9 @@ export async function loadModels(config: WorkerConfig, exclusive: NonNullable<Lo
     try {
       // On CUDA the kernels run on the GPU; an intra-op pool (onnxruntime's default: one spinning
       // thread per core) would only busy-wait, taking CPU from the worker's and the API's threads.
-      const models = await loadAll(config, { intraOpThreads: 1, ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision });
+      const models = await loadAll(config, {
+        intraOpThreads: 1, ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision, cudaGraphs: config.cudaGraphs,
+      });
       return { models, device: { executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision } };
     } catch (err) {
       const msg = errorMessage(err);

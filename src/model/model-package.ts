@@ -4,6 +4,7 @@
 // the manifest's state entries and decode conditioning, never from the architecture's name.
 import path from 'node:path';
 import { createSession, type RunGate, type Session, type SessionOptions } from '../engine/onnx-runtime.ts';
+import { createBoundSession } from '../engine/ort-native.ts';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.ts';
 import { fail, isRecord, readModelSpec, requireFile, str, type ModelSpec, type StateEntry } from './model-spec.ts';
 
@@ -41,6 +42,10 @@ export interface LoadOptions {
   profileDir?: string;
   /** Wraps every run of the package's sessions (see SessionOptions.exclusive). */
   exclusive?: RunGate;
+  /** What runs the segment_state graphs (default onnxruntime-node; bound: the IO-binding addon, ort-native.ts). */
+  runner?: 'onnxruntime-node' | 'bound';
+  /** runner bound on cuda: capture the segment_state runs as CUDA graphs (one per input shape) and replay them. */
+  cudaGraphs?: boolean;
 }
 
 interface IoSpec {
@@ -174,7 +179,8 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
     options.profileDir === undefined ? base : { ...base, profilePrefix: path.join(options.profileDir, `${name}-${graph}`) };
   const opened: Session[] = [];
   const open = async (file: string, graph: string) => {
-    const s = await createSession(file, sessionOptions(graph));
+    const bound = options.runner === 'bound' && (graph === 'segment_state' || graph === 'segment_state_steps');
+    const s = bound ? createBoundSession(file, { ...sessionOptions(graph), cudaGraph: options.cudaGraphs ?? false }) : await createSession(file, sessionOptions(graph));
     opened.push(s);
     return s;
   };

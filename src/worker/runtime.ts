@@ -44,6 +44,8 @@ export async function startWorkerRuntime(
     cpuFallback: config.cpuFallback,
     ...(config.ortProfileDir ? { profileDir: config.ortProfileDir } : {}),
     ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
+    ortRunner: config.ortRunner,
+    cudaGraphs: config.cudaGraphs,
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
     maxLogitsRows: config.maxLogitsRows,
