@@ -25,7 +25,7 @@ step() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - started)) >&2; }
 die() { printf 'bundle-gpu: %s\n' "$*" >&2; exit 1; }
 
 [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ] || die "build on linux x86_64 (the bundle's binaries are for it)"
-for tool in npm tar xz split sha256sum apt-get dpkg dpkg-deb ldd; do command -v "$tool" >/dev/null || die "$tool is needed"; done
+for tool in npm tar xz split sha256sum apt-get dpkg dpkg-deb ldd g++; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 
 step "build"
 cd "$ROOT"
@@ -59,6 +59,10 @@ if [ ! -f "$CUDA_TGZ" ]; then
 fi
 node "$STAGE/dist/scripts/cuda-install.js" --from "$CUDA_TGZ" --target "$STAGE/$ORT_BIN"
 node "$STAGE/dist/scripts/cuda-install.js" --check --target "$STAGE/$ORT_BIN" >/dev/null
+
+step "onnxruntime IO-binding addon"
+bash "$ROOT/scripts/build-native.sh" >/dev/null
+cp "$ROOT/build/native/ort-bound-session.node" "$STAGE/lib/ort-bound-session.node"
 
 step "node binary"
 want=$(node --version | sed 's/^v//')
