@@ -31,6 +31,16 @@
 #                  binding at 1,024 segments (LR_BIND_FACTS 3,5), qa2 at 8,192 (LR_QA2_FACTS 2), LR_SAMPLES
 #                  (100) each; held-out text from bench/out/heldout.txt (carried: bench/brown-text.ts
 #                  bench/out/heldout.txt --heldout)
+#
+# The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted:
+#   LR_MINUTES=10 bash bench/gpu-lease.sh long-recall-start      # carry var (brown-data, rmt-brown-small.pt), bench/out
+#   (five calls: one bundle part each into /opt/b, the fine-tunes training meanwhile)
+#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install
+#   bash bench/gpu-lease.sh long-recall-wait                    # until the four fine-tunes end
+#   bash bench/gpu-lease.sh bound profile                       # carry build (npm run native:build); GPU otherwise idle
+#   bash bench/gpu-lease.sh long-recall-pkg
+#   LR_SERVICE="a c" bash bench/gpu-lease.sh long-recall-service; then LR_SERVICE=b, then LR_SERVICE=d
+#   LR_FETCH="<the packages to ship>" bash bench/gpu-lease.sh long-recall-fetch
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH

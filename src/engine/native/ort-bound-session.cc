@@ -23,12 +23,14 @@
 namespace {
 
 using CudaMemcpy = int (*)(void*, const void*, size_t, int);
+using CudaSync = int (*)();
 constexpr int kHostToDevice = 1, kDeviceToHost = 2;
 
 struct Library {
   void* ort = nullptr;
   void* cudart = nullptr;
   CudaMemcpy memcpy = nullptr;
+  CudaSync sync = nullptr;
   std::unique_ptr<Ort::Env> env;
 };
 Library lib;
@@ -71,7 +73,10 @@ void Init(Napi::Env env, const std::string& ort_path, const std::string& cudart)
   lib.env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_WARNING, "rmt-bound");
   if (!cudart.empty()) {
     lib.cudart = dlopen(cudart.c_str(), RTLD_NOW);
-    if (lib.cudart) lib.memcpy = reinterpret_cast<CudaMemcpy>(dlsym(lib.cudart, "cudaMemcpy"));
+    if (lib.cudart) {
+      lib.memcpy = reinterpret_cast<CudaMemcpy>(dlsym(lib.cudart, "cudaMemcpy"));
+      lib.sync = reinterpret_cast<CudaSync>(dlsym(lib.cudart, "cudaDeviceSynchronize"));
+    }
   }
 }
 
@@ -134,7 +139,7 @@ class BoundSession : public Napi::ObjectWrap<BoundSession> {
         }
       }
       if (cuda_) {
-        if (!lib.memcpy) throw Napi::Error::New(env, "provider cuda: cudaMemcpy not found (option cudart: a libcudart.so path or name)");
+        if (!lib.memcpy || !lib.sync) throw Napi::Error::New(env, "provider cuda: cudaMemcpy / cudaDeviceSynchronize not found (option cudart: a libcudart.so path or name)");
         Ort::CUDAProviderOptions cuda;
         cuda.Update({{"device_id", std::to_string(device)}, {"enable_cuda_graph", cuda_graph_ ? "1" : "0"}});
         so.AppendExecutionProvider_CUDA_V2(*cuda);
@@ -223,9 +228,15 @@ class BoundSession : public Napi::ObjectWrap<BoundSession> {
         auto& a = data[i];
         Copy(s.inputs[i].GetTensorMutableRawData(), static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength(), kHostToDevice);
       }
+      // A pageable host-to-device cudaMemcpy may return before its DMA lands, and onnxruntime runs on its
+      // own stream: wait for the copies before the run.
+      if (cuda_) lib.sync();
       Ort::RunOptions ro;
-      if (cuda_graph_) ro.AddConfigEntry("gpu_graph_id", std::to_string(s.graph_id).c_str());
+      // A slot's first run is not captured (graph id -1): it allocates the outputs, which are then bound,
+      // so the captured graph writes into buffers that stay bound.
+      if (cuda_graph_) ro.AddConfigEntry("gpu_graph_id", s.outputs.empty() ? "-1" : std::to_string(s.graph_id).c_str());
       session_->Run(ro, s.binding);
+      s.binding.SynchronizeOutputs();  // device outputs are complete before they are copied out
       if (s.outputs.empty()) {
         // The first run allocated the outputs; bind those same buffers from now on (a captured graph
         // writes where it wrote when it was captured).
