@@ -150,6 +150,15 @@ export function checkFeeds(file: string, inputs: readonly ValueInfo[], feeds: Re
   }
 }
 
+/** A run's feeds checked and its fetches resolved (all outputs when none are named): the output names. */
+export function checkRun(label: string, inputs: readonly ValueInfo[], outputs: readonly ValueInfo[], feeds: Record<string, Tensor>, fetches?: string[]): string[] {
+  checkFeeds(label, inputs, feeds);
+  const names = fetches ?? outputs.map((o) => o.name);
+  const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
+  if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
+  return names;
+}
+
 export async function createSession(file: string, options: SessionOptions): Promise<Session> {
   // Loading by path (not buffer) lets ORT resolve external weight files next to the graph.
   // 'all' turns on onnxruntime's fusions (layer norm, GELU, MatMul+bias, attention where the pattern
@@ -189,12 +198,9 @@ export async function createSession(file: string, options: SessionOptions): Prom
     inputs,
     outputs,
     async run(feeds, fetches) {
-      checkFeeds(label, inputs, feeds);
+      const names = checkRun(label, inputs, outputs, feeds, fetches);
       const ortFeeds: Record<string, ort.Tensor> = {};
       for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
-      const names = fetches ?? outputs.map((o) => o.name);
-      const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
-      if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
       const result = await (options.exclusive ? options.exclusive(() => session.run(ortFeeds, names)) : session.run(ortFeeds, names));
       const out: Record<string, Tensor> = {};
       for (const name of names) out[name] = fromOrt(result[name]!, label, name);

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkFeeds, elementCount, type Session, type SessionOptions, type Tensor, type ValueInfo } from './onnx-runtime.ts';
+import { checkRun, elementCount, type Session, type SessionOptions, type Tensor, type ValueInfo } from './onnx-runtime.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const require = createRequire(import.meta.url);
@@ -87,10 +87,7 @@ export function createBoundSession(file: string, options: BoundSessionOptions): 
     inputs,
     outputs,
     async run(feeds, fetches) {
-      checkFeeds(label, inputs, feeds);
-      const names = fetches ?? outputs.map((o) => o.name);
-      const unknown = names.filter((n) => !outputs.some((o) => o.name === n));
-      if (unknown.length) throw new Error(`${label}: unknown outputs requested: ${unknown.join(', ')}`);
+      const names = checkRun(label, inputs, outputs, feeds, fetches);
       const call = async () => native.run(Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }])), names);
       const result = await (options.exclusive ? options.exclusive(call) : call());
       const out: Record<string, Tensor> = {};
