@@ -114,10 +114,7 @@ class ARMT(nn.Module):
         out["memory"] = self.memory.float().unsqueeze(0).expand(batch, -1, -1).contiguous().to(dev)
         return out
 
-    def state_bytes(self) -> int:
-        import math
-
-        return sum(4 * math.prod(s) for _, s in self.state_spec())
+    state_bytes = StateModel.state_bytes
 
     def empty_past(self, batch: int, device=None, dtype=None):
         c = self.cfg
