@@ -1,7 +1,7 @@
 // The onnxruntime IO-binding addon (src/engine/ort-native.ts; `npm run native:build`) against
 // onnxruntime-node on the same graphs and feeds, CPU: every output bit-identical, for the shipped RMT's
 // graphs (fp32, fp16), a fused-attention fixture and a state-conditioned one (three state inputs); a
-// slot per set of input shapes, refilled on every run; and the engine with RMT_ORT_RUNNER=bound gives
+// slot per set of input shapes, refilled on every run; runs asked for at once queued; and the engine with RMT_ORT_RUNNER=bound gives
 // the states onnxruntime-node gives, bit for bit. Where the addon is not built the tests are
 // skipped with the reason, unless RMT_REQUIRE_NATIVE=1 (CI builds it and sets that).
 import assert from 'node:assert/strict';
@@ -62,6 +62,8 @@ describe('onnxruntime IO-binding addon (CPU)', { skip }, () => {
         // The batch-3 slot again, new values: its buffers are refilled, its outputs rewritten.
         await same(ref, bound, feeds(ref.inputs, 3, tokens, 3), 'batch 3 again');
         assert.equal(bound.slots(), 2);
+        // Runs asked for at once are queued: each gets its own feeds' outputs.
+        await Promise.all([4, 5, 6].map((seed) => same(ref, bound, feeds(ref.inputs, seed === 5 ? 1 : 3, tokens, seed), `at once, seed ${seed}`)));
       } finally {
         await ref.release();
         await bound.release();

@@ -2,8 +2,9 @@
 // native:build` into build/native/) as a Session (onnx-runtime.ts's interface): every run's inputs and
 // outputs live in buffers the session keeps, one slot per set of input shapes, and on CUDA each slot can
 // be a captured CUDA graph that later runs replay (onnxruntime-node binds no device memory, so it cannot
-// capture one). The addon loads onnxruntime-node's own libonnxruntime; runs are synchronous (an engine
-// thread's, not the main event loop's). Optional: loadBoundSessions() says why it is unavailable.
+// capture one). The addon loads onnxruntime-node's own libonnxruntime; a run copies the feeds in on the
+// calling thread and runs on a libuv thread, like onnxruntime-node's; a session's runs are queued, one at
+// a time. Optional: loadBoundSessions() says why it is unavailable.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -36,7 +37,8 @@ interface NativeSession {
   readonly inputs: Port[];
   readonly outputs: Port[];
   readonly slots: number;
-  run(feeds: Record<string, NativeTensor>, fetches: string[]): Record<string, NativeTensor>;
+  /** One run at a time: the slot's buffers are the run's (the wrapper queues them). */
+  run(feeds: Record<string, NativeTensor>, fetches: string[]): Promise<Record<string, NativeTensor>>;
   release(): void;
 }
 type Addon = { BoundSession: new (file: string, options: object) => NativeSession };
@@ -82,13 +84,19 @@ export function createBoundSession(file: string, options: BoundSessionOptions): 
   const label = path.basename(file);
   const inputs = native.inputs.map(info);
   const outputs = native.outputs.map(info);
+  let queue: Promise<unknown> = Promise.resolve();
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = queue.then(fn);
+    queue = p.catch(() => undefined);
+    return p;
+  };
   return {
     file,
     inputs,
     outputs,
     async run(feeds, fetches) {
       const names = checkRun(label, inputs, outputs, feeds, fetches);
-      const call = async () => native.run(Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }])), names);
+      const call = () => serial(() => native.run(Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }])), names));
       const result = await (options.exclusive ? options.exclusive(call) : call());
       const out: Record<string, Tensor> = {};
       for (const name of names) {
@@ -101,6 +109,7 @@ export function createBoundSession(file: string, options: BoundSessionOptions): 
     endProfiling: () => undefined,
     slots: () => native.slots,
     async release() {
+      await queue;
       native.release();
     },
   };

@@ -6,7 +6,7 @@
 //
 // It loads the same libonnxruntime that onnxruntime-node ships (its path is given), so it needs no
 // onnxruntime of its own. Host <-> device copies go through libcudart (dlopen'd by name), outside the
-// captured graph. Runs are synchronous: call it from an engine thread, not the main event loop.
+// captured graph. A run returns a promise: the run and the copies out happen on a libuv thread.
 // Built by scripts/build-native.sh; used through src/engine/ort-native.ts (which documents the JS API).
 #define ORT_API_MANUAL_INIT
 #include <dlfcn.h>
@@ -183,10 +183,13 @@ class BoundSession : public Napi::ObjectWrap<BoundSession> {
     else if (int rc = lib.memcpy(dst, src, n, kind)) throw std::runtime_error("cudaMemcpy failed: " + std::to_string(rc));
   }
 
-  // run({ name: { type, dims, data } }, fetches) -> { name: { type, dims, data } }
+  // run({ name: { type, dims, data } }, fetches) -> Promise<{ name: { type, dims, data } }>. On the calling
+  // thread: the feeds checked and copied into the slot's buffers; on a libuv thread: the run and the copies
+  // out; back here: the typed arrays. One run at a time per session (ort-native.ts queues them).
   Napi::Value Run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!session_) throw Napi::Error::New(env, "session released");
+    if (busy_) throw Napi::Error::New(env, "a run of this session is in flight");
     auto feeds = info[0].As<Napi::Object>();
     auto fetch = info[1].As<Napi::Array>();
     // The slot key: every input's dims, in graph order.
@@ -212,79 +215,146 @@ class BoundSession : public Napi::ObjectWrap<BoundSession> {
       shapes.push_back(std::move(d));
       data.push_back(arr);
     }
+    std::vector<size_t> wanted;
+    for (uint32_t f = 0; f < fetch.Length(); f++) {
+      std::string name = fetch.Get(f).As<Napi::String>();
+      size_t i = 0;
+      while (i < outputs_.size() && outputs_[i].name != name) i++;
+      if (i == outputs_.size()) throw Napi::TypeError::New(env, "unknown output '" + name + "'");
+      wanted.push_back(i);
+    }
+    Slot* slot;
     try {
       auto it = slots_.find(key);
       if (it == slots_.end()) {
-        auto slot = std::make_unique<Slot>(*session_, static_cast<int>(slots_.size()) + 1);
+        auto fresh = std::make_unique<Slot>(*session_, static_cast<int>(slots_.size()) + 1);
         for (size_t i = 0; i < inputs_.size(); i++) {
-          slot->inputs.push_back(Ort::Value::CreateTensor(*alloc_, shapes[i].data(), shapes[i].size(), inputs_[i].type));
-          slot->binding.BindInput(inputs_[i].name.c_str(), slot->inputs.back());
+          fresh->inputs.push_back(Ort::Value::CreateTensor(*alloc_, shapes[i].data(), shapes[i].size(), inputs_[i].type));
+          fresh->binding.BindInput(inputs_[i].name.c_str(), fresh->inputs.back());
         }
-        for (auto& out : outputs_) slot->binding.BindOutput(out.name.c_str(), *mem_);
-        it = slots_.emplace(key, std::move(slot)).first;
+        for (auto& out : outputs_) fresh->binding.BindOutput(out.name.c_str(), *mem_);
+        it = slots_.emplace(key, std::move(fresh)).first;
       }
-      Slot& s = *it->second;
+      slot = it->second.get();
       for (size_t i = 0; i < inputs_.size(); i++) {
         auto& a = data[i];
-        Copy(s.inputs[i].GetTensorMutableRawData(), static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength(), kHostToDevice);
+        Copy(slot->inputs[i].GetTensorMutableRawData(), static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength(), kHostToDevice);
       }
-      // A pageable host-to-device cudaMemcpy may return before its DMA lands, and onnxruntime runs on its
-      // own stream: wait for the copies before the run.
-      if (cuda_) lib.sync();
-      Ort::RunOptions ro;
-      // A slot's first run is not captured (graph id -1): it allocates the outputs, which are then bound,
-      // so the captured graph writes into buffers that stay bound.
-      if (cuda_graph_) ro.AddConfigEntry("gpu_graph_id", s.outputs.empty() ? "-1" : std::to_string(s.graph_id).c_str());
-      session_->Run(ro, s.binding);
-      s.binding.SynchronizeOutputs();  // device outputs are complete before they are copied out
-      if (s.outputs.empty()) {
-        // The first run allocated the outputs; bind those same buffers from now on (a captured graph
-        // writes where it wrote when it was captured).
-        s.outputs = s.binding.GetOutputValues();
-        s.binding.ClearBoundOutputs();
-        for (size_t i = 0; i < outputs_.size(); i++) s.binding.BindOutput(outputs_[i].name.c_str(), s.outputs[i]);
-      }
-      auto result = Napi::Object::New(env);
-      for (uint32_t f = 0; f < fetch.Length(); f++) {
-        std::string name = fetch.Get(f).As<Napi::String>();
-        size_t i = 0;
-        while (i < outputs_.size() && outputs_[i].name != name) i++;
-        if (i == outputs_.size()) throw Napi::TypeError::New(env, "unknown output '" + name + "'");
-        auto info_ = s.outputs[i].GetTensorTypeAndShapeInfo();
-        auto dims = info_.GetShape();
-        size_t bytes = info_.GetElementCount() * ElementSize(outputs_[i].type);
-        auto buf = Napi::ArrayBuffer::New(env, bytes);
-        Copy(buf.Data(), s.outputs[i].GetTensorRawData(), bytes, kDeviceToHost);
-        auto t = Napi::Object::New(env);
-        t.Set("type", TypeName(outputs_[i].type));
-        auto jd = Napi::Array::New(env, dims.size());
-        for (size_t k = 0; k < dims.size(); k++) jd.Set(k, Napi::Number::New(env, static_cast<double>(dims[k])));
-        t.Set("dims", jd);
-        size_t n = info_.GetElementCount();
-        switch (outputs_[i].type) {
-          case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: t.Set("data", Napi::Float32Array::New(env, n, buf, 0)); break;
-          case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: t.Set("data", Napi::Uint16Array::New(env, n, buf, 0)); break;
-          case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: t.Set("data", Napi::BigInt64Array::New(env, n, buf, 0)); break;
-          default: throw Napi::TypeError::New(env, "output '" + name + "' has an unsupported type");
-        }
-        result.Set(name, t);
-      }
-      return result;
     } catch (const Ort::Exception& e) {
       throw Napi::Error::New(env, std::string("onnxruntime: ") + e.what());
     } catch (const std::runtime_error& e) {
       throw Napi::Error::New(env, e.what());
     }
+    auto* worker = new RunWorker(env, this, slot, std::move(wanted));
+    busy_ = true;
+    worker->Queue();
+    return worker->Promise();
   }
 
+  // The libuv thread's part of a run: what it copies out, per fetched output.
+  struct Fetched {
+    size_t index;
+    std::vector<int64_t> dims;
+    std::vector<uint8_t> bytes;
+  };
+
+  std::vector<Fetched> Execute(Slot& s, const std::vector<size_t>& wanted) {
+    // A pageable host-to-device cudaMemcpy may return before its DMA lands, and onnxruntime runs on its
+    // own stream: wait for the copies before the run.
+    if (cuda_) lib.sync();
+    Ort::RunOptions ro;
+    // A slot's first run is not captured (graph id -1): it allocates the outputs, which are then bound,
+    // so the captured graph writes into buffers that stay bound.
+    if (cuda_graph_) ro.AddConfigEntry("gpu_graph_id", s.outputs.empty() ? "-1" : std::to_string(s.graph_id).c_str());
+    session_->Run(ro, s.binding);
+    s.binding.SynchronizeOutputs();  // device outputs are complete before they are copied out
+    if (s.outputs.empty()) {
+      // The first run allocated the outputs; bind those same buffers from now on (a captured graph
+      // writes where it wrote when it was captured).
+      s.outputs = s.binding.GetOutputValues();
+      s.binding.ClearBoundOutputs();
+      for (size_t i = 0; i < outputs_.size(); i++) s.binding.BindOutput(outputs_[i].name.c_str(), s.outputs[i]);
+    }
+    std::vector<Fetched> out;
+    for (size_t i : wanted) {
+      auto t = s.outputs[i].GetTensorTypeAndShapeInfo();
+      Fetched f{i, t.GetShape(), std::vector<uint8_t>(t.GetElementCount() * ElementSize(outputs_[i].type))};
+      Copy(f.bytes.data(), s.outputs[i].GetTensorRawData(), f.bytes.size(), kDeviceToHost);
+      out.push_back(std::move(f));
+    }
+    return out;
+  }
+
+  Napi::Object Result(Napi::Env env, std::vector<Fetched>& fetched) {
+    auto result = Napi::Object::New(env);
+    for (auto& f : fetched) {
+      const Port& port = outputs_[f.index];
+      auto buf = Napi::ArrayBuffer::New(env, f.bytes.size());
+      std::memcpy(buf.Data(), f.bytes.data(), f.bytes.size());
+      auto t = Napi::Object::New(env);
+      t.Set("type", TypeName(port.type));
+      auto jd = Napi::Array::New(env, f.dims.size());
+      for (size_t k = 0; k < f.dims.size(); k++) jd.Set(k, Napi::Number::New(env, static_cast<double>(f.dims[k])));
+      t.Set("dims", jd);
+      size_t n = f.bytes.size() / ElementSize(port.type);
+      switch (port.type) {
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: t.Set("data", Napi::Float32Array::New(env, n, buf, 0)); break;
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: t.Set("data", Napi::Uint16Array::New(env, n, buf, 0)); break;
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: t.Set("data", Napi::BigInt64Array::New(env, n, buf, 0)); break;
+        default: throw Napi::TypeError::New(env, "output '" + port.name + "' has an unsupported type");
+      }
+      result.Set(port.name, t);
+    }
+    return result;
+  }
+
+  class RunWorker : public Napi::AsyncWorker {
+   public:
+    RunWorker(Napi::Env env, BoundSession* self, Slot* slot, std::vector<size_t> wanted)
+        : Napi::AsyncWorker(env), self_(self), slot_(slot), wanted_(std::move(wanted)), deferred_(Napi::Promise::Deferred::New(env)) {
+      keep_ = Napi::Persistent(self->Value());  // the session object outlives the run
+    }
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override {
+      try {
+        fetched_ = self_->Execute(*slot_, wanted_);
+      } catch (const Ort::Exception& e) {
+        SetError(std::string("onnxruntime: ") + e.what());
+      } catch (const std::exception& e) {
+        SetError(e.what());
+      }
+    }
+    void OnOK() override {
+      self_->busy_ = false;
+      try {
+        deferred_.Resolve(self_->Result(Env(), fetched_));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      }
+    }
+    void OnError(const Napi::Error& e) override {
+      self_->busy_ = false;
+      deferred_.Reject(e.Value());
+    }
+
+   private:
+    BoundSession* self_;
+    Slot* slot_;
+    std::vector<size_t> wanted_;
+    std::vector<Fetched> fetched_;
+    Napi::Promise::Deferred deferred_;
+    Napi::ObjectReference keep_;
+  };
+
   Napi::Value Release(const Napi::CallbackInfo& info) {
+    if (busy_) throw Napi::Error::New(info.Env(), "release during a run");
     slots_.clear();
     alloc_.reset();
     session_.reset();
     return info.Env().Undefined();
   }
 
-  bool cuda_ = false, cuda_graph_ = false;
+  bool cuda_ = false, cuda_graph_ = false, busy_ = false;
   std::unique_ptr<Ort::Session> session_;
   std::unique_ptr<Ort::MemoryInfo> mem_;
   std::unique_ptr<Ort::Allocator> alloc_;
