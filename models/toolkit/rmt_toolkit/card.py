@@ -57,6 +57,17 @@ ARCH_NOTES = {
          "mem_mask": "1 where a cache slot holds a position"},
         "What crosses segments is the Transformer-XL cache, detached between segments in training; the per-position "
         "memory views cost memory_tokens x the tokens' feed-forward work."),
+    "armt": (
+        "The RMT (GPT-2 blocks, [read memory; tokens; write memory], causal attention) with an ARMT-style associative "
+        "memory in every layer (Rodkin et al. 2024; RodkinIvan/associative-recurrent-memory-transformer): before each "
+        "block every position adds what the layer's matrix answers to its DPFP key; after it the write memory's outputs "
+        "are stored as key -> value pairs by the delta rule (only the part of a key not yet stored counts).",
+        {"memory": "the RMT's recurrent memory tokens: the last layer's outputs at the write positions (with "
+                   "carry_memory off, the learned initial memory every segment)",
+         "assoc": "per layer and head, the associative matrix: DPFP key features x value dimensions, the sum of the "
+                  "stored key -> value updates",
+         "assoc_z": "per layer and head, the sum of the stored keys (the normaliser of a read)"},
+        "The state is backpropagated through in training, as the RMT's memory is."),
 }
 
 
@@ -119,7 +130,7 @@ def render_state(m: dict, notes: str = "") -> str:
             "| architecture | layers | d_model | heads | d_ff | vocab | segment_length | mem_len | memory_tokens | parameters | state bytes / session |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
             f"| {m['architecture']} | {c['n_layers']} | {c['d_model']} | {c['n_heads']} | {c['d_ff']} | {c['vocab_size']} | "
-            f"{c['segment_length']} | {c['mem_len']} | {c['memory_tokens']} | {m.get('parameters', 0):,} | {total:,} |", "",
+            f"{c['segment_length']} | {c.get('mem_len', '—')} | {c['memory_tokens']} | {m.get('parameters', 0):,} | {total:,} |", "",
             "## State (per session, float32, constant in the input length)", "",
             "| entry | shape | bytes | what |", "|---|---|---|---|"]
     out += [f"| `{e['name']}` | {e['shape']} | {4 * _prod(e['shape']):,} | {entries[e['name']]} |" for e in m["state"]]
