@@ -6,7 +6,9 @@
 2. every architecture: a later token never changes earlier logits (causality: membottleneck's memory);
    a padded row equals its real tokens alone (state, logits, log-probs); decode (prefill, steps, a
    padded prefill) equals segment over the same tokens;
-3. batched perplexity (documents as padded rows) equals reading each document alone.
+3. batched perplexity (documents as padded rows) equals reading each document alone;
+4. armt: with W_v = 0 (its init) it computes the RMT of the same weights; with W_v set, the matrices
+   change the logits.
 Prints one line per check and "N passed, N failed"; exits non-zero on a failure.
 """
 from __future__ import annotations
