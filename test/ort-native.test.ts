@@ -92,7 +92,8 @@ describe('engine with ortRunner bound (CPU)', { skip }, () => {
     const models = ['rmt-tiny-masked', 'rmt-tiny-fused', 'armt-tiny'];
     const common = { modelsDir: path.join(ROOT, 'test/fixtures'), models, executionProvider: 'cpu' as const, intraOpThreads: 1, maxBatch: 4, maxBatchTokens: 4096 };
     const ref = await startEngine(common);
-    const bound = await startEngine({ ...common, ortRunner: 'bound' });
+    // Two engine threads: each loads the addon (one initialises it) and runs its own sessions' batches.
+    const bound = await startEngine({ ...common, ortRunner: 'bound', threads: 2 });
     const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     try {
       for (const m of models) {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,18 @@ std::string ShapeString(const std::vector<int64_t>& dims) {
   return s + "]";
 }
 
+// The process's engine threads each load the addon: one of them initialises, under this lock.
+std::mutex init_lock;
+
 void Init(Napi::Env env, const std::string& ort_path, const std::string& cudart) {
+  std::lock_guard<std::mutex> hold(init_lock);
+  if (!cudart.empty() && !lib.cudart) {
+    lib.cudart = dlopen(cudart.c_str(), RTLD_NOW);
+    if (lib.cudart) {
+      lib.memcpy = reinterpret_cast<CudaMemcpy>(dlsym(lib.cudart, "cudaMemcpy"));
+      lib.sync = reinterpret_cast<CudaSync>(dlsym(lib.cudart, "cudaDeviceSynchronize"));
+    }
+  }
   if (lib.env) return;
   lib.ort = dlopen(ort_path.c_str(), RTLD_NOW | RTLD_GLOBAL);
   if (!lib.ort) throw Napi::Error::New(env, "cannot load " + ort_path + ": " + dlerror());
@@ -71,13 +83,6 @@ void Init(Napi::Env env, const std::string& ort_path, const std::string& cudart)
   if (!api) throw Napi::Error::New(env, ort_path + " is older than the headers (ORT_API_VERSION " + std::to_string(ORT_API_VERSION) + ")");
   Ort::InitApi(api);
   lib.env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_WARNING, "rmt-bound");
-  if (!cudart.empty()) {
-    lib.cudart = dlopen(cudart.c_str(), RTLD_NOW);
-    if (lib.cudart) {
-      lib.memcpy = reinterpret_cast<CudaMemcpy>(dlsym(lib.cudart, "cudaMemcpy"));
-      lib.sync = reinterpret_cast<CudaSync>(dlsym(lib.cudart, "cudaDeviceSynchronize"));
-    }
-  }
 }
 
 struct Port {  // a graph input or output; a dimension < 0 is symbolic (its name in symbols)
