@@ -3,8 +3,7 @@
 # build/native/ort-bound-session.node. Needs g++; the headers come from npm (node-addon-api and
 # node-api-headers, dev dependencies; onnxruntime's C/C++ API headers from the package the CUDA
 # provider's publisher ships them in, pinned to the same onnxruntime release as the provider).
-# At run time the addon loads onnxruntime-node's own libonnxruntime (src/engine/ort-native.ts). libstdc++ is
-# linked in, so a host needs only glibc >= 2.34 (a GPU bundle built here runs on older distributions).
+# At run time the addon loads onnxruntime-node's own libonnxruntime (src/engine/ort-native.ts).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -24,6 +23,6 @@ fi
 mkdir -p "$(dirname "$OUT")"
 g++ -std=c++17 -O2 -fPIC -shared -Wall -Wno-unused-parameter -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS \
   -I node_modules/node-api-headers/include -I node_modules/node-addon-api -I "$inc" \
-  -static-libstdc++ -static-libgcc -o "$OUT.tmp" src/engine/native/ort-bound-session.cc -ldl
+  -o "$OUT.tmp" src/engine/native/ort-bound-session.cc -ldl
 mv "$OUT.tmp" "$OUT"
 echo "built $OUT"
