@@ -3,7 +3,9 @@
 # build/native/ort-bound-session.node. Needs g++; the headers come from npm (node-addon-api and
 # node-api-headers, dev dependencies; onnxruntime's C/C++ API headers from the package the CUDA
 # provider's publisher ships them in, pinned to the same onnxruntime release as the provider).
-# At run time the addon loads onnxruntime-node's own libonnxruntime (src/engine/ort-native.ts).
+# At run time the addon loads onnxruntime-node's own libonnxruntime (src/engine/ort-native.ts). Built on
+# Debian 12 it needs glibc >= 2.34 and libstdc++ with GLIBCXX_3.4.29 (gcc 11) on the host; linking
+# libstdc++ statically would pull in glibc 2.36 symbols (arc4random), so it stays dynamic.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
