@@ -89,10 +89,11 @@ for step in "$@"; do
   profile)  # onnxruntime's profile of the write-rows package's fp16 segment_state run, and the attention kernel it picks
     for b in ${PROFILE_BATCHES:-64 256}; do
       CUDA_LAUNCH_BLOCKING=1 ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state PROFILE_BATCH=$b \
-        PROFILE_ONLY=1 node --import tsx bench/engine-limit.ts 2>&1 | grep -v 'W:onnxruntime' | tee "$OUT/$step/profile-$b.txt" \
-        | grep -E 'profile|^  [A-Z]|[Kk]ernel|Flash|flash|Efficient|cudnn' | sort | uniq -c | sort -rn | head -24
-    done
-    mv ./*.json "$OUT/$step/" 2>/dev/null ;;
+        PROFILE_ONLY=1 PROFILE_DIR="$OUT/$step/profiles-$b" OUT_JSON="$OUT/$step/profile-$b.json" node --import tsx bench/engine-limit.ts 2>&1 \
+        | grep -v 'W:onnxruntime' > "$OUT/$step/profile-$b.txt"
+      grep -E 'profile|^  [A-Z]' "$OUT/$step/profile-$b.txt" | head -14
+      grep -iE 'flash|efficient|cudnn|unfused|kernel' "$OUT/$step/profile-$b.txt" | sort | uniq -c | head -8  # the attention kernel picked
+    done ;;
   compiled)
     env $S GPT2=$FUSED OUT=$OUT/$step bash bench/gpu-suite.sh compiled 2>&1 | grep -E 'batch|peak|diff|check|first|Error' ;;
   service)
