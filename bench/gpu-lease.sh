@@ -39,7 +39,7 @@
 #   bash bench/gpu-lease.sh long-recall-wait                    # until the four fine-tunes end
 #   bash bench/gpu-lease.sh bound profile                       # carry build (npm run native:build); GPU otherwise idle
 #   bash bench/gpu-lease.sh long-recall-pkg
-#   LR_SERVICE="a c" bash bench/gpu-lease.sh long-recall-service; then LR_SERVICE=b, then LR_SERVICE=d
+#   LR_SERVICE="a c" bash bench/gpu-lease.sh long-recall-service; then LR_SERVICE=b, then LR_SERVICE=d   # carry bench/out
 #   LR_FETCH="<the packages to ship>" bash bench/gpu-lease.sh long-recall-fetch
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
