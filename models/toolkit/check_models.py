@@ -8,7 +8,8 @@
    padded prefill) equals segment over the same tokens;
 3. batched perplexity (documents as padded rows) equals reading each document alone;
 4. armt: with W_v = 0 (its init) it computes the RMT of the same weights; with W_v set, the matrices
-   change the logits.
+   change the logits; over three segments it equals a re-derivation of the reference's algebra
+   (einsum reads and writes, the correction with its epsilon) to float rounding.
 Prints one line per check and "N passed, N failed"; exits non-zero on a failure.
 """
 from __future__ import annotations
@@ -218,6 +219,51 @@ def behaviour_checks(arch):
               abs(tb - ts) / ts + abs(cb - cs), 1e-7)
 
 
+def armt_reference(m, segs):
+    """ARMT as its paper's code states the algebra (modeling_amt AssociativeLayerWrapper), re-derived: per layer
+    a matrix and a normaliser held as state, no read on the first segment, einsum reads of the normalised DPFP
+    query, writes weighted by sigmoid(W_b) with the correction 1 - (z.k + eps) / |k|^2 clipped to [0, 1].
+    Full segments, the memory carried. Returns each segment's token hidden states and the last state."""
+    from rmt_toolkit.arch.armt import dpfp
+
+    c, B = m.cfg, segs[0].shape[0]
+    M, H = c.memory_tokens, c.assoc_heads
+    heads = lambda t: t.reshape(t.shape[0], t.shape[1], H, -1).permute(0, 2, 1, 3)  # noqa: E731
+    key = lambda t, w: F.normalize(dpfp(heads(w(t)), c.nu), dim=-1, p=2.0)  # noqa: E731
+    W, Z, first, mem, outs = [None] * c.n_layers, [None] * c.n_layers, True, m.memory.unsqueeze(0).expand(B, -1, -1), []
+    for seg in segs:
+        T = seg.shape[1]
+        x = torch.cat([mem, m.wte(seg), mem], 1) + m.wpe(torch.arange(2 * M + T)).unsqueeze(0)
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool).tril().view(1, 1, n, n)
+        for i, blk in enumerate(m.h):
+            a = m.assoc[i]
+            if not first:
+                mq = key(x, a.w_q)
+                num = torch.einsum("ihjk,ihkt->ihjt", mq, W[i])
+                den = torch.einsum("ihk,ihjk->ihj", Z[i], mq)[..., None] + 1e-5
+                x = x + (num / den).permute(0, 2, 1, 3).reshape(x.shape)
+            x, _, _ = blk(x, causal)
+            w = x[:, -M:]
+            mk, mv = key(w, a.w_k), heads(a.w_v(w))
+            if first:
+                prev, coef = torch.zeros_like(mv), 1.0
+                W[i] = torch.zeros(B, H, mk.shape[-1], mv.shape[-1])
+                Z[i] = torch.zeros(B, H, mk.shape[-1])
+            else:
+                den = torch.einsum("ihj,ihkj->ihk", Z[i], mk)[..., None] + 1e-5
+                prev = torch.einsum("ihjk,ihkt->ihjt", mk, W[i]) / den
+                coef = torch.clip(1 - den / (torch.linalg.norm(mk, dim=-1) ** 2)[..., None], 0, 1)
+            mb = heads(torch.sigmoid(a.w_b(w)))
+            W[i] = W[i] + torch.einsum("ihjk,ihjt,ihjx->ihkt", mk, mv - prev, mb)
+            Z[i] = Z[i] + (coef * mk).sum(dim=-2)
+        first = False
+        x = m.ln_f(x)
+        mem = x[:, -M:]
+        outs.append(x[:, M:M + T])
+    return outs, {"memory": mem, "assoc": torch.stack(W, 1), "assoc_z": torch.stack(Z, 1)}
+
+
 @torch.no_grad()
 def armt_checks():
     """ARMT: with W_v = 0 (its init) it computes the RMT of the same weights; with W_v set, the matrices
@@ -246,6 +292,17 @@ def armt_checks():
     reset = dict(st, assoc=torch.zeros_like(st["assoc"]), assoc_z=torch.zeros_like(st["assoc_z"]))
     moved = (armt.segment(x, torch.ones_like(x), st)[1] - armt.segment(x, torch.ones_like(x), reset)[1]).abs().max().item()
     check("armt: the associative matrices change the logits (1 - max |diff|)", max(0.0, 1.0 - moved), 0.999)
+    m = tiny_model("armt")
+    segs = [ids[:, i * S:(i + 1) * S] for i in range(3)]
+    ref_h, ref_st = armt_reference(m, segs)
+    st = m.initial_state(2)
+    for i, seg in enumerate(segs):
+        h, st = m.forward_segment(seg, torch.ones_like(seg), st)
+        check(f"armt vs the reference's algebra, segment {i}: hidden", (h - ref_h[i]).abs().max().item(), 1e-4)
+    for name in ref_st:
+        scale = max(1.0, ref_st[name].abs().max().item())
+        check(f"armt vs the reference's algebra: state {name} (relative to its largest value, {scale:.1f})",
+              (st[name] - ref_st[name]).abs().max().item() / scale, 1e-5)
 
 
 if __name__ == "__main__":
