@@ -35,6 +35,11 @@ export interface SessionOptions {
 /** Calls `run` when the device is this caller's (and times it); resolves with its result. */
 export type RunGate = <T>(run: () => Promise<T>) => Promise<T>;
 
+/** `run` through the gate when there is one. */
+export function gated<T>(gate: RunGate | undefined, run: () => Promise<T>): Promise<T> {
+  return gate ? gate(run) : run();
+}
+
 export interface Session {
   readonly file: string;
   readonly inputs: readonly ValueInfo[];
@@ -201,7 +206,7 @@ export async function createSession(file: string, options: SessionOptions): Prom
       const names = checkRun(label, inputs, outputs, feeds, fetches);
       const ortFeeds: Record<string, ort.Tensor> = {};
       for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
-      const result = await (options.exclusive ? options.exclusive(() => session.run(ortFeeds, names)) : session.run(ortFeeds, names));
+      const result = await gated(options.exclusive, () => session.run(ortFeeds, names));
       const out: Record<string, Tensor> = {};
       for (const name of names) out[name] = fromOrt(result[name]!, label, name);
       return out;

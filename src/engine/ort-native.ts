@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkRun, elementCount, type Session, type SessionOptions, type Tensor, type ValueInfo } from './onnx-runtime.ts';
+import { checkRun, elementCount, gated, type Session, type SessionOptions, type Tensor, type ValueInfo } from './onnx-runtime.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const require = createRequire(import.meta.url);
@@ -96,8 +96,8 @@ export function createBoundSession(file: string, options: BoundSessionOptions): 
     outputs,
     async run(feeds, fetches) {
       const names = checkRun(label, inputs, outputs, feeds, fetches);
-      const call = () => serial(() => native.run(Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }])), names));
-      const result = await (options.exclusive ? options.exclusive(call) : call());
+      const nativeFeeds = Object.fromEntries(Object.entries(feeds).map(([n, t]) => [n, { type: t.dtype, dims: t.dims, data: t.data }]));
+      const result = await gated(options.exclusive, () => serial(() => native.run(nativeFeeds, names)));
       const out: Record<string, Tensor> = {};
       for (const name of names) {
         const t = result[name]!;

@@ -5,6 +5,8 @@
 // within moments, so while this process runs nothing of the shard, a delayed job overdue by
 // `overdueMs`, or the same job at the head of the wait list for that long, means it is stuck.
 
+import { Periodic } from './periodic.ts';
+
 /** The oldest work of a shard's queue (work-queue.ts oldest()). */
 export interface ShardHead {
   /** When the first delayed job became due (ms epoch). */
@@ -25,23 +27,19 @@ export interface ShardWatchdogOptions {
 }
 
 export class ShardWatchdog {
-  private timer?: NodeJS.Timeout;
-  private running?: Promise<unknown>;
   /** Per shard: the wait list's head as last seen, and since when. */
   private readonly seen = new Map<number, { id: string; since: number }>();
 
   constructor(private readonly o: ShardWatchdogOptions) {}
 
+  private readonly periodic = new Periodic(() => this.check());
+
   start(intervalMs: number): void {
-    this.timer = setInterval(() => {
-      if (!this.running) this.running = this.check().catch(() => undefined).finally(() => (this.running = undefined));
-    }, intervalMs);
-    this.timer.unref();
+    this.periodic.start(intervalMs);
   }
 
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.running;
+  stop(): Promise<void> {
+    return this.periodic.stop();
   }
 
   /** One look at every shard: returns the shards whose consumer was replaced. */

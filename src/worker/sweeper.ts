@@ -6,6 +6,7 @@
 // missing is a lost safety net, never lost work; an entry too many is checked and dropped. Sharded,
 // each queue shard has its own index and a pass looks at each.
 import type { RedisClient } from '../state/redis-connection.ts';
+import { Periodic } from './periodic.ts';
 import type { RedisKeys } from '../state/keys.ts';
 
 export interface SweeperOptions {
@@ -21,21 +22,17 @@ export interface SweeperOptions {
 const BATCH = 200;
 
 export class Sweeper {
-  private timer?: NodeJS.Timeout;
-  private running?: Promise<unknown>;
 
   constructor(private readonly o: SweeperOptions) {}
 
+  private readonly periodic = new Periodic(() => this.sweep());
+
   start(intervalMs: number): void {
-    this.timer = setInterval(() => {
-      if (!this.running) this.running = this.sweep().catch(() => undefined).finally(() => (this.running = undefined));
-    }, intervalMs);
-    this.timer.unref();
+    this.periodic.start(intervalMs);
   }
 
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.running;
+  stop(): Promise<void> {
+    return this.periodic.stop();
   }
 
   /** One pass over every shard's index: returns how many sessions were woken and dropped from it. */
