@@ -26,20 +26,16 @@ export interface ShardWatchdogOptions {
   log?: (obj: Record<string, unknown>, msg: string) => void;
 }
 
-export class ShardWatchdog {
+export class ShardWatchdog extends Periodic {
   /** Per shard: the wait list's head as last seen, and since when. */
   private readonly seen = new Map<number, { id: string; since: number }>();
 
-  constructor(private readonly o: ShardWatchdogOptions) {}
-
-  private readonly periodic = new Periodic(() => this.check());
-
-  start(intervalMs: number): void {
-    this.periodic.start(intervalMs);
+  constructor(private readonly o: ShardWatchdogOptions) {
+    super();
   }
 
-  stop(): Promise<void> {
-    return this.periodic.stop();
+  protected pass(): Promise<unknown> {
+    return this.check();
   }
 
   /** One look at every shard: returns the shards whose consumer was replaced. */

@@ -21,18 +21,13 @@ export interface SweeperOptions {
 /** Sessions looked at per sweep (the oldest first). */
 const BATCH = 200;
 
-export class Sweeper {
-
-  constructor(private readonly o: SweeperOptions) {}
-
-  private readonly periodic = new Periodic(() => this.sweep());
-
-  start(intervalMs: number): void {
-    this.periodic.start(intervalMs);
+export class Sweeper extends Periodic {
+  constructor(private readonly o: SweeperOptions) {
+    super();
   }
 
-  stop(): Promise<void> {
-    return this.periodic.stop();
+  protected pass(): Promise<unknown> {
+    return this.sweep();
   }
 
   /** One pass over every shard's index: returns how many sessions were woken and dropped from it. */
