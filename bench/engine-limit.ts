@@ -265,9 +265,9 @@ async function main(): Promise<void> {
       const file = s.endProfiling();
       await prof.release();
       if (file) {
-        const summary = summariseProfile(file, 5);
+        const summary = summariseProfile(file);
         profiles[precision] = { batch: PROFILE_BATCH, file: path.basename(file), ...summary };
-        console.log(`${precision} profile at batch ${PROFILE_BATCH} (${path.basename(file)}): per run ${summary.runMs.toFixed(2)} ms, kernels ${summary.kernelMs.toFixed(2)} ms`);
+        console.log(`${precision} profile at batch ${PROFILE_BATCH} (${path.basename(file)}; runs 2-5): per run ${summary.runMs.toFixed(2)} ms, kernels ${summary.kernelMs.toFixed(2)} ms`);
         for (const o of summary.byOpType.slice(0, 12)) {
           console.log(`  ${o.opType.padEnd(28)} ${o.provider.padEnd(22)} ${String(o.nodes).padStart(4)} nodes ${o.ms.toFixed(2).padStart(8)} ms ${(o.share * 100).toFixed(1).padStart(5)} %`);
         }
