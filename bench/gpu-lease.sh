@@ -15,6 +15,8 @@
 #   bound          bench/engine-limit.ts on the write-rows package through onnxruntime-node and through the
 #                  IO-binding addon (RUNNER=bound: plain, CUDA graphs, CUDA graphs with static shapes); carry
 #                  build/native (npm run native:build here)
+#   attention      engine-limit.ts on the write-rows package with onnxruntime's attention kernel (cuDNN flash on Hopper)
+#                  and with ORT_ENABLE_CUDNN_FLASH_ATTENTION=0 (its own flash kernel), the kernel each picks
 #   profile        onnxruntime's profile of the fused fp16 segment_state run at PROFILE_BATCHES (64 256), with the
 #                  attention kernel it picks (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO)
 #   compiled       bench/reference-compiled.py (gpu-suite.sh compiled) on the same weights
@@ -32,15 +34,12 @@
 #                  (100) each; held-out text from bench/out/heldout.txt (carried: bench/brown-text.ts
 #                  bench/out/heldout.txt --heldout)
 #
-# The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted:
-#   LR_MINUTES=10 bash bench/gpu-lease.sh long-recall-start      # carry var (brown-data, rmt-brown-small.pt), bench/out
-#   (five calls: one bundle part each into /opt/b, the fine-tunes training meanwhile)
-#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install
-#   bash bench/gpu-lease.sh long-recall-wait                    # until the four fine-tunes end
-#   bash bench/gpu-lease.sh bound profile                       # carry build (npm run native:build); GPU otherwise idle
-#   bash bench/gpu-lease.sh long-recall-pkg
-#   LR_SERVICE="a c" bash bench/gpu-lease.sh long-recall-service; then LR_SERVICE=b, then LR_SERVICE=d   # carry bench/out
-#   LR_FETCH="<the packages to ship>" bash bench/gpu-lease.sh long-recall-fetch
+# The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted
+# (bench/results/gpu-17/commands.txt is the last lease's, in this form):
+#   (five calls: one bundle part each into /opt/b)
+#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install compiled
+#   bash bench/gpu-lease.sh attention service               # carry bench/out (brown.txt, heldout.txt)
+#   MODELS_DIR=$R/models MODEL=rmt-brown-recall5 DISTANCES=78125 ... bench/recall-service.ts   # issue 28's 10 M tokens
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
@@ -85,6 +84,14 @@ for step in "$@"; do
       env RUNNER=$runner $extra MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state BATCHES=${BOUND_BATCHES:-1,8,64,256} \
         SECONDS=${LIMIT_SECONDS:-2} OUT_JSON="$OUT/$step/limit-$runner${extra:+-${extra// /-}}.json" node --import tsx bench/engine-limit.ts 2>&1 \
         | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$runner${extra:+-${extra// /-}}.txt" | grep -E '^fp16 batch|rror' | sed "s/^/$v: /"
+    done ;;
+  attention)  # the write-rows package with onnxruntime's attention kernel choice (cuDNN's flash on Hopper) and without cuDNN's
+    for v in default ORT_ENABLE_CUDNN_FLASH_ATTENTION=0; do
+      env $([ $v = default ] || echo $v) ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state \
+        BATCHES=${BOUND_BATCHES:-1,8,64,256} SECONDS=${LIMIT_SECONDS:-2} OUT_JSON="$OUT/$step/limit-$v.json" node --import tsx bench/engine-limit.ts 2>&1 \
+        | grep -v 'W:onnxruntime' > "$OUT/$step/limit-$v.txt"
+      grep -E '^fp16 batch|rror' "$OUT/$step/limit-$v.txt" | sed "s/^/$v: /"
+      grep -oE 'SdpaKernel=[A-Z_]+' "$OUT/$step/limit-$v.txt" | sort | uniq -c
     done ;;
   profile)  # onnxruntime's profile of the write-rows package's fp16 segment_state run, and the attention kernel it picks
     for b in ${PROFILE_BATCHES:-64 256}; do

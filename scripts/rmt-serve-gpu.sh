@@ -19,7 +19,7 @@ export RMT_DATA_DIR=${RMT_DATA_DIR:-$HERE/var}
 # No batch window: with the engine threads' runs overlapping on the GPU (RMT_ENGINE_TURNS=0, the
 # default) it was fastest at 1 to 256 sessions without one (bench/gpu-suite.sh, bench/results/gpu-12).
 export RMT_BATCH_WAIT_MS=${RMT_BATCH_WAIT_MS:-0}
-# The onnxruntime IO-binding addon (RMT_ORT_RUNNER=bound, RMT_CUDA_GRAPHS), built into the bundle.
+# The onnxruntime IO-binding addon (RMT_ORT_RUNNER=bound), built into the bundle.
 export RMT_NATIVE_ADDON=${RMT_NATIVE_ADDON:-$HERE/lib/ort-bound-session.node}
 
 usage() {

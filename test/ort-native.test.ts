@@ -113,7 +113,6 @@ describe('engine with ortRunner bound (CPU)', { skip }, () => {
           assert.ok(bits(got[s]![1]!).equals(bits(want[s]![1]!)), `${m} session ${s}: advances`);
         }
       }
-      await assert.rejects(startEngine({ ...common, cudaGraphs: true }), /cudaGraphs needs ortRunner 'bound' and executionProvider 'cuda'/);
     } finally {
       await ref.close();
       await bound.close();

@@ -21,11 +21,10 @@ export interface EngineOptions {
   /**
    * What runs the segment_state graphs (ingest's runs): onnxruntime-node (default), or 'bound': the
    * IO-binding addon (src/engine/ort-native.ts; npm run native:build), whose sessions keep their input
-   * and output buffers, so that on cuda a run can be a replayed CUDA graph (cudaGraphs).
+   * and output buffers. No CUDA graphs here: onnxruntime refuses to capture these graphs with dynamic
+   * shapes (bench/results/gpu-17/bound), and static ones would need a session per batch and width.
    */
   ortRunner?: 'onnxruntime-node' | 'bound';
-  /** bound on cuda only: capture each batch bucket's segment_state run as a CUDA graph and replay it (default false). */
-  cudaGraphs?: boolean;
   /** Max rows per onnxruntime run. */
   maxBatch: number;
   /** Max sum of row token counts per segment/prefill run (a single larger request still runs, alone). */
@@ -135,10 +134,6 @@ export function checkOptions(opts: EngineOptions): CheckedOptions {
   if (ortRunner !== 'onnxruntime-node' && ortRunner !== 'bound') {
     throw new Error(`startEngine: ortRunner must be 'onnxruntime-node' or 'bound', found ${JSON.stringify(opts.ortRunner)}`);
   }
-  const cudaGraphs = opts.cudaGraphs ?? false;
-  if (cudaGraphs && (ortRunner !== 'bound' || opts.executionProvider !== 'cuda')) {
-    throw new Error(`startEngine: cudaGraphs needs ortRunner 'bound' and executionProvider 'cuda' (found ${ortRunner}, ${opts.executionProvider})`);
-  }
   return {
     modelsDir: path.resolve(opts.modelsDir),
     models: [...opts.models],
@@ -149,7 +144,6 @@ export function checkOptions(opts: EngineOptions): CheckedOptions {
     ...(opts.profileDir !== undefined ? { profileDir: path.resolve(opts.profileDir) } : {}),
     ...(opts.intraOpThreads !== undefined ? { intraOpThreads: opts.intraOpThreads } : {}),
     ortRunner,
-    cudaGraphs,
     maxBatch: positiveInt(opts.maxBatch, 'maxBatch'),
     maxBatchTokens: positiveInt(opts.maxBatchTokens, 'maxBatchTokens'),
     maxLogitsRows: positiveInt(opts.maxLogitsRows ?? MAX_LOGITS_ROWS, 'maxLogitsRows'),

@@ -16,8 +16,6 @@ export interface WorkerConfig {
   intraOpThreads?: number;
   /** What runs the segment_state graphs: onnxruntime-node, or the IO-binding addon (ort-native.ts). */
   ortRunner: 'onnxruntime-node' | 'bound';
-  /** bound on cuda: each batch bucket's segment_state run captured once as a CUDA graph, then replayed. */
-  cudaGraphs: boolean;
   maxBatch: number;
   maxBatchTokens: number;
   /** Most rows in one run of a graph with per-position logits (scored segment, prefill): see logits-rows.ts. */

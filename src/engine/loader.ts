@@ -89,7 +89,7 @@ export async function loadModels(config: WorkerConfig, exclusive: NonNullable<Lo
       // On CUDA the kernels run on the GPU; an intra-op pool (onnxruntime's default: one spinning
       // thread per core) would only busy-wait, taking CPU from the worker's and the API's threads.
       const models = await loadAll(config, {
-        intraOpThreads: 1, ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision, cudaGraphs: config.cudaGraphs,
+        intraOpThreads: 1, ...common, executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision,
       });
       return { models, device: { executionProvider: 'cuda', deviceId: config.deviceId, precision: config.precision } };
     } catch (err) {

@@ -44,8 +44,6 @@ export interface LoadOptions {
   exclusive?: RunGate;
   /** What runs the segment_state graphs (default onnxruntime-node; bound: the IO-binding addon, ort-native.ts). */
   runner?: 'onnxruntime-node' | 'bound';
-  /** runner bound on cuda: capture the segment_state runs as CUDA graphs (one per input shape) and replay them. */
-  cudaGraphs?: boolean;
 }
 
 interface IoSpec {
@@ -180,7 +178,7 @@ export async function loadModelPackage(dir: string, options: LoadOptions = {}): 
   const opened: Session[] = [];
   const open = async (file: string, graph: string) => {
     const bound = options.runner === 'bound' && (graph === 'segment_state' || graph === 'segment_state_steps');
-    const s = bound ? createBoundSession(file, { ...sessionOptions(graph), cudaGraph: options.cudaGraphs ?? false }) : await createSession(file, sessionOptions(graph));
+    const s = bound ? createBoundSession(file, sessionOptions(graph)) : await createSession(file, sessionOptions(graph));
     opened.push(s);
     return s;
   };

@@ -45,7 +45,6 @@ export async function startWorkerRuntime(
     ...(config.ortProfileDir ? { profileDir: config.ortProfileDir } : {}),
     ...(config.intraOpThreads > 0 ? { intraOpThreads: config.intraOpThreads } : {}),
     ortRunner: config.ortRunner,
-    cudaGraphs: config.cudaGraphs,
     maxBatch: config.maxBatch,
     maxBatchTokens: config.maxBatchTokens,
     maxLogitsRows: config.maxLogitsRows,
