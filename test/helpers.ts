@@ -1,13 +1,16 @@
 // Shared fixtures for tests that run the real model package on CPU.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const MODELS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../models');
 /** The recall model: the package most tests run. */
 export const PACKAGE_DIR = path.join(MODELS_DIR, 'rmt-brown-small');
-/** Every shipped package: golden replay runs on each. */
-export const SHIPPED_PACKAGES = ['rmt-brown-small', 'rmt-brown-lm'].map((name) => ({ name, dir: path.join(MODELS_DIR, name) }));
+/** Every shipped package (each folder of models/ with a model.json): golden replay runs on each. */
+export const SHIPPED_PACKAGES = readdirSync(MODELS_DIR)
+  .filter((name) => existsSync(path.join(MODELS_DIR, name, 'model.json')))
+  .sort()
+  .map((name) => ({ name, dir: path.join(MODELS_DIR, name) }));
 
 export interface TopLogits {
   ids: number[];

@@ -16,6 +16,7 @@ const cases: [string, Precision, number][] = [
   ['models/rmt-brown-small', 'fp32', 4],
   ['models/rmt-brown-small', 'fp16', 4],
   ['models/rmt-brown-lm', 'fp32', 4],
+  ['models/rmt-brown-recall5', 'fp32', 4],
   ['test/fixtures/rmt-tiny-fused', 'fp32', 3],
   ['test/fixtures/rmt-tiny-masked', 'fp32', 3],
 ];

@@ -42,7 +42,7 @@ fi
 if [ "$STEP" = lm ] || [ "$STEP" = all ]; then
   tk train-lm --data "$DATA" --tokenizer "$TOK" --config "$here/configs/rmt-brown-small.json" --out "$WORK/lm" \
     --dropout 0.2 --lr 2e-3 --minutes 4.5
-  # fp16 graphs are exported and verified too, but not shipped (models/ stays under 60 MB): delete them
+  # fp16 graphs are exported and verified too, but not shipped (models/ stays under 80 MB): delete them
   # and their "fp16" entry in model.json before committing.
   package rmt-brown-lm "$WORK/lm/model.pt" fp32,fp16 \
     "Recurrent Memory Transformer language model (4 layers, d=256, 8 heads, 16 memory tokens, 128-token segments) trained on the Brown corpus" \
