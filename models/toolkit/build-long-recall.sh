@@ -13,6 +13,9 @@
 #   c-ft    ARMT, binding (as a-ft);  d-ft  ARMT, qa2 (as b-ft)
 #   The ft steps restart the curriculum (stages to 32 segments) for MINUTES (10) at BATCH (48) rows,
 #   lr 5e-4 decayed over the last 30 %; all four can run at once on one GPU (BATCH=32 on an 80 GB card).
+#   FT_ARGS: more train arguments. In 9 minutes the qa2 fine-tunes stayed in the in-context stage (first
+#   answer token 0.83-0.87 where --advance-acc is 0.97: bench/results/gpu-17/long-recall-pkg/lr-b-ft.log),
+#   so their memory stages never trained; FT_ARGS="--advance-acc 0.85" lets them go on.
 #   Stage 0 holds at most 3 recall facts with their questions in a 128-token segment (check_tasks.py), so
 #   --ic-max-facts stays 3; the 4- and 5-fact samples come from the memory stages.
 #   ?-pkg   select among the run's checkpoints (recall on the training split, SELECT_SAMPLES 200), export
@@ -60,7 +63,7 @@ ft() {  # variant: the curriculum to 32 segments again, from the shipped model's
   local v=$1
   # shellcheck disable=SC2086  # TASK holds several arguments
   tk train --data "$DATA" --tokenizer "$TOK" --resume "$WORK/${BASECK[$v]}" --restart-curriculum --out "${DIR[$v]}/ft" \
-    --stages 0,1,2,4,8,16,32 --batch "${BATCH:-48}" --lr 5e-4 --decay 0.3 --minutes "${MINUTES:-10}" ${TASK[$v]}
+    --stages 0,1,2,4,8,16,32 --batch "${BATCH:-48}" --lr 5e-4 --decay 0.3 --minutes "${MINUTES:-10}" ${TASK[$v]} ${FT_ARGS:-}
 }
 
 pkg() {  # variant
