@@ -36,10 +36,14 @@
 #
 # The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted
 # (bench/results/gpu-17/commands.txt is the last lease's, in this form):
-#   (five calls: one bundle part each into /opt/b)
-#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install compiled
-#   bash bench/gpu-lease.sh attention service               # carry bench/out (brown.txt, heldout.txt)
-#   MODELS_DIR=$R/models MODEL=rmt-brown-recall5 DISTANCES=78125 ... bench/recall-service.ts   # issue 28's 10 M tokens
+#   LR_VARIANTS=b LR_BATCH=48 FT_ARGS="--advance-acc 0.85" bash bench/gpu-lease.sh long-recall-start   # carry var, bench/out
+#   (five calls: one bundle part each into /opt/b, the qa2 fine-tune training meanwhile)
+#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install
+#   LR_VARIANTS=b bash bench/gpu-lease.sh long-recall-wait long-recall-pkg
+#   LR_SERVICE=b bash bench/gpu-lease.sh long-recall-service
+#   bash bench/gpu-lease.sh compiled attention service       # issue 26 in one lease: the compiled loop, the engine, the service
+#   MODELS_DIR=$R/models MODEL=rmt-brown-recall5 PROVIDER=cuda DISTANCES=78125 FACTS=1 SAMPLES=100 CONCURRENCY=100 \
+#     HELDOUT_TEXT=$PWD/bench/out/heldout.txt node --import tsx bench/recall-service.ts   # issue 28's 10 M tokens (about 6 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
