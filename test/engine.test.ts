@@ -13,6 +13,8 @@ import { PACKAGE_DIR, SHIPPED_PACKAGES, decodeF32, loadGolden, maxAbsDiff } from
 const MODELS_DIR = path.dirname(PACKAGE_DIR);
 const SMALL = 'rmt-brown-small';
 const LM = 'rmt-brown-lm';
+/** The engine `eng` loads every shipped package, the recall model first (LM among them). */
+const ENGINE_MODELS = [SMALL, ...SHIPPED_PACKAGES.map((p) => p.name).filter((n) => n !== SMALL)];
 /** Batched rows vs the same row alone. */
 const BATCH_TOL = 1e-5;
 /**
@@ -97,7 +99,7 @@ function recordStats(engine: Engine): { stats: BatchStat[]; stop: () => void } {
 }
 
 describe('engine (worker thread, fp32, cpu)', () => {
-  let eng: Engine; // batches up to 8 rows, both shipped packages
+  let eng: Engine; // batches up to 8 rows, every shipped package
   let solo: Engine; // one row per run: "the row alone"
   let compact: Engine; // batchInvariant: false — pads to the longest row of each batch only
 
@@ -105,7 +107,7 @@ describe('engine (worker thread, fp32, cpu)', () => {
     [eng, solo, compact] = await Promise.all([
       startEngine({
         modelsDir: MODELS_DIR,
-        models: [SMALL, LM],
+        models: ENGINE_MODELS,
         executionProvider: 'cpu',
         intraOpThreads: 1,
         maxBatch: 8,
@@ -130,7 +132,7 @@ describe('engine (worker thread, fp32, cpu)', () => {
   test('models(): package metadata', () => {
     assert.deepEqual(
       eng.models().map((m) => m.name),
-      [SMALL, LM],
+      ENGINE_MODELS,
     );
     const m = eng.model(SMALL);
     assert.equal(m.segmentLength, 128);
