@@ -11,6 +11,7 @@ import { freePort, startRedis, type RedisServerHandle } from '../support/redis-s
 import { pollUntil } from '../support/poll.ts';
 import { connectStream } from '../support/ws-client.ts';
 import { heldOutText } from '../support/brown.ts';
+import { SHIPPED_PACKAGES } from '../helpers.ts';
 
 const missing = podmanMissing();
 const KEY = 'ci-key';
@@ -52,11 +53,12 @@ describe('container image', { skip: missing ? `skipped: ${missing}` : false }, (
     await redis?.stop();
   });
 
-  test('the image runs as a non-root user and carries onnxruntime for this platform only', async () => {
+  test('the image runs as a non-root user, carries onnxruntime for this platform only and every shipped package', async () => {
     assert.equal(await podman(['image', 'inspect', image, '--format', '{{.Config.User}}']), '10001:10001');
     const out = await podman(['run', '--rm', '--read-only', '--entrypoint', 'sh', image, '-c',
       'id -u; ls node_modules/onnxruntime-node/bin/napi-v6; ls node_modules/onnxruntime-node/bin/napi-v6/linux; ls models']);
-    assert.deepEqual(out.split('\n'), ['10001', 'linux', 'x64', 'rmt-brown-lm', 'rmt-brown-small']);
+    // every package in models/ (ls sorts as SHIPPED_PACKAGES does: names of lowercase letters, digits, '-')
+    assert.deepEqual(out.split('\n'), ['10001', 'linux', 'x64', ...SHIPPED_PACKAGES.map((p) => p.name)]);
   });
 
   test('api + worker containers: ready, a completion and a websocket append; SIGTERM exits 0', async () => {
