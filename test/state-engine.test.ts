@@ -10,7 +10,7 @@ import { FIXTURES_DIR, STATE_PACKAGES, entryDiffs, goldenFlat, loadStateGolden }
 
 const RMT = 'rmt-tiny-masked';
 const NAMES = STATE_PACKAGES.map((p) => p.name);
-/** Batched rows vs the same row alone (engine.test.ts): decode logits move by a batched GEMM's rounding. */
+/** Batched rows vs the same row alone (test/support/engine-fixtures.ts): decode logits move by a batched GEMM's rounding. */
 const BATCH_TOL = 1e-5;
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

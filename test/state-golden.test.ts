@@ -160,7 +160,7 @@ for (const fixture of STATE_PACKAGES) describe(`state package ${fixture.architec
       logits = await decodeBatch(pkg, pre.map((p, b) => ({ token: next[b]!, kv: p.kv })), { pastLength: kvCapacity(pkg) - 1 });
     }
     // At the engine's fixed past length a row's decode does not depend on the other rows' caches (up to
-    // the float rounding of a batched GEMM: engine.test.ts's BATCH_TOL).
+    // the float rounding of a batched GEMM: test/support/engine-fixtures.ts's BATCH_TOL).
     const alone = await prefillBatch(pkg, [rows[1]!], undefined, { width: Math.max(...rows.map((r) => r.ids.length)) });
     let l = alone[0]!.logits;
     for (let step = 0; step < 3; step++) l = (await decodeBatch(pkg, [{ token: 7 + 13 + step, kv: alone[0]!.kv }], { pastLength: kvCapacity(pkg) - 1 }))[0]!;
