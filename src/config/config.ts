@@ -87,7 +87,7 @@ export const SETTINGS = {
   precision: setting('RMT_PRECISION', 'fp32' as 'fp32' | 'fp16', oneOf('fp32', 'fp16'), 'graph precision (fp16 needs a package that ships it; meant for cuda)'),
   cpuFallback: setting('RMT_CPU_FALLBACK', false, bool, 'cuda: if CUDA cannot start, run the fp32 graphs on the CPU (logged) instead of exiting'),
   ortProfileDir: setting('RMT_ORT_PROFILE_DIR', '', str, 'write onnxruntime profiles (JSON per graph, on shutdown) into this folder; empty = off'),
-  ortRunner: setting('RMT_ORT_RUNNER', 'onnxruntime-node' as 'onnxruntime-node' | 'bound', oneOf('onnxruntime-node', 'bound'), 'what runs the segment_state graphs (ingest): onnxruntime-node, or bound: the IO-binding addon (npm run native:build), whose sessions keep their buffers; experimental: on an H100 it measured 0.64-0.95x onnxruntime-node (BENCHMARKS.md)'),
+  ortRunner: setting('RMT_ORT_RUNNER', 'onnxruntime-node' as 'onnxruntime-node' | 'bound', oneOf('onnxruntime-node', 'bound'), 'what runs the segment_state graphs (ingest): onnxruntime-node, or bound: the IO-binding addon (npm run native:build), whose sessions keep their buffers; experimental: on an H100 it measured 0.64-0.96x onnxruntime-node (BENCHMARKS.md)'),
   intraOpThreads: setting('RMT_INTRA_OP_THREADS', 0, int(0, 256), 'onnxruntime intra-op threads; 0 = onnxruntime\'s default on cpu (one per core), 1 on cuda'),
   maxBatch: setting('RMT_MAX_BATCH', 32, int(1, 4096), 'most rows in one onnxruntime run'),
   maxBatchTokens: setting('RMT_MAX_BATCH_TOKENS', 8192, int(1, 1 << 24), 'most tokens in one segment/prefill run'),
