@@ -32,8 +32,10 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
 export interface GreedyTrace {
   ids: number[];
   segmentsCommitted: number;
-  /** State after every segment call, in order. */
+  /** State after every segment call (the prompt's full segments, then generation's), in order. */
   states: Float32Array[];
+  /** The logits each generated token was picked from, in order. */
+  seen: Float32Array[];
   state: Float32Array;
 }
 
@@ -60,8 +62,10 @@ export async function engineGreedy(
   let kv: KvHandle | undefined;
   if (tail.length > 0) ({ logits, kv } = await engine.prefill(model, tail, state));
   const ids: number[] = [];
+  const seen: Float32Array[] = [];
   let segmentsCommitted = 0;
   while (ids.length < maxNew) {
+    seen.push(logits!);
     const tok = argmax(logits!);
     ids.push(tok);
     tail = [...tail, tok];
@@ -81,7 +85,7 @@ export async function engineGreedy(
     }
   }
   if (kv !== undefined) engine.releaseKv(kv);
-  return { ids, segmentsCommitted, states, state };
+  return { ids, segmentsCommitted, states, seen, state };
 }
 
 /** All golden segment tokens of the small package, end to end (1280 tokens). */
