@@ -18,7 +18,11 @@ const require = createRequire(import.meta.url);
 export const NATIVE_ADDON = process.env.RMT_NATIVE_ADDON ?? path.join(ROOT, 'build/native/ort-bound-session.node');
 
 export interface BoundSessionOptions extends SessionOptions {
-  /** CUDA only: capture each slot's run as a CUDA graph and replay it (the provider's enable_cuda_graph). */
+  /**
+   * CUDA only: capture each slot's run as a CUDA graph and replay it (the provider's enable_cuda_graph).
+   * Used by bench/engine-limit.ts, not the engine: onnxruntime refuses it for the packages' graphs unless
+   * freeDims fixes their shapes (bench/results/gpu-17/bound).
+   */
   cudaGraph?: boolean;
   /** Fixes symbolic dimensions (e.g. { batch: 8 }): static shapes let a captured graph skip shape arithmetic. */
   freeDims?: Record<string, number>;
