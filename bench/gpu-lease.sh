@@ -34,16 +34,18 @@
 #                  (100) each; held-out text from bench/out/heldout.txt (carried: bench/brown-text.ts
 #                  bench/out/heldout.txt --heldout)
 #
+#   recall-far-start   bench/recall-service.ts at 78,125 segments (10 M tokens) in the background: FAR_MODEL, FAR_DISTANCES
+#   recall-far-wait    waits for it and brings back far.json / far.txt
+#
 # The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted
-# (bench/results/gpu-17/commands.txt is the last lease's, in this form):
-#   LR_VARIANTS=b LR_BATCH=48 FT_ARGS="--advance-acc 0.85" bash bench/gpu-lease.sh long-recall-start   # carry var, bench/out
-#   (five calls: one bundle part each into /opt/b, the qa2 fine-tune training meanwhile)
-#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" INSTALL_STEPS=0 bash bench/gpu-lease.sh install
-#   LR_VARIANTS=b bash bench/gpu-lease.sh long-recall-wait long-recall-pkg
-#   LR_SERVICE=b bash bench/gpu-lease.sh long-recall-service
-#   bash bench/gpu-lease.sh compiled attention service       # issue 26 in one lease: the compiled loop, the engine, the service
-#   MODELS_DIR=$R/models MODEL=rmt-brown-recall5 PROVIDER=cuda DISTANCES=78125 FACTS=1 SAMPLES=100 CONCURRENCY=100 \
-#     HELDOUT_TEXT=$PWD/bench/out/heldout.txt node --import tsx bench/recall-service.ts   # issue 28's 10 M tokens (about 6 min)
+# (bench/results/gpu-18/commands.txt, when written, is the last lease's, in this form):
+#   LR_VARIANTS="b e" LR_BATCH=48 FT_ARGS_b="--advance-acc 0.85" LR_MINUTES=9 bash bench/gpu-lease.sh long-recall-start
+#       # carry var (brown-data, rmt-brown-small.pt, rmt-brown-recall5.pt), bench/out (heldout.txt, brown.txt)
+#   (one call per bundle part into /opt/b, the fine-tunes training meanwhile)
+#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" bash bench/gpu-lease.sh install recall-far-start
+#   LR_VARIANTS="b e" SELECT_SAMPLES=100 EVAL_SAMPLES=100 FACT_SAMPLES=100 bash bench/gpu-lease.sh long-recall-wait long-recall-pkg
+#   LR_SERVICE="b e" bash bench/gpu-lease.sh long-recall-service recall-far-wait
+#   bash bench/gpu-lease.sh compiled attention service       # issue 26 in one lease, the GPU otherwise idle
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
@@ -106,7 +108,7 @@ for step in "$@"; do
       grep -iE 'flash|efficient|cudnn|unfused|kernel' "$OUT/$step/profile-$b.txt" | sort | uniq -c | head -8  # the attention kernel picked
     done ;;
   compiled)
-    env $S GPT2=$FUSED OUT=$OUT/$step bash bench/gpu-suite.sh compiled 2>&1 | grep -E 'batch|peak|diff|check|first|Error' ;;
+    env $S GPT2=$FUSED COMPILED_DYNAMIC=1 OUT=$OUT/$step bash bench/gpu-suite.sh compiled 2>&1 | grep -E 'batch|peak|diff|check|first|Error' ;;
   service)
     env $S TEXT_FILE=$PWD/bench/out/brown.txt LEVEL_TIMEOUT_S=150 WORKER_CONCURRENCY=1024 SESSIONS=1,8,64,256 \
       TOTAL_TOKENS=${TOTAL_TOKENS:-1000000,4000000,8000000,8000000} GEN= ONE_DOC_TOKENS=1000000 OUT=$OUT/$step \
@@ -118,6 +120,7 @@ for step in "$@"; do
     export DATA=$W/data WORK=$W/lr MINUTES=${LR_MINUTES:-10} BATCH=${LR_BATCH:-32}
     # var/rmt-brown-small.pt (carried; `python -m rmt_toolkit convert --package models/rmt-brown-small`), else imported here
     BASE=$([ -f var/rmt-brown-small.pt ] && echo "$PWD/var/rmt-brown-small.pt") STEP=base bash models/toolkit/build-long-recall.sh 2>&1 | tail -1
+    [ -f var/rmt-brown-recall5.pt ] && cp var/rmt-brown-recall5.pt $W/lr/base-recall5.pt  # variant e's start (convert --package)
     for v in ${LR_VARIANTS:-a b c d}; do
       STEP=$v-ft setsid nohup bash models/toolkit/build-long-recall.sh >$W/lr-$v-ft.log 2>&1 </dev/null &
     done
@@ -140,12 +143,29 @@ for step in "$@"; do
     # LR_SERVICE: variants (a, c binding at 1,024 segments with LR_BIND_FACTS 3,5; b, d qa2 at 8,192 with LR_QA2_FACTS 2)
     for v in ${LR_SERVICE:-a c}; do
       case $v in a) m="rmt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" ;; c) m="armt-brown-recall5 1024 ${LR_BIND_FACTS:-3,5}" ;;
-                 b) m="rmt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;; d) m="armt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;; esac
-      read -r model dist facts <<<"$m"
-      MODELS_DIR=$W/lr/pkg MODEL=$model PROVIDER=cuda DISTANCES=$dist FACTS=$facts SAMPLES=${LR_SAMPLES:-100} CONCURRENCY=${LR_CONCURRENCY:-64} \
-        HELDOUT_TEXT=$PWD/bench/out/heldout.txt OUT_JSON=$OUT/$step/$model.json node --import tsx bench/recall-service.ts 2>&1 \
-        | grep -v 'W:onnxruntime' | tee "$OUT/$step/$model.txt" | grep -E '^(recall|D=|reset)|tok/s|Error'
+                 b) m="rmt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;; d) m="armt-brown-qa2 8192 ${LR_QA2_FACTS:-2}" ;;
+                 e) m="rmt-brown-recall5-long 1024 ${LR_BIND_FACTS:-3,5};rmt-brown-recall5-long 8192 1,3" ;; esac
+      IFS=';' read -ra runs <<<"$m"
+      for r in "${runs[@]}"; do
+        read -r model dist facts <<<"$r"
+        MODELS_DIR=$W/lr/pkg MODEL=$model PROVIDER=cuda DISTANCES=$dist FACTS=$facts SAMPLES=${LR_SAMPLES:-100} CONCURRENCY=${LR_CONCURRENCY:-64} \
+          HELDOUT_TEXT=$PWD/bench/out/heldout.txt OUT_JSON=$OUT/$step/$model-$dist.json node --import tsx bench/recall-service.ts 2>&1 \
+          | grep -v 'W:onnxruntime' | tee "$OUT/$step/$model-$dist.txt" | grep -E '^(recall|D=|reset)|tok/s|Error'
+      done
     done ;;
+  recall-far-start)  # bench/recall-service.ts at FAR_DISTANCES (78125: 10 M tokens) in the background (accuracy only, so
+    # it may share the GPU with training); FAR_MODEL (rmt-brown-recall5) from FAR_MODELS_DIR (the bundle's models)
+    mkdir -p $W && rm -f $W/far.json $W/far.txt
+    MODELS_DIR=${FAR_MODELS_DIR:-$R/models} MODEL=${FAR_MODEL:-rmt-brown-recall5} PROVIDER=cuda DISTANCES=${FAR_DISTANCES:-78125} \
+      FACTS=${FAR_FACTS:-1} SAMPLES=${FAR_SAMPLES:-100} CONCURRENCY=${FAR_CONCURRENCY:-100} HELDOUT_TEXT=$PWD/bench/out/heldout.txt \
+      OUT_JSON=$W/far.json setsid nohup node --import tsx bench/recall-service.ts >$W/far.txt 2>&1 </dev/null &
+    sleep 20; grep -v 'W:onnxruntime' $W/far.txt | tail -3 ;;
+  recall-far-wait)  # waits for recall-far-start's run (at most WAIT_S, 540) and brings back its results
+    end=$((SECONDS + ${WAIT_S:-540}))
+    while pgrep -f "bench/recall-service.ts" >/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    grep -v 'W:onnxruntime' $W/far.txt > "$OUT/$step/far.txt"; cp $W/far.json "$OUT/$step/" 2>/dev/null
+    grep -E '^(recall|D=|reset)|tok/s|Error' "$OUT/$step/far.txt"
+    pgrep -f "bench/recall-service.ts" >/dev/null && echo "still running" ;;
   *) echo "unknown step $step (see the header of $0)" >&2; exit 2 ;;
   esac
   pack "$step"

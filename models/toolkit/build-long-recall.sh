@@ -11,9 +11,12 @@
 #   b-ft    RMT, qa2 (two supporting facts: who picked up an object, where they went); goal >= 80 % at
 #           1M tokens (8,192 segments), the reset ablation near chance (1/8)
 #   c-ft    ARMT, binding (as a-ft);  d-ft  ARMT, qa2 (as b-ft)
+#   e-ft    RMT, binding, from the shipped rmt-brown-recall5 ($WORK/base-recall5.pt: convert --package
+#           models/rmt-brown-recall5) with the curriculum to 128 segments at 16 rows (E_STAGES, E_BATCH), for the
+#           8,192-segment goal (>= 95 %; rmt-brown-recall5, trained to 32 segments, recalls 79/100 there)
 #   The ft steps restart the curriculum (stages to 32 segments) for MINUTES (10) at BATCH (48) rows,
 #   lr 5e-4 decayed over the last 30 %; all four can run at once on one GPU (BATCH=32 on an 80 GB card).
-#   FT_ARGS: more train arguments. In 9 minutes the qa2 fine-tunes stayed in the in-context stage (first
+#   FT_ARGS (FT_ARGS_<variant> for one): more train arguments. In 9 minutes the qa2 fine-tunes stayed in the in-context stage (first
 #   answer token 0.83-0.87 where --advance-acc is 0.97: bench/results/gpu-17/long-recall-pkg/lr-b-ft.log),
 #   so their memory stages never trained; FT_ARGS="--advance-acc 0.85" lets them go on.
 #   Stage 0 holds at most 3 recall facts with their questions in a 128-token segment (check_tasks.py), so
@@ -31,7 +34,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 WORK=${WORK:-/opt/rmt-work}
 DATA=${DATA:?set DATA to the folder written by: python -m rmt_toolkit prepare}
-STEP=${STEP:?set STEP to base, a-ft..d-ft, a-pkg..d-pkg, a1..a4 or b1..b4}
+STEP=${STEP:?set STEP to base, a-ft..e-ft, a-pkg..e-pkg, a1..a4 or b1..b4}
 TOK=${TOK:-$repo/models/rmt-brown-small/tokenizer.json}
 CFG=$here/configs/rmt-brown-small.json
 export PYTHONPATH=$here PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -41,15 +44,18 @@ A=$WORK/long-recall Q=$WORK/qa2
 # Each variant: its run folder, base checkpoint, task arguments, package name and description.
 SMALL="(4 layers, d=256, 16 memory tokens, 128-token segments) trained on the Brown corpus"
 BIND="--train-max-facts 5 --ic-max-facts 3"
-declare -A DIR=([a]=$A [b]=$Q [c]=$WORK/armt-recall [d]=$WORK/armt-qa2)
-declare -A BASECK=([a]=base.pt [b]=base.pt [c]=base-armt.pt [d]=base-armt.pt)
-declare -A TASK=([a]=$BIND [b]="--task qa2" [c]=$BIND [d]="--task qa2")
-declare -A NAME=([a]=rmt-brown-recall5 [b]=rmt-brown-qa2 [c]=armt-brown-recall5 [d]=armt-brown-qa2)
+declare -A DIR=([a]=$A [b]=$Q [c]=$WORK/armt-recall [d]=$WORK/armt-qa2 [e]=$WORK/recall-long)
+declare -A BASECK=([a]=base.pt [b]=base.pt [c]=base-armt.pt [d]=base-armt.pt [e]=base-recall5.pt)
+declare -A TASK=([a]=$BIND [b]="--task qa2" [c]=$BIND [d]="--task qa2" [e]=$BIND)
+declare -A NAME=([a]=rmt-brown-recall5 [b]=rmt-brown-qa2 [c]=armt-brown-recall5 [d]=armt-brown-qa2 [e]=rmt-brown-recall5-long)
+E_STAGES=${E_STAGES:-0,1,2,4,8,16,32,64,128}
+declare -A STAGES=([e]=$E_STAGES) FTBATCH=([e]=${E_BATCH:-16}) SELECT_LEN=([e]=128,512)
 declare -A DESC=(
   [a]="Recurrent Memory Transformer $SMALL: recall of up to 5 facts hidden in text"
   [b]="Recurrent Memory Transformer $SMALL: two supporting facts (who picked up an object, where they went), bAbI qa2 style"
   [c]="RMT with an ARMT-style associative memory $SMALL: recall of up to 5 facts hidden in text"
-  [d]="RMT with an ARMT-style associative memory $SMALL: two supporting facts (who picked up an object, where they went), bAbI qa2 style")
+  [d]="RMT with an ARMT-style associative memory $SMALL: two supporting facts (who picked up an object, where they went), bAbI qa2 style"
+  [e]="Recurrent Memory Transformer $SMALL: recall of up to 5 facts hidden in text, trained to 128 segments apart")
 # The last checkpoint of a directory's run (train saves model.pt every --save-every and at the end).
 last() { if [ -f "$1/model.pt" ]; then echo "--resume $1/model.pt"; fi; }
 
@@ -60,16 +66,16 @@ package() {  # name ckpt description
 }
 
 ft() {  # variant: the curriculum to 32 segments again, from the shipped model's weights
-  local v=$1
+  local v=$1 own=FT_ARGS_$1  # FT_ARGS_<variant> (e.g. FT_ARGS_b) wins over FT_ARGS for that variant
   # shellcheck disable=SC2086  # TASK holds several arguments
   tk train --data "$DATA" --tokenizer "$TOK" --resume "$WORK/${BASECK[$v]}" --restart-curriculum --out "${DIR[$v]}/ft" \
-    --stages 0,1,2,4,8,16,32 --batch "${BATCH:-48}" --lr 5e-4 --decay 0.3 --minutes "${MINUTES:-10}" ${TASK[$v]} ${FT_ARGS:-}
+    --stages "${STAGES[$v]:-0,1,2,4,8,16,32}" --batch "${FTBATCH[$v]:-${BATCH:-48}}" --lr 5e-4 --decay 0.3 --minutes "${MINUTES:-10}" ${TASK[$v]} ${!own:-${FT_ARGS:-}}
 }
 
 pkg() {  # variant
   local v=$1 d=${DIR[$1]}
   tk select $(ls "$d"/s32/passed-32.pt "$d"/s64/*.pt "$d"/ft/*.pt 2>/dev/null) --data "$DATA" --tokenizer "$TOK" \
-    --lengths 32,128 --samples "${SELECT_SAMPLES:-200}" --link "$d/best.pt"
+    --lengths "${SELECT_LEN[$v]:-32,128}" --samples "${SELECT_SAMPLES:-200}" --link "$d/best.pt"
   package "${NAME[$v]}" "$d/best.pt" "${DESC[$v]}"
   tk evaluate --ckpt "$d/best.pt" --data "$DATA" --tokenizer "$TOK" --package "$WORK/pkg/${NAME[$v]}" \
     --lengths 1,4,16,64,256,1024 --samples "${EVAL_SAMPLES:-500}"
@@ -86,8 +92,8 @@ base)  # BASE: an already imported checkpoint (where the package's weights do no
   if [ -n "${BASE:-}" ]; then cp "$BASE" "$WORK/base.pt"; else tk convert --package "$repo/models/rmt-brown-small" --out "$WORK/base.pt"; fi
   python3 -c "import sys, torch; from rmt_toolkit.convert import as_armt; torch.save(as_armt(torch.load(sys.argv[1])), sys.argv[2])" \
     "$WORK/base.pt" "$WORK/base-armt.pt" ;;
-[a-d]-ft) ft "${STEP%-ft}" ;;
-[a-d]-pkg) pkg "${STEP%-pkg}" ;;
+[a-e]-ft) ft "${STEP%-ft}" ;;
+[a-e]-pkg) pkg "${STEP%-pkg}" ;;
 a1)  # from scratch (or RESUME), facts 1..5 in the memory stages
   tk train --data "$DATA" --tokenizer "$TOK" --config "$CFG" --out "$A/s16" ${RESUME:+--resume "$RESUME" --restart-curriculum} \
     --stages 0,1,2,4,8,16 --batch 128 --train-max-facts 5 --ic-max-facts 3 --minutes 8 ;;
