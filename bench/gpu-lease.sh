@@ -92,7 +92,7 @@ for step in "$@"; do
         | grep -v 'W:onnxruntime' | tee "$OUT/$step/limit-$runner${extra:+-${extra// /-}}.txt" | grep -E '^fp16 batch|rror' | sed "s/^/$v: /"
     done ;;
   attention)  # the write-rows package with onnxruntime's attention kernel choice (cuDNN's flash on Hopper) and without cuDNN's
-    for v in default ORT_ENABLE_CUDNN_FLASH_ATTENTION=0; do
+    for v in ${ATTN_VARIANTS:-default ORT_ENABLE_CUDNN_FLASH_ATTENTION=0}; do
       env $([ $v = default ] || echo $v) ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 MODEL_DIR=$R/models/$FUSED PRECISIONS=fp16 PROVIDER=cuda GRAPHS=state \
         BATCHES=${BOUND_BATCHES:-1,8,64,256} SECONDS=${LIMIT_SECONDS:-2} OUT_JSON="$OUT/$step/limit-$v.json" node --import tsx bench/engine-limit.ts 2>&1 \
         | grep -v 'W:onnxruntime' > "$OUT/$step/limit-$v.txt"

@@ -11,7 +11,7 @@
 # GPT-2-small packages and the shipped small model, fp32 and fp16, the fused graph checked against the
 # masked one, and profiles; LIMIT_ONLY=fused: the fused package alone), reference (bench/reference-pytorch.py), compiled
 # (bench/reference-compiled.py: a user's own torch.compile'd next-memory step on the GPT-2-small checkpoint, fp16 and
-# bf16, with and without the write-only last layer, MFU against the measured matmul peak; COMPILED_DYNAMIC=1: one
+# bf16 (COMPILED_DTYPES), with and without the write-only last layer, MFU against the measured matmul peak; COMPILED_DYNAMIC=1: one
 # graph for batches > 1 if compiling every batch size takes too long), service (bench/service-stream.ts,
 # GPT-2-small fused fp16, generation on the shipped small model, one 1M-token document), engine (the
 # engine thread alone with N dependent sessions: bench/engine-event-loop.ts; ENGINE_THREADS engine threads),
@@ -68,7 +68,7 @@ step_compiled() {
   # fp32 parity with the toolkit's RMT first (on the GPU: the CPU takes minutes), then the timed runs.
   {
     python3 bench/reference-compiled.py --ckpt "$MODELS/$GPT2/model.pt" --check --check-device cuda
-    python3 bench/reference-compiled.py --ckpt "$MODELS/$GPT2/model.pt" --dtypes fp16,bf16 --batches 1,8,64,256 --segments 8 \
+    python3 bench/reference-compiled.py --ckpt "$MODELS/$GPT2/model.pt" --dtypes "${COMPILED_DTYPES:-fp16,bf16}" --batches 1,8,64,256 --segments 8 \
       --last-layer-write-only ${COMPILED_DYNAMIC:+--dynamic-batch} --out "$OUT/reference-compiled.json"
   } 2>&1 | tee "$OUT/reference-compiled.txt"
 }
