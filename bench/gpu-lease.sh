@@ -37,15 +37,21 @@
 #   recall-far-start   bench/recall-service.ts at 78,125 segments (10 M tokens) in the background: FAR_MODEL, FAR_DISTANCES
 #   recall-far-wait    waits for it and brings back far.json / far.txt
 #
-# The next lease (issues 26 and 28), one device call per line, checkout root, carrying as noted
-# (bench/results/gpu-18/commands.txt, when written, is the last lease's, in this form):
-#   LR_VARIANTS="b e" LR_BATCH=48 FT_ARGS_b="--advance-acc 0.85" LR_MINUTES=9 bash bench/gpu-lease.sh long-recall-start
-#       # carry var (brown-data, rmt-brown-small.pt, rmt-brown-recall5.pt), bench/out (heldout.txt, brown.txt)
-#   (one call per bundle part into /opt/b, the fine-tunes training meanwhile)
-#   INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" bash bench/gpu-lease.sh install recall-far-start
-#   LR_VARIANTS="b e" SELECT_SAMPLES=100 EVAL_SAMPLES=100 FACT_SAMPLES=100 bash bench/gpu-lease.sh long-recall-wait long-recall-pkg
-#   LR_SERVICE="b e" bash bench/gpu-lease.sh long-recall-service recall-far-wait
-#   bash bench/gpu-lease.sh compiled attention service       # issue 26 in one lease, the GPU otherwise idle
+# The next lease (issues 26 and 28), one device call per line, checkout root, fired back to back (a machine
+# goes back after 30 s idle). Device time is 30 minutes a session and failed starts cost 1.5 minutes each,
+# so the order is by priority; the times are estimates from GPU runs 16 and 17.
+#   1. (about 12 min with the start) issue 26 in one lease, the GPU otherwise idle:
+#      cp .bundle/out/<part05, SHA256SUMS, install.sh> /opt/b     # carry those and bench/out (heldout.txt, brown.txt)
+#      (one call per other bundle part into /opt/b)
+#      INSTALL_VARIANTS="write-rows:rmt-gpt2-small-fused" bash bench/gpu-lease.sh install attention
+#      bash bench/gpu-lease.sh compiled service
+#   2. (about 7 min) issue 28's 10 M tokens: bash bench/gpu-lease.sh recall-far-start recall-far-wait
+#   3. (about 11 min, only with that much left) issue 28's fine-tunes, then their packages and service cells:
+#      LR_VARIANTS="b e" LR_BATCH=48 FT_ARGS_b="--advance-acc 0.85" LR_MINUTES=7 bash bench/gpu-lease.sh long-recall-start  # carry var
+#      LR_VARIANTS="b e" SELECT_SAMPLES=100 EVAL_SAMPLES=100 FACT_SAMPLES=100 bash bench/gpu-lease.sh long-recall-wait long-recall-pkg
+#      LR_SERVICE="b e" bash bench/gpu-lease.sh long-recall-service
+#   With the whole 30 minutes, 3's first call goes first (training while the parts upload) and 2 runs beside the
+#   training (accuracy only); 1 waits until both have finished.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu PATH=/opt/rmt/bin:$PATH
