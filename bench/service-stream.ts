@@ -33,8 +33,8 @@
 //   overhead     seg latency p50 − step ms: time a segment spends outside onnxruntime.
 //   gpu %        nvidia-smi utilization.gpu sampled every 100 ms during the level (mean).
 //   TTFT / ITL   generate sent → first token message; gaps between token messages.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -43,8 +43,8 @@ import { freePort, startRedis } from '../test/support/redis-server.ts';
 import { percentile } from './bench-support.ts';
 import { engineThreads } from '../src/worker/runtime.ts';
 import { SETTINGS } from '../src/config/config.ts';
-import { GPT2_SPLIT, loadTokenizer } from '../src/text/tokenizer.ts';
-import { loadCatalog } from '../src/model/model-catalog.ts';
+import { chunksOf, documentSource, syntheticText } from './stream-documents.ts';
+import { gpuSampler, scrape } from './service-metrics.ts';
 
 interface Ws {
   readyState: number;
@@ -81,76 +81,13 @@ const GPU_SAMPLE_MS = Number(process.env.GPU_SAMPLE_MS ?? 100);
 const TOKENIZER_THREADS = Number(process.env.TOKENIZER_THREADS ?? 8);
 /** Node flags for the api and worker processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (not allowed in NODE_OPTIONS). */
 const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
-/** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
-const CHARS_PER_TOKEN = 4.3;
+/** The levels' documents: TEXT_FILE cut per session, else synthetic (bench/stream-documents.ts). */
+const documentText = documentSource(process.env.TEXT_FILE, MODELS_DIR, MODEL);
 
 function docTokens(n: number): number {
   const totals = (process.env.TOTAL_TOKENS ?? '2000000').split(',').map(Number);
   const total = totals[Math.min(LEVELS.indexOf(n), totals.length - 1)] ?? 2_000_000;
   return Number(process.env.DOC_TOKENS ?? Math.max(8 * 512, Math.round(total / n)));
-}
-
-const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
-  'her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some ' +
-  'could time these two may then do first any my now such like our over man me even most made after also did many before must through back years ' +
-  'where much your way well down should because each just those people how too little state good very make world still own see men work long get ' +
-  'here between both life being under never day same another know while last might us great old year off come since against go came right used take three').split(' ');
-
-const TEXT_FILE = process.env.TEXT_FILE;
-const corpus = TEXT_FILE ? readFileSync(TEXT_FILE, 'utf8') : undefined;
-
-/**
- * TEXT_FILE as its tokenizer pieces (GPT-2's pre-tokenizer split; byte-level BPE encodes each on its
- * own) with each piece's token count, so a session's document can be cut at an exact number of tokens:
- * cut by characters, the sessions' documents differed by 7 % (64 sessions) and 12 % (256) in tokens,
- * and a level's end ran on the few longest (run 7: end time against tokens, correlation 0.97 at 64).
- */
-// The promise is kept, not its value: a level asks for all its documents at once, and every call made
-// before the first finished used to split and count the whole text again (n times at n sessions: 109 s
-// of a 64-session run on the development VM, and run 14's 256-session level did not start in its call).
-let corpusPieces: Promise<{ text: string[]; tokens: Uint16Array }> | undefined;
-function piecesOf(text: string): Promise<{ text: string[]; tokens: Uint16Array }> {
-  corpusPieces ??= (async () => {
-    const tok = await loadTokenizer((await loadCatalog(MODELS_DIR, [MODEL])).get(MODEL)!.tokenizerFile);
-    const pieces = text.match(GPT2_SPLIT) ?? [];
-    return { text: pieces, tokens: Uint16Array.from(pieces, (p) => tok.encode(p).length) };
-  })();
-  return corpusPieces;
-}
-
-/** A level's document for session i of n: TEXT_FILE's text from the session's own offset (wrapping) for exactly `tokens` tokens, else synthetic. */
-async function documentText(i: number, n: number, tokens: number): Promise<string> {
-  if (!corpus) return syntheticText(i + 1, tokens);
-  const { text, tokens: counts } = await piecesOf(corpus);
-  const out: string[] = [];
-  let k = Math.floor((i * text.length) / n);
-  for (let have = 0; have < tokens; k = (k + 1) % text.length) {
-    out.push(text[k]!);
-    have += counts[k]!;
-  }
-  return out.join('');
-}
-
-/** Deterministic English-like text of about `tokens` tokens. */
-export function syntheticText(seed: number, tokens: number): string {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  const parts: string[] = [];
-  let chars = 0;
-  const want = tokens * CHARS_PER_TOKEN;
-  while (chars < want) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const w = WORDS[(x >>> 8) % WORDS.length]!;
-    parts.push(w);
-    chars += w.length + 1;
-    if ((x >>> 3) % 13 === 0) parts.push(x % 2 ? '.' : ',');
-  }
-  return parts.join(' ');
-}
-
-function chunksOf(text: string, n: number): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < text.length; i += n) out.push(text.slice(i, i + n));
-  return out;
 }
 
 function rmtServe(role: string, env: Record<string, string>): ChildProcess {
@@ -186,63 +123,6 @@ async function createSession(base: string, model: string): Promise<string> {
   return s.id;
 }
 
-interface SumCount {
-  sum: number;
-  count: number;
-}
-
-interface Metrics {
-  rows: SumCount;
-  steps: SumCount;
-  step: SumCount;
-  run: SumCount;
-  request: SumCount;
-  turnGap: SumCount;
-  turnDelays: number;
-  /** Requests that continued from their session's previous one before it landed (and of those, started again). */
-  handoffs: number;
-  handoffsLost: number;
-  inEngine: number;
-}
-
-/** Sums the metrics of every worker process (ports base, base + 1, ...). */
-async function scrape(base: number): Promise<Metrics> {
-  const texts = await Promise.all(Array.from({ length: WORKER_PROCESSES }, async (_, i) => (await fetch(`http://127.0.0.1:${base + i}/metrics`)).text()));
-  const text = texts.join('\n');
-  // Engine histograms: segment-step graphs only; worker ones: every series.
-  const pick = (name: string, only = /graph="(segment|advance)"/): SumCount => {
-    let sum = 0;
-    let count = 0;
-    for (const line of text.split('\n')) {
-      if (line.startsWith(`${name}_sum`) && only.test(line)) sum += Number(line.split(' ').pop());
-      if (line.startsWith(`${name}_count`) && only.test(line)) count += Number(line.split(' ').pop());
-    }
-    return { sum, count };
-  };
-  const any = /./;
-  const total = (name: string) => text.split('\n').filter((l) => l.startsWith(`${name} `)).reduce((a, l) => a + Number(l.split(' ').pop()), 0);
-  const delays = total('rmt_worker_turn_delays_total');
-  return {
-    handoffs: total('rmt_worker_handoffs_total'), handoffsLost: total('rmt_worker_handoffs_lost_total'), inEngine: total('rmt_worker_engine_continuations_total'),
-    rows: pick('rmt_engine_batch_rows'), steps: pick('rmt_engine_batch_steps'), step: pick('rmt_engine_step_seconds'), run: pick('rmt_engine_run_seconds'),
-    request: pick('rmt_worker_request_seconds', any), turnGap: pick('rmt_worker_turn_gap_seconds', any), turnDelays: delays,
-  };
-}
-
-function gpuSampler(): { stop(): number | undefined } {
-  if (GPU_SAMPLE_MS <= 0 || spawnSync('nvidia-smi', ['-L']).error) return { stop: () => undefined };
-  const samples: number[] = [];
-  const p = spawn('nvidia-smi', ['--query-gpu=utilization.gpu', '--format=csv,noheader,nounits', '-lms', String(GPU_SAMPLE_MS)], { stdio: ['ignore', 'pipe', 'ignore'] });
-  p.stdout.on('data', (d: Buffer) => {
-    for (const l of String(d).split('\n')) if (l.trim() !== '' && !Number.isNaN(Number(l))) samples.push(Number(l));
-  });
-  return {
-    stop() {
-      p.kill();
-      return samples.length ? samples.reduce((a, b) => a + b, 0) / samples.length : undefined;
-    },
-  };
-}
 
 /**
  * A level that does not finish in LEVEL_TIMEOUT_S fails, saying where each unfinished session stands
@@ -416,11 +296,11 @@ async function main(): Promise<void> {
       const tokensEach = docTokens(n);
       const ids = await Promise.all(Array.from({ length: n }, () => createSession(base, MODEL)));
       const texts = await Promise.all(ids.map((_, i) => documentText(i, n, tokensEach)));
-      const before = await scrape(metricsPort);
-      const gpu = gpuSampler();
+      const before = await scrape(metricsPort, WORKER_PROCESSES);
+      const gpu = gpuSampler(GPU_SAMPLE_MS);
       const runs = await withinLevelTimeout(Promise.all(ids.map((id, i) => stream(wsBase, id, texts[i]!))), base, ids, n);
       const gpuPct = gpu.stop();
-      const after = await scrape(metricsPort);
+      const after = await scrape(metricsPort, WORKER_PROCESSES);
       const start = Math.min(...runs.map((r) => r.sendStart));
       const end = Math.max(...runs.map((r) => r.end));
       const perSession: number[] = [];

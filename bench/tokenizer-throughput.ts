@@ -15,7 +15,7 @@ import { loadTokenizer } from '../src/text/tokenizer.ts';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { syntheticText } from './service-stream.ts';
+import { syntheticText } from './stream-documents.ts';
 import { heldOutText } from '../test/support/brown.ts';
 
 const THREADS = (process.env.THREADS ?? '1,2,4,8').split(',').map(Number);
