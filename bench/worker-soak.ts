@@ -41,7 +41,7 @@ const STREAM_TOKENS = num('STREAM_TOKENS', 1024);
 const WORKER_ENV = Object.fromEntries((process.env.WORKER_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 const OUT_JSON = process.env.OUT_JSON ?? path.join(ROOT, 'bench/out', `worker-soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-/** The shipped Brown tokenizer on this word list: about 4.3 characters per token (bench/service-stream.ts). */
+/** The shipped Brown tokenizer on this word list: about 4.3 characters per token (bench/stream-documents.ts). */
 const CHARS_PER_TOKEN = 4.3;
 
 const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
