@@ -7,7 +7,7 @@ import { GPT2_SPLIT, loadTokenizer } from '../src/text/tokenizer.ts';
 /** Measured with the shipped Brown tokenizer on this text: about 4.3 characters per token. */
 export const CHARS_PER_TOKEN = 4.3;
 
-const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
+export const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
   'her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some ' +
   'could time these two may then do first any my now such like our over man me even most made after also did many before must through back years ' +
   'where much your way well down should because each just those people how too little state good very make world still own see men work long get ' +
@@ -50,15 +50,15 @@ export function documentSource(textFile: string | undefined, modelsDir: string, 
   };
 }
 
-/** Deterministic English-like text of about `tokens` tokens. */
-export function syntheticText(seed: number, tokens: number): string {
+/** Deterministic English-like text of about `tokens` tokens, from `words` (the whole list by default). */
+export function syntheticText(seed: number, tokens: number, words: readonly string[] = WORDS): string {
   let x = (seed * 2654435761) >>> 0 || 1;
   const parts: string[] = [];
   let chars = 0;
   const want = tokens * CHARS_PER_TOKEN;
   while (chars < want) {
     x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const w = WORDS[(x >>> 8) % WORDS.length]!;
+    const w = words[(x >>> 8) % words.length]!;
     parts.push(w);
     chars += w.length + 1;
     if ((x >>> 3) % 13 === 0) parts.push(x % 2 ? '.' : ',');

@@ -20,6 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { freePort, startRedis } from '../test/support/redis-server.ts';
+import { WORDS, syntheticText } from './stream-documents.ts';
 
 interface Ws {
   send(data: string): void;
@@ -41,27 +42,8 @@ const STREAM_TOKENS = num('STREAM_TOKENS', 1024);
 const WORKER_ENV = Object.fromEntries((process.env.WORKER_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 const SERVICE_NODE_FLAGS = (process.env.SERVICE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 const OUT_JSON = process.env.OUT_JSON ?? path.join(ROOT, 'bench/out', `worker-soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-/** The shipped Brown tokenizer on this word list: about 4.3 characters per token (bench/stream-documents.ts). */
-const CHARS_PER_TOKEN = 4.3;
-
-const WORDS = ('the of and to a in that is was he for it with as his on be at by this had not are but from or have an they which one you were ' +
-  'her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some ' +
-  'could time these two may then do first any my now such like our over man me even most made after also did many before must through back years').split(' ');
-
-/** Deterministic English-like text of about `tokens` tokens. */
-function text(seed: number, tokens: number): string {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  const parts: string[] = [];
-  let chars = 0;
-  while (chars < tokens * CHARS_PER_TOKEN) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const w = WORDS[(x >>> 8) % WORDS.length]!;
-    parts.push(w);
-    chars += w.length + 1;
-    if ((x >>> 3) % 13 === 0) parts.push(x % 2 ? '.' : ',');
-  }
-  return parts.join(' ');
-}
+/** The soak's text: the service benches' synthetic English from the first 93 words of their list (bench/stream-documents.ts). */
+const text = (seed: number, tokens: number) => syntheticText(seed, tokens, WORDS.slice(0, 93));
 
 /** Resident memory of a process, MB, from /proc (VmRSS; RssAnon: its heap, not mapped files; VmHWM: peak). */
 function memOf(pid: number): { rss: number; anon: number; hwm: number } {
