@@ -13,6 +13,7 @@ import { SessionStore, type CommitUpdate } from '../src/state/session-store.ts';
 import { OrderError } from '../src/queue/session-log.ts';
 import { WorkerMetrics } from '../src/telemetry/metrics.ts';
 import { startClientRuntime, type ClientRuntime } from '../src/queue/client-runtime.ts';
+import type { Submitted } from '../src/queue/request-queue.ts';
 import { startWorkerRuntime, type WorkerRuntime } from '../src/worker/runtime.ts';
 import { SessionWorker, type SessionWorkerOptions } from '../src/worker/session-worker.ts';
 import { pollUntil } from './support/poll.ts';
@@ -43,6 +44,34 @@ describe('workers over Redis and BullMQ', () => {
     const m = worker.engine.model(model);
     return client.store.create({ model: m.name, shape: m.stateShape, dtype: m.stateDtype }, m.initState);
   }
+
+  test('a request that finds the log refilled after it ran dry starts from the session as stored: a promptless generate right after an append', async () => {
+    const s = await newSession();
+    const log = worker.worker.log;
+    const read = log.read.bind(log);
+    let gen: Promise<Submitted> | undefined;
+    // The generate is logged at the moment the turn found no request after the append (it then releases,
+    // sees 'more' and goes on): the window in which a websocket client's barrier generate can arrive.
+    log.read = async (id, from, to) => {
+      const batch = await read(id, from, to);
+      if (id === s.id && from === 2 && batch.length === 0 && !gen) {
+        gen = client.queue.submit(s.id, { kind: 'generate', maxTokens: 2, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [] });
+        await gen;
+      }
+      return batch;
+    };
+    try {
+      await ingestAll(client, s.id, [doc]);
+      assert.ok(gen, 'the turn never found the log empty after the append');
+      const r = await client.queue.result(await gen, 60_000);
+      assert.equal(r.completion!.ids.length, 2);
+      const after = (await client.store.get(s.id))!;
+      assert.equal(after.appliedSeq, 2);
+      assert.equal(after.tokensGenerated, 2);
+    } finally {
+      log.read = read;
+    }
+  });
 
   test('one piece, random chunks (applied in order) and one-token-at-a-time ids: bit-identical state', async () => {
     const whole = await newSession();

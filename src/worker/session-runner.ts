@@ -149,6 +149,9 @@ export class SessionRunner {
     const sessionId = rec.id;
     let next = rec.appliedSeq + 1;
     let prev: Running | undefined;
+    // The record read at the turn's start is current only for its first request: one started after the
+    // log ran dry and refilled ('more' below) reads the session again (it may follow requests applied since).
+    let current: SessionRecord | undefined = rec;
     try {
       for (;;) {
         if (turn.lost.signal.aborted) return 'lost';
@@ -164,7 +167,8 @@ export class SessionRunner {
         }
         for (const entry of batch) {
           if (turn.lost.signal.aborted || this.stopping) break;
-          prev = await this.start(ctx, turn, entry, prev, rec);
+          prev = await this.start(ctx, turn, entry, prev, rec.model, current);
+          current = undefined;
           next = entry.seq + 1;
         }
       }
@@ -173,8 +177,13 @@ export class SessionRunner {
     }
   }
 
-  /** Starts `entry` once `prev` allows: at once from prev's offer (an unscored append), else after prev. */
-  private async start(ctx: ApplyContext, turn: Turn, entry: LoggedRequest, prev: Running | undefined, first: SessionRecord): Promise<Running> {
+  /**
+   * Starts `entry` once `prev` allows: at once from prev's offer (an unscored append), else after prev.
+   * `current`: the session as stored, when known to be current (the turn's first request); else it is read.
+   */
+  private async start(
+    ctx: ApplyContext, turn: Turn, entry: LoggedRequest, prev: Running | undefined, model: string, current: SessionRecord | undefined,
+  ): Promise<Running> {
     const sessionId = entry.sessionId;
     const continues = entry.request.kind === 'ingest' && !entry.request.score && !entry.cancelled;
     // Two requests in flight at most: the one landing and the next; a third waits for the first.
@@ -187,7 +196,7 @@ export class SessionRunner {
     } else {
       await settled(prev);
       // The turn's first request commits after its first segment (apply-request.ts RequestStart `eager`).
-      begin = prev ? { stored: await this.o.store.get(sessionId) } : { stored: first, eager: true };
+      begin = prev ? { stored: await this.o.store.get(sessionId) } : { stored: current, eager: true };
     }
     if (entry.cancelled || turn.cancelled.has(entry.seq)) {
       await this.complete(ctx, sessionId, entry.seq, { code: 'cancelled', message: `request ${entry.seq} was cancelled: its submitter went away` });
@@ -213,7 +222,6 @@ export class SessionRunner {
     const t0 = performance.now();
     const startedAt = Date.now();
     const kind = entry.request.kind;
-    const model = first.model; // a session's model never changes
     const own = applyRequest(ctx, entry, hooks, begin).then(
       (result) => {
         this.o.metrics?.requestSeconds.observe({ model, kind }, (performance.now() - t0) / 1000);
